@@ -1,0 +1,231 @@
+//! The entry map: sharded for reads, with one registry for structure.
+//!
+//! * Reads (the hit path) take one shard's read lock and nothing else.
+//! * Structural changes (insert, remove, evict) take the registry lock, then a shard's
+//!   write lock — always in that order — so the ordered prefix index and the eviction ring
+//!   always agree with the map.
+//! * Prefix matching walks the ordered index (a `BTreeSet` of keys sorted part by part),
+//!   so its cost grows with the number of matches, not the size of the cache.
+//! * Eviction is CLOCK (second chance), a close approximation of LRU whose hit path is a
+//!   single relaxed store: entries that are observed or fetching are skipped.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam_utils::CachePadded;
+use parking_lot::{Mutex, RwLock};
+
+use crate::client::Shared;
+use crate::entry::AnyEntry;
+use crate::key::{KeyHashBuilder, QueryKey};
+
+pub(crate) type ErasedEntry = Arc<dyn AnyEntry>;
+type Shard = HashMap<QueryKey, ErasedEntry, KeyHashBuilder>;
+
+/// Which keys an operation looks at (before narrowing by state).
+pub(crate) enum Scope<'a> {
+    All,
+    Prefix(&'a QueryKey),
+    Exact(&'a QueryKey),
+}
+
+#[derive(Default)]
+struct Registry {
+    index: BTreeSet<QueryKey>,
+    /// CLOCK ring of (entry id, key); ids tell a live slot from one left by a removed entry.
+    ring: VecDeque<(u64, QueryKey)>,
+}
+
+pub(crate) struct Cache {
+    shards: Box<[CachePadded<RwLock<Shard>>]>,
+    mask: usize,
+    registry: Mutex<Registry>,
+    len: AtomicUsize,
+    max: Option<usize>,
+}
+
+impl Cache {
+    pub(crate) fn new(max: Option<usize>) -> Self {
+        let n = (std::thread::available_parallelism().map_or(4, |n| n.get()) * 8)
+            .next_power_of_two()
+            .max(16);
+        Cache {
+            shards: (0..n)
+                .map(|_| CachePadded::new(RwLock::new(Shard::default())))
+                .collect(),
+            mask: n - 1,
+            registry: Mutex::new(Registry::default()),
+            len: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    #[inline]
+    fn shard(&self, key: &QueryKey) -> &RwLock<Shard> {
+        // High bits pick the shard; the map inside uses the whole hash.
+        &self.shards[(key.precomputed_hash() >> 40) as usize & self.mask]
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` on the entry under the shard's read lock (no reference-count traffic).
+    #[inline]
+    pub(crate) fn with<R>(&self, key: &QueryKey, f: impl FnOnce(&ErasedEntry) -> R) -> Option<R> {
+        let shard = self.shard(key).read();
+        shard.get(key).map(f)
+    }
+
+    pub(crate) fn get(&self, key: &QueryKey) -> Option<ErasedEntry> {
+        self.with(key, Arc::clone)
+    }
+
+    /// The entry for `key`, creating it with `make` if missing.
+    pub(crate) fn get_or_insert(
+        &self,
+        shared: &Shared,
+        key: &QueryKey,
+        make: impl FnOnce() -> ErasedEntry,
+    ) -> ErasedEntry {
+        if let Some(e) = self.get(key) {
+            return e;
+        }
+        let mut reg = self.registry.lock();
+        if let Some(e) = self.get(key) {
+            return e;
+        }
+        if let Some(max) = self.max {
+            // Make room first, so the new entry is never its own victim.
+            let target = max.saturating_sub(1);
+            if self.len() > target {
+                self.evict_locked(&mut reg, shared, self.len() - target);
+            }
+        }
+        let entry = make();
+        self.shard(key).write().insert(key.clone(), entry.clone());
+        self.len.fetch_add(1, Ordering::Relaxed);
+        reg.index.insert(key.clone());
+        reg.ring.push_back((entry.id(), key.clone()));
+        entry
+    }
+
+    /// Removes `key` (only if it is entry `id`, when given).
+    pub(crate) fn remove(&self, key: &QueryKey, id: Option<u64>) -> Option<ErasedEntry> {
+        let mut reg = self.registry.lock();
+        self.remove_locked(&mut reg, key, id)
+    }
+
+    fn remove_locked(
+        &self,
+        reg: &mut Registry,
+        key: &QueryKey,
+        id: Option<u64>,
+    ) -> Option<ErasedEntry> {
+        let removed = {
+            let mut shard = self.shard(key).write();
+            match shard.get(key) {
+                Some(e) if id.is_none_or(|id| e.id() == id) => shard.remove(key),
+                _ => None,
+            }
+        }?;
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        reg.index.remove(key);
+        removed.mark_removed();
+        // Ring slots of removed entries are dropped lazily; compact when they pile up.
+        if reg.ring.len() > 2 * self.len() + 64 {
+            let shards = &self.shards;
+            let mask = self.mask;
+            reg.ring.retain(|(id, k)| {
+                shards[(k.precomputed_hash() >> 40) as usize & mask]
+                    .read()
+                    .get(k)
+                    .is_some_and(|e| e.id() == *id)
+            });
+        }
+        Some(removed)
+    }
+
+    /// Entries in `scope`, collected under the registry lock (user predicates run later,
+    /// outside every lock).
+    pub(crate) fn matching(&self, scope: Scope<'_>) -> Vec<ErasedEntry> {
+        let reg = self.registry.lock();
+        let lookup = |k: &QueryKey| self.get(k);
+        match scope {
+            Scope::Exact(k) => self.get(k).into_iter().collect(),
+            Scope::All => reg.index.iter().filter_map(lookup).collect(),
+            Scope::Prefix(p) => reg
+                .index
+                .range((Bound::Included(p), Bound::Unbounded))
+                .take_while(|k| k.starts_with(p))
+                .filter_map(lookup)
+                .collect(),
+        }
+    }
+
+    /// Removes every entry in `scope`; returns them.
+    pub(crate) fn remove_matching(&self, scope: Scope<'_>) -> Vec<ErasedEntry> {
+        let victims = self.matching(scope);
+        let mut reg = self.registry.lock();
+        victims
+            .iter()
+            .filter_map(|e| self.remove_locked(&mut reg, e.key(), Some(e.id())))
+            .collect()
+    }
+
+    /// Gc: removes entry `id` at `key` if its deadline has passed and it is unused.
+    pub(crate) fn collect(&self, shared: &Shared, key: &QueryKey, id: u64) {
+        let now = tokio::time::Instant::now();
+        let mut reg = self.registry.lock();
+        let due = self
+            .with(key, |e| e.id() == id && e.gc_due(now))
+            .unwrap_or(false);
+        if due && self.remove_locked(&mut reg, key, Some(id)).is_some() {
+            shared.counters.gc_collections.incr();
+            tracing::debug!(%key, "gc collected");
+        }
+    }
+
+    /// After a fetch settles or an observer leaves: trim back to `max_queries`.
+    pub(crate) fn evict_if_over_capacity(&self, shared: &Shared) {
+        let Some(max) = self.max else { return };
+        if self.len() <= max {
+            return;
+        }
+        let mut reg = self.registry.lock();
+        let excess = self.len().saturating_sub(max);
+        if excess > 0 {
+            self.evict_locked(&mut reg, shared, excess);
+        }
+    }
+
+    /// CLOCK sweep: evicts up to `n` unpinned entries, giving referenced ones a second
+    /// chance. Stops after two full turns (every remaining entry may be pinned).
+    fn evict_locked(&self, reg: &mut Registry, shared: &Shared, mut n: usize) {
+        let mut budget = reg.ring.len() * 2;
+        while n > 0 && budget > 0 {
+            budget -= 1;
+            let Some((id, key)) = reg.ring.pop_front() else {
+                break;
+            };
+            let Some(entry) = self.get(&key).filter(|e| e.id() == id) else {
+                continue; // slot of a removed entry
+            };
+            if entry.is_pinned() || entry.take_referenced() {
+                reg.ring.push_back((id, key));
+                continue;
+            }
+            if self.remove_locked(reg, &key, Some(id)).is_some() {
+                shared.counters.evictions.incr();
+                tracing::debug!(%key, "evicted");
+                n -= 1;
+            }
+        }
+    }
+
+    pub(crate) fn clear(&self) -> Vec<ErasedEntry> {
+        self.remove_matching(Scope::All)
+    }
+}

@@ -1,0 +1,98 @@
+//! The one error type every query operation returns.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+
+/// A boxed error from a user's fetch function.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Why a query operation did not produce data.
+///
+/// Cloning is cheap (an `Arc` bump): every deduplicated waiter of one fetch receives the same
+/// error value.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// The fetch function returned an error (after all retries).
+    #[error("fetch failed: {0}")]
+    Fetch(#[source] FetchError),
+    /// The fetch was cancelled (by [`cancel_queries`](crate::QueryClient::cancel_queries)).
+    #[error("the query was cancelled")]
+    Cancelled,
+    /// The key already holds data of another type.
+    #[error("key {key} holds {stored}, but {requested} was requested")]
+    TypeMismatch {
+        /// The key used with two types.
+        key: String,
+        /// The type already stored under the key.
+        stored: &'static str,
+        /// The type this call asked for.
+        requested: &'static str,
+    },
+    /// The fetch function (or a user callback) panicked; the message is the panic payload.
+    #[error("user code panicked: {0}")]
+    Panicked(Arc<str>),
+    /// A fetch had to start but the call was not made inside a tokio runtime.
+    #[error("no tokio runtime: stackquery fetches run as tokio tasks")]
+    NoRuntime,
+}
+
+impl QueryError {
+    /// Wraps any error as [`QueryError::Fetch`].
+    pub fn fetch(err: impl Into<BoxError>) -> Self {
+        QueryError::Fetch(FetchError(Arc::from(err.into())))
+    }
+
+    /// True for [`QueryError::Cancelled`].
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, QueryError::Cancelled)
+    }
+
+    /// The fetch function's own error, if this is [`QueryError::Fetch`]; downcast it to the
+    /// concrete type with `downcast_ref`.
+    pub fn fetch_source(&self) -> Option<&(dyn StdError + Send + Sync + 'static)> {
+        match self {
+            QueryError::Fetch(e) => Some(&*e.0),
+            _ => None,
+        }
+    }
+}
+
+/// The shared, cloneable error a fetch function returned.
+#[derive(Clone)]
+pub struct FetchError(Arc<dyn StdError + Send + Sync + 'static>);
+
+impl FetchError {
+    /// The underlying error.
+    pub fn inner(&self) -> &(dyn StdError + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl fmt::Debug for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+impl StdError for FetchError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Turns a panic payload into a readable message.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> Arc<str> {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        Arc::from(*s)
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        Arc::from(s.as_str())
+    } else {
+        Arc::from("non-string panic payload")
+    }
+}

@@ -1,0 +1,138 @@
+//! Which entries a bulk operation (invalidate, refetch, cancel, remove, reset…) touches.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::cache::{ErasedEntry, Scope};
+use crate::key::QueryKey;
+
+type KeyPredicate = dyn Fn(&QueryKey) -> bool + Send + Sync;
+
+#[derive(Clone, Debug)]
+enum Target {
+    All,
+    Prefix(QueryKey),
+    Exact(QueryKey),
+}
+
+/// Selects entries for bulk operations.
+///
+/// A key converts into a prefix filter (`["user"]` matches `["user", 1]`); narrow further
+/// by staleness, activity (having observers) or a predicate over the key.
+///
+/// ```
+/// use stackquery::{key, QueryFilter};
+/// let f = QueryFilter::from(key!["user"]).stale(true).active(false);
+/// let g = QueryFilter::exact(key!["user", 1]);
+/// let h = QueryFilter::all().predicate(|k| k.len() > 2);
+/// # let _ = (f, g, h);
+/// ```
+#[derive(Clone)]
+pub struct QueryFilter {
+    target: Target,
+    stale: Option<bool>,
+    active: Option<bool>,
+    fetching: Option<bool>,
+    predicate: Option<Arc<KeyPredicate>>,
+}
+
+impl fmt::Debug for QueryFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueryFilter")
+            .field("target", &self.target)
+            .field("stale", &self.stale)
+            .field("active", &self.active)
+            .field("fetching", &self.fetching)
+            .field("predicate", &self.predicate.is_some())
+            .finish()
+    }
+}
+
+impl QueryFilter {
+    fn with_target(target: Target) -> Self {
+        QueryFilter {
+            target,
+            stale: None,
+            active: None,
+            fetching: None,
+            predicate: None,
+        }
+    }
+
+    /// Every entry.
+    pub fn all() -> Self {
+        Self::with_target(Target::All)
+    }
+
+    /// Every entry whose key starts with `prefix` (the key itself included).
+    pub fn prefix(prefix: impl Into<QueryKey>) -> Self {
+        Self::with_target(Target::Prefix(prefix.into()))
+    }
+
+    /// Only the entry with exactly this key.
+    pub fn exact(key: impl Into<QueryKey>) -> Self {
+        Self::with_target(Target::Exact(key.into()))
+    }
+
+    /// Keep only stale (`true`) or only fresh (`false`) entries.
+    #[must_use]
+    pub fn stale(mut self, stale: bool) -> Self {
+        self.stale = Some(stale);
+        self
+    }
+
+    /// Keep only entries with observers (`true`) or without (`false`).
+    #[must_use]
+    pub fn active(mut self, active: bool) -> Self {
+        self.active = Some(active);
+        self
+    }
+
+    /// Keep only entries with (`true`) or without (`false`) a fetch in flight.
+    #[must_use]
+    pub fn fetching(mut self, fetching: bool) -> Self {
+        self.fetching = Some(fetching);
+        self
+    }
+
+    /// Keep only entries whose key satisfies `f`. A panicking predicate excludes the entry.
+    #[must_use]
+    pub fn predicate(mut self, f: impl Fn(&QueryKey) -> bool + Send + Sync + 'static) -> Self {
+        self.predicate = Some(Arc::new(f));
+        self
+    }
+
+    pub(crate) fn scope(&self) -> Scope<'_> {
+        match &self.target {
+            Target::All => Scope::All,
+            Target::Prefix(p) => Scope::Prefix(p),
+            Target::Exact(k) => Scope::Exact(k),
+        }
+    }
+
+    /// The narrowing part; called outside every lock (it may run user code).
+    pub(crate) fn accepts(&self, e: &ErasedEntry) -> bool {
+        if self.stale.is_some_and(|s| e.is_stale() != s)
+            || self.active.is_some_and(|a| e.is_active() != a)
+            || self.fetching.is_some_and(|f| e.is_fetching() != f)
+        {
+            return false;
+        }
+        match &self.predicate {
+            None => true,
+            Some(p) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p(e.key())))
+                .unwrap_or(false),
+        }
+    }
+}
+
+impl From<QueryKey> for QueryFilter {
+    fn from(key: QueryKey) -> Self {
+        QueryFilter::prefix(key)
+    }
+}
+impl From<&QueryKey> for QueryFilter {
+    fn from(key: &QueryKey) -> Self {
+        QueryFilter::prefix(key.clone())
+    }
+}

@@ -1,0 +1,78 @@
+//! # stackquery
+//!
+//! Async data fetching and caching for Rust, after TanStack Query: describe *what* to
+//! fetch (a [`QueryKey`] and an async function in [`QueryOptions`]) and the
+//! [`QueryClient`] handles *how* — caching, deduplication of concurrent requests (N
+//! callers, one fetch), retries with exponential backoff, stale-while-revalidate, prefix
+//! invalidation of hierarchical keys, manual cache updates, a bounded memory cache with
+//! garbage collection of unused entries.
+//!
+//! ```
+//! use stackquery::{key, QueryClient, QueryOptions};
+//! use std::time::Duration;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), stackquery::QueryError> {
+//! let client = QueryClient::new();
+//! let opts = QueryOptions::new(key!["user", 1], || async {
+//!     Ok::<_, std::io::Error>("Ada".to_string())
+//! })
+//! .stale_time(Duration::from_secs(60));
+//!
+//! let user = client.fetch_query(&opts).await?;      // fetched
+//! let again = client.fetch_query(&opts).await?;     // fresh: from the cache
+//! assert!(std::sync::Arc::ptr_eq(&user, &again));
+//!
+//! client.invalidate_queries(key!["user"]).await;    // prefix: every ["user", ..] entry
+//! assert!(client.get_query_state::<String>(&key!["user", 1]).unwrap().is_invalidated);
+//! # Ok(()) }
+//! ```
+//!
+//! Parallel queries of different types are plain Rust (`tokio::try_join!`), and dependent
+//! queries are `?` followed by the next `fetch_query`:
+//!
+//! ```
+//! # use stackquery::{key, QueryClient, QueryOptions};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), stackquery::QueryError> {
+//! let client = QueryClient::new();
+//! let user = QueryOptions::new(key!["user", 1], || async { Ok::<_, String>(1_u64) });
+//! let flags = QueryOptions::new(key!["flags"], || async { Ok::<_, String>(vec![true]) });
+//! let (user_id, flags) = tokio::try_join!(client.fetch_query(&user), client.fetch_query(&flags))?;
+//!
+//! let id = *user_id;
+//! let posts = QueryOptions::new(key!["posts", id], move || async move {
+//!     Ok::<_, String>(format!("posts of {id}"))
+//! });
+//! let posts = client.fetch_query(&posts).await?;
+//! assert_eq!(posts.as_str(), "posts of 1");
+//! # let _ = flags; Ok(()) }
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod cache;
+mod client;
+mod entry;
+mod error;
+mod filter;
+mod flight;
+mod gc;
+mod key;
+mod options;
+mod retry;
+mod state;
+mod stats;
+
+pub use client::{QueryClient, QueryClientBuilder};
+pub use error::{BoxError, FetchError, QueryError};
+pub use filter::QueryFilter;
+pub use key::{KeyPart, ParseKeyError, QueryKey};
+pub use options::QueryOptions;
+pub use retry::{default_retry_delay, RetryDelay, RetryPolicy};
+pub use state::{FetchStatus, QueryState, QueryStatus};
+pub use stats::CacheStats;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

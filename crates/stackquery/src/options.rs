@@ -1,0 +1,260 @@
+//! Per-query options: the key, the fetch function, and settings that override the
+//! client-wide defaults.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use crate::error::{BoxError, QueryError};
+use crate::key::QueryKey;
+use crate::retry::{default_retry_delay, RetryDelay, RetryPolicy};
+
+pub(crate) type Fetcher<T> = Arc<dyn Fn() -> BoxFuture<'static, Result<T, BoxError>> + Send + Sync>;
+
+/// What to fetch (a key and an async function) and how to cache it.
+///
+/// Every setting left unset falls back to the client's default; a setting that is set,
+/// even to the built-in default value, wins over the client's (`stale_time(ZERO)` on a
+/// client whose default is 60 s gives 0). Cloning is cheap (reference-count bumps).
+///
+/// ```
+/// use stackquery::{key, QueryOptions};
+/// use std::time::Duration;
+///
+/// let id = 7;
+/// let opts = QueryOptions::new(key!["user", id], move || async move {
+///     Ok::<_, std::io::Error>(format!("user {id}"))
+/// })
+/// .stale_time(Duration::from_secs(60))
+/// .retry(2);
+/// assert_eq!(opts.key(), &key!["user", 7]);
+/// ```
+pub struct QueryOptions<T> {
+    pub(crate) key: QueryKey,
+    pub(crate) fetcher: Fetcher<T>,
+    pub(crate) stale_time: Option<Duration>,
+    pub(crate) gc_time: Option<Duration>,
+    pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) retry_delay: Option<RetryDelay>,
+    pub(crate) retry_jitter: Option<bool>,
+    pub(crate) refetch_interval: Option<Duration>,
+    pub(crate) enabled: bool,
+    pub(crate) placeholder_data: Option<Arc<T>>,
+}
+
+impl<T> Clone for QueryOptions<T> {
+    fn clone(&self) -> Self {
+        QueryOptions {
+            key: self.key.clone(),
+            fetcher: self.fetcher.clone(),
+            stale_time: self.stale_time,
+            gc_time: self.gc_time,
+            retry: self.retry.clone(),
+            retry_delay: self.retry_delay.clone(),
+            retry_jitter: self.retry_jitter,
+            refetch_interval: self.refetch_interval,
+            enabled: self.enabled,
+            placeholder_data: self.placeholder_data.clone(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for QueryOptions<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueryOptions")
+            .field("key", &self.key)
+            .field("stale_time", &self.stale_time)
+            .field("gc_time", &self.gc_time)
+            .field("retry", &self.retry)
+            .field("retry_jitter", &self.retry_jitter)
+            .field("refetch_interval", &self.refetch_interval)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + Sync + 'static> QueryOptions<T> {
+    /// Options for `key`, fetched by `fetch`.
+    ///
+    /// The function's error type only needs to convert into a boxed error, so
+    /// `std::io::Error`, `anyhow::Error`, `reqwest::Error`, `String` all work.
+    pub fn new<F, Fut, E>(key: impl Into<QueryKey>, fetch: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let fetcher: Fetcher<T> = Arc::new(move || fetch().map(|r| r.map_err(Into::into)).boxed());
+        QueryOptions {
+            key: key.into(),
+            fetcher,
+            stale_time: None,
+            gc_time: None,
+            retry: None,
+            retry_delay: None,
+            retry_jitter: None,
+            refetch_interval: None,
+            enabled: true,
+            placeholder_data: None,
+        }
+    }
+}
+
+impl<T> QueryOptions<T> {
+    /// The query's key.
+    pub fn key(&self) -> &QueryKey {
+        &self.key
+    }
+
+    /// How long fetched data counts as fresh (default 0: stale at once).
+    /// `Duration::MAX` means "never stale unless invalidated".
+    #[must_use]
+    pub fn stale_time(mut self, d: Duration) -> Self {
+        self.stale_time = Some(d);
+        self
+    }
+
+    /// How long an unused entry stays in memory (default 5 minutes).
+    #[must_use]
+    pub fn gc_time(mut self, d: Duration) -> Self {
+        self.gc_time = Some(d);
+        self
+    }
+
+    /// Retry a failed fetch up to `n` times (default 3).
+    #[must_use]
+    pub fn retry(mut self, n: u32) -> Self {
+        self.retry = Some(RetryPolicy::Count(n));
+        self
+    }
+
+    /// Retry while `f(failure_count, &error)` returns true.
+    #[must_use]
+    pub fn retry_if(
+        mut self,
+        f: impl Fn(u32, &QueryError) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.retry = Some(RetryPolicy::Predicate(Arc::new(f)));
+        self
+    }
+
+    /// The delay before retry `attempt` (0-based). Default `min(1s·2^attempt, 30s)`.
+    #[must_use]
+    pub fn retry_delay(mut self, f: impl Fn(u32) -> Duration + Send + Sync + 'static) -> Self {
+        self.retry_delay = Some(RetryDelay::new(f));
+        self
+    }
+
+    /// Randomise each retry delay between 50% and 100% of its value.
+    #[must_use]
+    pub fn retry_jitter(mut self, on: bool) -> Self {
+        self.retry_jitter = Some(on);
+        self
+    }
+
+    /// Poll every `d` while the query is observed.
+    #[must_use]
+    pub fn refetch_interval(mut self, d: Duration) -> Self {
+        self.refetch_interval = Some(d);
+        self
+    }
+
+    /// `false`: observers never fetch automatically (an explicit refetch still does).
+    #[must_use]
+    pub fn enabled(mut self, on: bool) -> Self {
+        self.enabled = on;
+        self
+    }
+
+    /// Data shown to observers while the first fetch is pending; never cached.
+    #[must_use]
+    pub fn placeholder_data(mut self, data: T) -> Self {
+        self.placeholder_data = Some(Arc::new(data));
+        self
+    }
+}
+
+/// Client-wide defaults, used where a query leaves a setting unset.
+#[derive(Clone, Debug)]
+pub(crate) struct Defaults {
+    pub(crate) stale_time: Duration,
+    pub(crate) gc_time: Duration,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) retry_delay: Option<RetryDelay>,
+    pub(crate) retry_jitter: bool,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            stale_time: Duration::ZERO,
+            gc_time: Duration::from_secs(300),
+            retry: RetryPolicy::Count(3),
+            retry_delay: None,
+            retry_jitter: false,
+        }
+    }
+}
+
+impl Defaults {
+    pub(crate) fn stale_time<T>(&self, o: &QueryOptions<T>) -> Duration {
+        o.stale_time.unwrap_or(self.stale_time)
+    }
+
+    pub(crate) fn gc_time<T>(&self, o: &QueryOptions<T>) -> Duration {
+        o.gc_time.unwrap_or(self.gc_time)
+    }
+
+    pub(crate) fn retry<'a, T>(&'a self, o: &'a QueryOptions<T>) -> &'a RetryPolicy {
+        o.retry.as_ref().unwrap_or(&self.retry)
+    }
+
+    /// The wait before retry `attempt`, with jitter applied when enabled.
+    pub(crate) fn retry_delay<T>(&self, o: &QueryOptions<T>, attempt: u32) -> Duration {
+        let base = match o.retry_delay.as_ref().or(self.retry_delay.as_ref()) {
+            Some(f) => f.delay(attempt),
+            None => default_retry_delay(attempt),
+        };
+        if o.retry_jitter.unwrap_or(self.retry_jitter) {
+            crate::retry::jittered(base)
+        } else {
+            base
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key;
+
+    fn opts() -> QueryOptions<u32> {
+        QueryOptions::new(key!["k"], || async { Ok::<_, std::io::Error>(1) })
+    }
+
+    #[test]
+    fn unset_falls_back_but_explicit_default_value_wins() {
+        let d = Defaults {
+            stale_time: Duration::from_secs(60),
+            ..Defaults::default()
+        };
+        assert_eq!(d.stale_time(&opts()), Duration::from_secs(60));
+        assert_eq!(
+            d.stale_time(&opts().stale_time(Duration::ZERO)),
+            Duration::ZERO
+        );
+        assert_eq!(d.gc_time(&opts()), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn retry_delay_resolution() {
+        let d = Defaults::default();
+        assert_eq!(d.retry_delay(&opts(), 2), Duration::from_secs(4));
+        let o = opts().retry_delay(|a| Duration::from_millis(10 * u64::from(a + 1)));
+        assert_eq!(d.retry_delay(&o, 2), Duration::from_millis(30));
+    }
+}

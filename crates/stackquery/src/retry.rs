@@ -1,0 +1,125 @@
+//! Retry policy: how many times a failed fetch is tried again, and how long to wait.
+//!
+//! Everything here is pure (no clocks, no tasks) so it can be tested on its own.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::QueryError;
+
+type RetryPredicate = dyn Fn(u32, &QueryError) -> bool + Send + Sync;
+type DelayFn = dyn Fn(u32) -> Duration + Send + Sync;
+
+/// Whether a failed attempt is retried.
+#[derive(Clone)]
+pub enum RetryPolicy {
+    /// Retry up to this many times after the first failure (`0`: never retry).
+    Count(u32),
+    /// Retry while the predicate returns true. It receives the number of failures so far
+    /// (1 after the first failure) and the last error.
+    Predicate(Arc<RetryPredicate>),
+}
+
+impl RetryPolicy {
+    /// Whether to try again after `failure_count` failures, the last being `error`.
+    ///
+    /// A panic inside a predicate counts as "do not retry".
+    pub fn should_retry(&self, failure_count: u32, error: &QueryError) -> bool {
+        match self {
+            RetryPolicy::Count(n) => failure_count <= *n,
+            RetryPolicy::Predicate(p) => {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p(failure_count, error)))
+                    .unwrap_or(false)
+            }
+        }
+    }
+}
+
+impl fmt::Debug for RetryPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RetryPolicy::Count(n) => write!(f, "Count({n})"),
+            RetryPolicy::Predicate(_) => f.write_str("Predicate(..)"),
+        }
+    }
+}
+
+/// How long to wait before retry number `attempt` (0 for the first retry).
+#[derive(Clone)]
+pub struct RetryDelay(pub(crate) Arc<DelayFn>);
+
+impl RetryDelay {
+    /// Wraps a delay function.
+    pub fn new(f: impl Fn(u32) -> Duration + Send + Sync + 'static) -> Self {
+        RetryDelay(Arc::new(f))
+    }
+
+    /// The delay before retry `attempt`; a panicking delay function falls back to the default.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0)(attempt)))
+            .unwrap_or_else(|_| default_retry_delay(attempt))
+    }
+}
+
+impl fmt::Debug for RetryDelay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RetryDelay(..)")
+    }
+}
+
+/// The default delay: `min(1s · 2^attempt, 30s)`.
+pub fn default_retry_delay(attempt: u32) -> Duration {
+    let secs = 1u64.checked_shl(attempt).unwrap_or(u64::MAX).min(30);
+    Duration::from_secs(secs)
+}
+
+/// "Full jitter": a uniformly random delay between half the delay and the whole of it, so
+/// many clients that failed together do not retry together.
+pub(crate) fn jittered(delay: Duration) -> Duration {
+    // std's RandomState is seeded from the OS per instance: enough randomness for jitter
+    // without another dependency.
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let frac = (r >> 11) as f64 / (1u64 << 53) as f64;
+    delay.mul_f64(0.5 + 0.5 * frac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_delay_doubles_then_caps() {
+        assert_eq!(default_retry_delay(0), Duration::from_secs(1));
+        assert_eq!(default_retry_delay(1), Duration::from_secs(2));
+        assert_eq!(default_retry_delay(4), Duration::from_secs(16));
+        assert_eq!(default_retry_delay(5), Duration::from_secs(30));
+        assert_eq!(default_retry_delay(200), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn count_policy() {
+        let p = RetryPolicy::Count(2);
+        assert!(p.should_retry(1, &QueryError::Cancelled));
+        assert!(p.should_retry(2, &QueryError::Cancelled));
+        assert!(!p.should_retry(3, &QueryError::Cancelled));
+        assert!(!RetryPolicy::Count(0).should_retry(1, &QueryError::Cancelled));
+    }
+
+    #[test]
+    fn panicking_predicate_means_no_retry() {
+        let p = RetryPolicy::Predicate(Arc::new(|_, _| panic!("boom")));
+        assert!(!p.should_retry(1, &QueryError::Cancelled));
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_secs(10));
+            assert!(d >= Duration::from_secs(5) && d <= Duration::from_secs(10));
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Cheap counters: striped so two threads hitting the same hot key do not fight over one
+//! cache line.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+const STRIPES: usize = 8;
+
+/// A counter split over cache-padded stripes; each thread adds to its own stripe.
+pub(crate) struct StripedCounter {
+    stripes: [CachePadded<AtomicU64>; STRIPES],
+}
+
+impl Default for StripedCounter {
+    fn default() -> Self {
+        StripedCounter {
+            stripes: std::array::from_fn(|_| CachePadded::new(AtomicU64::new(0))),
+        }
+    }
+}
+
+fn stripe_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    INDEX.with(|i| *i)
+}
+
+impl StripedCounter {
+    #[inline]
+    pub(crate) fn incr(&self) {
+        self.stripes[stripe_index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.stripes.iter().map(|s| s.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Counters kept by a client; read them with [`QueryClient::stats`](crate::QueryClient::stats).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) hits: StripedCounter,
+    pub(crate) stale_hits: StripedCounter,
+    pub(crate) misses: StripedCounter,
+    pub(crate) fetches: StripedCounter,
+    pub(crate) dedup_joins: StripedCounter,
+    pub(crate) evictions: StripedCounter,
+    pub(crate) gc_collections: StripedCounter,
+}
+
+/// A snapshot of a client's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// `fetch_query` calls answered with fresh cached data.
+    pub hits: u64,
+    /// Calls answered with stale cached data (a background refetch was started or joined).
+    pub stale_hits: u64,
+    /// Calls that found no data and waited for a fetch.
+    pub misses: u64,
+    /// Fetches started (one per deduplicated flight, retries included in it).
+    pub fetches: u64,
+    /// Calls that joined a fetch already in flight instead of starting one.
+    pub dedup_joins: u64,
+    /// Entries evicted to respect `max_queries`.
+    pub evictions: u64,
+    /// Unused entries removed after their `gc_time`.
+    pub gc_collections: u64,
+    /// Entries in memory now.
+    pub entries: usize,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self, entries: usize) -> CacheStats {
+        CacheStats {
+            hits: self.hits.get(),
+            stale_hits: self.stale_hits.get(),
+            misses: self.misses.get(),
+            fetches: self.fetches.get(),
+            dedup_joins: self.dedup_joins.get(),
+            evictions: self.evictions.get(),
+            gc_collections: self.gc_collections.get(),
+            entries,
+        }
+    }
+}
