@@ -221,9 +221,11 @@ impl QueryClient {
         self.shared
             .cache
             .with(key, |e| {
-                e.as_any()
-                    .downcast_ref::<Entry<T>>()
-                    .and_then(|e| e.inner.lock().state.data.clone())
+                e.as_any().downcast_ref::<Entry<T>>().and_then(|e| {
+                    let data = e.inner.lock().state.data.clone();
+                    e.touch();
+                    data
+                })
             })
             .flatten()
     }

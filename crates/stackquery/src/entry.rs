@@ -153,9 +153,11 @@ impl<T: Send + Sync + 'static> Entry<T> {
         mode: Mode,
         even_if_removed: bool,
     ) -> Result<Option<Step<T>>, QueryError> {
-        self.touch();
         let stale_time = shared.defaults.stale_time(opts);
         let mut g = self.inner.lock();
+        if g.state.data.is_some() {
+            self.touch();
+        }
         if g.removed && !even_if_removed {
             return Ok(None);
         }
@@ -285,6 +287,10 @@ impl<T: Send + Sync + 'static> Entry<T> {
     /// Writes data by hand. The write wins over any fetch that started before it.
     pub(crate) fn set_data(&self, shared: &Shared, data: Arc<T>) {
         let mut g = self.inner.lock();
+        if g.state.data.is_some() {
+            // Overwriting data is a use; the first write is the insertion itself.
+            self.touch();
+        }
         g.data_gen += 1;
         let fetching = g.flight.is_some();
         reduce(
