@@ -1,5 +1,6 @@
 //! [`QueryClient`]: the façade over the cache, the fetch engine and the gc.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 
-use crate::cache::{Cache, ErasedEntry};
+use crate::cache::{Cache, ErasedEntry, Scope};
 use crate::entry::{Entry, Mode, Step};
 use crate::error::{panic_message, QueryError};
 use crate::filter::QueryFilter;
@@ -15,15 +16,24 @@ use crate::gc::Gc;
 use crate::key::QueryKey;
 use crate::options::{Defaults, QueryOptions};
 use crate::retry::{RetryDelay, RetryPolicy};
+use crate::snapshot::{DehydratedQuery, DehydratedState};
 use crate::state::QueryState;
 use crate::stats::{CacheStats, Counters};
+use crate::storage::tiered::{Tier, TierConfig};
+use crate::storage::{children_prefix, Codec, Storage, TimeoutStorage};
 
 /// Everything the client's handles, fetch tasks and gc task share.
 pub(crate) struct Shared {
     pub(crate) defaults: Defaults,
     pub(crate) cache: Cache,
-    pub(crate) counters: Counters,
+    pub(crate) counters: Arc<Counters>,
+    /// The second tier, if the client has a storage.
+    pub(crate) tier: Option<Arc<Tier>>,
+    /// Snapshot entries restored by `hydrate` that no typed call has claimed yet.
+    pub(crate) restored: parking_lot::Mutex<HashMap<String, DehydratedQuery>>,
     pub(crate) gc: Gc,
+    /// Scope queues of mutations (see `mutation.rs`).
+    pub(crate) mutation_scopes: crate::mutation::Scopes,
     next_id: AtomicU64,
 }
 
@@ -56,7 +66,20 @@ pub(crate) struct Shared {
 /// ```
 #[derive(Clone)]
 pub struct QueryClient {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
+    /// Present in handles given to users: when the last one drops, the cache is cleared
+    /// (observers' streams end). Internal handles (observers, tasks) carry `None`.
+    _life: Option<Arc<ClientLife>>,
+}
+
+struct ClientLife(Arc<Shared>);
+
+impl Drop for ClientLife {
+    fn drop(&mut self) {
+        for e in self.0.cache.clear() {
+            e.notify_removed();
+        }
+    }
 }
 
 impl fmt::Debug for QueryClient {
@@ -132,7 +155,8 @@ impl QueryClient {
                 Ok(data)
             }
             Some(Err(e)) => Err(e),
-            _ => self.run(opts, Mode::Swr).await,
+            // Boxed so the hit path's future stays small.
+            _ => Box::pin(self.run(opts, Mode::Swr)).await,
         }
     }
 
@@ -181,7 +205,6 @@ impl QueryClient {
         opts: &QueryOptions<T>,
         mode: Mode,
     ) -> Result<Arc<T>, QueryError> {
-        self.shared.gc.start(&self.shared);
         // An entry evicted between its creation and its first fetch is created again;
         // the loop is bounded (the last round fetches on the removed entry regardless).
         let mut rounds = 0;
@@ -198,11 +221,20 @@ impl QueryClient {
         }
     }
 
-    fn typed_entry<T: Send + Sync + 'static>(
+    /// A handle for internal holders (observers): it does not keep the cache alive.
+    pub(crate) fn internal(&self) -> QueryClient {
+        QueryClient {
+            shared: self.shared.clone(),
+            _life: None,
+        }
+    }
+
+    pub(crate) fn typed_entry<T: Send + Sync + 'static>(
         &self,
         key: &QueryKey,
     ) -> Result<Arc<Entry<T>>, QueryError> {
         let shared = &self.shared;
+        shared.gc.start(shared);
         let erased = shared.cache.get_or_insert(shared, key, || {
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
             Arc::new(Entry::<T>::new(
@@ -270,9 +302,9 @@ impl QueryClient {
         data: Arc<T>,
     ) -> Result<(), QueryError> {
         let key = key.into();
-        self.shared.gc.start(&self.shared);
         let entry = self.typed_entry::<T>(&key)?;
         entry.set_data(&self.shared, data);
+        entry.write_behind(&self.shared);
         Ok(())
     }
 
@@ -296,7 +328,6 @@ impl QueryClient {
         F: Fn(Option<&T>) -> Option<T>,
     {
         let key = key.into();
-        self.shared.gc.start(&self.shared);
         let entry = self.typed_entry::<T>(&key)?;
         loop {
             let (old, gen) = {
@@ -318,6 +349,7 @@ impl QueryClient {
             if unchanged {
                 drop(g);
                 entry.set_data(&self.shared, new.clone());
+                entry.write_behind(&self.shared);
                 return Ok(Some(new));
             }
         }
@@ -375,19 +407,24 @@ impl QueryClient {
     pub fn remove_queries(&self, filter: impl Into<QueryFilter>) -> usize {
         let filter = filter.into();
         let found = self.matching(&filter);
-        let removed: Vec<_> = {
-            found
-                .iter()
-                .filter_map(|e| self.shared.cache.remove(e.key(), Some(e.id())))
-                .collect()
-        };
+        self.forget_in_storage(&filter, &found);
+        let removed: Vec<_> = found
+            .iter()
+            .filter_map(|e| self.shared.cache.remove(e.key(), Some(e.id())))
+            .collect();
+        // Outside the cache lock: observers hear of the removal.
+        for e in &removed {
+            e.notify_removed();
+        }
         removed.len()
     }
 
     /// Puts matching entries back in their initial state (no data). Observed entries are
     /// refetched. Returns how many were reset.
     pub fn reset_queries(&self, filter: impl Into<QueryFilter>) -> usize {
-        let found = self.matching(&filter.into());
+        let filter = filter.into();
+        let found = self.matching(&filter);
+        self.forget_in_storage(&filter, &found);
         for e in &found {
             e.reset(&self.shared);
             if e.is_active() {
@@ -398,6 +435,75 @@ impl QueryClient {
         found.len()
     }
 
+    /// Removed or reset data must not come back from the second tier: delete the whole key
+    /// tree when the filter is by key only, else the matched persisted entries.
+    fn forget_in_storage(&self, filter: &QueryFilter, matched: &[ErasedEntry]) {
+        let Some(tier) = &self.shared.tier else {
+            return;
+        };
+        let counters = &self.shared.counters;
+        if filter.is_key_only() {
+            match filter.scope() {
+                Scope::All => tier.delete_prefix(counters, "[".to_string()),
+                Scope::Exact(k) => tier.delete(counters, k.to_string()),
+                Scope::Prefix(p) => {
+                    tier.delete(counters, p.to_string());
+                    tier.delete_prefix(counters, children_prefix(p));
+                }
+            }
+        } else {
+            for e in matched.iter().filter(|e| e.is_persisted()) {
+                tier.delete(counters, e.key().to_string());
+            }
+        }
+    }
+
+    /// A serializable snapshot of every persisted query in memory that has data.
+    pub fn dehydrate(&self) -> DehydratedState {
+        let queries = self
+            .shared
+            .cache
+            .matching(Scope::All)
+            .iter()
+            .filter_map(|e| e.dehydrate())
+            .collect();
+        DehydratedState::new(queries)
+    }
+
+    /// Restores a snapshot made by [`dehydrate`](Self::dehydrate) (here or in another
+    /// process). Newer data wins: an item older than what memory holds is ignored. Items for
+    /// keys not in memory are kept until a persisted query of the key first runs, which
+    /// then uses them instead of fetching (stale ones are served and refreshed).
+    pub fn hydrate(&self, snapshot: DehydratedState) {
+        for q in snapshot.queries {
+            let Ok(key) = q.key.parse::<QueryKey>() else {
+                tracing::warn!(key = %q.key, "snapshot key does not parse: ignored");
+                continue;
+            };
+            let leftover = match self.shared.cache.get(&key) {
+                Some(e) => e.restore(q).err(),
+                None => Some(q),
+            };
+            if let Some(q) = leftover {
+                let mut restored = self.shared.restored.lock();
+                match restored.get(&q.key) {
+                    Some(old) if old.data_updated_at_ms >= q.data_updated_at_ms => {}
+                    _ => {
+                        restored.insert(q.key.clone(), q);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until every queued second-tier write has been attempted (for shutdown and
+    /// tests). Returns at once without a storage.
+    pub async fn flush_storage(&self) {
+        if let Some(tier) = &self.shared.tier {
+            tier.flush(&self.shared.counters).await;
+        }
+    }
+
     /// How many matching entries have a fetch in flight.
     pub fn is_fetching(&self, filter: impl Into<QueryFilter>) -> usize {
         self.matching(&filter.into().fetching(true)).len()
@@ -405,7 +511,9 @@ impl QueryClient {
 
     /// Removes every entry.
     pub fn clear(&self) {
-        self.shared.cache.clear();
+        for e in self.shared.cache.clear() {
+            e.notify_removed();
+        }
     }
 
     /// The client's counters and current size.
@@ -427,11 +535,28 @@ impl QueryClient {
 ///     .build();
 /// # drop(client);
 /// ```
-#[derive(Default)]
 #[must_use]
 pub struct QueryClientBuilder {
     defaults: Defaults,
     max_queries: Option<usize>,
+    storage: Option<Arc<dyn Storage>>,
+    storage_timeout: Duration,
+    tier: TierConfig,
+}
+
+impl Default for QueryClientBuilder {
+    fn default() -> Self {
+        QueryClientBuilder {
+            defaults: Defaults::default(),
+            max_queries: None,
+            storage: None,
+            storage_timeout: Duration::from_secs(1),
+            tier: TierConfig {
+                codec: Codec::Json,
+                ttl: None,
+            },
+        }
+    }
 }
 
 impl fmt::Debug for QueryClientBuilder {
@@ -439,6 +564,9 @@ impl fmt::Debug for QueryClientBuilder {
         f.debug_struct("QueryClientBuilder")
             .field("defaults", &self.defaults)
             .field("max_queries", &self.max_queries)
+            .field("storage", &self.storage.is_some())
+            .field("storage_timeout", &self.storage_timeout)
+            .field("tier", &self.tier)
             .finish()
     }
 }
@@ -493,17 +621,61 @@ impl QueryClientBuilder {
         self
     }
 
+    /// A second tier for queries marked [`persist`](QueryOptions::persist): read on the
+    /// first use of a cold key, written behind after fetches and manual writes. Its
+    /// failures never fail a query: they are logged, counted in
+    /// [`stats`](QueryClient::stats), and the client goes on from memory.
+    pub fn storage(mut self, storage: impl Storage) -> Self {
+        self.storage = Some(Arc::new(storage));
+        self
+    }
+
+    /// A shared second tier (`Arc<dyn Storage>`).
+    pub fn storage_arc(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Bound on every second-tier call (default 1 s); a call that takes longer is a
+    /// timeout error (logged) and the client goes on.
+    pub fn storage_timeout(mut self, timeout: Duration) -> Self {
+        self.storage_timeout = timeout;
+        self
+    }
+
+    /// How entries are encoded in the second tier (default JSON, inspectable).
+    pub fn storage_codec(mut self, codec: Codec) -> Self {
+        self.tier.codec = codec;
+        self
+    }
+
+    /// Time to live of second-tier entries (default: each query's gc time).
+    pub fn storage_ttl(mut self, ttl: Duration) -> Self {
+        self.tier.ttl = Some(ttl);
+        self
+    }
+
     /// Builds the client. Call inside or outside a tokio runtime; background work (the
     /// gc task) starts on the first use inside one.
     pub fn build(self) -> QueryClient {
+        let timeout = self.storage_timeout;
+        let tier = self.storage.map(|s| {
+            let bounded: Arc<dyn Storage> = Arc::new(TimeoutStorage::new(s, timeout));
+            Arc::new(Tier::new(bounded, self.tier))
+        });
+        let shared = Arc::new(Shared {
+            defaults: self.defaults,
+            cache: Cache::new(self.max_queries),
+            counters: Arc::new(Counters::default()),
+            tier,
+            restored: parking_lot::Mutex::new(HashMap::new()),
+            gc: Gc::new(),
+            mutation_scopes: crate::mutation::Scopes::default(),
+            next_id: AtomicU64::new(0),
+        });
         QueryClient {
-            shared: Arc::new(Shared {
-                defaults: self.defaults,
-                cache: Cache::new(self.max_queries),
-                counters: Counters::default(),
-                gc: Gc::new(),
-                next_id: AtomicU64::new(0),
-            }),
+            _life: Some(Arc::new(ClientLife(shared.clone()))),
+            shared,
         }
     }
 }

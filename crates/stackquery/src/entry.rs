@@ -12,6 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use std::ops::{Deref, DerefMut};
+
 use parking_lot::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
@@ -20,7 +22,10 @@ use crate::error::{panic_message, QueryError};
 use crate::flight::{FetchResult, Flight};
 use crate::key::QueryKey;
 use crate::options::QueryOptions;
+use crate::snapshot::DehydratedQuery;
 use crate::state::{reduce, Action, FetchStatus, QueryState};
+use crate::storage::tiered::PendingWrite;
+use crate::storage::Envelope;
 
 /// A future that resolves when a started refetch settles (its outcome is in the cache).
 pub(crate) type Settled = BoxFuture<'static, ()>;
@@ -52,6 +57,54 @@ pub(crate) struct EntryInner<T> {
     pub(crate) gc_deadline: Option<Instant>,
     /// Removed from the cache: nothing schedules work for it any more.
     pub(crate) removed: bool,
+    /// Bumped on every state change; observers deliver states by version.
+    pub(crate) version: u64,
+    /// Observers to tell about changes (copy-on-write: cloned to notify, outside the lock).
+    pub(crate) listeners: Listeners,
+    /// The second tier was consulted for this entry (or it never needs to be).
+    pub(crate) hydrated: bool,
+}
+
+/// Told about changes to an entry, after its lock is released.
+pub(crate) trait EntryListener: Send + Sync {
+    /// The entry's state changed (its version moved).
+    fn changed(&self);
+    /// The entry left the cache.
+    fn removed(&self);
+}
+
+type Listeners = Arc<Vec<Arc<dyn EntryListener>>>;
+
+/// The entry lock, plus notification: when the guard drops and the state's version moved,
+/// the lock is released first and then every listener is told.
+pub(crate) struct EntryGuard<'a, T> {
+    guard: Option<MutexGuard<'a, EntryInner<T>>>,
+    version: u64,
+}
+
+impl<T> Deref for EntryGuard<'_, T> {
+    type Target = EntryInner<T>;
+    fn deref(&self) -> &EntryInner<T> {
+        self.guard.as_ref().expect("guard present until drop")
+    }
+}
+impl<T> DerefMut for EntryGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut EntryInner<T> {
+        self.guard.as_mut().expect("guard present until drop")
+    }
+}
+impl<T> Drop for EntryGuard<'_, T> {
+    fn drop(&mut self) {
+        let Some(g) = self.guard.take() else { return };
+        if g.version == self.version || g.listeners.is_empty() {
+            return;
+        }
+        let listeners = g.listeners.clone();
+        drop(g);
+        for l in listeners.iter() {
+            l.changed();
+        }
+    }
 }
 
 /// What a `fetch_query`-style call found.
@@ -93,6 +146,12 @@ impl<T> EntryInner<T> {
         s
     }
 
+    /// Applies a state change (and moves the version so observers hear of it).
+    pub(crate) fn apply(&mut self, action: Action<T>) {
+        reduce(&mut self.state, action);
+        self.version += 1;
+    }
+
     fn unused(&self) -> bool {
         self.observers == 0 && self.flight.is_none() && !self.removed
     }
@@ -116,7 +175,20 @@ impl<T: Send + Sync + 'static> Entry<T> {
                 gc_time,
                 gc_deadline: None,
                 removed: false,
+                version: 0,
+                listeners: Arc::new(Vec::new()),
+                hydrated: false,
             }),
+        }
+    }
+
+    /// Locks the entry; listeners are notified when the guard drops if the state changed.
+    pub(crate) fn lock(&self) -> EntryGuard<'_, T> {
+        let g = self.inner.lock();
+        let version = g.version;
+        EntryGuard {
+            guard: Some(g),
+            version,
         }
     }
 
@@ -133,7 +205,9 @@ impl<T: Send + Sync + 'static> Entry<T> {
     pub(crate) fn fresh_data(&self, stale_time: Duration) -> Option<Arc<T>> {
         let g = self.inner.lock();
         match &g.state.data {
-            Some(d) if g.is_fresh(stale_time) => {
+            // An entry that has never seen this query's options (created by a manual
+            // write) takes the slow path once, which records them.
+            Some(d) if g.options.is_some() && g.is_fresh(stale_time) => {
                 let d = d.clone();
                 drop(g);
                 self.touch();
@@ -154,7 +228,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
         even_if_removed: bool,
     ) -> Result<Option<Step<T>>, QueryError> {
         let stale_time = shared.defaults.stale_time(opts);
-        let mut g = self.inner.lock();
+        let mut g = self.lock();
         if g.state.data.is_some() {
             self.touch();
         }
@@ -202,7 +276,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
     /// cache takes the new one.
     pub(crate) fn begin_flight(
         self: &Arc<Self>,
-        g: &mut MutexGuard<'_, EntryInner<T>>,
+        g: &mut EntryInner<T>,
         shared: &Arc<Shared>,
         opts: QueryOptions<T>,
     ) -> Result<Arc<Flight<T>>, QueryError> {
@@ -212,62 +286,161 @@ impl<T: Send + Sync + 'static> Entry<T> {
             None => g.state.clone(),
         };
         let flight = Arc::new(Flight::new(previous, g.data_gen, g.inval_gen));
-        reduce(&mut g.state, Action::Fetch);
+        // The first fetch of a cold persisted key reads the second tier first; callers
+        // that join this flight share that read too.
+        let hydrate = !g.hydrated
+            && g.state.data.is_none()
+            && opts.persist.is_some()
+            && (shared.tier.is_some() || !shared.restored.lock().is_empty());
+        g.hydrated = true;
+        g.apply(Action::Fetch);
         g.flight = Some(flight.clone());
         g.gc_deadline = None;
         shared.counters.fetches.incr();
         tracing::debug!(key = %self.key, "fetch start");
-        let task = run_flight(shared.clone(), self.clone(), flight.clone(), opts);
+        let task = run_flight(shared.clone(), self.clone(), flight.clone(), opts, hydrate);
         let join = handle.spawn(task);
         let _ = flight.abort.set(join.abort_handle());
         Ok(flight)
     }
 
+    /// Adds an observer. `false` if the entry has left the cache.
+    pub(crate) fn attach(&self, listener: Arc<dyn EntryListener>) -> bool {
+        let mut g = self.inner.lock();
+        if g.removed {
+            return false;
+        }
+        g.observers += 1;
+        Arc::make_mut(&mut g.listeners).push(listener);
+        g.gc_deadline = None;
+        true
+    }
+
+    /// Removes an observer; the gc timer starts when the last one leaves.
+    pub(crate) fn detach(&self, shared: &Shared, listener: &Arc<dyn EntryListener>) {
+        let mut g = self.inner.lock();
+        let target = Arc::as_ptr(listener).cast::<u8>();
+        let list = Arc::make_mut(&mut g.listeners);
+        if let Some(i) = list
+            .iter()
+            .position(|l| Arc::as_ptr(l).cast::<u8>() == target)
+        {
+            list.remove(i);
+            g.observers = g.observers.saturating_sub(1);
+        }
+        self.arm_gc_if_unused(&mut g, shared);
+    }
+
     /// Records a failed attempt of `flight` (if it is still the entry's current fetch).
     fn attempt_failed(&self, flight: &Arc<Flight<T>>, error: QueryError) {
-        let mut g = self.inner.lock();
+        let mut g = self.lock();
         if is_current(&g, flight) {
-            reduce(&mut g.state, Action::Failed { error });
+            g.apply(Action::Failed { error });
         }
     }
 
     /// Settles `flight` with `result`: updates the entry if the flight is still current,
-    /// then wakes its waiters. Idempotent: the first settlement wins.
-    pub(crate) fn settle(&self, shared: &Shared, flight: &Arc<Flight<T>>, result: FetchResult<T>) {
-        let mut g = self.inner.lock();
+    /// then wakes its waiters. Idempotent: the first settlement wins. Returns the stamp of
+    /// the data it stored, if it stored any (the caller then writes it behind).
+    pub(crate) fn settle(
+        &self,
+        shared: &Shared,
+        flight: &Arc<Flight<T>>,
+        result: FetchResult<T>,
+    ) -> Option<(SystemTime, bool)> {
+        self.settle_with(shared, flight, result, None)
+    }
+
+    /// [`settle`](Self::settle), where `hydrated` carries the stamp, invalidated flag and age
+    /// of data read from the second tier.
+    fn settle_with(
+        &self,
+        shared: &Shared,
+        flight: &Arc<Flight<T>>,
+        mut result: FetchResult<T>,
+        hydrated: Option<(SystemTime, bool, Duration)>,
+    ) -> Option<(SystemTime, bool)> {
+        let mut stored = None;
+        let mut g = self.lock();
         if is_current(&g, flight) {
             g.flight = None;
             match &result {
                 Ok(data) if g.data_gen == flight.data_gen => {
-                    let invalidated = g.inval_gen != flight.inval_gen;
-                    reduce(
-                        &mut g.state,
-                        Action::Success {
-                            data: data.clone(),
-                            at: SystemTime::now(),
-                            invalidated,
-                        },
-                    );
-                    g.updated_at = Some(Instant::now());
+                    let (at, invalidated, age) = match hydrated {
+                        Some(h) => h,
+                        None => (
+                            SystemTime::now(),
+                            g.inval_gen != flight.inval_gen,
+                            Duration::ZERO,
+                        ),
+                    };
+                    g.apply(Action::Success {
+                        data: data.clone(),
+                        at,
+                        invalidated,
+                    });
+                    let now = Instant::now();
+                    g.updated_at = Some(now.checked_sub(age).unwrap_or(now));
+                    stored = g.state.data_updated_at.map(|at| (at, invalidated));
                 }
-                // A manual write landed during the fetch: the newer manual data stays.
-                Ok(_) => g.state.fetch_status = FetchStatus::Idle,
+                // A manual write landed meanwhile: the newer manual data stays, and it is
+                // what this flight's callers get when it was a hydration.
+                Ok(_) => {
+                    g.state.fetch_status = FetchStatus::Idle;
+                    g.version += 1;
+                    if hydrated.is_some() {
+                        if let Some(d) = g.state.data.clone() {
+                            result = Ok(d);
+                        }
+                    }
+                }
                 Err(QueryError::Cancelled) => {
                     let previous = flight.previous.clone();
-                    reduce(&mut g.state, Action::Revert { previous });
+                    g.apply(Action::Revert { previous });
                 }
-                Err(error) => reduce(
-                    &mut g.state,
-                    Action::Error {
-                        error: error.clone(),
-                        at: SystemTime::now(),
-                    },
-                ),
+                Err(error) => g.apply(Action::Error {
+                    error: error.clone(),
+                    at: SystemTime::now(),
+                }),
             }
             self.arm_gc_if_unused(&mut g, shared);
         }
         drop(g);
         flight.resolve(result);
+        stored
+    }
+
+    /// Starts a background fetch unless one is in flight (after a stale hydration).
+    fn refresh(self: &Arc<Self>, shared: &Arc<Shared>, opts: QueryOptions<T>) {
+        let mut g = self.lock();
+        if g.flight.is_none() && !g.removed {
+            if let Err(error) = self.begin_flight(&mut g, shared, opts) {
+                tracing::debug!(key = %self.key, %error, "background refresh did not start");
+            }
+        }
+    }
+
+    /// Queues a second-tier write of the entry's current data, if the query is persisted.
+    pub(crate) fn write_behind(&self, shared: &Shared) {
+        let Some(tier) = &shared.tier else { return };
+        let g = self.inner.lock();
+        let Some(fns) = g.options.as_ref().and_then(|o| o.persist) else {
+            return;
+        };
+        let (Some(data), Some(at)) = (g.state.data.clone(), g.state.data_updated_at) else {
+            return;
+        };
+        let (invalidated, gc_time) = (g.state.is_invalidated, g.gc_time);
+        drop(g);
+        let write = PendingWrite {
+            key: self.key.to_string(),
+            fns,
+            data,
+            at,
+            invalidated,
+            gc_time,
+        };
+        tier.write(&shared.counters, write);
     }
 
     /// Arms the gc timer when nothing uses the entry any more.
@@ -286,21 +459,19 @@ impl<T: Send + Sync + 'static> Entry<T> {
 
     /// Writes data by hand. The write wins over any fetch that started before it.
     pub(crate) fn set_data(&self, shared: &Shared, data: Arc<T>) {
-        let mut g = self.inner.lock();
+        let mut g = self.lock();
+        g.hydrated = true;
         if g.state.data.is_some() {
             // Overwriting data is a use; the first write is the insertion itself.
             self.touch();
         }
         g.data_gen += 1;
         let fetching = g.flight.is_some();
-        reduce(
-            &mut g.state,
-            Action::Success {
-                data,
-                at: SystemTime::now(),
-                invalidated: false,
-            },
-        );
+        g.apply(Action::Success {
+            data,
+            at: SystemTime::now(),
+            invalidated: false,
+        });
         if fetching {
             // The fetch goes on for its waiters; the entry still shows it.
             g.state.fetch_status = FetchStatus::Fetching;
@@ -310,10 +481,13 @@ impl<T: Send + Sync + 'static> Entry<T> {
     }
 
     fn typed_invalidate(self: &Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {
-        let mut g = self.inner.lock();
+        let mut g = self.lock();
         g.inval_gen += 1;
-        reduce(&mut g.state, Action::Invalidate);
+        g.apply(Action::Invalidate);
         if g.observers == 0 || g.removed {
+            drop(g);
+            // The invalidated flag reaches the second tier, so it survives eviction.
+            self.write_behind(shared);
             return None;
         }
         // Observed: refetch now. A fetch that began before the invalidation would come
@@ -324,7 +498,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
     }
 
     fn typed_refetch(self: &Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {
-        let mut g = self.inner.lock();
+        let mut g = self.lock();
         if g.removed {
             return None;
         }
@@ -381,12 +555,16 @@ async fn run_flight<T: Send + Sync + 'static>(
     entry: Arc<Entry<T>>,
     flight: Arc<Flight<T>>,
     opts: QueryOptions<T>,
+    hydrate: bool,
 ) {
     let guard = FlightGuard {
         shared,
         entry,
         flight,
     };
+    if hydrate && hydrate_flight(&guard, &opts).await {
+        return;
+    }
     let mut failures: u32 = 0;
     let result = loop {
         let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (opts.fetcher)())) {
@@ -418,8 +596,63 @@ async fn run_flight<T: Send + Sync + 'static>(
     if result.is_ok() {
         tracing::debug!(key = %guard.entry.key, "fetch success");
     }
-    guard.entry.settle(&guard.shared, &guard.flight, result);
+    if guard
+        .entry
+        .settle(&guard.shared, &guard.flight, result)
+        .is_some()
+    {
+        guard.entry.write_behind(&guard.shared);
+    }
     guard.shared.cache.evict_if_over_capacity(&guard.shared);
+}
+
+/// Reads the key from a restored snapshot or the second tier. On a hit the flight settles
+/// with that data (`true`); stale data also starts a background refresh.
+async fn hydrate_flight<T: Send + Sync + 'static>(
+    guard: &FlightGuard<T>,
+    opts: &QueryOptions<T>,
+) -> bool {
+    let Some(fns) = opts.persist else {
+        return false;
+    };
+    let key = guard.entry.key.to_string();
+    let restored = guard.shared.restored.lock().remove(&key);
+    let envelope = match restored.map(|q| q.decode(fns)) {
+        Some(Ok(envelope)) => Some(envelope),
+        Some(Err(error)) => {
+            tracing::warn!(%key, %error, "unusable snapshot entry: ignored");
+            None
+        }
+        None => None,
+    };
+    let envelope = match (envelope, &guard.shared.tier) {
+        (Some(e), _) => Some(e),
+        (None, Some(tier)) => tier.read(&guard.shared.counters, &key, fns).await,
+        (None, None) => None,
+    };
+    let Some(envelope) = envelope else {
+        return false;
+    };
+    let at = envelope.data_updated_at();
+    let age = SystemTime::now()
+        .duration_since(at)
+        .unwrap_or(Duration::ZERO);
+    let data = Arc::new(envelope.data);
+    tracing::debug!(%key, ?age, "hydrated from the second tier");
+    guard.entry.settle_with(
+        &guard.shared,
+        &guard.flight,
+        Ok(data),
+        Some((at, envelope.invalidated, age)),
+    );
+    let stale = {
+        let g = guard.entry.inner.lock();
+        !g.is_fresh(guard.shared.defaults.stale_time(opts))
+    };
+    if stale {
+        guard.entry.refresh(&guard.shared, opts.clone());
+    }
+    true
 }
 
 /// Type-erased view of an entry, for bulk operations and the cache's bookkeeping.
@@ -443,7 +676,16 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     fn cancel(&self, shared: &Shared);
     fn reset(&self, shared: &Shared);
     /// The entry left the cache: detach any fetch so nothing writes into it again.
+    /// Called under the cache's lock, so it notifies nobody.
     fn mark_removed(&self);
+    /// Tells the observers of a removed entry (called with no lock held).
+    fn notify_removed(&self);
+    /// Whether the query is persisted (its options say so).
+    fn is_persisted(&self) -> bool;
+    /// The entry as a snapshot item, if it is persisted and has data.
+    fn dehydrate(&self) -> Option<DehydratedQuery>;
+    /// Applies a snapshot item if the entry can decode it; gives it back otherwise.
+    fn restore(&self, q: DehydratedQuery) -> Result<(), DehydratedQuery>;
 }
 
 impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
@@ -493,13 +735,13 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         self.typed_cancel(shared)
     }
     fn reset(&self, shared: &Shared) {
-        let mut g = self.inner.lock();
+        let mut g = self.lock();
         g.data_gen += 1;
         g.inval_gen += 1;
         // A fetch in flight goes on for its waiters but no longer writes here.
         g.flight = None;
         g.updated_at = None;
-        reduce(&mut g.state, Action::Reset);
+        g.apply(Action::Reset);
         self.arm_gc_if_unused(&mut g, shared);
     }
     fn mark_removed(&self) {
@@ -507,5 +749,75 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         g.removed = true;
         g.flight = None;
         g.gc_deadline = None;
+    }
+    fn is_persisted(&self) -> bool {
+        self.inner
+            .lock()
+            .options
+            .as_ref()
+            .is_some_and(|o| o.persist.is_some())
+    }
+    fn dehydrate(&self) -> Option<DehydratedQuery> {
+        let g = self.inner.lock();
+        let fns = g.options.as_ref()?.persist?;
+        let data = g.state.data.clone()?;
+        let at = g.state.data_updated_at?;
+        let invalidated = g.state.is_invalidated;
+        drop(g);
+        let envelope = Envelope::new((), at, invalidated);
+        match (fns.to_json)(&data) {
+            Ok(json) => Some(DehydratedQuery {
+                key: self.key.to_string(),
+                data: json,
+                data_updated_at_ms: envelope.data_updated_at_ms,
+                invalidated,
+            }),
+            Err(error) => {
+                tracing::warn!(key = %self.key, %error, "not dehydrated: data does not encode");
+                None
+            }
+        }
+    }
+    fn restore(&self, q: DehydratedQuery) -> Result<(), DehydratedQuery> {
+        let Some(fns) = self.inner.lock().options.as_ref().and_then(|o| o.persist) else {
+            return Err(q);
+        };
+        let envelope = match q.decode(fns) {
+            Ok(e) => e,
+            Err(error) => {
+                tracing::warn!(key = %self.key, %error, "snapshot entry does not decode: ignored");
+                return Ok(());
+            }
+        };
+        let at = envelope.data_updated_at();
+        let mut g = self.lock();
+        // Newer data wins: a snapshot never overwrites fresher data in memory.
+        if g.state.data_updated_at.is_some_and(|current| current >= at) {
+            return Ok(());
+        }
+        let age = SystemTime::now()
+            .duration_since(at)
+            .unwrap_or(Duration::ZERO);
+        g.hydrated = true;
+        g.apply(Action::Success {
+            data: Arc::new(envelope.data),
+            at,
+            invalidated: envelope.invalidated,
+        });
+        if g.flight.is_some() {
+            g.state.fetch_status = FetchStatus::Fetching;
+        }
+        let now = Instant::now();
+        g.updated_at = Some(now.checked_sub(age).unwrap_or(now));
+        Ok(())
+    }
+    fn notify_removed(&self) {
+        let listeners = {
+            let mut g = self.inner.lock();
+            std::mem::take(&mut g.listeners)
+        };
+        for l in listeners.iter() {
+            l.removed();
+        }
     }
 }

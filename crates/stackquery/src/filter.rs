@@ -110,6 +110,15 @@ impl QueryFilter {
         }
     }
 
+    /// True when nothing narrows the key scope (so it can be applied to the second tier,
+    /// which only knows keys).
+    pub(crate) fn is_key_only(&self) -> bool {
+        self.stale.is_none()
+            && self.active.is_none()
+            && self.fetching.is_none()
+            && self.predicate.is_none()
+    }
+
     /// The narrowing part; called outside every lock (it may run user code).
     pub(crate) fn accepts(&self, e: &ErasedEntry) -> bool {
         if self.stale.is_some_and(|s| e.is_stale() != s)

@@ -7,6 +7,7 @@
 //! timer can never delete a newer entry or one that was used again.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use futures::StreamExt;
@@ -26,6 +27,7 @@ pub(crate) struct Gc {
     tx: mpsc::UnboundedSender<GcMsg>,
     /// The receiver waits here until a runtime is available to run the gc task.
     rx: Mutex<Option<mpsc::UnboundedReceiver<GcMsg>>>,
+    started: AtomicBool,
 }
 
 impl Gc {
@@ -34,6 +36,7 @@ impl Gc {
         Gc {
             tx,
             rx: Mutex::new(Some(rx)),
+            started: AtomicBool::new(false),
         }
     }
 
@@ -44,7 +47,7 @@ impl Gc {
 
     /// Starts the gc task on the current runtime, once. Without a runtime, messages wait.
     pub(crate) fn start(&self, shared: &Arc<Shared>) {
-        if self.rx.lock().is_none() {
+        if self.started.load(Ordering::Acquire) {
             return;
         }
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -53,6 +56,7 @@ impl Gc {
         let Some(rx) = self.rx.lock().take() else {
             return;
         };
+        self.started.store(true, Ordering::Release);
         handle.spawn(run(rx, Arc::downgrade(shared)));
     }
 }

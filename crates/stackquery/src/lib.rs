@@ -59,19 +59,32 @@ mod filter;
 mod flight;
 mod gc;
 mod key;
+mod mutation;
+mod observer;
 mod options;
 mod retry;
+mod snapshot;
 mod state;
 mod stats;
+pub mod storage;
 
 pub use client::{QueryClient, QueryClientBuilder};
 pub use error::{BoxError, FetchError, QueryError};
 pub use filter::QueryFilter;
 pub use key::{KeyPart, ParseKeyError, QueryKey};
+pub use mutation::{
+    Mutation, MutationOptions, MutationState, MutationStatus, MutationSubscription,
+};
+pub use observer::{ObserverStream, QueryObserver, Subscription};
 pub use options::QueryOptions;
 pub use retry::{default_retry_delay, RetryDelay, RetryPolicy};
+pub use snapshot::{DehydratedQuery, DehydratedState};
 pub use state::{FetchStatus, QueryState, QueryStatus};
 pub use stats::CacheStats;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use storage::SqliteStorage;
+pub use storage::{Codec, MemoryStorage, Storage, StorageError};
 
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

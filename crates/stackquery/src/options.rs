@@ -12,6 +12,7 @@ use futures::FutureExt;
 use crate::error::{BoxError, QueryError};
 use crate::key::QueryKey;
 use crate::retry::{default_retry_delay, RetryDelay, RetryPolicy};
+use crate::storage::tiered::PersistFns;
 
 pub(crate) type Fetcher<T> = Arc<dyn Fn() -> BoxFuture<'static, Result<T, BoxError>> + Send + Sync>;
 
@@ -44,6 +45,7 @@ pub struct QueryOptions<T> {
     pub(crate) refetch_interval: Option<Duration>,
     pub(crate) enabled: bool,
     pub(crate) placeholder_data: Option<Arc<T>>,
+    pub(crate) persist: Option<PersistFns<T>>,
 }
 
 impl<T> Clone for QueryOptions<T> {
@@ -59,6 +61,7 @@ impl<T> Clone for QueryOptions<T> {
             refetch_interval: self.refetch_interval,
             enabled: self.enabled,
             placeholder_data: self.placeholder_data.clone(),
+            persist: self.persist,
         }
     }
 }
@@ -73,6 +76,7 @@ impl<T> fmt::Debug for QueryOptions<T> {
             .field("retry_jitter", &self.retry_jitter)
             .field("refetch_interval", &self.refetch_interval)
             .field("enabled", &self.enabled)
+            .field("persist", &self.persist.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -100,7 +104,19 @@ impl<T: Send + Sync + 'static> QueryOptions<T> {
             refetch_interval: None,
             enabled: true,
             placeholder_data: None,
+            persist: None,
         }
+    }
+}
+
+impl<T: serde::Serialize + serde::de::DeserializeOwned> QueryOptions<T> {
+    /// Opts this query into the client's second tier (its [`Storage`](crate::Storage)):
+    /// a cold key is read from storage before fetching, and fetched or manually set data
+    /// is written behind. Without a storage on the client this does nothing.
+    #[must_use]
+    pub fn persist(mut self) -> Self {
+        self.persist = Some(PersistFns::new());
+        self
     }
 }
 

@@ -20,12 +20,25 @@ impl Default for StripedCounter {
     }
 }
 
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    // `usize::MAX` = not assigned yet; a const initialiser keeps the access check-free.
+    static STRIPE: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+#[inline]
 fn stripe_index() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
-    }
-    INDEX.with(|i| *i)
+    STRIPE.with(|s| {
+        let i = s.get();
+        if i < STRIPES {
+            i
+        } else {
+            let i = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
+            s.set(i);
+            i
+        }
+    })
 }
 
 impl StripedCounter {
@@ -49,6 +62,10 @@ pub(crate) struct Counters {
     pub(crate) dedup_joins: StripedCounter,
     pub(crate) evictions: StripedCounter,
     pub(crate) gc_collections: StripedCounter,
+    pub(crate) l2_hits: StripedCounter,
+    pub(crate) l2_misses: StripedCounter,
+    pub(crate) l2_errors: StripedCounter,
+    pub(crate) l2_writes: StripedCounter,
 }
 
 /// A snapshot of a client's counters.
@@ -69,6 +86,14 @@ pub struct CacheStats {
     pub evictions: u64,
     /// Unused entries removed after their `gc_time`.
     pub gc_collections: u64,
+    /// Second-tier reads that found a usable entry (hydrations).
+    pub l2_hits: u64,
+    /// Second-tier reads that found nothing.
+    pub l2_misses: u64,
+    /// Second-tier failures: errors, timeouts, corrupt entries (each logged).
+    pub l2_errors: u64,
+    /// Second-tier writes attempted by the write-behind queue.
+    pub l2_writes: u64,
     /// Entries in memory now.
     pub entries: usize,
 }
@@ -83,6 +108,10 @@ impl Counters {
             dedup_joins: self.dedup_joins.get(),
             evictions: self.evictions.get(),
             gc_collections: self.gc_collections.get(),
+            l2_hits: self.l2_hits.get(),
+            l2_misses: self.l2_misses.get(),
+            l2_errors: self.l2_errors.get(),
+            l2_writes: self.l2_writes.get(),
             entries,
         }
     }

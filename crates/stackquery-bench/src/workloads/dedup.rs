@@ -1,0 +1,198 @@
+//! Cold-key deduplication: N concurrent callers (spawned tasks on a 2-worker runtime) ask
+//! for one key that is not cached; the fetch sleeps 10 ms. Every contender must run the
+//! fetch once. The figure is the wall time from the first spawn until every caller has
+//! its value, minus the fetch's own measured duration, divided by N: what each extra
+//! caller costs beyond the 10 ms.
+
+use std::future::Future;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache as MokaCache;
+use stackquery::{key, QueryClient, QueryOptions};
+use stackquery_bench::contenders::SingleFlight;
+use stackquery_bench::stats::median;
+
+use super::{
+    multi_thread, on_worker, Never, FRESH_FOR, HAND, MOKA_GET_WITH, MOKA_TRY_GET_WITH, SQ_FETCH,
+};
+use crate::report::{fmt_num, Better, Row, Section};
+use crate::Cfg;
+
+const FETCH: Duration = Duration::from_millis(10);
+
+/// What the fetch function saw: how often it ran and how long its sleep took.
+#[derive(Default)]
+struct Probe {
+    fetches: AtomicUsize,
+    fetch_ns: AtomicU64,
+}
+
+async fn slow_fetch(p: Arc<Probe>) -> String {
+    p.fetches.fetch_add(1, Ordering::SeqCst);
+    let t = Instant::now();
+    tokio::time::sleep(FETCH).await;
+    p.fetch_ns
+        .fetch_max(t.elapsed().as_nanos() as u64, Ordering::SeqCst);
+    "a user record".to_string()
+}
+
+/// Spawns `n` callers made by `call` and waits for all of them; returns the wall time.
+async fn callers<F, Fut>(n: usize, call: F) -> Duration
+where
+    F: Fn() -> Fut,
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    let start = Instant::now();
+    let handles: Vec<_> = (0..n).map(|_| tokio::spawn(call())).collect();
+    for h in handles {
+        black_box(h.await.expect("caller panicked"));
+    }
+    start.elapsed()
+}
+
+/// One repetition's outcome.
+struct Rep {
+    total: Duration,
+    probe: Arc<Probe>,
+    /// The contender's own count of fetches, where it keeps one.
+    own_count: Option<u64>,
+}
+
+async fn rep_stackquery(n: usize) -> Rep {
+    let probe = Arc::new(Probe::default());
+    let client = QueryClient::new();
+    let p = probe.clone();
+    let opts = Arc::new(
+        QueryOptions::new(key!["cold", 1], move || {
+            let p = p.clone();
+            async move { Ok::<_, Never>(slow_fetch(p).await) }
+        })
+        .stale_time(FRESH_FOR),
+    );
+    let total = callers(n, || {
+        let c = client.clone();
+        let o = opts.clone();
+        async move { c.fetch_query(&o).await.expect("fetch") }
+    })
+    .await;
+    Rep {
+        total,
+        probe,
+        own_count: Some(client.stats().fetches),
+    }
+}
+
+async fn rep_moka(n: usize, try_get: bool) -> Rep {
+    let probe = Arc::new(Probe::default());
+    let cache: MokaCache<u64, Arc<String>> = MokaCache::new(1_000);
+    let total = callers(n, || {
+        let m = cache.clone();
+        let p = probe.clone();
+        async move {
+            if try_get {
+                m.try_get_with(
+                    1,
+                    async move { Ok::<_, Never>(Arc::new(slow_fetch(p).await)) },
+                )
+                .await
+                .expect("fetch")
+            } else {
+                m.get_with(1, async move { Arc::new(slow_fetch(p).await) })
+                    .await
+            }
+        }
+    })
+    .await;
+    Rep {
+        total,
+        probe,
+        own_count: None,
+    }
+}
+
+async fn rep_hand(n: usize) -> Rep {
+    let probe = Arc::new(Probe::default());
+    let map: Arc<SingleFlight<u64, Arc<String>>> = Arc::new(SingleFlight::new());
+    let total = callers(n, || {
+        let s = map.clone();
+        let p = probe.clone();
+        async move {
+            s.get_or_fetch(&1, move || async move { Arc::new(slow_fetch(p).await) })
+                .await
+        }
+    })
+    .await;
+    Rep {
+        total,
+        probe,
+        own_count: None,
+    }
+}
+
+fn section(n: usize, reps: usize) -> Section {
+    let id = if n >= 100_000 {
+        "dedup_100k"
+    } else {
+        "dedup_1k"
+    };
+    let mut s = Section::new(
+        id,
+        format!(
+            "Cold-key deduplication, {} concurrent callers, 10 ms fetch",
+            fmt_num(n as f64)
+        ),
+        "ns/caller",
+        Better::Lower,
+    );
+    s.reference(SQ_FETCH);
+    let rt = multi_thread();
+    let mut run = |name: &str, make: &dyn Fn() -> Rep| {
+        let mut overhead = Vec::with_capacity(reps);
+        let mut totals = Vec::with_capacity(reps);
+        let mut fetches = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let r = make();
+            let fetch_ns = r.probe.fetch_ns.load(Ordering::SeqCst) as f64;
+            let total_ns = r.total.as_nanos() as f64;
+            overhead.push((total_ns - fetch_ns).max(0.0) / n as f64);
+            totals.push(total_ns / 1e6);
+            let count = r.probe.fetches.load(Ordering::SeqCst);
+            if let Some(own) = r.own_count {
+                assert_eq!(own as usize, count, "{name}: stats disagree with the probe");
+            }
+            fetches.push(count);
+        }
+        let all_one = fetches.iter().all(|&f| f == 1);
+        let fetch_note = if all_one {
+            "1 fetch in every run".to_string()
+        } else {
+            format!("fetches per run: {fetches:?}")
+        };
+        s.push(Row::new(name, overhead).note(format!(
+            "{fetch_note}; wall time {:.1} ms (median)",
+            median(&totals)
+        )));
+    };
+    run(SQ_FETCH, &|| on_worker(&rt, rep_stackquery(n)));
+    run(MOKA_GET_WITH, &|| on_worker(&rt, rep_moka(n, false)));
+    run(MOKA_TRY_GET_WITH, &|| on_worker(&rt, rep_moka(n, true)));
+    run(HAND, &|| on_worker(&rt, rep_hand(n)));
+    s.note(format!(
+        "Callers are tasks spawned by one driver task on a 2-worker runtime; overhead = \
+         (wall time − the fetch's measured sleep) / {n}. Spawning and joining a task is \
+         included for every contender alike. {} runs each.",
+        reps
+    ));
+    s
+}
+
+pub(crate) fn run(cfg: &Cfg) -> Vec<Section> {
+    vec![
+        section(1_000, cfg.dedup_small_reps),
+        section(100_000, cfg.dedup_large_reps),
+    ]
+}

@@ -1,0 +1,215 @@
+//! [`RedisLeases`]: cluster-wide leases for deduplicating a fetch across instances.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::Script;
+
+use super::InstanceId;
+use crate::storage::redis::{backend, bounded, ttl_millis};
+use crate::storage::RedisStorage;
+use crate::StorageError;
+
+/// Deletes the lease only if it still holds the caller's token.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Extends the lease only if it still holds the caller's token.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// Cluster-wide leases on a Redis server (feature `redis`): at most one holder per key at a
+/// time, across every instance sharing the namespace.
+///
+/// A lease is `SET <namespace>:lease:<key> <random token> NX PX <ttl>`: the first caller
+/// gets a [`LeaseToken`], the others get `None` until it is
+/// [released](Self::release) or its ttl runs out — so a holder that dies (crash, aborted
+/// task, lost connection) blocks the others for at most the ttl. Releasing and renewing go
+/// through a Lua script that compares the token first, so a holder whose lease already
+/// expired (and was taken by someone else) cannot remove or extend the new holder's.
+///
+/// Every call is bounded by the store's timeout. Made from a [`RedisStorage`], whose
+/// connection and namespace it shares; cloning is cheap.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use stackquery::bus::RedisLeases;
+/// use stackquery::storage::RedisStorage;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), stackquery::StorageError> {
+/// let store = RedisStorage::builder("redis://127.0.0.1:6379").namespace("myapp").connect().await?;
+/// let leases = RedisLeases::new(&store);
+/// let key = r#"["report",2024]"#;
+/// if let Some(token) = leases.try_acquire(key, Duration::from_secs(10)).await? {
+///     // … fetch, write the shared tier, publish on the bus …
+///     leases.release(&token).await?;
+/// } else {
+///     // someone else is fetching: wait for the bus, then read the shared tier
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisLeases {
+    conn: ConnectionManager,
+    key_prefix: String,
+    timeout: Duration,
+    scripts: Arc<Scripts>,
+}
+
+struct Scripts {
+    release: Script,
+    renew: Script,
+}
+
+/// Proof of holding a lease, from [`RedisLeases::try_acquire`]: the key and a random token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LeaseToken {
+    key: String,
+    redis_key: String,
+    token: String,
+}
+
+impl LeaseToken {
+    /// The key the lease is on, as given to `try_acquire`.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The random token stored in the lease.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+}
+
+impl fmt::Debug for LeaseToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeaseToken")
+            .field("key", &self.key)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+impl RedisLeases {
+    /// Leases on the server and namespace of `storage`, bounded by its timeout.
+    pub fn new(storage: &RedisStorage) -> Self {
+        RedisLeases {
+            conn: storage.connection(),
+            key_prefix: format!("{}:lease:", storage.namespace()),
+            timeout: storage.timeout(),
+            scripts: Arc::new(Scripts {
+                release: Script::new(RELEASE),
+                renew: Script::new(RENEW),
+            }),
+        }
+    }
+
+    fn redis_key(&self, key: &str) -> String {
+        format!("{}{key}", self.key_prefix)
+    }
+
+    /// Takes the lease on `key` for `ttl` if nobody holds it (a zero ttl counts as 1 ms).
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Timeout`] or [`StorageError::Backend`] when the server cannot be
+    /// reached; then nobody can tell who holds the lease, and the caller should fetch on
+    /// its own.
+    pub async fn try_acquire(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Option<LeaseToken>, StorageError> {
+        let token = LeaseToken {
+            key: key.to_owned(),
+            redis_key: self.redis_key(key),
+            token: InstanceId::random().to_string(),
+        };
+        let cmd = redis::cmd("SET")
+            .arg(&token.redis_key)
+            .arg(&token.token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_millis(ttl).unwrap_or(1))
+            .clone();
+        let mut conn = self.conn.clone();
+        // `OK` when set, nil when the key exists.
+        let set: Option<String> = bounded(self.timeout, async {
+            cmd.query_async(&mut conn).await.map_err(backend)
+        })
+        .await?;
+        Ok(set.map(|_| token))
+    }
+
+    /// Gives the lease back; `Ok(false)` when it was no longer held by `token` (it expired,
+    /// and maybe someone else holds it now — which is left alone).
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Timeout`] or [`StorageError::Backend`]: the lease then ends by
+    /// itself when its ttl runs out.
+    pub async fn release(&self, token: &LeaseToken) -> Result<bool, StorageError> {
+        let mut conn = self.conn.clone();
+        let mut call = self.scripts.release.key(&token.redis_key);
+        call.arg(&token.token);
+        let deleted: i64 = bounded(self.timeout, async {
+            call.invoke_async(&mut conn).await.map_err(backend)
+        })
+        .await?;
+        Ok(deleted == 1)
+    }
+
+    /// Extends the lease to `ttl` from now, for a fetch that takes longer than planned;
+    /// `Ok(false)` when it was no longer held by `token`.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Timeout`] or [`StorageError::Backend`].
+    pub async fn renew(&self, token: &LeaseToken, ttl: Duration) -> Result<bool, StorageError> {
+        let mut conn = self.conn.clone();
+        let mut call = self.scripts.renew.key(&token.redis_key);
+        call.arg(&token.token).arg(ttl_millis(ttl).unwrap_or(1));
+        let renewed: i64 = bounded(self.timeout, async {
+            call.invoke_async(&mut conn).await.map_err(backend)
+        })
+        .await?;
+        Ok(renewed == 1)
+    }
+
+    /// Whether anyone holds the lease on `key` now.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Timeout`] or [`StorageError::Backend`].
+    pub async fn is_held(&self, key: &str) -> Result<bool, StorageError> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("EXISTS").arg(self.redis_key(key)).clone();
+        let n: u64 = bounded(self.timeout, async {
+            cmd.query_async(&mut conn).await.map_err(backend)
+        })
+        .await?;
+        Ok(n > 0)
+    }
+}
+
+impl fmt::Debug for RedisLeases {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLeases")
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}

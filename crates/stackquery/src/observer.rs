@@ -1,0 +1,701 @@
+//! Reactive observers: [`QueryObserver`] watches one key, notifies listeners and streams,
+//! polls while observed, and can transform the data with `select`.
+//!
+//! Delivery works like a drain loop: a change marks the observer "pending"; whoever holds
+//! the delivery slot computes the newest state (select runs once per change, not per
+//! listener) and hands it to every listener; a change that arrives meanwhile (even from a
+//! listener calling back into the client) is picked up by the same loop before the slot is
+//! released. So states arrive in order, the final state is never lost, and no internal lock
+//! is held while user code runs.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use futures::stream::{BoxStream, Stream, StreamExt};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use crate::client::QueryClient;
+use crate::entry::{Entry, EntryListener, Mode};
+use crate::error::{panic_message, QueryError};
+use crate::options::QueryOptions;
+use crate::state::{FetchStatus, QueryState, QueryStatus};
+
+type Selector<R, T> = dyn Fn(&Arc<R>) -> Arc<T> + Send + Sync;
+type DataEq<T> = dyn Fn(&T, &T) -> bool + Send + Sync;
+type Listener<T> = dyn Fn(&QueryState<T>) + Send + Sync;
+type SelectMemo<R, T> = Option<(Arc<R>, Result<Arc<T>, QueryError>)>;
+
+/// Watches one query and tells listeners and streams about every change.
+///
+/// `T` is the type observers see; `R` the type stored in the cache (the same unless
+/// [`select`](QueryObserver::select) transforms it). Cloning is cheap and clones share
+/// subscribers.
+///
+/// An observer with at least one subscriber (listener or stream) makes its entry *active*:
+/// it is never evicted or collected, `invalidate_queries` refetches it at once, and a
+/// `refetch_interval` polls it. When the last subscriber leaves, the entry's gc timer starts.
+///
+/// If the entry is removed (`remove_queries`, `clear`, or the client dropped), listeners get
+/// one last state (the initial one: idle, no data), streams end, and the observer detaches.
+/// A later `subscribe`, `stream` or `refetch` attaches it to a new entry for the key.
+///
+/// ```
+/// use stackquery::{key, QueryClient, QueryOptions};
+/// use std::sync::{Arc, Mutex};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), stackquery::QueryError> {
+/// let client = QueryClient::new();
+/// let opts = QueryOptions::new(key!["user", 1], || async { Ok::<_, String>("Ada".to_string()) });
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let s = seen.clone();
+/// let observer = client.watch(&opts);
+/// let sub = observer.subscribe(move |state| s.lock().unwrap().push(state.status));
+/// observer.refetch().await?;
+/// drop(sub);
+/// let seen = seen.lock().unwrap();
+/// // The first subscriber started the fetch, so the first state it saw was already pending.
+/// assert_eq!(seen.first(), Some(&stackquery::QueryStatus::Pending));
+/// assert_eq!(seen.last(), Some(&stackquery::QueryStatus::Success));
+/// # Ok(()) }
+/// ```
+pub struct QueryObserver<T, R = T> {
+    inner: Arc<ObserverInner<T, R>>,
+}
+
+impl<T, R> Clone for QueryObserver<T, R> {
+    fn clone(&self) -> Self {
+        QueryObserver {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T, R> fmt::Debug for QueryObserver<T, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueryObserver")
+            .field("key", &self.inner.opts.key)
+            .field("paused", &self.inner.paused.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+struct ListenerSlot<T> {
+    id: u64,
+    f: Box<Listener<T>>,
+    /// Version of the last state this listener received (deliveries only move forward).
+    seen: AtomicU64,
+}
+
+struct Attachment<R> {
+    entry: Arc<Entry<R>>,
+    handle: Arc<dyn EntryListener>,
+}
+
+struct Subscribers<T, R> {
+    listeners: Vec<Arc<ListenerSlot<T>>>,
+    /// Streams alive (they count as subscribers).
+    streams: usize,
+    attached: Option<Attachment<R>>,
+    poll: Option<AbortHandle>,
+    /// Latest state for streams; `None` ends them (entry removed).
+    stream_tx: Option<watch::Sender<Option<QueryState<T>>>>,
+}
+
+impl<T, R> Subscribers<T, R> {
+    fn count(&self) -> usize {
+        self.listeners.len() + self.streams
+    }
+}
+
+struct Delivered<T> {
+    version: u64,
+    state: QueryState<T>,
+}
+
+struct ObserverInner<T, R> {
+    client: QueryClient,
+    opts: QueryOptions<R>,
+    select: Arc<Selector<R, T>>,
+    data_eq: Arc<DataEq<T>>,
+    paused: AtomicBool,
+    subs: Mutex<Subscribers<T, R>>,
+    /// Select memo: the raw data last seen and what it selected to.
+    memo: Mutex<SelectMemo<R, T>>,
+    /// Serialises delivery (see the module docs); never held while waiting on anything.
+    delivering: Mutex<()>,
+    pending: AtomicBool,
+    last: Mutex<Option<Delivered<T>>>,
+    next_id: AtomicU64,
+    weak_self: Weak<ObserverInner<T, R>>,
+}
+
+/// Keeps a listener or stream subscribed; dropping it (or [`unsubscribe`](Self::unsubscribe))
+/// removes it, and the observer leaves its entry when no subscriber is left.
+#[must_use = "dropping a Subscription unsubscribes at once"]
+pub struct Subscription {
+    cancel: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Subscription {
+    /// Unsubscribes now (same as dropping).
+    pub fn unsubscribe(mut self) {
+        if let Some(f) = self.cancel.take() {
+            f();
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(f) = self.cancel.take() {
+            f();
+        }
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("active", &self.cancel.is_some())
+            .finish()
+    }
+}
+
+/// Forwards entry notifications to the observer without keeping it alive.
+struct EntryHook<T, R>(Weak<ObserverInner<T, R>>);
+
+impl<T: Send + Sync + 'static, R: Send + Sync + 'static> EntryListener for EntryHook<T, R> {
+    fn changed(&self) {
+        if let Some(o) = self.0.upgrade() {
+            o.deliver();
+        }
+    }
+    fn removed(&self) {
+        if let Some(o) = self.0.upgrade() {
+            o.on_removed();
+        }
+    }
+}
+
+impl QueryClient {
+    /// An observer of `opts`'s key. It does nothing until it has a subscriber.
+    pub fn watch<T: Send + Sync + 'static>(&self, opts: &QueryOptions<T>) -> QueryObserver<T> {
+        QueryObserver::build(
+            self.internal(),
+            opts.clone(),
+            Arc::new(|raw: &Arc<T>| raw.clone()),
+            Arc::new(|a: &T, b: &T| std::ptr::eq(a, b)),
+        )
+    }
+}
+
+impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
+    fn build(
+        client: QueryClient,
+        opts: QueryOptions<R>,
+        select: Arc<Selector<R, T>>,
+        data_eq: Arc<DataEq<T>>,
+    ) -> Self {
+        QueryObserver {
+            inner: Arc::new_cyclic(|weak| ObserverInner {
+                client,
+                opts,
+                select,
+                data_eq,
+                paused: AtomicBool::new(false),
+                subs: Mutex::new(Subscribers {
+                    listeners: Vec::new(),
+                    streams: 0,
+                    attached: None,
+                    poll: None,
+                    stream_tx: None,
+                }),
+                memo: Mutex::new(None),
+                delivering: Mutex::new(()),
+                pending: AtomicBool::new(false),
+                last: Mutex::new(None),
+                next_id: AtomicU64::new(1),
+                weak_self: weak.clone(),
+            }),
+        }
+    }
+
+    /// A new observer of the same query that shows `f(data)` instead of the data. The raw
+    /// data stays in the cache; `f` runs once per data change, and listeners are not called
+    /// when the selected value is equal to the previous one. A panic in `f` becomes an
+    /// error state for this observer only.
+    pub fn select<S, F>(&self, f: F) -> QueryObserver<S, R>
+    where
+        S: PartialEq + Send + Sync + 'static,
+        F: Fn(&T) -> S + Send + Sync + 'static,
+    {
+        let inner = self.inner.select.clone();
+        QueryObserver::build(
+            self.inner.client.clone(),
+            self.inner.opts.clone(),
+            Arc::new(move |raw: &Arc<R>| Arc::new(f(&inner(raw)))),
+            Arc::new(|a: &S, b: &S| a == b),
+        )
+    }
+
+    /// The current state as this observer shows it (selected, placeholder, paused).
+    pub fn state(&self) -> QueryState<T> {
+        self.inner.compute().1
+    }
+
+    /// Calls `listener` at once with the current state, then on every change. The first
+    /// subscriber attaches the observer and fetches if the data is missing or stale (and
+    /// the query is enabled and the observer not paused).
+    ///
+    /// A panicking listener is caught and logged; other listeners still run.
+    pub fn subscribe(
+        &self,
+        listener: impl Fn(&QueryState<T>) + Send + Sync + 'static,
+    ) -> Subscription {
+        let inner = &self.inner;
+        let slot = Arc::new(ListenerSlot {
+            id: inner.next_id.fetch_add(1, Ordering::Relaxed),
+            f: Box::new(listener),
+            seen: AtomicU64::new(0),
+        });
+        inner.subs.lock().listeners.push(slot.clone());
+        // The subscription exists before any user code runs, so a listener that panics
+        // on its first call still leaves a subscription that cleans up on drop.
+        let weak = inner.weak_self.clone();
+        let id = slot.id;
+        let subscription = Subscription {
+            cancel: Some(Box::new(move || {
+                if let Some(o) = weak.upgrade() {
+                    o.remove_listener(id);
+                }
+            })),
+        };
+        inner.activate();
+        // "At once": unless the activation's own notification already reached it.
+        let (version, state) = inner.compute();
+        if slot.seen.fetch_max(version, Ordering::AcqRel) < version {
+            call_listener(&slot, &state);
+        }
+        subscription
+    }
+
+    /// A stream of states with latest-value semantics: it yields the current state first,
+    /// then changes; a slow consumer may skip states but always gets the newest. It ends when
+    /// the entry is removed or the client is dropped. The stream counts as a subscriber.
+    pub fn stream(&self) -> ObserverStream<T> {
+        let inner = self.inner.clone();
+        let rx = {
+            let mut subs = inner.subs.lock();
+            subs.streams += 1;
+            let tx = subs.stream_tx.get_or_insert_with(|| watch::channel(None).0);
+            tx.subscribe()
+        };
+        inner.activate();
+        // Seed the stream with the current state.
+        let (_, state) = inner.compute();
+        inner.publish_to_streams(&state);
+        let weak = Arc::downgrade(&inner);
+        let guard = StreamGuard(Some(Box::new(move || {
+            if let Some(o) = weak.upgrade() {
+                o.remove_stream();
+            }
+        })));
+        let stream =
+            futures::stream::unfold((rx, guard, true), |(mut rx, guard, first)| async move {
+                if !first && rx.changed().await.is_err() {
+                    return None;
+                }
+                let state = rx.borrow_and_update().clone()?;
+                Some((state, (rx, guard, false)))
+            });
+        ObserverStream {
+            inner: stream.boxed(),
+        }
+    }
+
+    /// Fetches now, even when the data is fresh or the query is disabled (joining a fetch
+    /// already in flight), and returns the observer's state afterwards.
+    ///
+    /// # Errors
+    /// The fetch's error, as for [`QueryClient::fetch_query`].
+    pub async fn refetch(&self) -> Result<QueryState<T>, QueryError> {
+        self.inner.activate();
+        self.inner.client.run(&self.inner.opts, Mode::Force).await?;
+        Ok(self.state())
+    }
+
+    /// Stops automatic fetching and polling; the state shows `FetchStatus::Paused` when no
+    /// fetch is running.
+    pub fn pause(&self) {
+        self.inner.paused.store(true, Ordering::SeqCst);
+        self.inner.deliver();
+    }
+
+    /// Resumes after [`pause`](Self::pause); with `refetch`, fetches at once if the data is
+    /// missing or stale.
+    pub fn resume(&self, refetch: bool) {
+        self.inner.paused.store(false, Ordering::SeqCst);
+        self.inner.deliver();
+        if refetch {
+            self.inner.auto_fetch();
+        }
+    }
+
+    /// True while paused.
+    pub fn is_paused(&self) -> bool {
+        self.inner.paused.load(Ordering::SeqCst)
+    }
+}
+
+fn call_listener<T>(slot: &ListenerSlot<T>, state: &QueryState<T>) {
+    if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(|| (slot.f)(state))) {
+        tracing::warn!(panic = %panic_message(&*p), "observer listener panicked");
+    }
+}
+
+impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
+    /// Computes the observer's view and its version (bumped when the view changes).
+    fn compute(&self) -> (u64, QueryState<T>) {
+        let raw = self.raw_state();
+        let state = self.view(raw);
+        let mut last = self.last.lock();
+        match &*last {
+            Some(d) if self.same(&d.state, &state) => (d.version, d.state.clone()),
+            _ => {
+                let version = last.as_ref().map_or(1, |d| d.version + 1);
+                *last = Some(Delivered {
+                    version,
+                    state: state.clone(),
+                });
+                (version, state)
+            }
+        }
+    }
+
+    fn raw_state(&self) -> Result<QueryState<R>, QueryError> {
+        let attached = self.subs.lock().attached.as_ref().map(|a| a.entry.clone());
+        let shared = &self.client.shared;
+        let stale_time = shared.defaults.stale_time(&self.opts);
+        let entry = match attached {
+            Some(e) => e,
+            None => match shared.cache.get(&self.opts.key) {
+                None => return Ok(QueryState::default()),
+                Some(e) => match e.into_any().downcast::<Entry<R>>() {
+                    Ok(e) => e,
+                    Err(_) => return Err(self.mismatch()),
+                },
+            },
+        };
+        let g = entry.inner.lock();
+        Ok(g.snapshot(stale_time))
+    }
+
+    fn mismatch(&self) -> QueryError {
+        let stored = self
+            .client
+            .shared
+            .cache
+            .get(&self.opts.key)
+            .map_or("?", |e| e.type_name());
+        QueryError::TypeMismatch {
+            key: self.opts.key.to_string(),
+            stored,
+            requested: std::any::type_name::<R>(),
+        }
+    }
+
+    /// Raw entry state → what this observer shows (select, placeholder, pause).
+    fn view(&self, raw: Result<QueryState<R>, QueryError>) -> QueryState<T> {
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(e) => return error_state(e),
+        };
+        let mut out = QueryState {
+            status: raw.status,
+            fetch_status: raw.fetch_status,
+            data: None,
+            error: raw.error.clone(),
+            data_updated_at: raw.data_updated_at,
+            error_updated_at: raw.error_updated_at,
+            failure_count: raw.failure_count,
+            failure_reason: raw.failure_reason.clone(),
+            is_invalidated: raw.is_invalidated,
+            is_placeholder_data: false,
+            stale: raw.stale,
+        };
+        let data = match (&raw.data, &self.opts.placeholder_data) {
+            (Some(d), _) => Some(d.clone()),
+            (None, Some(p)) if raw.status != QueryStatus::Error => {
+                out.is_placeholder_data = true;
+                out.status = QueryStatus::Success;
+                Some(p.clone())
+            }
+            _ => None,
+        };
+        if let Some(d) = data {
+            match self.selected(&d) {
+                Ok(v) => out.data = Some(v),
+                Err(e) => return error_state(e),
+            }
+        }
+        if self.paused.load(Ordering::SeqCst) && out.fetch_status == FetchStatus::Idle {
+            out.fetch_status = FetchStatus::Paused;
+        }
+        out
+    }
+
+    /// Runs select once per distinct raw value (memoised by pointer).
+    fn selected(&self, raw: &Arc<R>) -> Result<Arc<T>, QueryError> {
+        let mut memo = self.memo.lock();
+        if let Some((seen, out)) = &*memo {
+            if Arc::ptr_eq(seen, raw) {
+                return out.clone();
+            }
+        }
+        let out = std::panic::catch_unwind(AssertUnwindSafe(|| (self.select)(raw)))
+            .map_err(|p| QueryError::Panicked(panic_message(&*p)));
+        if let Err(e) = &out {
+            tracing::warn!(key = %self.opts.key, error = %e, "select panicked");
+        }
+        *memo = Some((raw.clone(), out.clone()));
+        out
+    }
+
+    fn same(&self, a: &QueryState<T>, b: &QueryState<T>) -> bool {
+        let data_same = match (&a.data, &b.data) {
+            (Some(x), Some(y)) => Arc::ptr_eq(x, y) || (self.data_eq)(x, y),
+            (None, None) => true,
+            _ => false,
+        };
+        data_same
+            && a.status == b.status
+            && a.fetch_status == b.fetch_status
+            && a.error.is_some() == b.error.is_some()
+            && a.error_updated_at == b.error_updated_at
+            && a.failure_count == b.failure_count
+            && a.is_invalidated == b.is_invalidated
+            && a.is_placeholder_data == b.is_placeholder_data
+            && a.stale == b.stale
+    }
+
+    /// The drain loop (see the module docs).
+    fn deliver(&self) {
+        self.pending.store(true, Ordering::SeqCst);
+        loop {
+            let Some(slot) = self.delivering.try_lock() else {
+                return; // the holder will see `pending`
+            };
+            while self.pending.swap(false, Ordering::SeqCst) {
+                let (version, state) = self.compute();
+                let listeners = self.subs.lock().listeners.clone();
+                for l in &listeners {
+                    if l.seen.fetch_max(version, Ordering::AcqRel) < version {
+                        call_listener(l, &state);
+                    }
+                }
+                self.publish_to_streams(&state);
+            }
+            drop(slot);
+            if !self.pending.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+
+    fn publish_to_streams(&self, state: &QueryState<T>) {
+        let subs = self.subs.lock();
+        if let Some(tx) = &subs.stream_tx {
+            tx.send_replace(Some(state.clone()));
+        }
+    }
+
+    /// Joins the entry for the key (creating it if needed) as an observer.
+    fn attach(&self) {
+        let Some(me) = self.weak_self.upgrade() else {
+            return;
+        };
+        let entry = match self.client.typed_entry::<R>(&self.opts.key) {
+            Ok(e) => e,
+            Err(_) => return, // type mismatch: the state shows it
+        };
+        let handle: Arc<dyn EntryListener> = Arc::new(EntryHook(Arc::downgrade(&me)));
+        if !entry.attach(handle.clone()) {
+            return;
+        }
+        let mut subs = self.subs.lock();
+        if subs.count() == 0 || subs.attached.is_some() {
+            drop(subs);
+            entry.detach(&self.client.shared, &handle);
+            return;
+        }
+        subs.attached = Some(Attachment { entry, handle });
+    }
+
+    /// With subscribers but no entry (first subscriber, or after a removal): attach, fetch
+    /// if needed, start polling.
+    fn activate(&self) {
+        let need = {
+            let subs = self.subs.lock();
+            subs.count() > 0 && subs.attached.is_none()
+        };
+        if need {
+            self.attach();
+            self.auto_fetch();
+            self.start_polling();
+        }
+    }
+
+    fn detach(&self) {
+        let (attachment, poll) = {
+            let mut subs = self.subs.lock();
+            if subs.count() > 0 {
+                return;
+            }
+            (subs.attached.take(), subs.poll.take())
+        };
+        if let Some(p) = poll {
+            p.abort();
+        }
+        if let Some(a) = attachment {
+            a.entry.detach(&self.client.shared, &a.handle);
+            self.client
+                .shared
+                .cache
+                .evict_if_over_capacity(&self.client.shared);
+        }
+    }
+
+    fn remove_listener(&self, id: u64) {
+        {
+            let mut subs = self.subs.lock();
+            subs.listeners.retain(|l| l.id != id);
+        }
+        self.detach();
+    }
+
+    fn remove_stream(&self) {
+        {
+            let mut subs = self.subs.lock();
+            subs.streams = subs.streams.saturating_sub(1);
+        }
+        self.detach();
+    }
+
+    /// The entry left the cache: last state to listeners, streams end, detach.
+    fn on_removed(&self) {
+        let (poll, tx) = {
+            let mut subs = self.subs.lock();
+            subs.attached = None;
+            (subs.poll.take(), subs.stream_tx.take())
+        };
+        if let Some(p) = poll {
+            p.abort();
+        }
+        if let Some(tx) = tx {
+            tx.send_replace(None);
+        }
+        // Ended streams no longer count as subscribers.
+        self.subs.lock().streams = 0;
+        // The state is now computed from the cache, where the key is absent.
+        self.deliver();
+    }
+
+    /// First subscriber: fetch if enabled, not paused, and the data is missing or stale.
+    fn auto_fetch(&self) {
+        if !self.opts.enabled || self.paused.load(Ordering::SeqCst) {
+            return;
+        }
+        let entry = match self.subs.lock().attached.as_ref() {
+            Some(a) => a.entry.clone(),
+            None => return,
+        };
+        // `Swr` starts a background fetch for missing or stale data and returns at once.
+        if let Err(error) = entry.step(&self.client.shared, &self.opts, Mode::Swr, false) {
+            tracing::debug!(key = %self.opts.key, %error, "observer fetch did not start");
+        }
+    }
+
+    fn start_polling(&self) {
+        let Some(interval) = self.opts.refetch_interval else {
+            return;
+        };
+        if interval.is_zero() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut subs = self.subs.lock();
+        if subs.poll.is_some() || subs.count() == 0 {
+            return;
+        }
+        let weak = self.weak_self.clone();
+        let task = handle.spawn(async move {
+            let start = tokio::time::Instant::now() + interval;
+            let mut ticks = tokio::time::interval_at(start, interval);
+            // A slow fetch delays the next poll instead of stacking polls up.
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(o) = weak.upgrade() else { return };
+                if o.paused.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let client = o.client.clone();
+                let opts = o.opts.clone();
+                drop(o);
+                // Joins a fetch in flight, so polls never overlap; a failed poll is logged
+                // and the next tick tries again.
+                if let Err(error) = client.run(&opts, Mode::Force).await {
+                    tracing::debug!(key = %opts.key, %error, "poll failed");
+                }
+            }
+        });
+        subs.poll = Some(task.abort_handle());
+    }
+}
+
+fn error_state<T>(e: QueryError) -> QueryState<T> {
+    QueryState {
+        status: QueryStatus::Error,
+        error: Some(e.clone()),
+        failure_reason: Some(e),
+        ..QueryState::default()
+    }
+}
+
+struct StreamGuard(Option<Box<dyn FnOnce() + Send + Sync>>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+/// The stream returned by [`QueryObserver::stream`].
+pub struct ObserverStream<T> {
+    inner: BoxStream<'static, QueryState<T>>,
+}
+
+impl<T> fmt::Debug for ObserverStream<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ObserverStream")
+    }
+}
+
+impl<T> Stream for ObserverStream<T> {
+    type Item = QueryState<T>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.inner.poll_next_unpin(cx)
+    }
+}
