@@ -1,6 +1,7 @@
 //! A tour of stackquery against a simulated slow API (no server, no network):
 //! a cold fetch vs a cached hit, 10,000 concurrent callers causing one fetch,
-//! stale-while-revalidate, prefix invalidation, and an error with retries.
+//! stale-while-revalidate, prefix invalidation, an error with retries, an observer, and
+//! a cache surviving a restart on a SQLite file in a temporary folder.
 //!
 //! Run: `cargo run --release --example tour`
 
@@ -8,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stackquery::{key, QueryClient, QueryError, QueryOptions};
+use stackquery::{key, QueryClient, QueryError, QueryOptions, SqliteStorage};
 
 /// A pretend remote API: every call takes 150 ms and is counted.
 #[derive(Clone, Default)]
@@ -139,6 +140,40 @@ async fn main() -> Result<(), QueryError> {
         }
         Ok(v) => println!("   unexpected success: {v}"),
     }
+
+    println!("== 6. an observer: notified on every change");
+    let observed = user_query(&api, 6, Duration::from_secs(60));
+    let observer = client.watch(&observed);
+    let sub = observer.subscribe(|state| {
+        println!(
+            "   observer sees status {:?}, fetch {:?}, data {:?}",
+            state.status,
+            state.fetch_status,
+            state.data.as_deref()
+        );
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.set_query_data(key!["user", 6], "user #6 (edited locally)".to_string())?;
+    drop(sub);
+
+    println!("== 7. a cache that survives a restart (SQLite in a temporary folder)");
+    let dir = std::env::temp_dir().join(format!("stackquery-tour-{}", std::process::id()));
+    let path = dir.join("cache.db");
+    for start in ["first start", "after restart"] {
+        let storage = SqliteStorage::open(&path).map_err(|e| QueryError::fetch(e.to_string()))?;
+        let client = QueryClient::builder().storage(storage).build();
+        let before = api.calls();
+        let opts = user_query(&api, 7, Duration::from_secs(3600)).persist();
+        let t = Instant::now();
+        let user = client.fetch_query(&opts).await?;
+        client.flush_storage().await;
+        println!(
+            "   {start:<13}: {user} in {:.3?} (api calls: {})",
+            t.elapsed(),
+            api.calls() - before
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 
     println!("== stats: {:?}", client.stats());
     Ok(())

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
@@ -44,6 +44,8 @@ pub(crate) struct Cache {
     registry: Mutex<Registry>,
     len: AtomicUsize,
     max: Option<usize>,
+    /// Hits of entries that have left the cache (live entries count their own).
+    retired_hits: AtomicU64,
 }
 
 impl Cache {
@@ -59,6 +61,7 @@ impl Cache {
             registry: Mutex::new(Registry::default()),
             len: AtomicUsize::new(0),
             max,
+            retired_hits: AtomicU64::new(0),
         }
     }
 
@@ -134,6 +137,8 @@ impl Cache {
         self.len.fetch_sub(1, Ordering::Relaxed);
         reg.index.remove(key);
         removed.mark_removed();
+        self.retired_hits
+            .fetch_add(removed.hits(), Ordering::Relaxed);
         // Ring slots of removed entries are dropped lazily; compact when they pile up.
         if reg.ring.len() > 2 * self.len() + 64 {
             let shards = &self.shards;
@@ -223,6 +228,16 @@ impl Cache {
                 n -= 1;
             }
         }
+    }
+
+    /// Hit-path hits: those of live entries plus those of entries gone. O(entries).
+    pub(crate) fn hits(&self) -> u64 {
+        let live: u64 = self
+            .shards
+            .iter()
+            .map(|s| s.read().values().map(|e| e.hits()).sum::<u64>())
+            .sum();
+        live + self.retired_hits.load(Ordering::Relaxed)
     }
 
     pub(crate) fn clear(&self) -> Vec<ErasedEntry> {

@@ -150,7 +150,6 @@ impl QueryClient {
                 });
         match hit {
             Some(Ok(Some(data))) => {
-                self.shared.counters.hits.incr();
                 tracing::trace!(key = %opts.key, "cache hit");
                 Ok(data)
             }
@@ -516,9 +515,12 @@ impl QueryClient {
         }
     }
 
-    /// The client's counters and current size.
+    /// The client's counters and current size. Fresh hits are counted inside each entry
+    /// (so the hit path touches no shared counter), which makes this call O(entries).
     pub fn stats(&self) -> CacheStats {
-        self.shared.counters.snapshot(self.shared.cache.len())
+        let mut stats = self.shared.counters.snapshot(self.shared.cache.len());
+        stats.hits += self.shared.cache.hits();
+        stats
     }
 }
 

@@ -63,6 +63,8 @@ pub(crate) struct EntryInner<T> {
     pub(crate) listeners: Listeners,
     /// The second tier was consulted for this entry (or it never needs to be).
     pub(crate) hydrated: bool,
+    /// Fresh hits served by the hit path (folded into the client's counters on removal).
+    pub(crate) hits: u64,
 }
 
 /// Told about changes to an entry, after its lock is released.
@@ -178,6 +180,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
                 version: 0,
                 listeners: Arc::new(Vec::new()),
                 hydrated: false,
+                hits: 0,
             }),
         }
     }
@@ -203,12 +206,14 @@ impl<T: Send + Sync + 'static> Entry<T> {
     /// The hit path: fresh data or nothing.
     #[inline]
     pub(crate) fn fresh_data(&self, stale_time: Duration) -> Option<Arc<T>> {
-        let g = self.inner.lock();
+        let mut g = self.inner.lock();
         match &g.state.data {
             // An entry that has never seen this query's options (created by a manual
             // write) takes the slow path once, which records them.
             Some(d) if g.options.is_some() && g.is_fresh(stale_time) => {
                 let d = d.clone();
+                // Counted under the lock we hold anyway: no shared counter on the hit path.
+                g.hits += 1;
                 drop(g);
                 self.touch();
                 Some(d)
@@ -662,6 +667,8 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     fn type_name(&self) -> &'static str;
     fn as_any(&self) -> &dyn Any;
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+    /// Hit-path hits counted in the entry so far.
+    fn hits(&self) -> u64;
     /// Reads and clears the CLOCK bit.
     fn take_referenced(&self) -> bool;
     /// Observed or fetching: never evicted or collected.
@@ -703,6 +710,9 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
     }
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
         self
+    }
+    fn hits(&self) -> u64 {
+        self.inner.lock().hits
     }
     fn take_referenced(&self) -> bool {
         self.referenced.swap(false, Ordering::Relaxed)

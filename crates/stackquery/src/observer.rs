@@ -547,6 +547,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             self.attach();
             self.auto_fetch();
             self.start_polling();
+            self.deliver(); // listeners from before a removal see the new entry (regressions.rs)
         }
     }
 

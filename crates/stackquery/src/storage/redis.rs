@@ -138,6 +138,12 @@ impl RedisStorage {
         full
     }
 
+    /// Cluster-wide leases on this store's server and namespace (same as
+    /// [`RedisLeases::new`](crate::bus::RedisLeases::new)).
+    pub fn leases(&self) -> crate::bus::RedisLeases {
+        crate::bus::RedisLeases::new(self)
+    }
+
     /// The shared connection (for the lease helper, which lives beside the store).
     pub(crate) fn connection(&self) -> ConnectionManager {
         self.conn.clone()
@@ -192,6 +198,24 @@ impl RedisStorage {
         call: impl Future<Output = redis::RedisResult<R>>,
     ) -> Result<R, StorageError> {
         bounded(self.timeout, async { call.await.map_err(backend) }).await
+    }
+
+    /// Sends a command that is safe to repeat (GET, SET, UNLINK), bounded by the per-call
+    /// deadline. When the connection turns out to be dead — typically the first call after
+    /// an outage, on the connection from before it — the manager starts a reconnection and
+    /// the command is sent once more on the new connection, within the same deadline, so
+    /// an instance that was idle during the outage does not see a spurious failure.
+    async fn send<R: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<R, StorageError> {
+        bounded(self.timeout, async {
+            let mut conn = self.conn.clone();
+            match cmd.query_async(&mut conn).await {
+                Err(err) if connection_lost(&err) => {
+                    cmd.query_async(&mut conn).await.map_err(backend)
+                }
+                other => other.map_err(backend),
+            }
+        })
+        .await
     }
 }
 
@@ -294,6 +318,12 @@ pub(crate) async fn bounded<R>(
     }
 }
 
+/// Whether `err` says the connection is gone (dropped, refused, reset…), as opposed to an
+/// error reply from a live server.
+pub(crate) fn connection_lost(err: &redis::RedisError) -> bool {
+    err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal()
+}
+
 /// A redis error as a storage error.
 pub(crate) fn backend(err: redis::RedisError) -> StorageError {
     StorageError::backend(err)
@@ -314,7 +344,7 @@ pub(crate) fn escape_glob(text: &str) -> String {
 
 /// The `PX` argument for `ttl`: whole milliseconds rounded up (a 1 µs ttl is 1 ms), clamped
 /// to what Redis accepts. `None` for a zero ttl (already expired).
-fn ttl_millis(ttl: Duration) -> Option<u64> {
+pub(crate) fn ttl_millis(ttl: Duration) -> Option<u64> {
     if ttl.is_zero() {
         return None;
     }
@@ -325,9 +355,7 @@ fn ttl_millis(ttl: Duration) -> Option<u64> {
 #[async_trait]
 impl Storage for RedisStorage {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        let mut conn = self.conn.clone();
-        let cmd = redis::cmd("GET").arg(self.redis_key(key)).clone();
-        self.round_trip(cmd.query_async(&mut conn)).await
+        self.send(redis::cmd("GET").arg(self.redis_key(key))).await
     }
 
     async fn set(
@@ -336,7 +364,6 @@ impl Storage for RedisStorage {
         value: Vec<u8>,
         ttl: Option<Duration>,
     ) -> Result<(), StorageError> {
-        let mut conn = self.conn.clone();
         let full = self.redis_key(key);
         let cmd = match ttl {
             // An entry that is already expired: what was there is replaced by nothing.
@@ -354,13 +381,12 @@ impl Storage for RedisStorage {
                 cmd
             }
         };
-        self.round_trip(cmd.exec_async(&mut conn)).await
+        self.send(&cmd).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        let mut conn = self.conn.clone();
-        let cmd = redis::cmd("UNLINK").arg(self.redis_key(key)).clone();
-        self.round_trip(cmd.exec_async(&mut conn)).await
+        self.send(redis::cmd("UNLINK").arg(self.redis_key(key)))
+            .await
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError> {
