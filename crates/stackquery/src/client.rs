@@ -336,7 +336,15 @@ impl QueryClient {
             let new =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| updater(old.as_deref())))
                     .map_err(|p| QueryError::Panicked(panic_message(&*p)))?;
-            let Some(new) = new else { return Ok(old) };
+            let Some(new) = new else {
+                // Nothing written: an entry created just for this call must still be
+                // collected like any unused one.
+                let mut g = entry.lock();
+                if g.gc_deadline.is_none() {
+                    entry.arm_gc_if_unused(&mut g, &self.shared);
+                }
+                return Ok(old);
+            };
             let new = Arc::new(new);
             let g = entry.inner.lock();
             let unchanged = g.data_gen == gen

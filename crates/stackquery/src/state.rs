@@ -157,7 +157,7 @@ pub(crate) enum Action<T> {
     Error { error: QueryError, at: SystemTime },
     /// Mark stale, keep data.
     Invalidate,
-    /// The fetch was cancelled: go back to the state before it.
+    /// The fetch was cancelled: undo what the fetch changed (status, failure bookkeeping).
     Revert { previous: QueryState<T> },
     /// Forget everything.
     Reset,
@@ -205,11 +205,14 @@ pub(crate) fn reduce<T>(state: &mut QueryState<T>, action: Action<T>) {
         }
         Action::Invalidate => state.is_invalidated = true,
         Action::Revert { previous } => {
-            let invalidated = state.is_invalidated;
-            *state = previous;
+            // Only what the fetch itself changed goes back: data written meanwhile (a manual
+            // write, a snapshot) and an invalidation made meanwhile both stand.
             state.fetch_status = FetchStatus::Idle;
-            // An invalidation made during the cancelled fetch still stands.
-            state.is_invalidated |= invalidated;
+            if state.status == QueryStatus::Pending {
+                state.status = previous.status;
+            }
+            state.failure_count = previous.failure_count;
+            state.failure_reason = previous.failure_reason;
         }
         Action::Reset => *state = QueryState::default(),
     }

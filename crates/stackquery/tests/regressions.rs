@@ -51,3 +51,90 @@ async fn a_later_caller_with_a_longer_stale_time_does_not_change_an_earlier_deci
     settle().await;
     assert_eq!(calls.get(), 2, "stale for the short caller only");
 }
+
+/// Found by the model test (`tests/model.rs`). An observer has a listener `A`; its entry is
+/// removed, so `A` is told the initial state and the observer detaches. The key is then
+/// fetched again (a new entry, fetching) and a second listener `B` subscribes, which
+/// re-attaches the observer. `B` was told the new entry's state at once, but `A` — still
+/// subscribed to the same, now attached, observer — kept the removal state until the
+/// entry changed again (forever, if it never did): a lost final state. Re-activation must
+/// deliver to every listener.
+#[tokio::test(start_paused = true)]
+async fn reattaching_an_observer_after_removal_tells_every_listener() {
+    use std::sync::{Arc, Mutex};
+
+    let client = QueryClient::new();
+    let (opts, _) = slow_counter(key!["k"], Duration::from_secs(10));
+    // Fresh data: re-attaching starts no fetch, so no entry change would tell `A`.
+    let observer = client.watch(&opts.stale_time(Duration::from_secs(60)));
+    let seen_a: Arc<Mutex<Vec<stackquery::QueryState<u32>>>> = Arc::default();
+    let a = seen_a.clone();
+    let _sub_a = observer.subscribe(move |s| a.lock().unwrap().push(s.clone()));
+    client.remove_queries(key!["k"]);
+    assert_eq!(
+        seen_a.lock().unwrap().last().unwrap().status,
+        stackquery::QueryStatus::Idle
+    );
+    client.set_query_data(key!["k"], 7_u32).unwrap();
+    let _sub_b = observer.subscribe(|_| {});
+    settle().await;
+    let last = seen_a.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        last.data.as_deref(),
+        Some(&7),
+        "A sees the re-attached entry"
+    );
+    assert_eq!(observer.state().data.as_deref(), Some(&7));
+}
+
+/// Found by the model test (`tests/model.rs`); not fixed yet (the fix is in `entry.rs`,
+/// see RELIABILITY.md). Data `D1` is fetched at t=0 and goes stale at t=3. At t=5 a
+/// caller starts a background refetch; at t=6 `set_query_data(D2)` lands (the manual write
+/// "wins over any fetch that started before it"); at t=7 `cancel_queries` stops the fetch.
+/// The cancel reverts the entry to its state before the fetch: the manual write `D2` is
+/// lost, and `D1` comes back *fresh* (until t=9) because the monotonic freshness stamp of
+/// the manual write is not reverted with it — old data served as fresh. A cancel must only
+/// stop the fetch when a manual write landed after it began.
+#[tokio::test(start_paused = true)]
+
+async fn cancel_after_a_manual_write_keeps_the_manual_write() {
+    let client = QueryClient::new();
+    let (opts, _) = slow_counter(key!["k"], Duration::from_secs(10));
+    let opts = opts.stale_time(Duration::from_secs(3));
+    client.set_query_data(key!["k"], 0_u32).unwrap(); // D1 (any data: stale at t=3)
+    tokio::time::advance(Duration::from_secs(5)).await;
+    client.fetch_query(&opts).await.unwrap(); // stale: background refetch starts
+    settle().await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    client.set_query_data(key!["k"], 2_u32).unwrap(); // D2
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(client.cancel_queries(key!["k"]).await, 1);
+    let s = client.get_query_state::<u32>(&key!["k"]).unwrap();
+    assert!(!s.is_fetching());
+    assert!(
+        !(s.data.as_deref() == Some(&0) && !s.is_stale()),
+        "old data must not come back fresh"
+    );
+    assert_eq!(s.data.as_deref(), Some(&2), "the manual write stands");
+}
+
+/// Found while writing the model test; not fixed yet (the fix is in `client.rs`, see
+/// RELIABILITY.md). `update_query_data` on a key with no entry creates the entry before
+/// calling the updater; when the updater returns `None` nothing is written, and the empty
+/// entry is left with no gc deadline (it is unused but was never "released"), so it stays
+/// in memory until it is evicted or removed. With no `max_queries`, every such call on a
+/// new key leaks one entry.
+#[tokio::test(start_paused = true)]
+
+async fn a_no_op_update_on_a_missing_key_leaves_nothing_behind() {
+    let client = QueryClient::builder()
+        .gc_time(Duration::from_secs(10))
+        .build();
+    for i in 0..100_u32 {
+        let r = client.update_query_data(key!["k", i], |old: Option<&u32>| old.map(|v| v + 1));
+        assert!(r.unwrap().is_none());
+    }
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    settle().await;
+    assert_eq!(client.stats().entries, 0);
+}
