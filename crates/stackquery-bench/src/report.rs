@@ -187,6 +187,11 @@ pub(crate) fn fmt_num(v: f64) -> String {
     }
 }
 
+/// An integer count with thousands separators.
+pub(crate) fn fmt_count(v: f64) -> String {
+    thousands(v.round() as i64)
+}
+
 fn thousands(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::future::join_all;
 
 use crate::cache::{Cache, ErasedEntry, Scope};
+use crate::cluster::Cluster;
 use crate::entry::{Entry, Mode, Step};
 use crate::error::{panic_message, QueryError};
 use crate::filter::QueryFilter;
@@ -32,6 +33,8 @@ pub(crate) struct Shared {
     /// Snapshot entries restored by `hydrate` that no typed call has claimed yet.
     pub(crate) restored: parking_lot::Mutex<HashMap<String, DehydratedQuery>>,
     pub(crate) gc: Gc,
+    /// The other instances: invalidation bus and cluster dedup (see `cluster.rs`).
+    pub(crate) cluster: Cluster,
     /// Scope queues of mutations (see `mutation.rs`).
     pub(crate) mutation_scopes: crate::mutation::Scopes,
     next_id: AtomicU64,
@@ -234,6 +237,7 @@ impl QueryClient {
     ) -> Result<Arc<Entry<T>>, QueryError> {
         let shared = &self.shared;
         shared.gc.start(shared);
+        shared.cluster.start(shared);
         let erased = shared.cache.get_or_insert(shared, key, || {
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
             Arc::new(Entry::<T>::new(
@@ -303,7 +307,7 @@ impl QueryClient {
         let key = key.into();
         let entry = self.typed_entry::<T>(&key)?;
         entry.set_data(&self.shared, data);
-        entry.write_behind(&self.shared);
+        self.announce_set(&entry, key);
         Ok(())
     }
 
@@ -356,8 +360,50 @@ impl QueryClient {
             if unchanged {
                 drop(g);
                 entry.set_data(&self.shared, new.clone());
-                entry.write_behind(&self.shared);
+                self.announce_set(&entry, key);
                 return Ok(Some(new));
+            }
+        }
+    }
+
+    /// A manual write goes to the second tier (if persisted) and then to the other
+    /// instances: they are told only once the shared tier holds the new data.
+    fn announce_set<T: Send + Sync + 'static>(&self, entry: &Entry<T>, key: QueryKey) {
+        if !self.shared.cluster.has_bus() {
+            entry.write_behind(&self.shared, None);
+            return;
+        }
+        let weak = Arc::downgrade(&self.shared);
+        let k = key.clone();
+        let after: crate::storage::tiered::AfterWrite = Box::new(move || {
+            if let Some(shared) = weak.upgrade() {
+                shared.cluster.publish_set(k);
+            }
+        });
+        if !entry.write_behind(&self.shared, Some(after)) {
+            self.shared.cluster.publish_set(key);
+        }
+    }
+
+    /// Tells the other instances what a key-only filter covers, or each matched key.
+    fn announce(
+        &self,
+        filter: &QueryFilter,
+        matched: &[ErasedEntry],
+        publish: impl Fn(QueryKey, bool),
+    ) {
+        if !self.shared.cluster.has_bus() {
+            return;
+        }
+        if filter.is_key_only() {
+            match filter.scope() {
+                Scope::All => publish(crate::key![], false),
+                Scope::Exact(k) => publish(k.clone(), true),
+                Scope::Prefix(p) => publish(p.clone(), false),
+            }
+        } else {
+            for e in matched {
+                publish(e.key().clone(), true);
             }
         }
     }
@@ -374,7 +420,12 @@ impl QueryClient {
     /// A fetch already in flight for an invalidated entry still delivers its result to its
     /// callers, but that result is stored as stale.
     pub async fn invalidate_queries(&self, filter: impl Into<QueryFilter>) -> usize {
-        let found = self.matching(&filter.into());
+        let filter = filter.into();
+        let found = self.matching(&filter);
+        let cluster = &self.shared.cluster;
+        self.announce(&filter, &found, |k, exact| {
+            cluster.publish_invalidate(k, exact)
+        });
         let n = found.len();
         let waits: Vec<_> = found
             .into_iter()
@@ -406,6 +457,7 @@ impl QueryClient {
         for e in &found {
             e.cancel(&self.shared);
         }
+        self.shared.cache.evict_if_over_capacity(&self.shared); // pins released (regressions.rs)
         found.len()
     }
 
@@ -415,6 +467,10 @@ impl QueryClient {
         let filter = filter.into();
         let found = self.matching(&filter);
         self.forget_in_storage(&filter, &found);
+        let cluster = &self.shared.cluster;
+        self.announce(&filter, &found, |k, exact| {
+            cluster.publish_remove(k, !exact)
+        });
         let removed: Vec<_> = found
             .iter()
             .filter_map(|e| self.shared.cache.remove(e.key(), Some(e.id())))
@@ -552,6 +608,7 @@ pub struct QueryClientBuilder {
     storage: Option<Arc<dyn Storage>>,
     storage_timeout: Duration,
     tier: TierConfig,
+    cluster: Cluster,
 }
 
 impl Default for QueryClientBuilder {
@@ -565,6 +622,7 @@ impl Default for QueryClientBuilder {
                 codec: Codec::Json,
                 ttl: None,
             },
+            cluster: Cluster::default(),
         }
     }
 }
@@ -665,6 +723,39 @@ impl QueryClientBuilder {
         self
     }
 
+    /// Shares invalidations with every client on the same bus namespace (feature `redis`):
+    /// `invalidate_queries`, `set_query_data` and `remove_queries` here reach the others,
+    /// and theirs reach this client. Use it with a shared tier
+    /// ([`RedisStorage`](crate::RedisStorage)) so updates made elsewhere are read from it
+    /// instead of fetched again.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn bus(mut self, bus: crate::bus::RedisBus) -> Self {
+        self.cluster.bus = Some(bus);
+        self
+    }
+
+    /// Cluster-wide deduplication for persisted queries (feature `redis`): when several
+    /// instances want one cold key at once, one of them fetches under a lease (held at most
+    /// `lease_ttl` if its holder dies) and the others read its result from the shared tier,
+    /// woken by the bus; after `max_wait` a waiter fetches by itself. Needs a storage and
+    /// a [`bus`](Self::bus).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn cluster_dedup(
+        mut self,
+        leases: crate::bus::RedisLeases,
+        lease_ttl: Duration,
+        max_wait: Duration,
+    ) -> Self {
+        self.cluster.dedup = Some(crate::cluster::Dedup {
+            leases,
+            lease_ttl,
+            max_wait,
+        });
+        self
+    }
+
     /// Builds the client. Call inside or outside a tokio runtime; background work (the
     /// gc task) starts on the first use inside one.
     pub fn build(self) -> QueryClient {
@@ -681,6 +772,7 @@ impl QueryClientBuilder {
             restored: parking_lot::Mutex::new(HashMap::new()),
             gc: Gc::new(),
             mutation_scopes: crate::mutation::Scopes::default(),
+            cluster: self.cluster,
             next_id: AtomicU64::new(0),
         });
         QueryClient {

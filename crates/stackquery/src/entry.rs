@@ -24,7 +24,7 @@ use crate::key::QueryKey;
 use crate::options::QueryOptions;
 use crate::snapshot::DehydratedQuery;
 use crate::state::{reduce, Action, FetchStatus, QueryState};
-use crate::storage::tiered::PendingWrite;
+use crate::storage::tiered::{AfterWrite, PendingWrite};
 use crate::storage::Envelope;
 
 /// A future that resolves when a started refetch settles (its outcome is in the cache).
@@ -65,6 +65,19 @@ pub(crate) struct EntryInner<T> {
     pub(crate) hydrated: bool,
     /// Fresh hits served by the hit path (folded into the client's counters on removal).
     pub(crate) hits: u64,
+    /// The next fetch reads the shared tier first (another instance changed the key).
+    pub(crate) reload: Reload,
+}
+
+/// Whether the next fetch of an entry reads the shared tier first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Reload {
+    No,
+    /// Messages may have been lost: take stored data only if it is newer than ours.
+    IfNewer,
+    /// Another instance announced that the shared tier holds the newest data (clocks of
+    /// different machines may disagree, so stamps are not compared).
+    Trust,
 }
 
 /// Told about changes to an entry, after its lock is released.
@@ -181,6 +194,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
                 listeners: Arc::new(Vec::new()),
                 hydrated: false,
                 hits: 0,
+                reload: Reload::No,
             }),
         }
     }
@@ -293,17 +307,24 @@ impl<T: Send + Sync + 'static> Entry<T> {
         let flight = Arc::new(Flight::new(previous, g.data_gen, g.inval_gen));
         // The first fetch of a cold persisted key reads the second tier first; callers
         // that join this flight share that read too.
-        let hydrate = !g.hydrated
-            && g.state.data.is_none()
+        let reload = g.reload;
+        let hydrate = (reload != Reload::No || (!g.hydrated && g.state.data.is_none()))
             && opts.persist.is_some()
             && (shared.tier.is_some() || !shared.restored.lock().is_empty());
         g.hydrated = true;
+        g.reload = Reload::No;
         g.apply(Action::Fetch);
         g.flight = Some(flight.clone());
         g.gc_deadline = None;
         shared.counters.fetches.incr();
         tracing::debug!(key = %self.key, "fetch start");
-        let task = run_flight(shared.clone(), self.clone(), flight.clone(), opts, hydrate);
+        let task = run_flight(
+            shared.clone(),
+            self.clone(),
+            flight.clone(),
+            opts,
+            hydrate.then_some(reload),
+        );
         let join = handle.spawn(task);
         let _ = flight.abort.set(join.abort_handle());
         Ok(flight)
@@ -356,14 +377,31 @@ impl<T: Send + Sync + 'static> Entry<T> {
         self.settle_with(shared, flight, result, None)
     }
 
+    /// [`settle`](Self::settle) for a fetch's own result: the second-tier write is queued
+    /// *before* the waiters wake, so a caller that then flushes the storage finds it.
+    fn settle_and_write(&self, shared: &Shared, flight: &Arc<Flight<T>>, result: FetchResult<T>) {
+        self.settle_inner(shared, flight, result, None, true);
+    }
+
     /// [`settle`](Self::settle), where `hydrated` carries the stamp, invalidated flag and age
     /// of data read from the second tier.
     fn settle_with(
         &self,
         shared: &Shared,
         flight: &Arc<Flight<T>>,
+        result: FetchResult<T>,
+        hydrated: Option<(SystemTime, bool, Duration)>,
+    ) -> Option<(SystemTime, bool)> {
+        self.settle_inner(shared, flight, result, hydrated, false)
+    }
+
+    fn settle_inner(
+        &self,
+        shared: &Shared,
+        flight: &Arc<Flight<T>>,
         mut result: FetchResult<T>,
         hydrated: Option<(SystemTime, bool, Duration)>,
+        write_behind: bool,
     ) -> Option<(SystemTime, bool)> {
         let mut stored = None;
         let mut g = self.lock();
@@ -411,6 +449,9 @@ impl<T: Send + Sync + 'static> Entry<T> {
             self.arm_gc_if_unused(&mut g, shared);
         }
         drop(g);
+        if write_behind && stored.is_some() {
+            self.write_behind(shared, None);
+        }
         flight.resolve(result);
         stored
     }
@@ -425,15 +466,43 @@ impl<T: Send + Sync + 'static> Entry<T> {
         }
     }
 
-    /// Queues a second-tier write of the entry's current data, if the query is persisted.
-    pub(crate) fn write_behind(&self, shared: &Shared) {
+    /// Writes the entry's current data to the second tier now (cluster-dedup lease holder).
+    #[cfg(feature = "redis")]
+    async fn write_now(&self, shared: &Shared) {
         let Some(tier) = &shared.tier else { return };
+        let write = {
+            let g = self.inner.lock();
+            let Some(fns) = g.options.as_ref().and_then(|o| o.persist) else {
+                return;
+            };
+            let (Some(data), Some(at)) = (g.state.data.clone(), g.state.data_updated_at) else {
+                return;
+            };
+            PendingWrite {
+                key: self.key.to_string(),
+                fns,
+                data,
+                at,
+                invalidated: g.state.is_invalidated,
+                gc_time: g.gc_time,
+                after: None,
+            }
+        };
+        tier.write_now(&shared.counters, &write).await;
+    }
+
+    /// Queues a second-tier write of the entry's current data, if the query is persisted;
+    /// `after` runs once it is written. Returns whether a write was queued.
+    pub(crate) fn write_behind(&self, shared: &Shared, after: Option<AfterWrite>) -> bool {
+        let Some(tier) = &shared.tier else {
+            return false;
+        };
         let g = self.inner.lock();
         let Some(fns) = g.options.as_ref().and_then(|o| o.persist) else {
-            return;
+            return false;
         };
         let (Some(data), Some(at)) = (g.state.data.clone(), g.state.data_updated_at) else {
-            return;
+            return false;
         };
         let (invalidated, gc_time) = (g.state.is_invalidated, g.gc_time);
         drop(g);
@@ -444,8 +513,10 @@ impl<T: Send + Sync + 'static> Entry<T> {
             at,
             invalidated,
             gc_time,
+            after,
         };
         tier.write(&shared.counters, write);
+        true
     }
 
     /// Arms the gc timer when nothing uses the entry any more.
@@ -492,7 +563,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
         if g.observers == 0 || g.removed {
             drop(g);
             // The invalidated flag reaches the second tier, so it survives eviction.
-            self.write_behind(shared);
+            self.write_behind(shared, None);
             return None;
         }
         // Observed: refetch now. A fetch that began before the invalidation would come
@@ -560,16 +631,28 @@ async fn run_flight<T: Send + Sync + 'static>(
     entry: Arc<Entry<T>>,
     flight: Arc<Flight<T>>,
     opts: QueryOptions<T>,
-    hydrate: bool,
+    hydrate: Option<Reload>,
 ) {
     let guard = FlightGuard {
         shared,
         entry,
         flight,
     };
-    if hydrate && hydrate_flight(&guard, &opts).await {
-        return;
+    if let Some(reload) = hydrate {
+        if hydrate_flight(&guard, &opts, reload).await {
+            return;
+        }
     }
+    #[cfg(feature = "redis")]
+    let lease = if hydrate == Some(Reload::No) {
+        match cluster_step(&guard, &opts).await {
+            ClusterStep::Served => return,
+            ClusterStep::Lease(token) => Some(token),
+            ClusterStep::Local => None,
+        }
+    } else {
+        None
+    };
     let mut failures: u32 = 0;
     let result = loop {
         let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (opts.fetcher)())) {
@@ -601,14 +684,97 @@ async fn run_flight<T: Send + Sync + 'static>(
     if result.is_ok() {
         tracing::debug!(key = %guard.entry.key, "fetch success");
     }
-    if guard
-        .entry
-        .settle(&guard.shared, &guard.flight, result)
-        .is_some()
-    {
-        guard.entry.write_behind(&guard.shared);
+    #[cfg(feature = "redis")]
+    if let Some(token) = lease {
+        let stored = guard.entry.settle(&guard.shared, &guard.flight, result);
+        if stored.is_some() {
+            // The others are waiting on the shared tier: write it now, then tell them.
+            guard.entry.write_now(&guard.shared).await;
+            guard.shared.cluster.publish_set(guard.entry.key.clone());
+        }
+        guard.shared.cluster.release(&token).await;
+        guard.shared.cache.evict_if_over_capacity(&guard.shared);
+        return;
     }
+    guard
+        .entry
+        .settle_and_write(&guard.shared, &guard.flight, result);
     guard.shared.cache.evict_if_over_capacity(&guard.shared);
+}
+
+#[cfg(feature = "redis")]
+enum ClusterStep {
+    /// Another instance's result was read from the shared tier.
+    Served,
+    /// This instance holds the fetch lease.
+    Lease(crate::bus::LeaseToken),
+    /// No cluster dedup (or the wait ran out): fetch locally.
+    Local,
+}
+
+/// Cluster-wide dedup for a cold persisted key: take the lease, or wait for its holder's
+/// result (woken by its `Set` message, re-checking every 50 ms so an expired lease is taken
+/// over), or give up after `max_wait` and fetch locally.
+#[cfg(feature = "redis")]
+async fn cluster_step<T: Send + Sync + 'static>(
+    guard: &FlightGuard<T>,
+    opts: &QueryOptions<T>,
+) -> ClusterStep {
+    let shared = &guard.shared;
+    let cluster = &shared.cluster;
+    let (Some(dedup), Some(fns), Some(tier)) = (&cluster.dedup, opts.persist, shared.tier.clone())
+    else {
+        return ClusterStep::Local;
+    };
+    let key = guard.entry.key.to_string();
+    let deadline = Instant::now() + dedup.max_wait;
+    let notify = cluster.waiter(&key);
+    let serve = |envelope: crate::storage::Envelope<T>| {
+        let at = envelope.data_updated_at();
+        let age = SystemTime::now()
+            .duration_since(at)
+            .unwrap_or(Duration::ZERO);
+        guard.entry.settle_with(
+            shared,
+            &guard.flight,
+            Ok(Arc::new(envelope.data)),
+            Some((at, false, age)),
+        );
+    };
+    let step = loop {
+        let woken = notify.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        // The holder's result first: a lease released after its write is no invitation
+        // to fetch again.
+        if let Some(envelope) = tier.read(&shared.counters, &key, fns).await {
+            if !envelope.invalidated {
+                serve(envelope);
+                break ClusterStep::Served;
+            }
+        }
+        if let Some(token) = cluster.acquire(&key).await {
+            // Re-check: the holder may have written and released between our read and
+            // our acquire.
+            match tier.read(&shared.counters, &key, fns).await {
+                Some(envelope) if !envelope.invalidated => {
+                    cluster.release(&token).await;
+                    serve(envelope);
+                    break ClusterStep::Served;
+                }
+                _ => break ClusterStep::Lease(token),
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            tracing::debug!(%key, "cluster dedup: waited long enough, fetching locally");
+            break ClusterStep::Local;
+        }
+        let tick = Duration::from_millis(50).min(deadline - now);
+        let _ = tokio::time::timeout(tick, woken).await;
+    };
+    cluster.forget_waiter(&key, &notify);
+    step
 }
 
 /// Reads the key from a restored snapshot or the second tier. On a hit the flight settles
@@ -616,6 +782,7 @@ async fn run_flight<T: Send + Sync + 'static>(
 async fn hydrate_flight<T: Send + Sync + 'static>(
     guard: &FlightGuard<T>,
     opts: &QueryOptions<T>,
+    reload: Reload,
 ) -> bool {
     let Some(fns) = opts.persist else {
         return false;
@@ -639,6 +806,13 @@ async fn hydrate_flight<T: Send + Sync + 'static>(
         return false;
     };
     let at = envelope.data_updated_at();
+    // A reload never takes invalidated data, and after lost messages only newer data;
+    // otherwise fetch.
+    let current = guard.entry.inner.lock().state.data_updated_at;
+    let older = current.is_some_and(|c| c > at);
+    if current.is_some() && (envelope.invalidated || (reload == Reload::IfNewer && older)) {
+        return false;
+    }
     let age = SystemTime::now()
         .duration_since(at)
         .unwrap_or(Duration::ZERO);
@@ -689,6 +863,9 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     fn notify_removed(&self);
     /// Whether the query is persisted (its options say so).
     fn is_persisted(&self) -> bool;
+    /// Another instance changed this key: mark it stale; with `reload`, the next fetch
+    /// reads the shared tier first. Observed entries fetch at once.
+    fn remote_change(self: Arc<Self>, shared: &Arc<Shared>, reload: Reload);
     /// The entry as a snapshot item, if it is persisted and has data.
     fn dehydrate(&self) -> Option<DehydratedQuery>;
     /// Applies a snapshot item if the entry can decode it; gives it back otherwise.
@@ -759,6 +936,22 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         g.removed = true;
         g.flight = None;
         g.gc_deadline = None;
+    }
+    fn remote_change(self: Arc<Self>, shared: &Arc<Shared>, reload: Reload) {
+        let mut g = self.lock();
+        if g.removed {
+            return;
+        }
+        g.inval_gen += 1;
+        g.apply(Action::Invalidate);
+        g.reload = g.reload.max(reload);
+        if g.observers > 0 && g.flight.is_none() {
+            if let Some(opts) = g.options.clone() {
+                if let Err(error) = self.begin_flight(&mut g, shared, opts) {
+                    tracing::debug!(key = %self.key, %error, "remote change: refetch did not start");
+                }
+            }
+        }
     }
     fn is_persisted(&self) -> bool {
         self.inner

@@ -1,23 +1,26 @@
 //! One in-flight fetch shared by every caller of a key (the deduplication point).
 //!
-//! The result is written once (`OnceLock`) and then every waiter is woken. A waiter
-//! registers with the `Notify` *before* checking the result, so a wake-up can never be
-//! lost between the check and the wait; a waiter that is dropped unregisters itself.
+//! The result is written once and then every waiter is woken; the one-shot cell that does
+//! it ([`slot::Slot`]) registers a waiter *and* checks the result under one lock, so a
+//! wake-up can never be lost between the check and the wait, and a waiter that is dropped
+//! unregisters itself. The cell is model-checked under shuttle (`tests/shuttle_flight.rs`).
 
 use std::sync::{Arc, OnceLock};
 
-use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use crate::error::QueryError;
 use crate::state::QueryState;
 
+pub(crate) mod slot;
+
+use slot::Slot;
+
 /// The shared result of a fetch.
 pub(crate) type FetchResult<T> = Result<Arc<T>, QueryError>;
 
 pub(crate) struct Flight<T> {
-    result: OnceLock<FetchResult<T>>,
-    notify: Notify,
+    result: Slot<FetchResult<T>>,
     pub(crate) abort: OnceLock<AbortHandle>,
     /// The entry's state when the fetch began: what a cancel goes back to.
     pub(crate) previous: QueryState<T>,
@@ -32,8 +35,7 @@ pub(crate) struct Flight<T> {
 impl<T> Flight<T> {
     pub(crate) fn new(previous: QueryState<T>, data_gen: u64, inval_gen: u64) -> Self {
         Flight {
-            result: OnceLock::new(),
-            notify: Notify::new(),
+            result: Slot::new(),
             abort: OnceLock::new(),
             previous,
             data_gen,
@@ -43,24 +45,59 @@ impl<T> Flight<T> {
 
     /// Publishes the result (the first one wins) and wakes every waiter.
     pub(crate) fn resolve(&self, result: FetchResult<T>) {
-        let _ = self.result.set(result);
-        self.notify.notify_waiters();
+        self.result.resolve(result);
     }
 
     pub(crate) fn is_resolved(&self) -> bool {
-        self.result.get().is_some()
+        self.result.is_resolved()
     }
 
     /// Waits for the result. Dropping this future leaves nothing behind.
     pub(crate) async fn wait(&self) -> FetchResult<T> {
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(result) = self.result.get() {
-                return result.clone();
-            }
-            notified.await;
+        self.result.wait().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    #[tokio::test]
+    async fn every_waiter_gets_the_first_result() {
+        let f = Arc::new(Flight::<u32>::new(QueryState::default(), 0, 0));
+        let waiters: Vec<_> = (0..10)
+            .map(|_| {
+                let f = f.clone();
+                tokio::spawn(async move { f.wait().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        f.resolve(Ok(Arc::new(1)));
+        f.resolve(Ok(Arc::new(2)));
+        for w in waiters {
+            assert_eq!(*w.await.unwrap().unwrap(), 1);
         }
+        assert_eq!(*f.wait().await.unwrap(), 1, "a late waiter gets it at once");
+    }
+
+    #[test]
+    fn a_dropped_waiter_unregisters_and_its_slot_is_reused() {
+        let f = Flight::<u32>::new(QueryState::default(), 0, 0);
+        let mut a = Box::pin(f.wait());
+        assert!(a.as_mut().now_or_never().is_none());
+        assert_eq!(f.result.waiters(), 1);
+        drop(a);
+        assert_eq!(f.result.waiters(), 0);
+        for _ in 0..100 {
+            let mut w = Box::pin(f.wait());
+            assert!(w.as_mut().now_or_never().is_none());
+        }
+        assert_eq!(
+            f.result.waiters(),
+            0,
+            "abandoned waiters leave nothing behind"
+        );
+        assert!(!f.is_resolved());
     }
 }

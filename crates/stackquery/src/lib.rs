@@ -56,6 +56,7 @@
 pub mod bus;
 mod cache;
 mod client;
+mod cluster;
 mod entry;
 mod error;
 mod filter;
@@ -70,6 +71,7 @@ mod snapshot;
 mod state;
 mod stats;
 pub mod storage;
+mod sync;
 
 pub use client::{QueryClient, QueryClientBuilder};
 pub use error::{BoxError, FetchError, QueryError};

@@ -8,7 +8,7 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::InstanceId;
-use crate::storage::redis::{backend, bounded, ttl_millis};
+use crate::storage::redis::{ttl_millis, with_retry};
 use crate::storage::RedisStorage;
 use crate::StorageError;
 
@@ -138,35 +138,51 @@ impl RedisLeases {
             redis_key: self.redis_key(key),
             token: InstanceId::random().to_string(),
         };
-        let cmd = redis::cmd("SET")
+        let set = redis::cmd("SET")
             .arg(&token.redis_key)
             .arg(&token.token)
             .arg("NX")
             .arg("PX")
             .arg(ttl_millis(ttl).unwrap_or(1))
             .clone();
-        let mut conn = self.conn.clone();
-        // `OK` when set, nil when the key exists.
-        let set: Option<String> = bounded(self.timeout, async {
-            cmd.query_async(&mut conn).await.map_err(backend)
+        let get = redis::cmd("GET").arg(&token.redis_key).clone();
+        let conn = &self.conn;
+        let mut tries = 0_u32;
+        let held: bool = with_retry(self.timeout, || {
+            tries += 1;
+            let (mut conn, set, get, token) = (conn.clone(), &set, &get, &token.token);
+            let retry = tries > 1;
+            async move {
+                // `OK` when set, nil when the key exists.
+                let done: Option<String> = set.query_async(&mut conn).await?;
+                if done.is_some() || !retry {
+                    return Ok(done.is_some());
+                }
+                // A repeat after a lost connection: the first SET may have gone through
+                // before the reply was lost, in which case the lease holds our token.
+                let value: Option<String> = get.query_async(&mut conn).await?;
+                Ok(value.as_deref() == Some(token.as_str()))
+            }
         })
         .await?;
-        Ok(set.map(|_| token))
+        Ok(held.then_some(token))
     }
 
     /// Gives the lease back; `Ok(false)` when it was no longer held by `token` (it expired,
-    /// and maybe someone else holds it now — which is left alone).
+    /// and maybe someone else holds it now — which is left alone). Releasing twice is
+    /// harmless.
     ///
     /// # Errors
     ///
     /// [`StorageError::Timeout`] or [`StorageError::Backend`]: the lease then ends by
     /// itself when its ttl runs out.
     pub async fn release(&self, token: &LeaseToken) -> Result<bool, StorageError> {
-        let mut conn = self.conn.clone();
         let mut call = self.scripts.release.key(&token.redis_key);
         call.arg(&token.token);
-        let deleted: i64 = bounded(self.timeout, async {
-            call.invoke_async(&mut conn).await.map_err(backend)
+        let call = &call;
+        let deleted: i64 = with_retry(self.timeout, || {
+            let mut conn = self.conn.clone();
+            async move { call.invoke_async(&mut conn).await }
         })
         .await?;
         Ok(deleted == 1)
@@ -179,11 +195,12 @@ impl RedisLeases {
     ///
     /// [`StorageError::Timeout`] or [`StorageError::Backend`].
     pub async fn renew(&self, token: &LeaseToken, ttl: Duration) -> Result<bool, StorageError> {
-        let mut conn = self.conn.clone();
         let mut call = self.scripts.renew.key(&token.redis_key);
         call.arg(&token.token).arg(ttl_millis(ttl).unwrap_or(1));
-        let renewed: i64 = bounded(self.timeout, async {
-            call.invoke_async(&mut conn).await.map_err(backend)
+        let call = &call;
+        let renewed: i64 = with_retry(self.timeout, || {
+            let mut conn = self.conn.clone();
+            async move { call.invoke_async(&mut conn).await }
         })
         .await?;
         Ok(renewed == 1)
@@ -195,10 +212,11 @@ impl RedisLeases {
     ///
     /// [`StorageError::Timeout`] or [`StorageError::Backend`].
     pub async fn is_held(&self, key: &str) -> Result<bool, StorageError> {
-        let mut conn = self.conn.clone();
         let cmd = redis::cmd("EXISTS").arg(self.redis_key(key)).clone();
-        let n: u64 = bounded(self.timeout, async {
-            cmd.query_async(&mut conn).await.map_err(backend)
+        let cmd = &cmd;
+        let n: u64 = with_retry(self.timeout, || {
+            let mut conn = self.conn.clone();
+            async move { cmd.query_async(&mut conn).await }
         })
         .await?;
         Ok(n > 0)

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::{random_u128, BusEvent, BusMessage, BusMessageKind, InstanceId};
 use crate::storage::redis::{
-    backend, bounded, connection_manager, DEFAULT_CONNECT_TIMEOUT, DEFAULT_NAMESPACE,
+    backend, bounded, connection_manager, with_retry, DEFAULT_CONNECT_TIMEOUT, DEFAULT_NAMESPACE,
     DEFAULT_TIMEOUT,
 };
 use crate::StorageError;
@@ -174,13 +174,16 @@ impl RedisBus {
     /// have been sent.
     pub async fn publish(&self, kind: BusMessageKind) -> Result<(), StorageError> {
         let payload = BusMessage::new(self.inner.id, kind).encode();
-        let mut conn = self.inner.publisher.clone();
         let cmd = redis::cmd("PUBLISH")
             .arg(&self.inner.channel)
             .arg(payload)
             .clone();
-        bounded(self.inner.timeout, async {
-            cmd.exec_async(&mut conn).await.map_err(backend)
+        // A repeat after a lost connection may deliver a message twice: harmless, every
+        // kind is idempotent.
+        with_retry(self.inner.timeout, || {
+            let mut conn = self.inner.publisher.clone();
+            let cmd = &cmd;
+            async move { cmd.exec_async(&mut conn).await }
         })
         .await
     }

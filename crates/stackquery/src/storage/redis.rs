@@ -39,10 +39,13 @@ const MAX_TTL_MS: u64 = 1 << 61;
 /// [`StorageError::Timeout`]; a refused or dropped connection returns
 /// [`StorageError::Backend`]. Nothing panics, and nothing waits for the server to come back.
 ///
-/// The connection is redis' reconnecting `ConnectionManager`: after a connection loss the
-/// next call starts a reconnection in the background (calls fail meanwhile), so the store
-/// works again by itself shortly after the server is back. A call that timed out may still
-/// have been carried out by the server ("unknown", not "not written").
+/// The connection is redis' reconnecting `ConnectionManager`, making one connection
+/// attempt per failed call rather than a retry schedule of its own: while the server is
+/// down calls fail fast, and the store works again by itself as soon as it is back. A
+/// `get`, `set` or `delete` that finds its connection dead (the first call after an
+/// outage) is sent once more on a fresh connection within the same deadline, so an
+/// instance that was idle during the outage sees no failure. A call that timed out may
+/// still have been carried out by the server ("unknown", not "not written").
 ///
 /// Cloning is cheap: clones share one multiplexed connection.
 ///
@@ -168,10 +171,17 @@ impl RedisStorage {
                 .arg("COUNT")
                 .arg(self.scan_count);
             let (unlinked, (next, keys)) = if pending.is_empty() {
-                let ((next, keys),): ((u64, Vec<Vec<u8>>),) =
-                    self.round_trip(pipe.query_async(&mut conn)).await?;
+                // A SCAN alone is safe to repeat (e.g. on the first call after an outage).
+                let pipe = &pipe;
+                let ((next, keys),): ((u64, Vec<Vec<u8>>),) = with_retry(self.timeout, || {
+                    let mut conn = self.conn.clone();
+                    async move { pipe.query_async(&mut conn).await }
+                })
+                .await?;
                 (0, (next, keys))
             } else {
+                // Not repeated: a repeated UNLINK would count 0 for keys the lost reply
+                // had removed.
                 let (n, (next, keys)): (u64, (u64, Vec<Vec<u8>>)) =
                     self.round_trip(pipe.query_async(&mut conn)).await?;
                 (n, (next, keys))
@@ -201,19 +211,11 @@ impl RedisStorage {
     }
 
     /// Sends a command that is safe to repeat (GET, SET, UNLINK), bounded by the per-call
-    /// deadline. When the connection turns out to be dead — typically the first call after
-    /// an outage, on the connection from before it — the manager starts a reconnection and
-    /// the command is sent once more on the new connection, within the same deadline, so
-    /// an instance that was idle during the outage does not see a spurious failure.
+    /// deadline; see [`with_retry`].
     async fn send<R: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<R, StorageError> {
-        bounded(self.timeout, async {
+        with_retry(self.timeout, || {
             let mut conn = self.conn.clone();
-            match cmd.query_async(&mut conn).await {
-                Err(err) if connection_lost(&err) => {
-                    cmd.query_async(&mut conn).await.map_err(backend)
-                }
-                other => other.map_err(backend),
-            }
+            async move { cmd.query_async(&mut conn).await }
         })
         .await
     }
@@ -303,6 +305,30 @@ pub(crate) async fn connection_manager(
         ConnectionManager::new_with_config(client, config)
             .await
             .map_err(backend)
+    })
+    .await
+}
+
+/// Runs `attempt` — a request that is safe to repeat — within `limit`, once more when
+/// the first try finds the connection gone.
+///
+/// That is typically the first call after an outage, on the connection from before it:
+/// the failure makes the manager reconnect, and the second try goes out on the new
+/// connection within the same deadline, so an instance that was idle during the outage
+/// sees no spurious failure.
+pub(crate) async fn with_retry<R, F, Fut>(
+    limit: Duration,
+    mut attempt: F,
+) -> Result<R, StorageError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = redis::RedisResult<R>>,
+{
+    bounded(limit, async {
+        match attempt().await {
+            Err(err) if connection_lost(&err) => attempt().await.map_err(backend),
+            other => other.map_err(backend),
+        }
     })
     .await
 }

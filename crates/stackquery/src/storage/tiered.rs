@@ -63,12 +63,16 @@ pub(crate) struct PendingWrite<T> {
     pub(crate) at: SystemTime,
     pub(crate) invalidated: bool,
     pub(crate) gc_time: Duration,
+    pub(crate) after: Option<AfterWrite>,
 }
 
 type Encoder = Box<dyn FnOnce() -> Result<Vec<u8>, StorageError> + Send>;
 
+/// Runs after a successful write (e.g. to announce it to other instances).
+pub(crate) type AfterWrite = Box<dyn FnOnce() + Send + Sync>;
+
 enum Op {
-    Set(Encoder, Option<Duration>),
+    Set(Encoder, Option<Duration>, Option<AfterWrite>),
     Delete,
 }
 
@@ -126,7 +130,7 @@ impl Tier {
             .filter(|d| *d != Duration::MAX);
         let (fns, data, at, invalidated) = (w.fns, w.data, w.at, w.invalidated);
         let encoder: Encoder = Box::new(move || (fns.encode)(&data, at, invalidated, codec));
-        self.queue(counters, w.key, Op::Set(encoder, ttl));
+        self.queue(counters, w.key, Op::Set(encoder, ttl, w.after));
     }
 
     /// Queues a deletion of `key`.
@@ -181,6 +185,27 @@ impl Tier {
             self.wake.clone(),
             counters.clone(),
         ));
+    }
+
+    /// Writes now (not behind): the cluster-dedup lease holder must have the data in the
+    /// shared tier before it tells the others.
+    pub(crate) async fn write_now<T>(&self, counters: &Counters, w: &PendingWrite<T>) {
+        let ttl = self
+            .config
+            .ttl
+            .or(Some(w.gc_time))
+            .filter(|d| *d != Duration::MAX);
+        let result = match (w.fns.encode)(&w.data, w.at, w.invalidated, self.config.codec) {
+            Ok(bytes) => {
+                counters.l2_writes.incr();
+                self.storage.set(&w.key, bytes, ttl).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(error) = result {
+            counters.l2_errors.incr();
+            tracing::warn!(key = %w.key, %error, "second tier write failed");
+        }
     }
 
     /// Waits until every queued operation has been attempted.
@@ -272,10 +297,15 @@ async fn worker(tier: Weak<Tier>, wake_handle: Arc<Notify>, counters: Arc<Counte
         }
         for (key, op) in batch.keys {
             let result = match op {
-                Op::Set(encoder, ttl) => match encoder() {
+                Op::Set(encoder, ttl, after) => match encoder() {
                     Ok(bytes) => {
                         counters.l2_writes.incr();
-                        t.storage.set(&key, bytes, ttl).await
+                        let r = t.storage.set(&key, bytes, ttl).await;
+                        if let Some(after) = after {
+                            // Announced even if the write failed: the others then refetch.
+                            after();
+                        }
+                        r
                     }
                     Err(e) => Err(e),
                 },

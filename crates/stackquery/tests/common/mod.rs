@@ -52,3 +52,4 @@ pub async fn settle() {
         tokio::task::yield_now().await;
     }
 }
+pub mod redis_server;
