@@ -116,7 +116,15 @@ fn hash_parts(parts: &[KeyPart]) -> u64 {
 impl QueryKey {
     /// Builds a key from its parts.
     pub fn new(parts: impl IntoIterator<Item = KeyPart>) -> Self {
-        let parts: Box<[KeyPart]> = parts.into_iter().collect();
+        // `KeyPart` is public, so `UInt(5)` can be built directly: normalise it to `Int(5)`,
+        // or it would be a different key with the same `Display` (the storage name).
+        let parts: Box<[KeyPart]> = parts
+            .into_iter()
+            .map(|p| match p {
+                KeyPart::UInt(u) => i64::try_from(u).map_or(KeyPart::UInt(u), KeyPart::Int),
+                other => other,
+            })
+            .collect();
         let hash = hash_parts(&parts);
         QueryKey(Arc::new(KeyInner { hash, parts }))
     }

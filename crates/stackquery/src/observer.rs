@@ -266,14 +266,12 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
         inner.subs.lock().listeners.push(slot.clone());
         // The subscription exists before any user code runs, so a listener that panics
         // on its first call still leaves a subscription that cleans up on drop.
-        let weak = inner.weak_self.clone();
+        // The subscription holds the observer: `client.watch(&o).subscribe(f)` drops the
+        // observer handle at once, and the subscription must still work and clean up.
+        let owner = inner.clone();
         let id = slot.id;
         let subscription = Subscription {
-            cancel: Some(Box::new(move || {
-                if let Some(o) = weak.upgrade() {
-                    o.remove_listener(id);
-                }
-            })),
+            cancel: Some(Box::new(move || owner.remove_listener(id))),
         };
         inner.activate();
         // "At once": unless the activation's own notification already reached it.
@@ -299,12 +297,8 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
         // Seed the stream with the current state.
         let (_, state) = inner.compute();
         inner.publish_to_streams(&state);
-        let weak = Arc::downgrade(&inner);
-        let guard = StreamGuard(Some(Box::new(move || {
-            if let Some(o) = weak.upgrade() {
-                o.remove_stream();
-            }
-        })));
+        let owner = inner.clone();
+        let guard = StreamGuard(Some(Box::new(move || owner.remove_stream())));
         let stream =
             futures::stream::unfold((rx, guard, true), |(mut rx, guard, first)| async move {
                 if !first && rx.changed().await.is_err() {
