@@ -109,8 +109,14 @@ fn mismatch(entry: &ErasedEntry, requested: &'static str) -> QueryError {
 }
 
 fn downcast<T: Send + Sync + 'static>(entry: ErasedEntry) -> Result<Arc<Entry<T>>, QueryError> {
-    let err = mismatch(&entry, std::any::type_name::<T>());
-    entry.into_any().downcast::<Entry<T>>().map_err(|_| err)
+    // The error (which formats the key) is built only when the types differ.
+    if entry.as_any().is::<Entry<T>>() {
+        if let Ok(e) = entry.into_any().downcast::<Entry<T>>() {
+            return Ok(e);
+        }
+        unreachable!("checked with `is` above");
+    }
+    Err(mismatch(&entry, std::any::type_name::<T>()))
 }
 
 impl QueryClient {

@@ -254,7 +254,11 @@ impl<T: Send + Sync + 'static> Entry<T> {
         if g.removed && !even_if_removed {
             return Ok(None);
         }
-        g.options = Some(opts.clone());
+        // Remember the latest options (for refetches, persistence); skip the copy when the
+        // caller passes the same query again.
+        if !g.options.as_ref().is_some_and(|o| o.same_as(opts)) {
+            g.options = Some(opts.clone());
+        }
         g.stale_time = stale_time;
         g.gc_time = shared.defaults.gc_time(opts);
         if mode != Mode::Force {

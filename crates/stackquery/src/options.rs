@@ -121,6 +121,36 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned> QueryOptions<T> {
 }
 
 impl<T> QueryOptions<T> {
+    /// Cheap check that `other` is a clone of these options with the same settings.
+    pub(crate) fn same_as(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.fetcher, &other.fetcher)
+            && self.key == other.key
+            && self.stale_time == other.stale_time
+            && self.gc_time == other.gc_time
+            && self.retry_jitter == other.retry_jitter
+            && self.refetch_interval == other.refetch_interval
+            && self.enabled == other.enabled
+            && self.persist.is_some() == other.persist.is_some()
+            && match (&self.retry, &other.retry) {
+                (None, None) => true,
+                (Some(RetryPolicy::Count(a)), Some(RetryPolicy::Count(b))) => a == b,
+                (Some(RetryPolicy::Predicate(a)), Some(RetryPolicy::Predicate(b))) => {
+                    Arc::ptr_eq(a, b)
+                }
+                _ => false,
+            }
+            && match (&self.retry_delay, &other.retry_delay) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(&a.0, &b.0),
+                _ => false,
+            }
+            && match (&self.placeholder_data, &other.placeholder_data) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+
     /// The query's key.
     pub fn key(&self) -> &QueryKey {
         &self.key

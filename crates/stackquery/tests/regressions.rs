@@ -217,3 +217,32 @@ fn a_small_uint_part_built_directly_is_the_same_key_as_its_int_form() {
     assert_eq!(direct, key!["a", 5_u64]);
     assert_eq!(direct.to_string().parse::<QueryKey>().unwrap(), direct);
 }
+
+/// Found by the deep run of the envelope property (`tests/fuzz_props.rs`): an envelope
+/// whose data is a large number decoded, re-encoded and decoded again gave a *different*
+/// number. serde_json's default float parser is fast but not correctly rounded (it can be
+/// one ulp off), so an `f64` persisted with the JSON codec can come back changed, and
+/// drift by another ulp on every dehydrate/hydrate or write-behind cycle. Persisted data
+/// must read back bit for bit (serde_json's `float_roundtrip` feature parses exactly).
+#[test]
+#[ignore = "known bug, fix proposed (stackquery's serde_json dependency: features = [\"float_roundtrip\"])"]
+fn a_persisted_f64_reads_back_bit_for_bit() {
+    use stackquery::storage::{decode, encode, Codec, Envelope};
+
+    let at = std::time::SystemTime::UNIX_EPOCH;
+    for bits in [
+        0x4414_0007_349b_8fd7_u64,
+        0x4414_0007_349b_8fd8,
+        0x3fb9_9999_9999_999a,
+    ] {
+        let x = f64::from_bits(bits);
+        let bytes = encode(&Envelope::new(x, at, false), Codec::Json).unwrap();
+        let back: Envelope<f64> = decode(&bytes).unwrap();
+        assert_eq!(
+            back.data.to_bits(),
+            bits,
+            "{x:e} came back as {:e}",
+            back.data
+        );
+    }
+}
