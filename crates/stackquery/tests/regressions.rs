@@ -145,7 +145,7 @@ async fn a_no_op_update_on_a_missing_key_leaves_nothing_behind() {
 /// died right after `subscribe` returned, still attached to its entry (observer count +1,
 /// listener registered), the listener never heard of another change, and dropping the
 /// subscription later found no observer to detach. A subscription must keep its observer
-/// alive, and the entry must be released when it is dropped.
+/// alive, and the entry must be released when it is dropped. Fixed in `observer.rs`.
 #[tokio::test(start_paused = true)]
 async fn a_subscription_outliving_its_observer_handle_still_works_and_releases_the_entry() {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -207,7 +207,7 @@ async fn cancelling_the_pinning_fetch_trims_the_cache_back_to_its_bound() {
 /// `key![5_u64]`, yet both display as `[5]` — the name of the entry in persistent storage —
 /// and `[5]` parses back as the `Int` form: two in-memory entries share one persisted entry,
 /// and the `Display`/`FromStr` round trip is broken for it. Building a key must normalise
-/// small `UInt` parts.
+/// small `UInt` parts. Fixed in `key.rs` (`QueryKey::new` normalises them).
 #[test]
 fn a_small_uint_part_built_directly_is_the_same_key_as_its_int_form() {
     use stackquery::{KeyPart, QueryKey};
@@ -223,9 +223,9 @@ fn a_small_uint_part_built_directly_is_the_same_key_as_its_int_form() {
 /// number. serde_json's default float parser is fast but not correctly rounded (it can be
 /// one ulp off), so an `f64` persisted with the JSON codec can come back changed, and
 /// drift by another ulp on every dehydrate/hydrate or write-behind cycle. Persisted data
-/// must read back bit for bit (serde_json's `float_roundtrip` feature parses exactly).
+/// must read back bit for bit: fixed by enabling serde_json's `float_roundtrip` feature
+/// (exact parsing) in stackquery's dependency.
 #[test]
-#[ignore = "known bug, fix proposed (stackquery's serde_json dependency: features = [\"float_roundtrip\"])"]
 fn a_persisted_f64_reads_back_bit_for_bit() {
     use stackquery::storage::{decode, encode, Codec, Envelope};
 

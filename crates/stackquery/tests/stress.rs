@@ -20,11 +20,6 @@ use stackquery::{key, QueryClient, QueryFilter, QueryKey, QueryOptions, QuerySta
 const MAX_QUERIES: usize = 64;
 const KEYS: u64 = 512;
 const GROUPS: u64 = 8;
-/// Whether tasks drop their `QueryObserver` handle right after subscribing (keeping only
-/// the `Subscription`). That pattern pins entries forever until the observer fix lands
-/// (regressions.rs: `a_subscription_outliving_its_observer_handle_…`, ignored for now);
-/// set to `true` with that fix.
-const TEMPORARY_OBSERVER_HANDLES: bool = false;
 /// Real time a round may take before the watchdog calls it a hang.
 const WATCHDOG: Duration = Duration::from_secs(120);
 
@@ -152,7 +147,10 @@ async fn worker(
                         panic!("injected listener panic");
                     }
                 });
-                let keep = (!TEMPORARY_OBSERVER_HANDLES).then_some(observer);
+                // Half the tasks keep only the subscription (`watch(..).subscribe(..)`):
+                // it must keep its observer alive and release the entry when dropped
+                // (regressions.rs: `a_subscription_outliving_its_observer_handle_…`).
+                let keep = (rng.below(2) == 0).then_some(observer);
                 subs.push((sub, keep));
             }
             89..=94 => {

@@ -21,8 +21,8 @@ pub fn key_text_roundtrip(data: &[u8]) {
     }
 }
 
-/// Decodes bytes into key parts, built the way users build them (the `From` conversions
-/// and `key!`), then checks `parse(display(k)) == k`, equal hashes, and that prefixes of
+/// Decodes bytes into key parts, built the way users build them (the `From` conversions,
+/// `key!`, and the public `KeyPart` variants), then checks `parse(display(k)) == k`, equal hashes, and that prefixes of
 /// `k` are prefixes of the parsed key too.
 pub fn key_parts_roundtrip(data: &[u8]) {
     let key = QueryKey::new(parts_from_bytes(data));
@@ -56,13 +56,16 @@ pub fn parts_from_bytes(data: &[u8]) -> Vec<KeyPart> {
             w[..b.len()].copy_from_slice(b);
             u64::from_le_bytes(w)
         };
-        let part = match tag % 5 {
+        let part = match tag % 6 {
             0 => KeyPart::from(tag & 0x80 != 0),
             1 => KeyPart::from(word(take(8)) as i64),
             2 => KeyPart::from(word(take(8))),
             3 => KeyPart::from(word(take(1)) as u8),
+            // Built directly, small values included (regressions.rs:
+            // `a_small_uint_part_built_directly_is_the_same_key_as_its_int_form`).
+            4 => KeyPart::UInt(word(take(8)) >> (tag % 64)),
             _ => {
-                let len = usize::from(tag / 5) % 24;
+                let len = usize::from(tag / 6) % 24;
                 KeyPart::from(String::from_utf8_lossy(take(len)).into_owned())
             }
         };
@@ -105,15 +108,14 @@ pub fn envelope_decode(data: &[u8]) {
     }
 }
 
-/// JSON equality, except that floats may differ by a few ulps: serde_json's default float
-/// parser is not correctly rounded (regressions.rs: `a_persisted_f64_reads_back_bit_for_bit`,
-/// ignored until stackquery enables `float_roundtrip`). Make this exact with that fix.
+/// Exact JSON equality, floats bit for bit (stackquery enables serde_json's
+/// `float_roundtrip`; see regressions.rs: `a_persisted_f64_reads_back_bit_for_bit`).
 fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     use serde_json::Value;
     match (a, b) {
         (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
             match (x.as_f64(), y.as_f64()) {
-                (Some(x), Some(y)) => x.to_bits().abs_diff(y.to_bits()) <= 4,
+                (Some(x), Some(y)) => x.to_bits() == y.to_bits(),
                 _ => false,
             }
         }
