@@ -211,8 +211,10 @@ fn main() {
             vec![workloads::memory::run(&cfg)]
         });
     }
-    if args.only.is_none() {
-        sections.push(workloads::hydration::pending());
+    if wants("hydration") {
+        step("cold hydration from SQLite", &mut || {
+            vec![workloads::hydration::run(&cfg)]
+        });
     }
 
     let targets = targets::evaluate(&sections);

@@ -27,7 +27,9 @@ mod disabled {
 
     /// Without the `redis` feature there is no bus: every hook does nothing.
     #[derive(Default)]
-    pub(crate) struct Cluster;
+    pub(crate) struct Cluster {
+        _none: (),
+    }
 
     impl Cluster {
         pub(crate) fn start(&self, _shared: &Arc<Shared>) {}

@@ -49,7 +49,8 @@ pub(crate) struct EntryInner<T> {
     pub(crate) inval_gen: u64,
     pub(crate) observers: usize,
     /// The last options used with this key: lets bulk refetches run the fetch function.
-    pub(crate) options: Option<QueryOptions<T>>,
+    /// Boxed: entries only ever written by hand do not pay for them.
+    pub(crate) options: Option<Box<QueryOptions<T>>>,
     /// Stale time of the last caller, for filters and snapshots.
     pub(crate) stale_time: Duration,
     pub(crate) gc_time: Duration,
@@ -60,7 +61,8 @@ pub(crate) struct EntryInner<T> {
     /// Bumped on every state change; observers deliver states by version.
     pub(crate) version: u64,
     /// Observers to tell about changes (copy-on-write: cloned to notify, outside the lock).
-    pub(crate) listeners: Listeners,
+    /// `None` until the first observer: most entries never have one.
+    pub(crate) listeners: Option<Listeners>,
     /// The second tier was consulted for this entry (or it never needs to be).
     pub(crate) hydrated: bool,
     /// Fresh hits served by the hit path (folded into the client's counters on removal).
@@ -69,7 +71,9 @@ pub(crate) struct EntryInner<T> {
     pub(crate) reload: Reload,
 }
 
-/// Whether the next fetch of an entry reads the shared tier first.
+/// Whether the next fetch of an entry reads the shared tier first. (Only the `redis`
+/// feature's bus ever asks for a reload.)
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Reload {
     No,
@@ -111,10 +115,12 @@ impl<T> DerefMut for EntryGuard<'_, T> {
 impl<T> Drop for EntryGuard<'_, T> {
     fn drop(&mut self) {
         let Some(g) = self.guard.take() else { return };
-        if g.version == self.version || g.listeners.is_empty() {
+        if g.version == self.version {
             return;
         }
-        let listeners = g.listeners.clone();
+        let Some(listeners) = g.listeners.clone() else {
+            return;
+        };
         drop(g);
         for l in listeners.iter() {
             l.changed();
@@ -191,7 +197,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
                 gc_deadline: None,
                 removed: false,
                 version: 0,
-                listeners: Arc::new(Vec::new()),
+                listeners: None,
                 hydrated: false,
                 hits: 0,
                 reload: Reload::No,
@@ -257,7 +263,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
         // Remember the latest options (for refetches, persistence); skip the copy when the
         // caller passes the same query again.
         if !g.options.as_ref().is_some_and(|o| o.same_as(opts)) {
-            g.options = Some(opts.clone());
+            g.options = Some(Box::new(opts.clone()));
         }
         g.stale_time = stale_time;
         g.gc_time = shared.defaults.gc_time(opts);
@@ -341,7 +347,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
             return false;
         }
         g.observers += 1;
-        Arc::make_mut(&mut g.listeners).push(listener);
+        Arc::make_mut(g.listeners.get_or_insert_with(Default::default)).push(listener);
         g.gc_deadline = None;
         true
     }
@@ -350,13 +356,18 @@ impl<T: Send + Sync + 'static> Entry<T> {
     pub(crate) fn detach(&self, shared: &Shared, listener: &Arc<dyn EntryListener>) {
         let mut g = self.inner.lock();
         let target = Arc::as_ptr(listener).cast::<u8>();
-        let list = Arc::make_mut(&mut g.listeners);
-        if let Some(i) = list
-            .iter()
-            .position(|l| Arc::as_ptr(l).cast::<u8>() == target)
-        {
-            list.remove(i);
-            g.observers = g.observers.saturating_sub(1);
+        let inner = &mut *g;
+        if let Some(list) = inner.listeners.as_mut().map(Arc::make_mut) {
+            if let Some(i) = list
+                .iter()
+                .position(|l| Arc::as_ptr(l).cast::<u8>() == target)
+            {
+                list.remove(i);
+                inner.observers = inner.observers.saturating_sub(1);
+            }
+            if list.is_empty() {
+                inner.listeners = None;
+            }
         }
         self.arm_gc_if_unused(&mut g, shared);
     }
@@ -572,7 +583,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
         }
         // Observed: refetch now. A fetch that began before the invalidation would come
         // back stale, so a new one replaces it (its own waiters still get its result).
-        let opts = g.options.clone()?;
+        let opts = g.options.as_deref().cloned()?;
         let flight = self.begin_flight(&mut g, shared, opts).ok()?;
         Some(settled(flight))
     }
@@ -585,7 +596,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
         if let Some(f) = &g.flight {
             return Some(settled(f.clone()));
         }
-        let opts = g.options.clone()?;
+        let opts = g.options.as_deref().cloned()?;
         let flight = self.begin_flight(&mut g, shared, opts).ok()?;
         Some(settled(flight))
     }
@@ -869,6 +880,7 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     fn is_persisted(&self) -> bool;
     /// Another instance changed this key: mark it stale; with `reload`, the next fetch
     /// reads the shared tier first. Observed entries fetch at once.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     fn remote_change(self: Arc<Self>, shared: &Arc<Shared>, reload: Reload);
     /// The entry as a snapshot item, if it is persisted and has data.
     fn dehydrate(&self) -> Option<DehydratedQuery>;
@@ -950,7 +962,7 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         g.apply(Action::Invalidate);
         g.reload = g.reload.max(reload);
         if g.observers > 0 && g.flight.is_none() {
-            if let Some(opts) = g.options.clone() {
+            if let Some(opts) = g.options.as_deref().cloned() {
                 if let Err(error) = self.begin_flight(&mut g, shared, opts) {
                     tracing::debug!(key = %self.key, %error, "remote change: refetch did not start");
                 }
@@ -1021,9 +1033,9 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
     fn notify_removed(&self) {
         let listeners = {
             let mut g = self.inner.lock();
-            std::mem::take(&mut g.listeners)
+            g.listeners.take()
         };
-        for l in listeners.iter() {
+        for l in listeners.iter().flat_map(|l| l.iter()) {
             l.removed();
         }
     }

@@ -189,6 +189,7 @@ impl Tier {
 
     /// Writes now (not behind): the cluster-dedup lease holder must have the data in the
     /// shared tier before it tells the others.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) async fn write_now<T>(&self, counters: &Counters, w: &PendingWrite<T>) {
         let ttl = self
             .config
