@@ -75,9 +75,10 @@ impl<T> Envelope<T> {
 /// # Errors
 ///
 /// [`StorageError::Encode`] when the data cannot be represented by the codec (for JSON: a
-/// map whose keys are not strings; for binary: a type that needs a self-describing
-/// format), or when `envelope.version` is not [`ENVELOPE_VERSION`] (nothing could read it
-/// back).
+/// map whose keys are not strings), or when `envelope.version` is not [`ENVELOPE_VERSION`]
+/// (nothing could read it back). With the binary codec, a type that needs a
+/// self-describing format (e.g. `serde_json::Value`) may encode without error and then
+/// fail to decode: such an entry reads as corrupt (a miss), so use JSON for those types.
 pub fn encode<T: Serialize>(envelope: &Envelope<T>, codec: Codec) -> Result<Vec<u8>, StorageError> {
     if envelope.version != ENVELOPE_VERSION {
         return Err(StorageError::Encode(format!(
