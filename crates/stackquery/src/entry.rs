@@ -4,8 +4,6 @@
 //! Entries are stored type-erased (`Arc<dyn AnyEntry>`) and downcast to `Entry<T>` by
 //! typed calls; bulk operations (invalidate, cancel, reset…) go through [`AnyEntry`].
 
-use std::any::Any;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,15 +15,17 @@ use std::ops::{Deref, DerefMut};
 use parking_lot::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
+mod erased;
+
+pub(crate) use erased::AnyEntry;
+
 use crate::client::Shared;
-use crate::error::{panic_message, QueryError};
+use crate::error::QueryError;
 use crate::flight::{FetchResult, Flight};
 use crate::key::QueryKey;
 use crate::options::QueryOptions;
-use crate::snapshot::DehydratedQuery;
 use crate::state::{reduce, Action, FetchStatus, QueryState};
 use crate::storage::tiered::{AfterWrite, PendingWrite};
-use crate::storage::Envelope;
 
 /// A future that resolves when a started refetch settles (its outcome is in the cache).
 pub(crate) type Settled = BoxFuture<'static, ()>;
@@ -328,7 +328,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
         g.gc_deadline = None;
         shared.counters.fetches.incr();
         tracing::debug!(key = %self.key, "fetch start");
-        let task = run_flight(
+        let task = crate::fetch::run_flight(
             shared.clone(),
             self.clone(),
             flight.clone(),
@@ -373,7 +373,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
     }
 
     /// Records a failed attempt of `flight` (if it is still the entry's current fetch).
-    fn attempt_failed(&self, flight: &Arc<Flight<T>>, error: QueryError) {
+    pub(crate) fn attempt_failed(&self, flight: &Arc<Flight<T>>, error: QueryError) {
         let mut g = self.lock();
         if is_current(&g, flight) {
             g.apply(Action::Failed { error });
@@ -394,13 +394,18 @@ impl<T: Send + Sync + 'static> Entry<T> {
 
     /// [`settle`](Self::settle) for a fetch's own result: the second-tier write is queued
     /// *before* the waiters wake, so a caller that then flushes the storage finds it.
-    fn settle_and_write(&self, shared: &Shared, flight: &Arc<Flight<T>>, result: FetchResult<T>) {
+    pub(crate) fn settle_and_write(
+        &self,
+        shared: &Shared,
+        flight: &Arc<Flight<T>>,
+        result: FetchResult<T>,
+    ) {
         self.settle_inner(shared, flight, result, None, true);
     }
 
     /// [`settle`](Self::settle), where `hydrated` carries the stamp, invalidated flag and age
     /// of data read from the second tier.
-    fn settle_with(
+    pub(crate) fn settle_with(
         &self,
         shared: &Shared,
         flight: &Arc<Flight<T>>,
@@ -472,7 +477,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
     }
 
     /// Starts a background fetch unless one is in flight (after a stale hydration).
-    fn refresh(self: &Arc<Self>, shared: &Arc<Shared>, opts: QueryOptions<T>) {
+    pub(crate) fn refresh(self: &Arc<Self>, shared: &Arc<Shared>, opts: QueryOptions<T>) {
         let mut g = self.lock();
         if g.flight.is_none() && !g.removed {
             if let Err(error) = self.begin_flight(&mut g, shared, opts) {
@@ -483,7 +488,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
 
     /// Writes the entry's current data to the second tier now (cluster-dedup lease holder).
     #[cfg(feature = "redis")]
-    async fn write_now(&self, shared: &Shared) {
+    pub(crate) async fn write_now(&self, shared: &Shared) {
         let Some(tier) = &shared.tier else { return };
         let write = {
             let g = self.inner.lock();
@@ -621,422 +626,4 @@ fn settled<T: Send + Sync + 'static>(flight: Arc<Flight<T>>) -> Settled {
         let _ = flight.wait().await;
     }
     .boxed()
-}
-
-/// Settles the flight as cancelled if its task is dropped before finishing (aborted, or
-/// the runtime shut down), so no waiter is left hanging.
-struct FlightGuard<T: Send + Sync + 'static> {
-    shared: Arc<Shared>,
-    entry: Arc<Entry<T>>,
-    flight: Arc<Flight<T>>,
-}
-
-impl<T: Send + Sync + 'static> Drop for FlightGuard<T> {
-    fn drop(&mut self) {
-        if !self.flight.is_resolved() {
-            self.entry
-                .settle(&self.shared, &self.flight, Err(QueryError::Cancelled));
-        }
-    }
-}
-
-/// The fetch task: runs the user's function with retries, then settles the flight.
-async fn run_flight<T: Send + Sync + 'static>(
-    shared: Arc<Shared>,
-    entry: Arc<Entry<T>>,
-    flight: Arc<Flight<T>>,
-    opts: QueryOptions<T>,
-    hydrate: Option<Reload>,
-) {
-    let guard = FlightGuard {
-        shared,
-        entry,
-        flight,
-    };
-    if let Some(reload) = hydrate {
-        if hydrate_flight(&guard, &opts, reload).await {
-            return;
-        }
-    }
-    #[cfg(feature = "redis")]
-    let lease = if hydrate == Some(Reload::No) {
-        match cluster_step(&guard, &opts).await {
-            ClusterStep::Served => return,
-            ClusterStep::Lease(token) => Some(token),
-            ClusterStep::Local => None,
-        }
-    } else {
-        None
-    };
-    let mut failures: u32 = 0;
-    let result = loop {
-        let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (opts.fetcher)())) {
-            Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
-            Err(payload) => Err(payload),
-        };
-        let error = match outcome {
-            Ok(Ok(value)) => break Ok(Arc::new(value)),
-            Ok(Err(e)) => QueryError::fetch(e),
-            Err(payload) => QueryError::Panicked(panic_message(&*payload)),
-        };
-        failures = failures.saturating_add(1);
-        guard.entry.attempt_failed(&guard.flight, error.clone());
-        // A panic is a bug in the fetch function, not a transient failure: no retry.
-        let retry = !matches!(error, QueryError::Panicked(_))
-            && guard
-                .shared
-                .defaults
-                .retry(&opts)
-                .should_retry(failures, &error);
-        if !retry {
-            tracing::warn!(key = %guard.entry.key, %error, failures, "fetch failed");
-            break Err(error);
-        }
-        let delay = guard.shared.defaults.retry_delay(&opts, failures - 1);
-        tracing::debug!(key = %guard.entry.key, %error, failures, ?delay, "fetch retry");
-        tokio::time::sleep(delay).await;
-    };
-    if result.is_ok() {
-        tracing::debug!(key = %guard.entry.key, "fetch success");
-    }
-    #[cfg(feature = "redis")]
-    if let Some(token) = lease {
-        let stored = guard.entry.settle(&guard.shared, &guard.flight, result);
-        if stored.is_some() {
-            // The others are waiting on the shared tier: write it now, then tell them.
-            guard.entry.write_now(&guard.shared).await;
-            guard.shared.cluster.publish_set(guard.entry.key.clone());
-        }
-        guard.shared.cluster.release(&token).await;
-        guard.shared.cache.evict_if_over_capacity(&guard.shared);
-        return;
-    }
-    guard
-        .entry
-        .settle_and_write(&guard.shared, &guard.flight, result);
-    guard.shared.cache.evict_if_over_capacity(&guard.shared);
-}
-
-#[cfg(feature = "redis")]
-enum ClusterStep {
-    /// Another instance's result was read from the shared tier.
-    Served,
-    /// This instance holds the fetch lease.
-    Lease(crate::bus::LeaseToken),
-    /// No cluster dedup (or the wait ran out): fetch locally.
-    Local,
-}
-
-/// Cluster-wide dedup for a cold persisted key: take the lease, or wait for its holder's
-/// result (woken by its `Set` message, re-checking every 50 ms so an expired lease is taken
-/// over), or give up after `max_wait` and fetch locally.
-#[cfg(feature = "redis")]
-async fn cluster_step<T: Send + Sync + 'static>(
-    guard: &FlightGuard<T>,
-    opts: &QueryOptions<T>,
-) -> ClusterStep {
-    let shared = &guard.shared;
-    let cluster = &shared.cluster;
-    let (Some(dedup), Some(fns), Some(tier)) = (&cluster.dedup, opts.persist, shared.tier.clone())
-    else {
-        return ClusterStep::Local;
-    };
-    let key = guard.entry.key.to_string();
-    let deadline = Instant::now() + dedup.max_wait;
-    let notify = cluster.waiter(&key);
-    let serve = |envelope: crate::storage::Envelope<T>| {
-        let at = envelope.data_updated_at();
-        let age = SystemTime::now()
-            .duration_since(at)
-            .unwrap_or(Duration::ZERO);
-        guard.entry.settle_with(
-            shared,
-            &guard.flight,
-            Ok(Arc::new(envelope.data)),
-            Some((at, false, age)),
-        );
-    };
-    let step = loop {
-        let woken = notify.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
-        // The holder's result first: a lease released after its write is no invitation
-        // to fetch again.
-        if let Some(envelope) = tier.read(&shared.counters, &key, fns).await {
-            if !envelope.invalidated {
-                serve(envelope);
-                break ClusterStep::Served;
-            }
-        }
-        if let Some(token) = cluster.acquire(&key).await {
-            // Re-check: the holder may have written and released between our read and
-            // our acquire.
-            match tier.read(&shared.counters, &key, fns).await {
-                Some(envelope) if !envelope.invalidated => {
-                    cluster.release(&token).await;
-                    serve(envelope);
-                    break ClusterStep::Served;
-                }
-                _ => break ClusterStep::Lease(token),
-            }
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            tracing::debug!(%key, "cluster dedup: waited long enough, fetching locally");
-            break ClusterStep::Local;
-        }
-        let tick = Duration::from_millis(50).min(deadline - now);
-        let _ = tokio::time::timeout(tick, woken).await;
-    };
-    cluster.forget_waiter(&key, &notify);
-    step
-}
-
-/// Reads the key from a restored snapshot or the second tier. On a hit the flight settles
-/// with that data (`true`); stale data also starts a background refresh.
-async fn hydrate_flight<T: Send + Sync + 'static>(
-    guard: &FlightGuard<T>,
-    opts: &QueryOptions<T>,
-    reload: Reload,
-) -> bool {
-    let Some(fns) = opts.persist else {
-        return false;
-    };
-    let key = guard.entry.key.to_string();
-    let restored = guard.shared.restored.lock().remove(&key);
-    let envelope = match restored.map(|q| q.decode(fns)) {
-        Some(Ok(envelope)) => Some(envelope),
-        Some(Err(error)) => {
-            tracing::warn!(%key, %error, "unusable snapshot entry: ignored");
-            None
-        }
-        None => None,
-    };
-    let envelope = match (envelope, &guard.shared.tier) {
-        (Some(e), _) => Some(e),
-        (None, Some(tier)) => tier.read(&guard.shared.counters, &key, fns).await,
-        (None, None) => None,
-    };
-    let Some(envelope) = envelope else {
-        return false;
-    };
-    let at = envelope.data_updated_at();
-    // A reload never takes invalidated data, and after lost messages only newer data;
-    // otherwise fetch.
-    let current = guard.entry.inner.lock().state.data_updated_at;
-    let older = current.is_some_and(|c| c > at);
-    if current.is_some() && (envelope.invalidated || (reload == Reload::IfNewer && older)) {
-        return false;
-    }
-    let age = SystemTime::now()
-        .duration_since(at)
-        .unwrap_or(Duration::ZERO);
-    let data = Arc::new(envelope.data);
-    tracing::debug!(%key, ?age, "hydrated from the second tier");
-    guard.entry.settle_with(
-        &guard.shared,
-        &guard.flight,
-        Ok(data),
-        Some((at, envelope.invalidated, age)),
-    );
-    let stale = {
-        let g = guard.entry.inner.lock();
-        !g.is_fresh(guard.shared.defaults.stale_time(opts))
-    };
-    if stale {
-        guard.entry.refresh(&guard.shared, opts.clone());
-    }
-    true
-}
-
-/// Type-erased view of an entry, for bulk operations and the cache's bookkeeping.
-pub(crate) trait AnyEntry: Send + Sync + 'static {
-    fn id(&self) -> u64;
-    fn key(&self) -> &QueryKey;
-    fn type_name(&self) -> &'static str;
-    fn as_any(&self) -> &dyn Any;
-    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
-    /// Hit-path hits counted in the entry so far.
-    fn hits(&self) -> u64;
-    /// Reads and clears the CLOCK bit.
-    fn take_referenced(&self) -> bool;
-    /// Observed or fetching: never evicted or collected.
-    fn is_pinned(&self) -> bool;
-    fn is_active(&self) -> bool;
-    fn is_fetching(&self) -> bool;
-    fn is_stale(&self) -> bool;
-    /// True when the gc deadline has passed and the entry is still unused.
-    fn gc_due(&self, now: Instant) -> bool;
-    fn invalidate(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled>;
-    fn refetch(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled>;
-    fn cancel(&self, shared: &Shared);
-    fn reset(&self, shared: &Shared);
-    /// The entry left the cache: detach any fetch so nothing writes into it again.
-    /// Called under the cache's lock, so it notifies nobody.
-    fn mark_removed(&self);
-    /// Tells the observers of a removed entry (called with no lock held).
-    fn notify_removed(&self);
-    /// Whether the query is persisted (its options say so).
-    fn is_persisted(&self) -> bool;
-    /// Another instance changed this key: mark it stale; with `reload`, the next fetch
-    /// reads the shared tier first. Observed entries fetch at once.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    fn remote_change(self: Arc<Self>, shared: &Arc<Shared>, reload: Reload);
-    /// The entry as a snapshot item, if it is persisted and has data.
-    fn dehydrate(&self) -> Option<DehydratedQuery>;
-    /// Applies a snapshot item if the entry can decode it; gives it back otherwise.
-    fn restore(&self, q: DehydratedQuery) -> Result<(), DehydratedQuery>;
-}
-
-impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
-    fn id(&self) -> u64 {
-        self.id
-    }
-    fn key(&self) -> &QueryKey {
-        &self.key
-    }
-    fn type_name(&self) -> &'static str {
-        std::any::type_name::<T>()
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
-        self
-    }
-    fn hits(&self) -> u64 {
-        self.inner.lock().hits
-    }
-    fn take_referenced(&self) -> bool {
-        self.referenced.swap(false, Ordering::Relaxed)
-    }
-    fn is_pinned(&self) -> bool {
-        let g = self.inner.lock();
-        g.observers > 0 || g.flight.is_some()
-    }
-    fn is_active(&self) -> bool {
-        self.inner.lock().observers > 0
-    }
-    fn is_fetching(&self) -> bool {
-        self.inner.lock().flight.is_some()
-    }
-    fn is_stale(&self) -> bool {
-        let g = self.inner.lock();
-        !(g.state.data.is_some() && g.is_fresh(g.stale_time))
-    }
-    fn gc_due(&self, now: Instant) -> bool {
-        let g = self.inner.lock();
-        g.unused() && g.gc_deadline.is_some_and(|d| d <= now)
-    }
-    fn invalidate(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {
-        self.typed_invalidate(shared)
-    }
-    fn refetch(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {
-        self.typed_refetch(shared)
-    }
-    fn cancel(&self, shared: &Shared) {
-        self.typed_cancel(shared)
-    }
-    fn reset(&self, shared: &Shared) {
-        let mut g = self.lock();
-        g.data_gen += 1;
-        g.inval_gen += 1;
-        // A fetch in flight goes on for its waiters but no longer writes here.
-        g.flight = None;
-        g.updated_at = None;
-        g.apply(Action::Reset);
-        self.arm_gc_if_unused(&mut g, shared);
-    }
-    fn mark_removed(&self) {
-        let mut g = self.inner.lock();
-        g.removed = true;
-        g.flight = None;
-        g.gc_deadline = None;
-    }
-    fn remote_change(self: Arc<Self>, shared: &Arc<Shared>, reload: Reload) {
-        let mut g = self.lock();
-        if g.removed {
-            return;
-        }
-        g.inval_gen += 1;
-        g.apply(Action::Invalidate);
-        g.reload = g.reload.max(reload);
-        if g.observers > 0 && g.flight.is_none() {
-            if let Some(opts) = g.options.as_deref().cloned() {
-                if let Err(error) = self.begin_flight(&mut g, shared, opts) {
-                    tracing::debug!(key = %self.key, %error, "remote change: refetch did not start");
-                }
-            }
-        }
-    }
-    fn is_persisted(&self) -> bool {
-        self.inner
-            .lock()
-            .options
-            .as_ref()
-            .is_some_and(|o| o.persist.is_some())
-    }
-    fn dehydrate(&self) -> Option<DehydratedQuery> {
-        let g = self.inner.lock();
-        let fns = g.options.as_ref()?.persist?;
-        let data = g.state.data.clone()?;
-        let at = g.state.data_updated_at?;
-        let invalidated = g.state.is_invalidated;
-        drop(g);
-        let envelope = Envelope::new((), at, invalidated);
-        match (fns.to_json)(&data) {
-            Ok(json) => Some(DehydratedQuery {
-                key: self.key.to_string(),
-                data: json,
-                data_updated_at_ms: envelope.data_updated_at_ms,
-                invalidated,
-            }),
-            Err(error) => {
-                tracing::warn!(key = %self.key, %error, "not dehydrated: data does not encode");
-                None
-            }
-        }
-    }
-    fn restore(&self, q: DehydratedQuery) -> Result<(), DehydratedQuery> {
-        let Some(fns) = self.inner.lock().options.as_ref().and_then(|o| o.persist) else {
-            return Err(q);
-        };
-        let envelope = match q.decode(fns) {
-            Ok(e) => e,
-            Err(error) => {
-                tracing::warn!(key = %self.key, %error, "snapshot entry does not decode: ignored");
-                return Ok(());
-            }
-        };
-        let at = envelope.data_updated_at();
-        let mut g = self.lock();
-        // Newer data wins: a snapshot never overwrites fresher data in memory.
-        if g.state.data_updated_at.is_some_and(|current| current >= at) {
-            return Ok(());
-        }
-        let age = SystemTime::now()
-            .duration_since(at)
-            .unwrap_or(Duration::ZERO);
-        g.hydrated = true;
-        g.apply(Action::Success {
-            data: Arc::new(envelope.data),
-            at,
-            invalidated: envelope.invalidated,
-        });
-        if g.flight.is_some() {
-            g.state.fetch_status = FetchStatus::Fetching;
-        }
-        let now = Instant::now();
-        g.updated_at = Some(now.checked_sub(age).unwrap_or(now));
-        Ok(())
-    }
-    fn notify_removed(&self) {
-        let listeners = {
-            let mut g = self.inner.lock();
-            g.listeners.take()
-        };
-        for l in listeners.iter().flat_map(|l| l.iter()) {
-            l.removed();
-        }
-    }
 }

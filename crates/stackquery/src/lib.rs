@@ -59,6 +59,7 @@ mod client;
 mod cluster;
 mod entry;
 mod error;
+mod fetch;
 mod filter;
 mod flight;
 mod gc;

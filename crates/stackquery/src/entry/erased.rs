@@ -1,0 +1,208 @@
+//! The type-erased view of an entry (`AnyEntry`): what the cache, the filters, the gc and
+//! the bus need from an entry without knowing its data type.
+
+use std::any::Any;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::client::Shared;
+use crate::entry::{Entry, Reload, Settled};
+use crate::key::QueryKey;
+use crate::snapshot::DehydratedQuery;
+use crate::state::{Action, FetchStatus};
+use crate::storage::Envelope;
+
+/// Type-erased view of an entry, for bulk operations and the cache's bookkeeping.
+pub(crate) trait AnyEntry: Send + Sync + 'static {
+    fn id(&self) -> u64;
+    fn key(&self) -> &QueryKey;
+    fn type_name(&self) -> &'static str;
+    fn as_any(&self) -> &dyn Any;
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+    /// Hit-path hits counted in the entry so far.
+    fn hits(&self) -> u64;
+    /// Reads and clears the CLOCK bit.
+    fn take_referenced(&self) -> bool;
+    /// Observed or fetching: never evicted or collected.
+    fn is_pinned(&self) -> bool;
+    fn is_active(&self) -> bool;
+    fn is_fetching(&self) -> bool;
+    fn is_stale(&self) -> bool;
+    /// True when the gc deadline has passed and the entry is still unused.
+    fn gc_due(&self, now: Instant) -> bool;
+    fn invalidate(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled>;
+    fn refetch(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled>;
+    fn cancel(&self, shared: &Shared);
+    fn reset(&self, shared: &Shared);
+    /// The entry left the cache: detach any fetch so nothing writes into it again.
+    /// Called under the cache's lock, so it notifies nobody.
+    fn mark_removed(&self);
+    /// Tells the observers of a removed entry (called with no lock held).
+    fn notify_removed(&self);
+    /// Whether the query is persisted (its options say so).
+    fn is_persisted(&self) -> bool;
+    /// Another instance changed this key: mark it stale; with `reload`, the next fetch
+    /// reads the shared tier first. Observed entries fetch at once.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    fn remote_change(self: Arc<Self>, shared: &Arc<Shared>, reload: Reload);
+    /// The entry as a snapshot item, if it is persisted and has data.
+    fn dehydrate(&self) -> Option<DehydratedQuery>;
+    /// Applies a snapshot item if the entry can decode it; gives it back otherwise.
+    fn restore(&self, q: DehydratedQuery) -> Result<(), DehydratedQuery>;
+}
+
+impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn key(&self) -> &QueryKey {
+        &self.key
+    }
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<T>()
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+    fn hits(&self) -> u64 {
+        self.inner.lock().hits
+    }
+    fn take_referenced(&self) -> bool {
+        self.referenced.swap(false, Ordering::Relaxed)
+    }
+    fn is_pinned(&self) -> bool {
+        let g = self.inner.lock();
+        g.observers > 0 || g.flight.is_some()
+    }
+    fn is_active(&self) -> bool {
+        self.inner.lock().observers > 0
+    }
+    fn is_fetching(&self) -> bool {
+        self.inner.lock().flight.is_some()
+    }
+    fn is_stale(&self) -> bool {
+        let g = self.inner.lock();
+        !(g.state.data.is_some() && g.is_fresh(g.stale_time))
+    }
+    fn gc_due(&self, now: Instant) -> bool {
+        let g = self.inner.lock();
+        g.unused() && g.gc_deadline.is_some_and(|d| d <= now)
+    }
+    fn invalidate(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {
+        self.typed_invalidate(shared)
+    }
+    fn refetch(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {
+        self.typed_refetch(shared)
+    }
+    fn cancel(&self, shared: &Shared) {
+        self.typed_cancel(shared)
+    }
+    fn reset(&self, shared: &Shared) {
+        let mut g = self.lock();
+        g.data_gen += 1;
+        g.inval_gen += 1;
+        // A fetch in flight goes on for its waiters but no longer writes here.
+        g.flight = None;
+        g.updated_at = None;
+        g.apply(Action::Reset);
+        self.arm_gc_if_unused(&mut g, shared);
+    }
+    fn mark_removed(&self) {
+        let mut g = self.inner.lock();
+        g.removed = true;
+        g.flight = None;
+        g.gc_deadline = None;
+    }
+    fn remote_change(self: Arc<Self>, shared: &Arc<Shared>, reload: Reload) {
+        let mut g = self.lock();
+        if g.removed {
+            return;
+        }
+        g.inval_gen += 1;
+        g.apply(Action::Invalidate);
+        g.reload = g.reload.max(reload);
+        if g.observers > 0 && g.flight.is_none() {
+            if let Some(opts) = g.options.as_deref().cloned() {
+                if let Err(error) = self.begin_flight(&mut g, shared, opts) {
+                    tracing::debug!(key = %self.key, %error, "remote change: refetch did not start");
+                }
+            }
+        }
+    }
+    fn is_persisted(&self) -> bool {
+        self.inner
+            .lock()
+            .options
+            .as_ref()
+            .is_some_and(|o| o.persist.is_some())
+    }
+    fn dehydrate(&self) -> Option<DehydratedQuery> {
+        let g = self.inner.lock();
+        let fns = g.options.as_ref()?.persist?;
+        let data = g.state.data.clone()?;
+        let at = g.state.data_updated_at?;
+        let invalidated = g.state.is_invalidated;
+        drop(g);
+        let envelope = Envelope::new((), at, invalidated);
+        match (fns.to_json)(&data) {
+            Ok(json) => Some(DehydratedQuery {
+                key: self.key.to_string(),
+                data: json,
+                data_updated_at_ms: envelope.data_updated_at_ms,
+                invalidated,
+            }),
+            Err(error) => {
+                tracing::warn!(key = %self.key, %error, "not dehydrated: data does not encode");
+                None
+            }
+        }
+    }
+    fn restore(&self, q: DehydratedQuery) -> Result<(), DehydratedQuery> {
+        let Some(fns) = self.inner.lock().options.as_ref().and_then(|o| o.persist) else {
+            return Err(q);
+        };
+        let envelope = match q.decode(fns) {
+            Ok(e) => e,
+            Err(error) => {
+                tracing::warn!(key = %self.key, %error, "snapshot entry does not decode: ignored");
+                return Ok(());
+            }
+        };
+        let at = envelope.data_updated_at();
+        let mut g = self.lock();
+        // Newer data wins: a snapshot never overwrites fresher data in memory.
+        if g.state.data_updated_at.is_some_and(|current| current >= at) {
+            return Ok(());
+        }
+        let age = SystemTime::now()
+            .duration_since(at)
+            .unwrap_or(Duration::ZERO);
+        g.hydrated = true;
+        g.apply(Action::Success {
+            data: Arc::new(envelope.data),
+            at,
+            invalidated: envelope.invalidated,
+        });
+        if g.flight.is_some() {
+            g.state.fetch_status = FetchStatus::Fetching;
+        }
+        let now = Instant::now();
+        g.updated_at = Some(now.checked_sub(age).unwrap_or(now));
+        Ok(())
+    }
+    fn notify_removed(&self) {
+        let listeners = {
+            let mut g = self.inner.lock();
+            g.listeners.take()
+        };
+        for l in listeners.iter().flat_map(|l| l.iter()) {
+            l.removed();
+        }
+    }
+}

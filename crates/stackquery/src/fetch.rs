@@ -1,0 +1,243 @@
+//! The fetch task of one flight: hydration from the second tier, cluster-wide dedup, the
+//! user's fetch function with retries, and settling the entry. It runs as its own tokio
+//! task, so a caller that drops its future cancels nothing for the others.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::FutureExt;
+#[cfg(feature = "redis")]
+use tokio::time::Instant;
+
+use crate::client::Shared;
+use crate::entry::{Entry, Reload};
+use crate::error::{panic_message, QueryError};
+use crate::flight::Flight;
+use crate::options::QueryOptions;
+
+/// Settles the flight as cancelled if its task is dropped before finishing (aborted, or
+/// the runtime shut down), so no waiter is left hanging.
+struct FlightGuard<T: Send + Sync + 'static> {
+    shared: Arc<Shared>,
+    entry: Arc<Entry<T>>,
+    flight: Arc<Flight<T>>,
+}
+
+impl<T: Send + Sync + 'static> Drop for FlightGuard<T> {
+    fn drop(&mut self) {
+        if !self.flight.is_resolved() {
+            self.entry
+                .settle(&self.shared, &self.flight, Err(QueryError::Cancelled));
+        }
+    }
+}
+
+/// The fetch task: runs the user's function with retries, then settles the flight.
+pub(crate) async fn run_flight<T: Send + Sync + 'static>(
+    shared: Arc<Shared>,
+    entry: Arc<Entry<T>>,
+    flight: Arc<Flight<T>>,
+    opts: QueryOptions<T>,
+    hydrate: Option<Reload>,
+) {
+    let guard = FlightGuard {
+        shared,
+        entry,
+        flight,
+    };
+    if let Some(reload) = hydrate {
+        if hydrate_flight(&guard, &opts, reload).await {
+            return;
+        }
+    }
+    #[cfg(feature = "redis")]
+    let lease = if hydrate == Some(Reload::No) {
+        match cluster_step(&guard, &opts).await {
+            ClusterStep::Served => return,
+            ClusterStep::Lease(token) => Some(token),
+            ClusterStep::Local => None,
+        }
+    } else {
+        None
+    };
+    let mut failures: u32 = 0;
+    let result = loop {
+        let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (opts.fetcher)())) {
+            Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
+            Err(payload) => Err(payload),
+        };
+        let error = match outcome {
+            Ok(Ok(value)) => break Ok(Arc::new(value)),
+            Ok(Err(e)) => QueryError::fetch(e),
+            Err(payload) => QueryError::Panicked(panic_message(&*payload)),
+        };
+        failures = failures.saturating_add(1);
+        guard.entry.attempt_failed(&guard.flight, error.clone());
+        // A panic is a bug in the fetch function, not a transient failure: no retry.
+        let retry = !matches!(error, QueryError::Panicked(_))
+            && guard
+                .shared
+                .defaults
+                .retry(&opts)
+                .should_retry(failures, &error);
+        if !retry {
+            tracing::warn!(key = %guard.entry.key, %error, failures, "fetch failed");
+            break Err(error);
+        }
+        let delay = guard.shared.defaults.retry_delay(&opts, failures - 1);
+        tracing::debug!(key = %guard.entry.key, %error, failures, ?delay, "fetch retry");
+        tokio::time::sleep(delay).await;
+    };
+    if result.is_ok() {
+        tracing::debug!(key = %guard.entry.key, "fetch success");
+    }
+    #[cfg(feature = "redis")]
+    if let Some(token) = lease {
+        let stored = guard.entry.settle(&guard.shared, &guard.flight, result);
+        if stored.is_some() {
+            // The others are waiting on the shared tier: write it now, then tell them.
+            guard.entry.write_now(&guard.shared).await;
+            guard.shared.cluster.publish_set(guard.entry.key.clone());
+        }
+        guard.shared.cluster.release(&token).await;
+        guard.shared.cache.evict_if_over_capacity(&guard.shared);
+        return;
+    }
+    guard
+        .entry
+        .settle_and_write(&guard.shared, &guard.flight, result);
+    guard.shared.cache.evict_if_over_capacity(&guard.shared);
+}
+
+#[cfg(feature = "redis")]
+enum ClusterStep {
+    /// Another instance's result was read from the shared tier.
+    Served,
+    /// This instance holds the fetch lease.
+    Lease(crate::bus::LeaseToken),
+    /// No cluster dedup (or the wait ran out): fetch locally.
+    Local,
+}
+
+/// Cluster-wide dedup for a cold persisted key: take the lease, or wait for its holder's
+/// result (woken by its `Set` message, re-checking every 50 ms so an expired lease is taken
+/// over), or give up after `max_wait` and fetch locally.
+#[cfg(feature = "redis")]
+async fn cluster_step<T: Send + Sync + 'static>(
+    guard: &FlightGuard<T>,
+    opts: &QueryOptions<T>,
+) -> ClusterStep {
+    let shared = &guard.shared;
+    let cluster = &shared.cluster;
+    let (Some(dedup), Some(fns), Some(tier)) = (&cluster.dedup, opts.persist, shared.tier.clone())
+    else {
+        return ClusterStep::Local;
+    };
+    let key = guard.entry.key.to_string();
+    let deadline = Instant::now() + dedup.max_wait;
+    let notify = cluster.waiter(&key);
+    let serve = |envelope: crate::storage::Envelope<T>| {
+        let at = envelope.data_updated_at();
+        let age = SystemTime::now()
+            .duration_since(at)
+            .unwrap_or(Duration::ZERO);
+        guard.entry.settle_with(
+            shared,
+            &guard.flight,
+            Ok(Arc::new(envelope.data)),
+            Some((at, false, age)),
+        );
+    };
+    let step = loop {
+        let woken = notify.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        // The holder's result first: a lease released after its write is no invitation
+        // to fetch again.
+        if let Some(envelope) = tier.read(&shared.counters, &key, fns).await {
+            if !envelope.invalidated {
+                serve(envelope);
+                break ClusterStep::Served;
+            }
+        }
+        if let Some(token) = cluster.acquire(&key).await {
+            // Re-check: the holder may have written and released between our read and
+            // our acquire.
+            match tier.read(&shared.counters, &key, fns).await {
+                Some(envelope) if !envelope.invalidated => {
+                    cluster.release(&token).await;
+                    serve(envelope);
+                    break ClusterStep::Served;
+                }
+                _ => break ClusterStep::Lease(token),
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            tracing::debug!(%key, "cluster dedup: waited long enough, fetching locally");
+            break ClusterStep::Local;
+        }
+        let tick = Duration::from_millis(50).min(deadline - now);
+        let _ = tokio::time::timeout(tick, woken).await;
+    };
+    cluster.forget_waiter(&key, &notify);
+    step
+}
+
+/// Reads the key from a restored snapshot or the second tier. On a hit the flight settles
+/// with that data (`true`); stale data also starts a background refresh.
+async fn hydrate_flight<T: Send + Sync + 'static>(
+    guard: &FlightGuard<T>,
+    opts: &QueryOptions<T>,
+    reload: Reload,
+) -> bool {
+    let Some(fns) = opts.persist else {
+        return false;
+    };
+    let key = guard.entry.key.to_string();
+    let restored = guard.shared.restored.lock().remove(&key);
+    let envelope = match restored.map(|q| q.decode(fns)) {
+        Some(Ok(envelope)) => Some(envelope),
+        Some(Err(error)) => {
+            tracing::warn!(%key, %error, "unusable snapshot entry: ignored");
+            None
+        }
+        None => None,
+    };
+    let envelope = match (envelope, &guard.shared.tier) {
+        (Some(e), _) => Some(e),
+        (None, Some(tier)) => tier.read(&guard.shared.counters, &key, fns).await,
+        (None, None) => None,
+    };
+    let Some(envelope) = envelope else {
+        return false;
+    };
+    let at = envelope.data_updated_at();
+    // A reload never takes invalidated data, and after lost messages only newer data;
+    // otherwise fetch.
+    let current = guard.entry.inner.lock().state.data_updated_at;
+    let older = current.is_some_and(|c| c > at);
+    if current.is_some() && (envelope.invalidated || (reload == Reload::IfNewer && older)) {
+        return false;
+    }
+    let age = SystemTime::now()
+        .duration_since(at)
+        .unwrap_or(Duration::ZERO);
+    let data = Arc::new(envelope.data);
+    tracing::debug!(%key, ?age, "hydrated from the second tier");
+    guard.entry.settle_with(
+        &guard.shared,
+        &guard.flight,
+        Ok(data),
+        Some((at, envelope.invalidated, age)),
+    );
+    let stale = {
+        let g = guard.entry.inner.lock();
+        !g.is_fresh(guard.shared.defaults.stale_time(opts))
+    };
+    if stale {
+        guard.entry.refresh(&guard.shared, opts.clone());
+    }
+    true
+}
