@@ -4,10 +4,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::join_all;
 
+use crate::builder::QueryClientBuilder;
 use crate::cache::{Cache, ErasedEntry, Scope};
 use crate::cluster::Cluster;
 use crate::entry::{Entry, Mode, Step};
@@ -16,12 +16,11 @@ use crate::filter::QueryFilter;
 use crate::gc::Gc;
 use crate::key::QueryKey;
 use crate::options::{Defaults, QueryOptions};
-use crate::retry::{RetryDelay, RetryPolicy};
 use crate::snapshot::{DehydratedQuery, DehydratedState};
 use crate::state::QueryState;
 use crate::stats::{CacheStats, Counters};
-use crate::storage::tiered::{Tier, TierConfig};
-use crate::storage::{children_prefix, Codec, Storage, TimeoutStorage};
+use crate::storage::children_prefix;
+use crate::storage::tiered::Tier;
 
 /// Everything the client's handles, fetch tasks and gc task share.
 pub(crate) struct Shared {
@@ -592,193 +591,23 @@ impl QueryClient {
         stats.hits += self.shared.cache.hits();
         stats
     }
-}
 
-/// Builds a [`QueryClient`] with client-wide defaults (each query may override them).
-///
-/// ```
-/// use stackquery::QueryClient;
-/// use std::time::Duration;
-/// let client = QueryClient::builder()
-///     .stale_time(Duration::from_secs(30))
-///     .gc_time(Duration::from_secs(300))
-///     .retry(3)
-///     .max_queries(10_000)
-///     .build();
-/// # drop(client);
-/// ```
-#[must_use]
-pub struct QueryClientBuilder {
-    defaults: Defaults,
-    max_queries: Option<usize>,
-    storage: Option<Arc<dyn Storage>>,
-    storage_timeout: Duration,
-    tier: TierConfig,
-    cluster: Cluster,
-}
-
-impl Default for QueryClientBuilder {
-    fn default() -> Self {
-        QueryClientBuilder {
-            defaults: Defaults::default(),
-            max_queries: None,
-            storage: None,
-            storage_timeout: Duration::from_secs(1),
-            tier: TierConfig {
-                codec: Codec::Json,
-                ttl: None,
-            },
-            cluster: Cluster::default(),
-        }
-    }
-}
-
-impl fmt::Debug for QueryClientBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("QueryClientBuilder")
-            .field("defaults", &self.defaults)
-            .field("max_queries", &self.max_queries)
-            .field("storage", &self.storage.is_some())
-            .field("storage_timeout", &self.storage_timeout)
-            .field("tier", &self.tier)
-            .finish()
-    }
-}
-
-impl QueryClientBuilder {
-    /// Default stale time (built-in: 0, stale at once).
-    pub fn stale_time(mut self, d: Duration) -> Self {
-        self.defaults.stale_time = d;
-        self
-    }
-
-    /// Default gc time for unused entries (built-in: 5 minutes).
-    pub fn gc_time(mut self, d: Duration) -> Self {
-        self.defaults.gc_time = d;
-        self
-    }
-
-    /// Default retry count (built-in: 3).
-    pub fn retry(mut self, n: u32) -> Self {
-        self.defaults.retry = RetryPolicy::Count(n);
-        self
-    }
-
-    /// Default retry predicate: retry while `f(failure_count, &error)` is true.
-    pub fn retry_if(
-        mut self,
-        f: impl Fn(u32, &QueryError) -> bool + Send + Sync + 'static,
-    ) -> Self {
-        self.defaults.retry = RetryPolicy::Predicate(Arc::new(f));
-        self
-    }
-
-    /// Default retry delay (built-in: `min(1s·2^attempt, 30s)`).
-    pub fn retry_delay(mut self, f: impl Fn(u32) -> Duration + Send + Sync + 'static) -> Self {
-        self.defaults.retry_delay = Some(RetryDelay::new(f));
-        self
-    }
-
-    /// Randomise retry delays between 50% and 100% of their value.
-    pub fn retry_jitter(mut self, on: bool) -> Self {
-        self.defaults.retry_jitter = on;
-        self
-    }
-
-    /// Bound on the number of entries in memory. When full, the least recently used
-    /// entry with no observers and no fetch in flight is evicted (CLOCK approximation).
-    /// Pinned entries (observed or fetching) are never evicted, so the bound can be
-    /// exceeded while every entry is pinned. `0` keeps nothing: entries live only while
-    /// observed or fetching, so concurrent callers still share one fetch.
-    pub fn max_queries(mut self, n: usize) -> Self {
-        self.max_queries = Some(n);
-        self
-    }
-
-    /// A second tier for queries marked [`persist`](QueryOptions::persist): read on the
-    /// first use of a cold key, written behind after fetches and manual writes. Its
-    /// failures never fail a query: they are logged, counted in
-    /// [`stats`](QueryClient::stats), and the client goes on from memory.
-    pub fn storage(mut self, storage: impl Storage) -> Self {
-        self.storage = Some(Arc::new(storage));
-        self
-    }
-
-    /// A shared second tier (`Arc<dyn Storage>`).
-    pub fn storage_arc(mut self, storage: Arc<dyn Storage>) -> Self {
-        self.storage = Some(storage);
-        self
-    }
-
-    /// Bound on every second-tier call (default 1 s); a call that takes longer is a
-    /// timeout error (logged) and the client goes on.
-    pub fn storage_timeout(mut self, timeout: Duration) -> Self {
-        self.storage_timeout = timeout;
-        self
-    }
-
-    /// How entries are encoded in the second tier (default JSON, inspectable).
-    pub fn storage_codec(mut self, codec: Codec) -> Self {
-        self.tier.codec = codec;
-        self
-    }
-
-    /// Time to live of second-tier entries (default: each query's gc time).
-    pub fn storage_ttl(mut self, ttl: Duration) -> Self {
-        self.tier.ttl = Some(ttl);
-        self
-    }
-
-    /// Shares invalidations with every client on the same bus namespace (feature `redis`):
-    /// `invalidate_queries`, `set_query_data` and `remove_queries` here reach the others,
-    /// and theirs reach this client. Use it with a shared tier
-    /// ([`RedisStorage`](crate::RedisStorage)) so updates made elsewhere are read from it
-    /// instead of fetched again.
-    #[cfg(feature = "redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-    pub fn bus(mut self, bus: crate::bus::RedisBus) -> Self {
-        self.cluster.bus = Some(bus);
-        self
-    }
-
-    /// Cluster-wide deduplication for persisted queries (feature `redis`): when several
-    /// instances want one cold key at once, one of them fetches under a lease (held at most
-    /// `lease_ttl` if its holder dies) and the others read its result from the shared tier,
-    /// woken by the bus; after `max_wait` a waiter fetches by itself. Needs a storage and
-    /// a [`bus`](Self::bus).
-    #[cfg(feature = "redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-    pub fn cluster_dedup(
-        mut self,
-        leases: crate::bus::RedisLeases,
-        lease_ttl: Duration,
-        max_wait: Duration,
-    ) -> Self {
-        self.cluster.dedup = Some(crate::cluster::Dedup {
-            leases,
-            lease_ttl,
-            max_wait,
-        });
-        self
-    }
-
-    /// Builds the client. Call inside or outside a tokio runtime; background work (the
-    /// gc task) starts on the first use inside one.
-    pub fn build(self) -> QueryClient {
-        let timeout = self.storage_timeout;
-        let tier = self.storage.map(|s| {
-            let bounded: Arc<dyn Storage> = Arc::new(TimeoutStorage::new(s, timeout));
-            Arc::new(Tier::new(bounded, self.tier))
-        });
+    /// Puts a client together (called by [`QueryClientBuilder::build`]).
+    pub(crate) fn assemble(
+        defaults: Defaults,
+        max_queries: Option<usize>,
+        tier: Option<Arc<Tier>>,
+        cluster: Cluster,
+    ) -> QueryClient {
         let shared = Arc::new(Shared {
-            defaults: self.defaults,
-            cache: Cache::new(self.max_queries),
+            defaults,
+            cache: Cache::new(max_queries),
             counters: Arc::new(Counters::default()),
             tier,
             restored: parking_lot::Mutex::new(HashMap::new()),
             gc: Gc::new(),
             mutation_scopes: crate::mutation::Scopes::default(),
-            cluster: self.cluster,
+            cluster,
             next_id: AtomicU64::new(0),
         });
         QueryClient {

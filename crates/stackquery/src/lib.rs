@@ -51,6 +51,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod builder;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod bus;
@@ -74,7 +75,8 @@ mod stats;
 pub mod storage;
 mod sync;
 
-pub use client::{QueryClient, QueryClientBuilder};
+pub use builder::QueryClientBuilder;
+pub use client::QueryClient;
 pub use error::{BoxError, FetchError, QueryError};
 pub use filter::QueryFilter;
 pub use key::{KeyPart, ParseKeyError, QueryKey};
