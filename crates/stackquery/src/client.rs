@@ -149,21 +149,27 @@ impl QueryClient {
     ) -> Result<Arc<T>, QueryError> {
         // Hit path: one shard read lock, one entry lock, one Arc clone.
         let stale_time = self.shared.defaults.stale_time(opts);
-        let hit =
-            self.shared
-                .cache
-                .with(&opts.key, |e| match e.as_any().downcast_ref::<Entry<T>>() {
-                    Some(entry) => Ok(entry.fresh_data(stale_time)),
-                    None => Err(mismatch(e, std::any::type_name::<T>())),
-                });
-        match hit {
-            Some(Ok(Some(data))) => {
+        let probe = self.shared.cache.with(&opts.key, |e| {
+            match e.as_any().downcast_ref::<Entry<T>>() {
+                Some(entry) => match entry.fresh_data(stale_time) {
+                    Some(data) => Ok(Ok(data)),
+                    // Not fresh: keep the entry, so the slow path need not look it up again.
+                    None => Ok(Err(e.clone())),
+                },
+                None => Err(mismatch(e, std::any::type_name::<T>())),
+            }
+        });
+        match probe {
+            Some(Ok(Ok(data))) => {
                 tracing::trace!(key = %opts.key, "cache hit");
                 Ok(data)
             }
             Some(Err(e)) => Err(e),
             // Boxed so the hit path's future stays small.
-            _ => Box::pin(self.run(opts, Mode::Swr)).await,
+            Some(Ok(Err(entry))) => {
+                Box::pin(self.run_on(downcast(entry).ok(), opts, Mode::Swr)).await
+            }
+            None => Box::pin(self.run_on(None, opts, Mode::Swr)).await,
         }
     }
 
@@ -212,11 +218,24 @@ impl QueryClient {
         opts: &QueryOptions<T>,
         mode: Mode,
     ) -> Result<Arc<T>, QueryError> {
+        self.run_on(None, opts, mode).await
+    }
+
+    /// [`run`](Self::run), starting from an entry the caller already found.
+    async fn run_on<T: Send + Sync + 'static>(
+        &self,
+        mut found: Option<Arc<Entry<T>>>,
+        opts: &QueryOptions<T>,
+        mode: Mode,
+    ) -> Result<Arc<T>, QueryError> {
         // An entry evicted between its creation and its first fetch is created again;
         // the loop is bounded (the last round fetches on the removed entry regardless).
         let mut rounds = 0;
         let step = loop {
-            let entry = self.typed_entry::<T>(&opts.key)?;
+            let entry = match found.take() {
+                Some(e) => e,
+                None => self.typed_entry::<T>(&opts.key)?,
+            };
             match entry.step(&self.shared, opts, mode, rounds >= 3)? {
                 Some(step) => break step,
                 None => rounds += 1,
