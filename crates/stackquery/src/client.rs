@@ -374,16 +374,8 @@ impl QueryClient {
                 return Ok(old);
             };
             let new = Arc::new(new);
-            let g = entry.inner.lock();
-            let unchanged = g.data_gen == gen
-                && match (&g.state.data, &old) {
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                    (None, None) => true,
-                    _ => false,
-                };
-            if unchanged {
-                drop(g);
-                entry.set_data(&self.shared, new.clone());
+            // Check and write under one lock: two updaters can never both win.
+            if entry.set_data_if(&self.shared, old.as_ref(), gen, new.clone()) {
                 self.announce_set(&entry, key);
                 return Ok(Some(new));
             }

@@ -556,6 +556,32 @@ impl<T: Send + Sync + 'static> Entry<T> {
     /// Writes data by hand. The write wins over any fetch that started before it.
     pub(crate) fn set_data(&self, shared: &Shared, data: Arc<T>) {
         let mut g = self.lock();
+        self.write_locked(&mut g, shared, data);
+    }
+
+    /// Writes `data` only if the entry still holds `expected` at data generation `gen`
+    /// (the check and the write under one lock). `false`: someone wrote in between.
+    pub(crate) fn set_data_if(
+        &self,
+        shared: &Shared,
+        expected: Option<&Arc<T>>,
+        gen: u64,
+        data: Arc<T>,
+    ) -> bool {
+        let mut g = self.lock();
+        let unchanged = g.data_gen == gen
+            && match (&g.state.data, expected) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+        if unchanged {
+            self.write_locked(&mut g, shared, data);
+        }
+        unchanged
+    }
+
+    fn write_locked(&self, g: &mut EntryGuard<'_, T>, shared: &Shared, data: Arc<T>) {
         g.hydrated = true;
         if g.state.data.is_some() {
             // Overwriting data is a use; the first write is the insertion itself.
@@ -573,7 +599,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
             g.state.fetch_status = FetchStatus::Fetching;
         }
         g.updated_at = Some(Instant::now());
-        self.arm_gc_if_unused(&mut g, shared);
+        self.arm_gc_if_unused(g, shared);
     }
 
     fn typed_invalidate(self: &Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {

@@ -246,3 +246,29 @@ fn a_persisted_f64_reads_back_bit_for_bit() {
         );
     }
 }
+
+/// Found by the panic-safety test (`tests/panic_safety.rs`), which failed about one run
+/// in three with 88 or 89 instead of 90: `update_query_data` checked that nobody had
+/// written since it read the old value, released the entry lock, and only then wrote.
+/// Two updaters on two threads could both pass the check before either wrote, and one
+/// increment was lost. The check and the write now happen under one lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_never_lose_an_increment() {
+    let client = QueryClient::new();
+    client.set_query_data(key!["n"], 0_u32).unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let c = client.clone();
+            tokio::task::spawn_blocking(move || {
+                for _ in 0..20_000 {
+                    c.update_query_data(key!["n"], |old: Option<&u32>| old.map(|v| v + 1))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(*client.get_query_data::<u32>(&key!["n"]).unwrap(), 160_000);
+}
