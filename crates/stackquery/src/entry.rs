@@ -389,7 +389,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
         flight: &Arc<Flight<T>>,
         result: FetchResult<T>,
     ) -> Option<(SystemTime, bool)> {
-        self.settle_with(shared, flight, result, None)
+        self.settle_inner(shared, flight, result, None, false)
     }
 
     /// [`settle`](Self::settle) for a fetch's own result: the second-tier write is queued
@@ -403,16 +403,22 @@ impl<T: Send + Sync + 'static> Entry<T> {
         self.settle_inner(shared, flight, result, None, true);
     }
 
-    /// [`settle`](Self::settle), where `hydrated` carries the stamp, invalidated flag and age
-    /// of data read from the second tier.
-    pub(crate) fn settle_with(
+    /// Settles `flight` with data read from the second tier (or a restored snapshot):
+    /// its wall-clock stamp and invalidated flag are kept, and its age counts against the
+    /// stale time. Without `keep_invalidated` the flag is dropped (a fresh cluster result).
+    pub(crate) fn settle_stored(
         &self,
         shared: &Shared,
         flight: &Arc<Flight<T>>,
-        result: FetchResult<T>,
-        hydrated: Option<(SystemTime, bool, Duration)>,
-    ) -> Option<(SystemTime, bool)> {
-        self.settle_inner(shared, flight, result, hydrated, false)
+        envelope: crate::storage::Envelope<T>,
+        keep_invalidated: bool,
+    ) {
+        let at = envelope.data_updated_at();
+        let age = age_of(at);
+        let invalidated = keep_invalidated && envelope.invalidated;
+        tracing::debug!(key = %self.key, ?age, "settled from the second tier");
+        let data = Ok(Arc::new(envelope.data));
+        self.settle_inner(shared, flight, data, Some((at, invalidated, age)), false);
     }
 
     fn settle_inner(
@@ -490,25 +496,9 @@ impl<T: Send + Sync + 'static> Entry<T> {
     #[cfg(feature = "redis")]
     pub(crate) async fn write_now(&self, shared: &Shared) {
         let Some(tier) = &shared.tier else { return };
-        let write = {
-            let g = self.inner.lock();
-            let Some(fns) = g.options.as_ref().and_then(|o| o.persist) else {
-                return;
-            };
-            let (Some(data), Some(at)) = (g.state.data.clone(), g.state.data_updated_at) else {
-                return;
-            };
-            PendingWrite {
-                key: self.key.to_string(),
-                fns,
-                data,
-                at,
-                invalidated: g.state.is_invalidated,
-                gc_time: g.gc_time,
-                after: None,
-            }
-        };
-        tier.write_now(&shared.counters, &write).await;
+        if let Some(write) = self.pending_write(None) {
+            tier.write_now(&shared.counters, &write).await;
+        }
     }
 
     /// Queues a second-tier write of the entry's current data, if the query is persisted;
@@ -517,26 +507,32 @@ impl<T: Send + Sync + 'static> Entry<T> {
         let Some(tier) = &shared.tier else {
             return false;
         };
+        match self.pending_write(after) {
+            Some(write) => {
+                tier.write(&shared.counters, write);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The entry's current data as a second-tier write, if the query is persisted and
+    /// has data.
+    fn pending_write(&self, after: Option<AfterWrite>) -> Option<PendingWrite<T>> {
         let g = self.inner.lock();
-        let Some(fns) = g.options.as_ref().and_then(|o| o.persist) else {
-            return false;
-        };
+        let fns = g.options.as_ref().and_then(|o| o.persist)?;
         let (Some(data), Some(at)) = (g.state.data.clone(), g.state.data_updated_at) else {
-            return false;
+            return None;
         };
-        let (invalidated, gc_time) = (g.state.is_invalidated, g.gc_time);
-        drop(g);
-        let write = PendingWrite {
+        Some(PendingWrite {
             key: self.key.to_string(),
             fns,
             data,
             at,
-            invalidated,
-            gc_time,
+            invalidated: g.state.is_invalidated,
+            gc_time: g.gc_time,
             after,
-        };
-        tier.write(&shared.counters, write);
-        true
+        })
     }
 
     /// Arms the gc timer when nothing uses the entry any more.
@@ -641,6 +637,13 @@ impl<T: Send + Sync + 'static> Entry<T> {
             }
         }
     }
+}
+
+/// How long ago a wall-clock stamp was (zero for a stamp in the future: clocks differ).
+pub(crate) fn age_of(at: SystemTime) -> Duration {
+    SystemTime::now()
+        .duration_since(at)
+        .unwrap_or(Duration::ZERO)
 }
 
 fn is_current<T>(g: &EntryInner<T>, flight: &Arc<Flight<T>>) -> bool {

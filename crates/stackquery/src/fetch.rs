@@ -4,7 +4,8 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+#[cfg(feature = "redis")]
+use std::time::Duration;
 
 use futures::FutureExt;
 #[cfg(feature = "redis")]
@@ -138,16 +139,9 @@ async fn cluster_step<T: Send + Sync + 'static>(
     let deadline = Instant::now() + dedup.max_wait;
     let notify = cluster.waiter(&key);
     let serve = |envelope: crate::storage::Envelope<T>| {
-        let at = envelope.data_updated_at();
-        let age = SystemTime::now()
-            .duration_since(at)
-            .unwrap_or(Duration::ZERO);
-        guard.entry.settle_with(
-            shared,
-            &guard.flight,
-            Ok(Arc::new(envelope.data)),
-            Some((at, false, age)),
-        );
+        guard
+            .entry
+            .settle_stored(shared, &guard.flight, envelope, false);
     };
     let step = loop {
         let woken = notify.notified();
@@ -221,17 +215,9 @@ async fn hydrate_flight<T: Send + Sync + 'static>(
     if current.is_some() && (envelope.invalidated || (reload == Reload::IfNewer && older)) {
         return false;
     }
-    let age = SystemTime::now()
-        .duration_since(at)
-        .unwrap_or(Duration::ZERO);
-    let data = Arc::new(envelope.data);
-    tracing::debug!(%key, ?age, "hydrated from the second tier");
-    guard.entry.settle_with(
-        &guard.shared,
-        &guard.flight,
-        Ok(data),
-        Some((at, envelope.invalidated, age)),
-    );
+    guard
+        .entry
+        .settle_stored(&guard.shared, &guard.flight, envelope, true);
     let stale = {
         let g = guard.entry.inner.lock();
         !g.is_fresh(guard.shared.defaults.stale_time(opts))

@@ -4,12 +4,11 @@
 use std::any::Any;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
 use crate::client::Shared;
-use crate::entry::{Entry, Reload, Settled};
+use crate::entry::{age_of, Entry, Reload, Settled};
 use crate::key::QueryKey;
 use crate::snapshot::DehydratedQuery;
 use crate::state::{Action, FetchStatus};
@@ -180,9 +179,7 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         if g.state.data_updated_at.is_some_and(|current| current >= at) {
             return Ok(());
         }
-        let age = SystemTime::now()
-            .duration_since(at)
-            .unwrap_or(Duration::ZERO);
+        let age = age_of(at);
         g.hydrated = true;
         g.apply(Action::Success {
             data: Arc::new(envelope.data),

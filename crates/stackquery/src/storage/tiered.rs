@@ -104,6 +104,14 @@ pub(crate) struct Tier {
 }
 
 impl Tier {
+    /// The second-tier ttl of an entry: configured, else its gc time ("forever": none).
+    fn ttl(&self, gc_time: Duration) -> Option<Duration> {
+        self.config
+            .ttl
+            .or(Some(gc_time))
+            .filter(|d| *d != Duration::MAX)
+    }
+
     pub(crate) fn new(storage: Arc<dyn Storage>, config: TierConfig) -> Self {
         Tier {
             storage,
@@ -123,11 +131,7 @@ impl Tier {
         w: PendingWrite<T>,
     ) {
         let codec = self.config.codec;
-        let ttl = self
-            .config
-            .ttl
-            .or(Some(w.gc_time))
-            .filter(|d| *d != Duration::MAX);
+        let ttl = self.ttl(w.gc_time);
         let (fns, data, at, invalidated) = (w.fns, w.data, w.at, w.invalidated);
         let encoder: Encoder = Box::new(move || (fns.encode)(&data, at, invalidated, codec));
         self.queue(counters, w.key, Op::Set(encoder, ttl, w.after));
@@ -191,11 +195,7 @@ impl Tier {
     /// shared tier before it tells the others.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) async fn write_now<T>(&self, counters: &Counters, w: &PendingWrite<T>) {
-        let ttl = self
-            .config
-            .ttl
-            .or(Some(w.gc_time))
-            .filter(|d| *d != Duration::MAX);
+        let ttl = self.ttl(w.gc_time);
         let result = match (w.fns.encode)(&w.data, w.at, w.invalidated, self.config.codec) {
             Ok(bytes) => {
                 counters.l2_writes.incr();
