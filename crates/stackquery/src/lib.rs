@@ -74,6 +74,7 @@ mod state;
 mod stats;
 pub mod storage;
 mod sync;
+mod user_code;
 
 pub use builder::QueryClientBuilder;
 pub use client::QueryClient;
