@@ -58,6 +58,7 @@ pub mod bus;
 mod cache;
 mod client;
 mod cluster;
+mod deadline;
 mod entry;
 mod error;
 mod fetch;
