@@ -16,6 +16,8 @@ use std::sync::Arc;
 #[derive(Default)]
 pub(crate) struct Worker {
     running: Arc<AtomicBool>,
+    /// The task's abort handle, for owners that stop it when they are dropped.
+    task: parking_lot::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// Held by the worker's task; dropping it (task finished, aborted, or dropped with its
@@ -48,7 +50,15 @@ impl Worker {
         }
         // If the runtime is shutting down, the task is dropped at once with its guard, so
         // the flag goes back to false and a later call tries again.
-        handle.spawn(make(Running(self.running.clone())));
+        let task = handle.spawn(make(Running(self.running.clone())));
+        *self.task.lock() = Some(task.abort_handle());
+    }
+
+    /// Stops the task if it runs (its owner is going away).
+    pub(crate) fn abort(&self) {
+        if let Some(task) = self.task.lock().take() {
+            task.abort();
+        }
     }
 
     /// Whether the task is alive (for tests and `Debug`).
