@@ -156,6 +156,9 @@ impl QueryClient {
         opts: &QueryOptions<T>,
     ) -> Result<Arc<T>, QueryError> {
         // Hit path: one shard read lock, one entry lock, one Arc clone.
+        // (With a bus: one atomic load, so fresh data is never trusted while nobody
+        // listens to the other instances.)
+        self.shared.cluster.ensure_listening(&self.shared);
         let stale_time = self.shared.defaults.stale_time(opts);
         let probe = self.shared.cache.with(&opts.key, |e| {
             match e.as_any().downcast_ref::<Entry<T>>() {
