@@ -11,7 +11,7 @@ use crate::builder::QueryClientBuilder;
 use crate::cache::{Cache, ErasedEntry, Scope};
 use crate::cluster::Cluster;
 use crate::entry::{Entry, Mode, Step};
-use crate::error::{panic_message, QueryError};
+use crate::error::QueryError;
 use crate::filter::QueryFilter;
 use crate::gc::Gc;
 use crate::key::QueryKey;
@@ -361,9 +361,7 @@ impl QueryClient {
                 let g = entry.inner.lock();
                 (g.state.data.clone(), g.data_gen)
             };
-            let new =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| updater(old.as_deref())))
-                    .map_err(|p| QueryError::Panicked(panic_message(&*p)))?;
+            let new = crate::user_code::contain("update_query_data", || updater(old.as_deref()))?;
             let Some(new) = new else {
                 // Nothing written: an entry created just for this call must still be
                 // collected like any unused one.

@@ -2,20 +2,19 @@
 //! user's fetch function with retries, and settling the entry. It runs as its own tokio
 //! task, so a caller that drops its future cancels nothing for the others.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 #[cfg(feature = "redis")]
 use std::time::Duration;
 
-use futures::FutureExt;
 #[cfg(feature = "redis")]
 use tokio::time::Instant;
 
 use crate::client::Shared;
 use crate::entry::{Entry, Reload};
-use crate::error::{panic_message, QueryError};
+use crate::error::QueryError;
 use crate::flight::Flight;
 use crate::options::QueryOptions;
+use crate::user_code::contain_async;
 
 /// Settles the flight as cancelled if its task is dropped before finishing (aborted, or
 /// the runtime shut down), so no waiter is left hanging.
@@ -64,14 +63,10 @@ pub(crate) async fn run_flight<T: Send + Sync + 'static>(
     };
     let mut failures: u32 = 0;
     let result = loop {
-        let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (opts.fetcher)())) {
-            Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
-            Err(payload) => Err(payload),
-        };
-        let error = match outcome {
+        let error = match contain_async("fetch", || (opts.fetcher)()).await {
             Ok(Ok(value)) => break Ok(Arc::new(value)),
             Ok(Err(e)) => QueryError::fetch(e),
-            Err(payload) => QueryError::Panicked(panic_message(&*payload)),
+            Err(panicked) => panicked,
         };
         failures = failures.saturating_add(1);
         guard.entry.attempt_failed(&guard.flight, error.clone());

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::QueryError;
+use crate::user_code::contain;
 
 type RetryPredicate = dyn Fn(u32, &QueryError) -> bool + Send + Sync;
 type DelayFn = dyn Fn(u32) -> Duration + Send + Sync;
@@ -25,13 +26,13 @@ pub enum RetryPolicy {
 impl RetryPolicy {
     /// Whether to try again after `failure_count` failures, the last being `error`.
     ///
-    /// A panic inside a predicate counts as "do not retry".
+    /// A panic inside a predicate counts as "do not retry", and so does a call on a thread
+    /// that is already panicking (the predicate is not run: see the crate's panic policy).
     pub fn should_retry(&self, failure_count: u32, error: &QueryError) -> bool {
         match self {
             RetryPolicy::Count(n) => failure_count <= *n,
             RetryPolicy::Predicate(p) => {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p(failure_count, error)))
-                    .unwrap_or(false)
+                contain("retry_if", || p(failure_count, error)).unwrap_or(false)
             }
         }
     }
@@ -56,9 +57,10 @@ impl RetryDelay {
         RetryDelay(Arc::new(f))
     }
 
-    /// The delay before retry `attempt`; a panicking delay function falls back to the default.
+    /// The delay before retry `attempt`; a panicking delay function (or a call on a thread
+    /// that is already panicking, where it is not run) falls back to the default.
     pub fn delay(&self, attempt: u32) -> Duration {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0)(attempt)))
+        contain("retry_delay", || (self.0)(attempt))
             .unwrap_or_else(|_| default_retry_delay(attempt))
     }
 }

@@ -1,0 +1,288 @@
+//! Regression tests for issue 10: bad input from the user must never take the engine down.
+//!
+//! * K — one panic policy: every piece of user code (fetch function, `retry_if`, retry
+//!   delay, filter predicate, `update_query_data` updater, mutation function and callbacks,
+//!   mutation listeners) is contained by the same helper, with the same rule on a thread
+//!   that is already unwinding: the user code is not run, and the site's fallback applies
+//!   exactly as for a panic.
+//! * L — every user-given duration saturates: `Duration::MAX` means "never", it does not
+//!   panic nor make a deadline fire at once.
+//! * M — key hashes are seeded per process, so keys built from request input cannot be
+//!   crafted to collide.
+
+mod common;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use stackquery::{
+    default_retry_delay, key, MutationOptions, QueryClient, QueryError, QueryFilter, QueryOptions,
+    RetryDelay, RetryPolicy,
+};
+
+// ---------------------------------------------------------------------------------------
+// K. One panic policy
+// ---------------------------------------------------------------------------------------
+
+/// The message of a `QueryError::Panicked` for user code skipped on an unwinding thread.
+const SKIPPED: &str = "skipped: the thread is already panicking";
+
+/// Runs `f` from a `Drop` while the thread unwinds from another panic (what happens when a
+/// guard in user code calls into the client during a panic), and returns its result.
+fn while_unwinding<R>(f: impl FnOnce() -> R) -> R {
+    struct CallOnDrop<'a>(Option<Box<dyn FnOnce() + 'a>>);
+    impl Drop for CallOnDrop<'_> {
+        fn drop(&mut self) {
+            assert!(
+                std::thread::panicking(),
+                "the test must run this while unwinding"
+            );
+            (self.0.take().unwrap())();
+        }
+    }
+    let mut out = None;
+    let slot = &mut out;
+    let outer = catch_unwind(AssertUnwindSafe(move || {
+        let _guard = CallOnDrop(Some(Box::new(move || *slot = Some(f()))));
+        panic!("outer panic (expected by the test)");
+    }));
+    assert!(outer.is_err());
+    out.expect("the drop guard ran")
+}
+
+/// A closure that records whether it ran.
+#[derive(Clone, Default)]
+struct Ran(Arc<AtomicBool>);
+
+impl Ran {
+    fn mark(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// `retry_if` used to be wrapped in a bare `catch_unwind`: called from a `Drop` during a
+/// panic it ran anyway (and a panic inside it would have aborted the process). Under the
+/// one policy a panicking predicate and a predicate on an unwinding thread both mean "do
+/// not retry", and on the unwinding thread the predicate is not even run.
+#[test]
+fn k_retry_if_panics_are_contained_and_skipped_while_unwinding() {
+    let panicking = RetryPolicy::Predicate(Arc::new(|_, _| panic!("retry_if boom")));
+    assert!(!panicking.should_retry(1, &QueryError::Cancelled));
+
+    let ran = Ran::default();
+    let r = ran.clone();
+    let always = RetryPolicy::Predicate(Arc::new(move |_, _| {
+        r.mark();
+        true
+    }));
+    assert!(always.should_retry(1, &QueryError::Cancelled));
+    ran.0.store(false, Ordering::SeqCst);
+    let retried = while_unwinding(|| always.should_retry(1, &QueryError::Cancelled));
+    assert!(
+        !retried,
+        "on an unwinding thread the fallback is \"do not retry\""
+    );
+    assert!(
+        !ran.get(),
+        "the predicate must not run on an unwinding thread"
+    );
+}
+
+/// A retry delay function: a panic falls back to the default delay, and so does a call on
+/// an unwinding thread, where the function is not run (it used to be).
+#[test]
+fn k_retry_delay_panics_fall_back_to_the_default_and_are_skipped_while_unwinding() {
+    let panicking = RetryDelay::new(|_| panic!("delay boom"));
+    assert_eq!(panicking.delay(2), default_retry_delay(2));
+
+    let ran = Ran::default();
+    let r = ran.clone();
+    let custom = RetryDelay::new(move |_| {
+        r.mark();
+        Duration::from_millis(5)
+    });
+    assert_eq!(custom.delay(0), Duration::from_millis(5));
+    ran.0.store(false, Ordering::SeqCst);
+    assert_eq!(while_unwinding(|| custom.delay(3)), default_retry_delay(3));
+    assert!(
+        !ran.get(),
+        "the delay function must not run on an unwinding thread"
+    );
+}
+
+/// A filter predicate: a panic excludes the entry, and so does a call on an unwinding
+/// thread (a `remove_queries` from a drop guard), where the predicate is not run — it used
+/// to run, and a panic in it then aborted the process.
+#[test]
+fn k_filter_predicate_panics_exclude_and_are_skipped_while_unwinding() {
+    let client = QueryClient::new();
+    client.set_query_data(key!["a", 1], 1_u32).unwrap();
+    client.set_query_data(key!["a", 2], 2_u32).unwrap();
+
+    let panicking = QueryFilter::all().predicate(|k| {
+        if k == &key!["a", 1] {
+            panic!("predicate boom");
+        }
+        true
+    });
+    assert_eq!(client.remove_queries(panicking), 1);
+    assert!(client.get_query_data::<u32>(&key!["a", 1]).is_some());
+    assert!(client.get_query_data::<u32>(&key!["a", 2]).is_none());
+
+    let ran = Ran::default();
+    let r = ran.clone();
+    let every = QueryFilter::all().predicate(move |_| {
+        r.mark();
+        true
+    });
+    let removed = while_unwinding(|| client.remove_queries(every));
+    assert_eq!(removed, 0, "on an unwinding thread every entry is excluded");
+    assert!(
+        !ran.get(),
+        "the predicate must not run on an unwinding thread"
+    );
+    assert!(client.get_query_data::<u32>(&key!["a", 1]).is_some());
+}
+
+/// `update_query_data`: a panicking updater is `Err(Panicked)` and writes nothing; on an
+/// unwinding thread the updater is not run (it used to be) and the call is the same
+/// `Err(Panicked)` with the policy's "skipped" message, nothing written.
+#[test]
+fn k_update_query_data_panics_write_nothing_and_are_skipped_while_unwinding() {
+    let client = QueryClient::new();
+    let k = key!["counter"];
+    client.set_query_data(k.clone(), 1_u32).unwrap();
+
+    let err = client
+        .update_query_data::<u32, _>(k.clone(), |_| panic!("updater boom"))
+        .unwrap_err();
+    assert!(
+        matches!(err, QueryError::Panicked(ref m) if &**m == "updater boom"),
+        "{err:?}"
+    );
+    assert_eq!(*client.get_query_data::<u32>(&k).unwrap(), 1);
+
+    let ran = Ran::default();
+    let err = while_unwinding(|| {
+        client.update_query_data::<u32, _>(k.clone(), |old| {
+            ran.mark();
+            old.map(|n| n + 1)
+        })
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, QueryError::Panicked(ref m) if &**m == SKIPPED),
+        "{err:?}"
+    );
+    assert!(
+        !ran.get(),
+        "the updater must not run on an unwinding thread"
+    );
+    assert_eq!(*client.get_query_data::<u32>(&k).unwrap(), 1);
+}
+
+/// The fetch function goes through the same helper: a panic (while building the future or
+/// while polling it) is `Err(Panicked)` with the panic's message and is never retried,
+/// whatever the retry policy says.
+#[tokio::test(start_paused = true)]
+async fn k_fetch_function_panics_are_contained_and_not_retried() {
+    let client = QueryClient::new();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let opts = QueryOptions::<u32>::new(key!["boom"], move || {
+        c.fetch_add(1, Ordering::SeqCst);
+        async {
+            if true {
+                panic!("fetch boom");
+            }
+            Ok::<u32, String>(0)
+        }
+    })
+    .retry(3);
+    let err = client.fetch_query(&opts).await.unwrap_err();
+    assert!(
+        matches!(err, QueryError::Panicked(ref m) if &**m == "fetch boom"),
+        "{err:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    let early = QueryOptions::<u32>::new(
+        key!["early"],
+        || -> futures::future::Ready<Result<u32, String>> { panic!("early boom") },
+    );
+    let err = client.fetch_query(&early).await.unwrap_err();
+    assert!(
+        matches!(err, QueryError::Panicked(ref m) if &**m == "early boom"),
+        "{err:?}"
+    );
+}
+
+/// Mutations, through the shared helper too: a panicking `on_mutate` fails the call with
+/// `Panicked` (and `on_error` still runs), a panicking mutation function is not retried, a
+/// panicking `on_success` leaves the success alone, and a panicking listener stays
+/// subscribed.
+#[tokio::test(start_paused = true)]
+async fn k_mutation_user_code_panics_are_contained() {
+    let client = QueryClient::new();
+    let errors = Arc::new(AtomicU32::new(0));
+    let e = errors.clone();
+    let m = client.mutation(
+        MutationOptions::new(|v: u32| async move { Ok::<_, String>(v) })
+            .on_mutate(|_: &u32| -> u8 { panic!("on_mutate boom") })
+            .on_error(move |_, _, _| {
+                e.fetch_add(1, Ordering::SeqCst);
+            }),
+    );
+    let err = m.mutate(1).await.unwrap_err();
+    assert!(
+        matches!(err, QueryError::Panicked(ref m) if &**m == "on_mutate boom"),
+        "{err:?}"
+    );
+    assert_eq!(errors.load(Ordering::SeqCst), 1);
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let m = client.mutation(
+        MutationOptions::new(move |_: u32| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async {
+                if true {
+                    panic!("mutation boom");
+                }
+                Ok::<u32, String>(0)
+            }
+        })
+        .retry(3),
+    );
+    let err = m.mutate(1).await.unwrap_err();
+    assert!(
+        matches!(err, QueryError::Panicked(ref m) if &**m == "mutation boom"),
+        "{err:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    let heard = Arc::new(AtomicU32::new(0));
+    let h = heard.clone();
+    let m = client.mutation(
+        MutationOptions::new(|v: u32| async move { Ok::<_, String>(v) })
+            .on_success(|_, _, _| panic!("on_success boom")),
+    );
+    let _sub = m.subscribe(move |_| {
+        h.fetch_add(1, Ordering::SeqCst);
+        panic!("listener boom");
+    });
+    assert_eq!(*m.mutate(7).await.unwrap(), 7);
+    assert!(m.state().is_success());
+    let after_first = heard.load(Ordering::SeqCst);
+    assert!(after_first >= 1);
+    assert_eq!(*m.mutate(8).await.unwrap(), 8);
+    assert!(
+        heard.load(Ordering::SeqCst) > after_first,
+        "the listener stays subscribed"
+    );
+}
