@@ -118,7 +118,7 @@ enum ClusterStep {
 
 /// Cluster-wide dedup for a cold persisted key: take the lease, or wait for its holder's
 /// result (woken by its `Set` message, re-checking every 50 ms so an expired lease is taken
-/// over), or give up after `max_wait` and fetch locally.
+/// over), or give up after `max_wait` and fetch locally (`Duration::MAX`: never give up).
 #[cfg(feature = "redis")]
 async fn cluster_step<T: Send + Sync + 'static>(
     guard: &FlightGuard<T>,
@@ -131,7 +131,9 @@ async fn cluster_step<T: Send + Sync + 'static>(
         return ClusterStep::Local;
     };
     let key = guard.entry.key.to_string();
-    let deadline = Instant::now() + dedup.max_wait;
+    // `max_wait` is user-given: `Duration::MAX` (or anything past the clock's range) means
+    // "wait for the holder however long it takes", never an overflow panic.
+    let deadline = crate::deadline::after(dedup.max_wait);
     let notify = cluster.waiter(&key);
     let serve = |envelope: crate::storage::Envelope<T>| {
         guard
@@ -162,12 +164,15 @@ async fn cluster_step<T: Send + Sync + 'static>(
                 _ => break ClusterStep::Lease(token),
             }
         }
-        let now = Instant::now();
-        if now >= deadline {
-            tracing::debug!(%key, "cluster dedup: waited long enough, fetching locally");
-            break ClusterStep::Local;
+        let mut tick = Duration::from_millis(50);
+        if let Some(deadline) = deadline {
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::debug!(%key, "cluster dedup: waited long enough, fetching locally");
+                break ClusterStep::Local;
+            }
+            tick = tick.min(deadline - now);
         }
-        let tick = Duration::from_millis(50).min(deadline - now);
         let _ = tokio::time::timeout(tick, woken).await;
     };
     cluster.forget_waiter(&key, &notify);

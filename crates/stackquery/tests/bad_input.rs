@@ -286,3 +286,219 @@ async fn k_mutation_user_code_panics_are_contained() {
         "the listener stays subscribed"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// L. Every user-given duration saturates
+// ---------------------------------------------------------------------------------------
+
+/// A store whose reads take 30 ms of *real* time (answered from another OS thread), so a
+/// paused tokio clock has nothing to wait for but the storage's own deadline.
+#[derive(Clone, Debug, Default)]
+struct RealTimeStore(stackquery::MemoryStorage);
+
+#[stackquery::storage::async_trait]
+impl stackquery::Storage for RealTimeStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, stackquery::StorageError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            let _ = tx.send(());
+        });
+        rx.await.unwrap();
+        self.0.get(key).await
+    }
+    async fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<(), stackquery::StorageError> {
+        self.0.set(key, value, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), stackquery::StorageError> {
+        self.0.delete(key).await
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, stackquery::StorageError> {
+        self.0.delete_prefix(prefix).await
+    }
+}
+
+/// A storage timeout of `Duration::MAX` must mean "never": no overflow panic when the
+/// deadline is computed, and no firing even on a paused clock that auto-advances while the
+/// call waits on real I/O (tokio's `timeout` saturates to its "far future"). This pins the
+/// audit's finding that `TimeoutStorage` (and the client's `storage_timeout`) already
+/// saturate; a finite deadline still fires.
+#[tokio::test(start_paused = true)]
+async fn l_storage_timeout_duration_max_never_fires() {
+    use stackquery::storage::TimeoutStorage;
+    use stackquery::Storage;
+
+    let inner = RealTimeStore::default();
+    inner.set("k", b"v".to_vec(), None).await.unwrap();
+    let never = TimeoutStorage::new(inner.clone(), Duration::MAX);
+    assert_eq!(never.get("k").await.unwrap(), Some(b"v".to_vec()));
+
+    let short = TimeoutStorage::new(inner.clone(), Duration::from_secs(1));
+    assert!(short.get("k").await.unwrap_err().is_timeout());
+
+    let client = QueryClient::builder()
+        .storage(inner)
+        .storage_timeout(Duration::MAX)
+        .build();
+    let opts = QueryOptions::new(key!["k2"], || async { Ok::<_, String>(5_u32) }).persist();
+    assert_eq!(*client.fetch_query(&opts).await.unwrap(), 5);
+    client.flush_storage().await;
+}
+
+/// `SqliteStorage::builder(..).busy_timeout(Duration::MAX).open()` used to panic inside
+/// rusqlite ("too big": SQLite takes `i32` milliseconds) although `open` promises never to
+/// panic. The timeout is now clamped to SQLite's maximum.
+#[cfg(feature = "sqlite")]
+#[test]
+fn l_sqlite_busy_timeout_duration_max_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = stackquery::SqliteStorage::builder(dir.path().join("cache.db"))
+        .busy_timeout(Duration::MAX)
+        .purge_interval(Some(Duration::MAX))
+        .open()
+        .expect("opens with the longest busy timeout");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use stackquery::Storage;
+        store
+            .set("k", b"v".to_vec(), Some(Duration::MAX))
+            .await
+            .unwrap();
+        assert_eq!(store.get("k").await.unwrap(), Some(b"v".to_vec()));
+    });
+}
+
+#[cfg(feature = "redis")]
+mod redis_durations {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::common::redis_server::RedisServer;
+    use stackquery::bus::{BusEvent, BusMessageKind, RedisBus, RedisLeases};
+    use stackquery::storage::RedisStorage;
+    use stackquery::{key, QueryClient, QueryOptions};
+
+    macro_rules! server_or_skip {
+        ($name:expr) => {
+            match RedisServer::start($name) {
+                Some(server) => server,
+                None => return,
+            }
+        };
+    }
+
+    /// One instance with cluster dedup whose lease ttl and max wait are both
+    /// `Duration::MAX` ("never"), and a bus that never pings.
+    async fn instance(server: &RedisServer, ns: &str) -> QueryClient {
+        let storage = RedisStorage::builder(server.url())
+            .namespace(ns)
+            .connect()
+            .await
+            .expect("storage");
+        let bus = RedisBus::builder(server.url())
+            .namespace(ns)
+            .ping_interval(Duration::MAX)
+            .connect()
+            .await
+            .expect("bus");
+        let client = QueryClient::builder()
+            .storage(storage.clone())
+            .bus(bus)
+            .cluster_dedup(RedisLeases::new(&storage), Duration::MAX, Duration::MAX)
+            .build();
+        client.set_query_data(key!["__warmup"], 0_u8).unwrap();
+        client
+    }
+
+    fn counted(calls: Arc<AtomicU32>, delay: Duration) -> QueryOptions<String> {
+        QueryOptions::new(key!["report", "cold"], move || {
+            let calls = calls.clone();
+            async move {
+                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(delay).await;
+                Ok::<_, String>(format!("v{n}"))
+            }
+        })
+        .persist()
+        .stale_time(Duration::from_secs(3600))
+    }
+
+    /// `cluster_dedup(max_wait = Duration::MAX)` computed `Instant::now() + max_wait`, which
+    /// panicked inside the fetch task: every cold persisted key ended `Cancelled`. Now
+    /// `Duration::MAX` means "wait for the holder however long": the holder fetches and
+    /// returns `Ok`, and a second instance asking at the same time waits for it and is
+    /// served its result (one fetch across the cluster).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn l_cluster_dedup_max_wait_duration_max_fetches_a_cold_key() {
+        let server = server_or_skip!("l_cluster_dedup_max_wait_duration_max");
+        let a = instance(&server, "lmax").await;
+        let b = instance(&server, "lmax").await;
+        let calls = Arc::new(AtomicU32::new(0));
+        let opts = counted(calls.clone(), Duration::from_millis(300));
+        let (ra, rb) = tokio::join!(a.fetch_query(&opts), b.fetch_query(&opts));
+        assert_eq!(ra.expect("cold key on A").as_str(), "v1");
+        assert_eq!(rb.expect("cold key on B").as_str(), "v1");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "one fetch across the cluster"
+        );
+    }
+
+    /// `RedisBus::ping_interval(Duration::MAX)` made the listener task compute
+    /// `Instant::now() + interval` and panic as it started: the bus looked connected but
+    /// delivered nothing, so no invalidation ever reached the other instances. Now it
+    /// means "never ping", and messages flow.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn l_bus_ping_interval_duration_max_still_delivers_invalidations() {
+        let server = server_or_skip!("l_bus_ping_interval_duration_max");
+        let connect = || {
+            RedisBus::builder(server.url())
+                .namespace("lping")
+                .ping_interval(Duration::MAX)
+                .max_backoff(Duration::MAX)
+                .connect()
+        };
+        let (a, b) = (connect().await.unwrap(), connect().await.unwrap());
+        let mut at_b = b.subscribe();
+        a.publish(BusMessageKind::Invalidate {
+            key: key!["user"],
+            exact: false,
+        })
+        .await
+        .unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(5), at_b.recv())
+            .await
+            .expect("the message arrives");
+        assert!(
+            matches!(event, Some(BusEvent::Message(ref m)) if matches!(m.kind, BusMessageKind::Invalidate { .. })),
+            "{event:?}"
+        );
+
+        // And through clients: an invalidation on one instance reaches the other.
+        let ca = instance(&server, "lping2").await;
+        let cb = instance(&server, "lping2").await;
+        cb.set_query_data(key!["user", 1], 1_u32).unwrap();
+        ca.invalidate_queries(key!["user"]).await;
+        let start = Instant::now();
+        while !cb
+            .get_query_state::<u32>(&key!["user", 1])
+            .is_some_and(|s| s.is_invalidated)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "invalidation lost"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
