@@ -502,3 +502,114 @@ mod redis_durations {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// M. Hash flooding
+// ---------------------------------------------------------------------------------------
+
+/// Keys such as would be built from request input.
+fn request_keys() -> Vec<stackquery::QueryKey> {
+    (0..64)
+        .map(|i| key!["user", format!("{}", 100_000 + i * 7919)])
+        .chain((0..64).map(|i| key!["search", i, i % 2 == 0]))
+        .collect()
+}
+
+/// Key hashes used to be SipHash under the *fixed* default seed (`DefaultHasher::new()`),
+/// which anyone can reproduce offline: a client could precompute keys that all collide and
+/// flood the cache's maps, which trust the hash. The seed is now random per process, so
+/// no key's hash is the fixed-seed one (by chance: 128 in 2^64).
+#[test]
+fn m_key_hash_is_not_the_fixed_seed_siphash() {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    let fixed = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+    let keys = request_keys();
+    let same: Vec<_> = keys
+        .iter()
+        .filter(|k| k.precomputed_hash() == fixed.hash_one(k.parts()))
+        .collect();
+    assert!(same.is_empty(), "fixed-seed hashes: {same:?}");
+}
+
+/// Set by the parent of [`m_key_hash_seed_differs_between_processes`] for its child.
+const PRINT_HASHES: &str = "STACKQUERY_BAD_INPUT_PRINT_HASHES";
+
+/// The child side: prints the hashes of [`request_keys`] (does nothing when run normally).
+#[test]
+fn m_child_prints_key_hashes() {
+    if std::env::var_os(PRINT_HASHES).is_none() {
+        return;
+    }
+    for k in request_keys() {
+        println!("hash={}", k.precomputed_hash());
+    }
+}
+
+/// The seed is drawn per process, not fixed at build time: this test binary, run again as
+/// a child process, hashes the same keys differently. (Within a process the hash is stable:
+/// it is computed twice here and compared.)
+#[test]
+fn m_key_hash_seed_differs_between_processes() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "m_child_prints_key_hashes",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(PRINT_HASHES, "1")
+        .output()
+        .expect("run this test binary as a child");
+    assert!(out.status.success(), "{out:?}");
+    let child: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        // The harness may print "test … ... " before the first line on the same line.
+        .filter_map(|l| l.rsplit_once("hash=").map(|(_, h)| h.trim()))
+        .map(|h| h.parse().unwrap())
+        .collect();
+    let ours: Vec<u64> = request_keys()
+        .iter()
+        .map(|k| k.precomputed_hash())
+        .collect();
+    assert_eq!(child.len(), ours.len(), "the child printed every hash");
+    let again: Vec<u64> = request_keys()
+        .iter()
+        .map(|k| k.precomputed_hash())
+        .collect();
+    assert_eq!(ours, again, "stable within a process");
+    let shared = ours.iter().zip(&child).filter(|(a, b)| a == b).count();
+    assert_eq!(shared, 0, "a child process must hash every key differently");
+}
+
+/// The random seed changes nothing for equality: keys that are equal (however they were
+/// built: integer widths, parsed back from their storage text) hash equal, and every cache
+/// lookup finds its entry.
+#[tokio::test]
+async fn m_equal_keys_hash_equal_and_lookups_work() {
+    let a = key!["user", 1_u8];
+    let b = key!["user", 1_i64];
+    let c: stackquery::QueryKey = a.to_string().parse().unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a, c);
+    assert_eq!(a.precomputed_hash(), b.precomputed_hash());
+    assert_eq!(a.precomputed_hash(), c.precomputed_hash());
+
+    let client = QueryClient::new();
+    let keys = request_keys();
+    for (i, k) in keys.iter().enumerate() {
+        client.set_query_data(k.clone(), i).unwrap();
+    }
+    for (i, k) in keys.iter().enumerate() {
+        let rebuilt: stackquery::QueryKey = k.to_string().parse().unwrap();
+        assert_eq!(
+            client.get_query_data::<usize>(&rebuilt).as_deref(),
+            Some(&i)
+        );
+    }
+    let opts = QueryOptions::new(b.clone(), || async { Ok::<_, String>(7_usize) });
+    client.set_query_data(a.clone(), 3_usize).unwrap();
+    let got = client
+        .fetch_query(&opts.stale_time(Duration::from_secs(60)))
+        .await;
+    assert_eq!(*got.unwrap(), 3, "a fresh hit through an equal key");
+}
