@@ -613,3 +613,91 @@ async fn m_equal_keys_hash_equal_and_lookups_work() {
         .await;
     assert_eq!(*got.unwrap(), 3, "a fresh hit through an equal key");
 }
+
+// ---------------------------------------------------------------------------------------
+// K (continued). Serialize / Deserialize impls are user code too
+// ---------------------------------------------------------------------------------------
+
+/// Data whose `Serialize` panics for 13 (a user bug), and whose `Deserialize` panics when
+/// it reads 99.
+#[derive(Debug, PartialEq)]
+struct Grenade(u32);
+
+impl serde::Serialize for Grenade {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        assert_ne!(self.0, 13, "serialize boom");
+        s.serialize_u32(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Grenade {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = <u32 as serde::Deserialize>::deserialize(d)?;
+        assert_ne!(n, 99, "deserialize boom");
+        Ok(Grenade(n))
+    }
+}
+
+fn grenade(k: stackquery::QueryKey, n: u32) -> QueryOptions<Grenade> {
+    QueryOptions::new(k, move || async move { Ok::<_, String>(Grenade(n)) }).persist()
+}
+
+/// A panicking `Serialize` used to unwind through the second tier's write-behind task and
+/// kill it: no entry was ever written again and `flush_storage` hung forever. Encoding now
+/// runs under the panic policy: that one write fails (logged), the others go on.
+#[tokio::test(start_paused = true)]
+async fn k_panicking_serialize_fails_one_write_not_the_tier() {
+    use stackquery::Storage;
+    let store = stackquery::MemoryStorage::new();
+    let client = QueryClient::builder().storage(store.clone()).build();
+    assert_eq!(
+        client
+            .fetch_query(&grenade(key!["g", 13], 13))
+            .await
+            .unwrap()
+            .0,
+        13
+    );
+    tokio::time::timeout(Duration::from_secs(5), client.flush_storage())
+        .await
+        .expect("flush_storage returns");
+    assert_eq!(
+        client
+            .fetch_query(&grenade(key!["g", 1], 1))
+            .await
+            .unwrap()
+            .0,
+        1
+    );
+    tokio::time::timeout(Duration::from_secs(5), client.flush_storage())
+        .await
+        .expect("flush_storage returns after a panicking write");
+    assert!(store
+        .get(&key!["g", 1].to_string())
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store
+        .get(&key!["g", 13].to_string())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+/// A panicking `Deserialize` while reading the second tier used to kill the fetch task:
+/// the query ended `Cancelled`. Decoding now runs under the panic policy: the stored entry
+/// counts as unreadable (a miss) and the query fetches.
+#[tokio::test(start_paused = true)]
+async fn k_panicking_deserialize_is_a_miss_not_a_cancelled_query() {
+    let store = stackquery::MemoryStorage::new();
+    let writer = QueryClient::builder().storage(store.clone()).build();
+    writer
+        .fetch_query(&grenade(key!["g", 99], 99))
+        .await
+        .unwrap();
+    writer.flush_storage().await;
+
+    let reader = QueryClient::builder().storage(store).build();
+    let fetched = reader.fetch_query(&grenade(key!["g", 99], 7)).await;
+    assert_eq!(fetched.expect("a miss, then a fetch").0, 7);
+}
