@@ -10,7 +10,7 @@ use crate::builder::QueryClientBuilder;
 use crate::cache::{Cache, ErasedEntry, Scope};
 use crate::cluster::Cluster;
 use crate::entry::{Entry, Mode, Step};
-use crate::error::{panic_message, QueryError};
+use crate::error::QueryError;
 use crate::filter::QueryFilter;
 use crate::key::QueryKey;
 use crate::options::{Defaults, QueryOptions};
@@ -394,9 +394,7 @@ impl QueryClient {
                 let g = entry.inner.lock();
                 (g.state.data.clone(), g.data_gen)
             };
-            let new =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| updater(old.as_deref())))
-                    .map_err(|p| QueryError::Panicked(panic_message(&*p)))?;
+            let new = crate::user_code::contain("update_query_data", || updater(old.as_deref()))?;
             // Nothing written (or the updater panicked): an entry created just for this
             // call was armed for the gc when it was made, like every new entry.
             let Some(new) = new else {

@@ -129,8 +129,11 @@ impl QueryFilter {
         }
         match &self.predicate {
             None => true,
-            Some(p) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p(e.key())))
-                .unwrap_or(false),
+            // A panicking predicate (or one skipped on an unwinding thread) excludes the
+            // entry: an action is never applied to an entry nobody said yes to.
+            Some(p) => {
+                crate::user_code::contain("filter predicate", || p(e.key())).unwrap_or(false)
+            }
         }
     }
 }

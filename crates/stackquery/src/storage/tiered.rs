@@ -20,6 +20,7 @@ use crate::storage::write_queue::{Encoder, Op, WriteQueue};
 use crate::worker::Worker;
 
 pub(crate) use crate::storage::write_queue::{AfterWrite, Landed};
+use crate::user_code::contain;
 
 type EncodeFn<T> = fn(&T, SystemTime, bool, Codec) -> Result<Vec<u8>, StorageError>;
 
@@ -38,18 +39,33 @@ impl<T> Clone for PersistFns<T> {
 }
 impl<T> Copy for PersistFns<T> {}
 
+// `Serialize` / `Deserialize` impls are user code: each call runs under the crate's panic
+// policy, here where every caller (the write-behind task, the lease holder's direct write,
+// second-tier reads, snapshots) gets it. A panic while encoding is an encode error (that
+// write is skipped, the write-behind task lives on); a panic while decoding makes the
+// stored bytes unreadable (a miss), never a dead fetch task.
 impl<T: Serialize + DeserializeOwned> PersistFns<T> {
     pub(crate) fn new() -> Self {
         PersistFns {
             encode: |data, at, invalidated, codec| {
-                encode(&Envelope::new(data, at, invalidated), codec)
+                contain("serialize", || {
+                    encode(&Envelope::new(data, at, invalidated), codec)
+                })
+                .unwrap_or_else(|p| Err(StorageError::Encode(p.to_string())))
             },
-            decode: |bytes| decode::<T>(bytes),
+            decode: |bytes| {
+                contain("deserialize", || decode::<T>(bytes))
+                    .unwrap_or_else(|p| Err(StorageError::Corrupt(p.to_string())))
+            },
             to_json: |data| {
-                serde_json::to_value(data).map_err(|e| StorageError::Encode(e.to_string()))
+                contain("serialize", || serde_json::to_value(data))
+                    .unwrap_or_else(|p| Err(serde::ser::Error::custom(p)))
+                    .map_err(|e| StorageError::Encode(e.to_string()))
             },
             from_json: |value| {
-                serde_json::from_value(value).map_err(|e| StorageError::Corrupt(e.to_string()))
+                contain("deserialize", || serde_json::from_value(value))
+                    .unwrap_or_else(|p| Err(serde::de::Error::custom(p)))
+                    .map_err(|e| StorageError::Corrupt(e.to_string()))
             },
         }
     }
