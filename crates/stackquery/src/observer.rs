@@ -9,7 +9,6 @@
 //! is held while user code runs.
 
 use std::fmt;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -20,9 +19,10 @@ use tokio::task::AbortHandle;
 
 use crate::client::QueryClient;
 use crate::entry::{Entry, EntryListener, Mode};
-use crate::error::{panic_message, QueryError};
+use crate::error::QueryError;
 use crate::options::QueryOptions;
 use crate::state::{FetchStatus, QueryState, QueryStatus};
+use crate::user_code::contain;
 
 type Selector<R, T> = dyn Fn(&Arc<R>) -> Arc<T> + Send + Sync;
 type DataEq<T> = dyn Fn(&T, &T) -> bool + Send + Sync;
@@ -126,8 +126,9 @@ struct ObserverInner<T, R> {
     subs: Mutex<Subscribers<T, R>>,
     /// Select memo: the raw data last seen and what it selected to.
     memo: Mutex<SelectMemo<R, T>>,
-    /// Serialises delivery (see the module docs); never held while waiting on anything.
-    delivering: Mutex<()>,
+    /// Set while someone runs the drain loop (see the module docs). A flag, not a lock:
+    /// nobody ever waits for it, a re-entrant delivery just leaves `pending` for the holder.
+    delivering: AtomicBool,
     pending: AtomicBool,
     last: Mutex<Option<Delivered<T>>>,
     next_id: AtomicU64,
@@ -216,7 +217,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
                     stream_tx: None,
                 }),
                 memo: Mutex::new(None),
-                delivering: Mutex::new(()),
+                delivering: AtomicBool::new(false),
                 pending: AtomicBool::new(false),
                 last: Mutex::new(None),
                 next_id: AtomicU64::new(1),
@@ -347,27 +348,42 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
 }
 
 fn call_listener<T>(slot: &ListenerSlot<T>, state: &QueryState<T>) {
-    if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(|| (slot.f)(state))) {
-        tracing::warn!(panic = %panic_message(&*p), "observer listener panicked");
-    }
+    // Contained: a panicking listener is logged, and the others still run.
+    let _ = contain("listener", || (slot.f)(state));
 }
 
 impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
     /// Computes the observer's view and its version (bumped when the view changes).
+    ///
+    /// The user's equality runs with no lock held: the last state is read, compared outside
+    /// the lock, and replaced only if nobody replaced it meanwhile (else compared again).
     fn compute(&self) -> (u64, QueryState<T>) {
         let raw = self.raw_state();
         let state = self.view(raw);
-        let mut last = self.last.lock();
-        match &*last {
-            Some(d) if self.same(&d.state, &state) => (d.version, d.state.clone()),
-            _ => {
-                let version = last.as_ref().map_or(1, |d| d.version + 1);
-                *last = Some(Delivered {
-                    version,
-                    state: state.clone(),
-                });
-                (version, state)
+        loop {
+            let last = self
+                .last
+                .lock()
+                .as_ref()
+                .map(|d| (d.version, d.state.clone()));
+            if let Some((version, seen)) = &last {
+                if self.same(seen, &state) {
+                    return (*version, seen.clone());
+                }
             }
+            let mut slot = self.last.lock();
+            let current = slot.as_ref().map(|d| d.version);
+            if current != last.as_ref().map(|(v, _)| *v) {
+                continue; // replaced while we compared: compare with the newer one
+            }
+            let version = current.map_or(1, |v| v + 1);
+            let replaced = slot.replace(Delivered {
+                version,
+                state: state.clone(),
+            });
+            drop(slot);
+            drop(replaced); // user data is dropped outside the lock too
+            return (version, state);
         }
     }
 
@@ -443,45 +459,47 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
         out
     }
 
-    /// Runs select once per distinct raw value (memoised by pointer).
+    /// Runs select once per distinct raw value (memoised by pointer). Select runs with no
+    /// lock held, so it may call back into the observer or the client; two concurrent first
+    /// computations of one value may both run it (the last result is kept).
     fn selected(&self, raw: &Arc<R>) -> Result<Arc<T>, QueryError> {
-        let mut memo = self.memo.lock();
-        if let Some((seen, out)) = &*memo {
+        if let Some((seen, out)) = &*self.memo.lock() {
             if Arc::ptr_eq(seen, raw) {
                 return out.clone();
             }
         }
-        let out = std::panic::catch_unwind(AssertUnwindSafe(|| (self.select)(raw)))
-            .map_err(|p| QueryError::Panicked(panic_message(&*p)));
-        if let Err(e) = &out {
-            tracing::warn!(key = %self.opts.key, error = %e, "select panicked");
-        }
-        *memo = Some((raw.clone(), out.clone()));
+        let out = contain("select", || (self.select)(raw));
+        let replaced = self.memo.lock().replace((raw.clone(), out.clone()));
+        drop(replaced); // user data is dropped outside the lock
         out
     }
 
+    /// Whether two views are the same (no notification). Runs the user's equality of the
+    /// selected type (no lock held); a panic there counts as "changed".
     fn same(&self, a: &QueryState<T>, b: &QueryState<T>) -> bool {
-        let data_same = match (&a.data, &b.data) {
-            (Some(x), Some(y)) => Arc::ptr_eq(x, y) || (self.data_eq)(x, y),
-            (None, None) => true,
-            _ => false,
-        };
-        data_same
-            && a.status == b.status
+        let meta_same = a.status == b.status
             && a.fetch_status == b.fetch_status
             && a.error.is_some() == b.error.is_some()
             && a.error_updated_at == b.error_updated_at
             && a.failure_count == b.failure_count
             && a.is_invalidated == b.is_invalidated
             && a.is_placeholder_data == b.is_placeholder_data
-            && a.stale == b.stale
+            && a.stale == b.stale;
+        meta_same
+            && match (&a.data, &b.data) {
+                (Some(x), Some(y)) => {
+                    Arc::ptr_eq(x, y) || contain("PartialEq", || (self.data_eq)(x, y)).unwrap_or(false)
+                }
+                (None, None) => true,
+                _ => false,
+            }
     }
 
     /// The drain loop (see the module docs).
     fn deliver(&self) {
         self.pending.store(true, Ordering::SeqCst);
         loop {
-            let Some(slot) = self.delivering.try_lock() else {
+            let Some(slot) = DeliverySlot::take(&self.delivering) else {
                 return; // the holder will see `pending`
             };
             while self.pending.swap(false, Ordering::SeqCst) {
@@ -518,7 +536,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             Err(_) => return, // type mismatch: the state shows it
         };
         let handle: Arc<dyn EntryListener> = Arc::new(EntryHook(Arc::downgrade(&me)));
-        if !entry.attach(handle.clone()) {
+        if !entry.attach(&self.client.shared, handle.clone(), &self.opts) {
             return;
         }
         let mut subs = self.subs.lock();
@@ -616,6 +634,10 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
     }
 
     fn start_polling(&self) {
+        // A disabled query never fetches by itself: no polling either.
+        if !self.opts.enabled {
+            return;
+        }
         let Some(interval) = self.opts.refetch_interval else {
             return;
         };
@@ -652,6 +674,23 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             }
         });
         subs.poll = Some(task.abort_handle());
+    }
+}
+
+/// The right to run the drain loop; released on drop (even if user code panics through).
+struct DeliverySlot<'a>(&'a AtomicBool);
+
+impl<'a> DeliverySlot<'a> {
+    fn take(flag: &'a AtomicBool) -> Option<Self> {
+        flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| DeliverySlot(flag))
+    }
+}
+
+impl Drop for DeliverySlot<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

@@ -27,6 +27,7 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     fn take_referenced(&self) -> bool;
     /// Observed or fetching: never evicted or collected.
     fn is_pinned(&self) -> bool;
+    /// Has at least one enabled observer.
     fn is_active(&self) -> bool;
     fn is_fetching(&self) -> bool;
     fn is_stale(&self) -> bool;
@@ -80,14 +81,14 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         g.observers > 0 || g.flight.is_some()
     }
     fn is_active(&self) -> bool {
-        self.inner.lock().observers > 0
+        self.inner.lock().enabled_observers > 0
     }
     fn is_fetching(&self) -> bool {
         self.inner.lock().flight.is_some()
     }
     fn is_stale(&self) -> bool {
         let g = self.inner.lock();
-        !(g.state.data.is_some() && g.is_fresh(g.stale_time))
+        !(g.state.data.is_some() && g.is_fresh(g.entry_stale_time()))
     }
     fn gc_due(&self, now: Instant) -> bool {
         let g = self.inner.lock();
@@ -126,7 +127,7 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         g.inval_gen += 1;
         g.apply(Action::Invalidate);
         g.reload = g.reload.max(reload);
-        if g.observers > 0 && g.flight.is_none() {
+        if g.enabled_observers > 0 && g.flight.is_none() {
             if let Some(opts) = g.options.as_deref().cloned() {
                 if let Err(error) = self.begin_flight(&mut g, shared, opts) {
                     tracing::debug!(key = %self.key, %error, "remote change: refetch did not start");
@@ -198,8 +199,8 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
             let mut g = self.inner.lock();
             g.listeners.take()
         };
-        for l in listeners.iter().flat_map(|l| l.iter()) {
-            l.removed();
+        for w in listeners.iter().flat_map(|l| l.iter()) {
+            w.listener.removed();
         }
     }
 }
