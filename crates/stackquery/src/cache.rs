@@ -20,6 +20,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::client::Shared;
 use crate::entry::AnyEntry;
 use crate::key::{KeyHashBuilder, QueryKey};
+use crate::timers::Timers;
 
 pub(crate) type ErasedEntry = Arc<dyn AnyEntry>;
 type Shard = HashMap<QueryKey, ErasedEntry, KeyHashBuilder>;
@@ -46,10 +47,12 @@ pub(crate) struct Cache {
     max: Option<usize>,
     /// Hits of entries that have left the cache (live entries count their own).
     retired_hits: AtomicU64,
+    /// An entry's timers leave with it, so nothing is kept for entries that are gone.
+    timers: Arc<Timers>,
 }
 
 impl Cache {
-    pub(crate) fn new(max: Option<usize>) -> Self {
+    pub(crate) fn new(max: Option<usize>, timers: Arc<Timers>) -> Self {
         let n = (std::thread::available_parallelism().map_or(4, |n| n.get()) * 8)
             .next_power_of_two()
             .max(16);
@@ -62,6 +65,7 @@ impl Cache {
             len: AtomicUsize::new(0),
             max,
             retired_hits: AtomicU64::new(0),
+            timers,
         }
     }
 
@@ -137,6 +141,7 @@ impl Cache {
         self.len.fetch_sub(1, Ordering::Relaxed);
         reg.index.remove(key);
         removed.mark_removed();
+        self.timers.disarm_entry(removed.id());
         self.retired_hits
             .fetch_add(removed.hits(), Ordering::Relaxed);
         // Ring slots of removed entries are dropped lazily; compact when they pile up.

@@ -13,7 +13,6 @@ use crate::cluster::Cluster;
 use crate::entry::{Entry, Mode, Step};
 use crate::error::{panic_message, QueryError};
 use crate::filter::QueryFilter;
-use crate::gc::Gc;
 use crate::key::QueryKey;
 use crate::options::{Defaults, QueryOptions};
 use crate::snapshot::{DehydratedQuery, DehydratedState};
@@ -21,6 +20,7 @@ use crate::state::QueryState;
 use crate::stats::{CacheStats, Counters};
 use crate::storage::children_prefix;
 use crate::storage::tiered::Tier;
+use crate::timers::Timers;
 
 /// Everything the client's handles, fetch tasks and gc task share.
 pub(crate) struct Shared {
@@ -31,12 +31,20 @@ pub(crate) struct Shared {
     pub(crate) tier: Option<Arc<Tier>>,
     /// Snapshot entries restored by `hydrate` that no typed call has claimed yet.
     pub(crate) restored: parking_lot::Mutex<HashMap<String, DehydratedQuery>>,
-    pub(crate) gc: Gc,
+    /// Gc, stale notices and polls: one queue, one driver task (see `timers.rs`).
+    pub(crate) timers: Arc<Timers>,
     /// The other instances: invalidation bus and cluster dedup (see `cluster.rs`).
     pub(crate) cluster: Cluster,
     /// Scope queues of mutations (see `mutation.rs`).
     pub(crate) mutation_scopes: crate::mutation::Scopes,
     next_id: AtomicU64,
+}
+
+impl Shared {
+    /// A process-unique id for an entry or an observer (timers are keyed by it).
+    pub(crate) fn fresh_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 /// The cache and fetch engine. Cloning is cheap (one `Arc`); clones share one cache.
@@ -260,10 +268,10 @@ impl QueryClient {
         key: &QueryKey,
     ) -> Result<Arc<Entry<T>>, QueryError> {
         let shared = &self.shared;
-        shared.gc.start(shared);
+        shared.timers.ensure_driver();
         shared.cluster.start(shared);
         let erased = shared.cache.get_or_insert(shared, key, || {
-            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let id = shared.fresh_id();
             Arc::new(Entry::<T>::new(
                 id,
                 key.clone(),
@@ -613,16 +621,19 @@ impl QueryClient {
         tier: Option<Arc<Tier>>,
         cluster: Cluster,
     ) -> QueryClient {
-        let shared = Arc::new(Shared {
-            defaults,
-            cache: Cache::new(max_queries),
-            counters: Arc::new(Counters::default()),
-            tier,
-            restored: parking_lot::Mutex::new(HashMap::new()),
-            gc: Gc::new(),
-            mutation_scopes: crate::mutation::Scopes::default(),
-            cluster,
-            next_id: AtomicU64::new(0),
+        let shared = Arc::new_cyclic(|weak| {
+            let timers = Arc::new(Timers::new(weak.clone()));
+            Shared {
+                defaults,
+                cache: Cache::new(max_queries, timers.clone()),
+                timers,
+                counters: Arc::new(Counters::default()),
+                tier,
+                restored: parking_lot::Mutex::new(HashMap::new()),
+                mutation_scopes: crate::mutation::Scopes::default(),
+                cluster,
+                next_id: AtomicU64::new(0),
+            }
         });
         QueryClient {
             _life: Some(Arc::new(ClientLife(shared.clone()))),

@@ -57,6 +57,7 @@ mod enabled {
     use crate::client::Shared;
     use crate::entry::Reload;
     use crate::key::QueryKey;
+    use crate::worker::{Running, Worker};
 
     /// Cluster-wide deduplication settings.
     pub(crate) struct Dedup {
@@ -72,7 +73,11 @@ mod enabled {
     pub(crate) struct Cluster {
         pub(crate) bus: Option<RedisBus>,
         pub(crate) dedup: Option<Dedup>,
-        started: AtomicBool,
+        /// The task applying other instances' messages; restarted on the current runtime
+        /// if the runtime it ran on died.
+        listener: Worker,
+        /// The listener has run before: a restarted one may have missed messages.
+        listened: AtomicBool,
         /// Waiters for a key's `Set` message (cluster dedup), by key text.
         waiters: Mutex<HashMap<String, Arc<Notify>>>,
     }
@@ -82,20 +87,18 @@ mod enabled {
             self.bus.is_some()
         }
 
-        /// Starts the listener task once, on the current runtime.
+        /// Starts the listener task on the current runtime unless it runs (first use, or
+        /// the runtime it ran on has shut down). Two atomic loads while it runs.
         pub(crate) fn start(&self, shared: &Arc<Shared>) {
             let Some(bus) = &self.bus else { return };
-            if self.started.load(Ordering::Acquire) {
-                return;
-            }
-            let Ok(handle) = tokio::runtime::Handle::try_current() else {
-                return;
-            };
-            if self.started.swap(true, Ordering::AcqRel) {
-                return;
-            }
-            let sub = bus.subscribe();
-            handle.spawn(listen(sub, Arc::downgrade(shared)));
+            bus.keep_listening();
+            let weak = Arc::downgrade(shared);
+            self.listener.ensure(|running| {
+                let sub = bus.subscribe();
+                // A restart: messages sent while nobody listened are lost.
+                let missed = self.listened.swap(true, Ordering::AcqRel);
+                listen(sub, weak, missed, running)
+            });
         }
 
         fn publish(&self, kind: BusMessageKind) {
@@ -170,7 +173,17 @@ mod enabled {
     }
 
     /// Applies other instances' messages to this client.
-    async fn listen(mut sub: crate::bus::BusSubscription, shared: Weak<Shared>) {
+    async fn listen(
+        mut sub: crate::bus::BusSubscription,
+        shared: Weak<Shared>,
+        missed: bool,
+        _running: Running,
+    ) {
+        if missed {
+            if let Some(shared) = shared.upgrade() {
+                everything_may_be_stale(&shared);
+            }
+        }
         while let Some(event) = sub.recv().await {
             let Some(shared) = shared.upgrade() else {
                 return;
@@ -205,13 +218,16 @@ mod enabled {
                     }
                 },
                 // Messages may have been lost: everything in memory may be stale.
-                BusEvent::Reconnected | BusEvent::Lagged(_) => {
-                    tracing::info!("bus reconnected: treating the memory tier as stale");
-                    for e in shared.cache.matching(Scope::All) {
-                        e.remote_change(&shared, Reload::IfNewer);
-                    }
-                }
+                BusEvent::Reconnected | BusEvent::Lagged(_) => everything_may_be_stale(&shared),
             }
+        }
+    }
+
+    /// Messages may have been lost: everything in memory may be stale.
+    fn everything_may_be_stale(shared: &Arc<Shared>) {
+        tracing::info!("bus messages may have been lost: treating the memory tier as stale");
+        for e in shared.cache.matching(Scope::All) {
+            e.remote_change(shared, Reload::IfNewer);
         }
     }
 }

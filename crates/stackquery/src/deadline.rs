@@ -41,6 +41,9 @@ mod tests {
             saturating_after(now, Duration::from_secs(1)),
             now + Duration::from_secs(1)
         );
-        assert_eq!(after(Duration::from_secs(2)), Some(now + Duration::from_secs(2)));
+        assert_eq!(
+            after(Duration::from_secs(2)),
+            Some(now + Duration::from_secs(2))
+        );
     }
 }

@@ -26,6 +26,7 @@ use crate::key::QueryKey;
 use crate::options::QueryOptions;
 use crate::state::{reduce, Action, FetchStatus, QueryState};
 use crate::storage::tiered::{AfterWrite, PendingWrite};
+use crate::timers::{TimerKind, TimerTarget};
 
 /// A future that resolves when a started refetch settles (its outcome is in the cache).
 pub(crate) type Settled = BoxFuture<'static, ()>;
@@ -606,10 +607,11 @@ impl<T: Send + Sync + 'static> Entry<T> {
         if !g.unused() {
             return;
         }
-        match Instant::now().checked_add(g.gc_time) {
+        match crate::deadline::after(g.gc_time) {
             Some(at) => {
                 g.gc_deadline = Some(at);
-                shared.gc.arm(self.id, self.key.clone(), at);
+                let target = TimerTarget::Entry(self.key.clone());
+                shared.timers.arm(self.id, TimerKind::Gc, at, target);
             }
             None => g.gc_deadline = None, // gc_time "forever"
         }

@@ -64,7 +64,6 @@ mod error;
 mod fetch;
 mod filter;
 mod flight;
-mod gc;
 mod key;
 mod mutation;
 mod observer;
@@ -75,7 +74,9 @@ mod state;
 mod stats;
 pub mod storage;
 mod sync;
+mod timers;
 mod user_code;
+mod worker;
 
 pub use builder::QueryClientBuilder;
 pub use client::QueryClient;

@@ -37,17 +37,23 @@ pub(crate) fn contain<R>(what: &'static str, f: impl FnOnce() -> R) -> Result<R,
 
 /// Runs an async piece of user code (a function returning a future) under the same policy:
 /// a panic while building the future or while polling it becomes a value.
-pub(crate) async fn contain_async<Fut, F>(what: &'static str, f: F) -> Result<Fut::Output, QueryError>
+pub(crate) async fn contain_async<Fut, F>(
+    what: &'static str,
+    f: F,
+) -> Result<Fut::Output, QueryError>
 where
     F: FnOnce() -> Fut,
     Fut: Future,
 {
     let fut = contain(what, f)?;
-    AssertUnwindSafe(fut).catch_unwind().await.map_err(|payload| {
-        let message = panic_message(&*payload);
-        tracing::warn!(what, panic = %message, "user code panicked");
-        QueryError::Panicked(message)
-    })
+    AssertUnwindSafe(fut)
+        .catch_unwind()
+        .await
+        .map_err(|payload| {
+            let message = panic_message(&*payload);
+            tracing::warn!(what, panic = %message, "user code panicked");
+            QueryError::Panicked(message)
+        })
 }
 
 #[cfg(test)]
@@ -85,10 +91,8 @@ mod tests {
     async fn an_async_panic_becomes_a_value() {
         let r = contain_async("test", || async { panic!("later") }).await;
         assert!(matches!(r, Err(QueryError::Panicked(m)) if &*m == "later"));
-        let r: Result<(), _> = contain_async("test", || -> futures::future::Ready<()> {
-            panic!("early")
-        })
-        .await;
+        let r: Result<(), _> =
+            contain_async("test", || -> futures::future::Ready<()> { panic!("early") }).await;
         assert!(matches!(r, Err(QueryError::Panicked(m)) if &*m == "early"));
     }
 }

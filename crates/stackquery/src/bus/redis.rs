@@ -8,13 +8,13 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use redis::aio::{ConnectionManager, PubSub};
 use tokio::sync::broadcast;
-use tokio::task::JoinHandle;
 
 use super::{random_u128, BusEvent, BusMessage, BusMessageKind, InstanceId};
 use crate::storage::redis::{
     backend, bounded, connection_manager, with_retry, DEFAULT_CONNECT_TIMEOUT, DEFAULT_NAMESPACE,
     DEFAULT_TIMEOUT,
 };
+use crate::worker::Worker;
 use crate::StorageError;
 
 const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
@@ -72,12 +72,14 @@ struct Inner {
     timeout: Duration,
     events: broadcast::Sender<BusEvent>,
     health: Arc<Health>,
-    task: JoinHandle<()>,
+    listener: Arc<Listener>,
+    /// The listener task; restarted on the current runtime if the runtime it ran on died.
+    worker: Worker,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.task.abort();
+        self.worker.abort();
     }
 }
 
@@ -157,9 +159,22 @@ impl RedisBus {
     /// Receives the events from now on: messages from other instances, and
     /// [`BusEvent::Reconnected`] after an outage. See [`BusSubscription::recv`].
     pub fn subscribe(&self) -> BusSubscription {
+        self.keep_listening();
         BusSubscription {
             rx: self.inner.events.subscribe(),
         }
+    }
+
+    /// Restarts the listener task on the current runtime if the runtime it ran on has shut
+    /// down (a bus that outlives its runtime). The new task subscribes again and emits
+    /// [`BusEvent::Reconnected`]: messages sent while nobody listened are lost. One atomic
+    /// load while the task runs.
+    pub(crate) fn keep_listening(&self) {
+        let listener = self.inner.listener.clone();
+        self.inner.worker.ensure(move |running| async move {
+            let _running = running;
+            listener.run(None).await;
+        });
     }
 
     /// Publishes `kind` to every other instance, stamped with this bus's id.
@@ -173,6 +188,7 @@ impl RedisBus {
     /// [`StorageError::Backend`] when the connection is down. The message may or may not
     /// have been sent.
     pub async fn publish(&self, kind: BusMessageKind) -> Result<(), StorageError> {
+        self.keep_listening();
         let payload = BusMessage::new(self.inner.id, kind).encode();
         let cmd = redis::cmd("PUBLISH")
             .arg(&self.inner.channel)
@@ -262,7 +278,7 @@ impl RedisBusBuilder {
         let health = Arc::new(Health::default());
         health.connected.store(true, Ordering::Release);
         let id = InstanceId::random();
-        let listener = Listener {
+        let listener = Arc::new(Listener {
             client,
             channel: channel.clone(),
             id,
@@ -272,8 +288,13 @@ impl RedisBusBuilder {
             connect_timeout: self.connect_timeout,
             ping_interval: self.ping_interval,
             max_backoff: self.max_backoff,
-        };
-        let task = tokio::spawn(listener.run(pubsub));
+        });
+        let worker = Worker::default();
+        let first = listener.clone();
+        worker.ensure(move |running| async move {
+            let _running = running;
+            first.run(Some(pubsub)).await;
+        });
         Ok(RedisBus {
             inner: Arc::new(Inner {
                 id,
@@ -282,7 +303,8 @@ impl RedisBusBuilder {
                 timeout: self.timeout,
                 events,
                 health,
-                task,
+                listener,
+                worker,
             }),
         })
     }
@@ -345,7 +367,19 @@ struct Listener {
 }
 
 impl Listener {
-    async fn run(self, mut pubsub: PubSub) {
+    /// Listens on `pubsub`; without one (a restart after the previous task's runtime
+    /// died), subscribes first and reports [`BusEvent::Reconnected`].
+    async fn run(&self, pubsub: Option<PubSub>) {
+        let mut pubsub = match pubsub {
+            Some(p) => p,
+            None => {
+                let p = self.reconnect().await;
+                self.health.reconnects.fetch_add(1, Ordering::AcqRel);
+                self.health.connected.store(true, Ordering::Release);
+                let _ = self.events.send(BusEvent::Reconnected);
+                p
+            }
+        };
         loop {
             self.listen(pubsub).await;
             self.health.connected.store(false, Ordering::Release);

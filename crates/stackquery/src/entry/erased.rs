@@ -48,6 +48,9 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     /// reads the shared tier first. Observed entries fetch at once.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     fn remote_change(self: Arc<Self>, shared: &Arc<Shared>, reload: Reload);
+    /// The entry's `Stale` timer fired: its data crossed an observer's stale time, so
+    /// observers recompute their state (called by the timer driver, no lock held).
+    fn on_stale_timer(&self, shared: &Arc<Shared>);
     /// The entry as a snapshot item, if it is persisted and has data.
     fn dehydrate(&self) -> Option<DehydratedQuery>;
     /// Applies a snapshot item if the entry can decode it; gives it back otherwise.
@@ -193,6 +196,12 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         let now = Instant::now();
         g.updated_at = Some(now.checked_sub(age).unwrap_or(now));
         Ok(())
+    }
+    fn on_stale_timer(&self, _shared: &Arc<Shared>) {
+        let listeners = self.inner.lock().listeners.clone();
+        for l in listeners.iter().flat_map(|l| l.iter()) {
+            l.changed();
+        }
     }
     fn notify_removed(&self) {
         let listeners = {

@@ -9,7 +9,7 @@
 //! pending operations under it when it is queued).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 
 use super::{decode, encode, Codec, Envelope, Storage, StorageError};
 use crate::stats::Counters;
+use crate::worker::{Running, Worker};
 
 type EncodeFn<T> = fn(&T, SystemTime, bool, Codec) -> Result<Vec<u8>, StorageError>;
 
@@ -74,6 +75,9 @@ pub(crate) type AfterWrite = Box<dyn FnOnce() + Send + Sync>;
 enum Op {
     Set(Encoder, Option<Duration>, Option<AfterWrite>),
     Delete,
+    /// A `Set` already encoded by a worker: kept until written, so a worker that dies
+    /// mid-write leaves it for the next one.
+    Encoded(Vec<u8>, Option<Duration>, Option<AfterWrite>),
 }
 
 #[derive(Default)]
@@ -100,7 +104,8 @@ pub(crate) struct Tier {
     /// Operations queued or being written; `flush` waits for 0.
     outstanding: AtomicUsize,
     idle: Notify,
-    started: AtomicBool,
+    /// The write-behind task; restarted on the current runtime if its runtime died.
+    worker: Worker,
 }
 
 impl Tier {
@@ -120,7 +125,7 @@ impl Tier {
             wake: Arc::new(Notify::new()),
             outstanding: AtomicUsize::new(0),
             idle: Notify::new(),
-            started: AtomicBool::new(false),
+            worker: Worker::default(),
         }
     }
 
@@ -175,20 +180,11 @@ impl Tier {
     }
 
     fn start(self: &Arc<Self>, counters: &Arc<Counters>) {
-        if self.started.load(Ordering::Acquire) {
-            return;
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return; // queued; the worker starts with the next call inside a runtime
-        };
-        if self.started.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        handle.spawn(worker(
-            Arc::downgrade(self),
-            self.wake.clone(),
-            counters.clone(),
-        ));
+        // Without a runtime the operations stay queued; the worker starts with the next
+        // call made inside one (and again if the runtime it ran on has shut down).
+        let (tier, wake, counters) = (Arc::downgrade(self), self.wake.clone(), counters.clone());
+        self.worker
+            .ensure(move |running| worker(tier, wake, counters, running));
     }
 
     /// Writes now (not behind): the cluster-dedup lease holder must have the data in the
@@ -267,7 +263,12 @@ impl Drop for Tier {
     }
 }
 
-async fn worker(tier: Weak<Tier>, wake_handle: Arc<Notify>, counters: Arc<Counters>) {
+async fn worker(
+    tier: Weak<Tier>,
+    wake_handle: Arc<Notify>,
+    counters: Arc<Counters>,
+    _running: Running,
+) {
     loop {
         let Some(t) = tier.upgrade() else { return };
         let batch = std::mem::take(&mut *t.pending.lock());
@@ -289,34 +290,97 @@ async fn worker(tier: Weak<Tier>, wake_handle: Arc<Notify>, counters: Arc<Counte
             }
             continue;
         }
-        let n = batch.keys.len() + batch.prefixes.len();
-        for prefix in &batch.prefixes {
-            if let Err(error) = t.storage.delete_prefix(prefix).await {
+        // Whatever this task has not written when it is dropped (its runtime shut down)
+        // goes back to the queue for the next worker.
+        let mut batch = InFlight {
+            tier: t.clone(),
+            left: batch,
+        };
+        while let Some(prefix) = batch.left.prefixes.first().cloned() {
+            if let Err(error) = t.storage.delete_prefix(&prefix).await {
                 counters.l2_errors.incr();
                 tracing::warn!(prefix, %error, "second tier prefix delete failed");
             }
+            batch.left.prefixes.remove(0);
+            t.outstanding.fetch_sub(1, Ordering::AcqRel);
         }
-        for (key, op) in batch.keys {
-            let result = match op {
-                Op::Set(encoder, ttl, after) => match encoder() {
-                    Ok(bytes) => {
-                        counters.l2_writes.incr();
-                        let r = t.storage.set(&key, bytes, ttl).await;
-                        if let Some(after) = after {
-                            // Announced even if the write failed: the others then refetch.
-                            after();
-                        }
-                        r
-                    }
-                    Err(e) => Err(e),
-                },
-                Op::Delete => t.storage.delete(&key).await,
+        loop {
+            let Some(key) = batch.left.keys.keys().next().cloned() else {
+                break;
             };
+            let Some(op) = batch.left.keys.get_mut(&key) else {
+                break;
+            };
+            if let Op::Set(..) = op {
+                let Op::Set(encoder, ttl, after) = std::mem::replace(op, Op::Delete) else {
+                    unreachable!("matched above");
+                };
+                match encoder() {
+                    Ok(bytes) => *op = Op::Encoded(bytes, ttl, after),
+                    Err(error) => {
+                        batch.left.keys.remove(&key);
+                        t.outstanding.fetch_sub(1, Ordering::AcqRel);
+                        counters.l2_errors.incr();
+                        tracing::warn!(key, %error, "second tier write failed: does not encode");
+                        continue;
+                    }
+                }
+            }
+            let write = match &*op {
+                Op::Encoded(bytes, ttl, _) => Some((bytes.clone(), *ttl)),
+                _ => None,
+            };
+            let result = match write {
+                Some((bytes, ttl)) => {
+                    counters.l2_writes.incr();
+                    t.storage.set(&key, bytes, ttl).await
+                }
+                None => t.storage.delete(&key).await,
+            };
+            if let Some(Op::Encoded(_, _, Some(after))) = batch.left.keys.remove(&key) {
+                // Announced even if the write failed: the others then refetch.
+                after();
+            }
+            t.outstanding.fetch_sub(1, Ordering::AcqRel);
             if let Err(error) = result {
                 counters.l2_errors.incr();
                 tracing::warn!(key, %error, "second tier write failed");
             }
         }
-        t.outstanding.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// A batch being written. An operation stays in `left` until it has been attempted, so
+/// one whose future was dropped mid-write is written again by the next worker (writes of
+/// the same bytes are idempotent).
+struct InFlight {
+    tier: Arc<Tier>,
+    left: Pending,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let left = std::mem::take(&mut self.left);
+        if left.keys.is_empty() && left.prefixes.is_empty() {
+            return;
+        }
+        let mut p = self.tier.pending.lock();
+        for (key, op) in left.keys {
+            if p.keys.contains_key(&key) {
+                // Superseded by a newer queued operation.
+                self.tier.outstanding.fetch_sub(1, Ordering::AcqRel);
+            } else {
+                p.keys.insert(key, op);
+            }
+        }
+        for prefix in left.prefixes {
+            if p.prefixes.contains(&prefix) {
+                self.tier.outstanding.fetch_sub(1, Ordering::AcqRel);
+            } else {
+                p.prefixes.push(prefix);
+            }
+        }
+        drop(p);
+        self.tier.wake.notify_one();
     }
 }

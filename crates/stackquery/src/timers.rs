@@ -1,0 +1,197 @@
+//! Every timer of a client — gc of unused entries, "data turns stale" notices for observed
+//! entries, observers' polls — in one queue driven by one task, so a million entries cost no
+//! task each.
+//!
+//! * The queue lives in the client, not in the task: arming and disarming are synchronous
+//!   (no channel that can fall behind), and a timer lives exactly as long as its owner (an
+//!   entry's timers are disarmed when it leaves the cache), so memory stays bounded by the
+//!   live entries whatever the key churn.
+//! * The driver is a [`Worker`]: if the runtime it runs on shuts down, the next arm starts
+//!   it again on the current runtime, and it finds every timer still armed.
+//! * A timer that fires is only a hint: the gc removes an entry only if it is still the same
+//!   entry (by id), unused, and past its own recorded deadline.
+//! * Nothing here runs user code under the queue lock: due timers are taken out first and
+//!   fired after the lock is released.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::client::Shared;
+use crate::key::QueryKey;
+use crate::worker::{Running, Worker};
+
+/// What a timer is for. An owner has at most one timer of each kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum TimerKind {
+    /// Collect the entry if it is still unused.
+    Gc,
+    /// The entry's data crosses an observer's stale time: tell its observers.
+    Stale,
+    /// An observer's next poll.
+    Poll,
+}
+
+/// Something other than an entry that a timer calls (an observer's poll).
+pub(crate) trait TimerHook: Send + Sync {
+    /// Called on the driver task; must not block (spawn longer work).
+    fn fire(&self, shared: &Arc<Shared>);
+}
+
+/// Whom a timer concerns.
+pub(crate) enum TimerTarget {
+    /// The entry with the timer's id, at this key.
+    Entry(QueryKey),
+    /// A hook, held weakly: a dropped owner's timer fires into nothing.
+    Hook(Weak<dyn TimerHook>),
+}
+
+type TimerId = (u64, TimerKind);
+
+#[derive(Default)]
+struct Queue {
+    /// Deadline of each armed timer.
+    deadlines: HashMap<TimerId, Instant>,
+    /// Armed timers in deadline order.
+    order: BTreeMap<(Instant, TimerId), TimerTarget>,
+    /// What the driver sleeps until (`None`: no timer, or it is not sleeping on one): an
+    /// earlier timer must wake it.
+    driver_wakes_at: Option<Instant>,
+}
+
+/// The client's timer queue and its driver.
+pub(crate) struct Timers {
+    queue: Mutex<Queue>,
+    wake: Arc<Notify>,
+    driver: Worker,
+    shared: Weak<Shared>,
+}
+
+impl Timers {
+    pub(crate) fn new(shared: Weak<Shared>) -> Self {
+        Timers {
+            queue: Mutex::new(Queue::default()),
+            wake: Arc::new(Notify::new()),
+            driver: Worker::default(),
+            shared,
+        }
+    }
+
+    /// Arms (or re-arms, replacing the previous deadline) timer `(id, kind)` at `at`.
+    pub(crate) fn arm(&self, id: u64, kind: TimerKind, at: Instant, target: TimerTarget) {
+        let wake = {
+            let mut q = self.queue.lock();
+            if let Some(old) = q.deadlines.insert((id, kind), at) {
+                q.order.remove(&(old, (id, kind)));
+            }
+            q.order.insert((at, (id, kind)), target);
+            let earlier = q.driver_wakes_at.is_none_or(|w| at < w);
+            if earlier {
+                q.driver_wakes_at = Some(at);
+            }
+            earlier
+        };
+        if wake {
+            self.wake.notify_one();
+        }
+        self.ensure_driver();
+    }
+
+    /// Disarms timer `(id, kind)` if armed.
+    pub(crate) fn disarm(&self, id: u64, kind: TimerKind) {
+        let mut q = self.queue.lock();
+        if let Some(at) = q.deadlines.remove(&(id, kind)) {
+            q.order.remove(&(at, (id, kind)));
+        }
+    }
+
+    /// Disarms every timer of entry `id` (it left the cache).
+    pub(crate) fn disarm_entry(&self, id: u64) {
+        let mut q = self.queue.lock();
+        for kind in [TimerKind::Gc, TimerKind::Stale] {
+            if let Some(at) = q.deadlines.remove(&(id, kind)) {
+                q.order.remove(&(at, (id, kind)));
+            }
+        }
+    }
+
+    /// How many timers are armed (for tests and memory checks).
+    pub(crate) fn len(&self) -> usize {
+        self.queue.lock().deadlines.len()
+    }
+
+    /// Starts the driver on the current runtime if it is not running (first use, or its
+    /// runtime died). One atomic load when it runs.
+    pub(crate) fn ensure_driver(&self) {
+        let (shared, wake) = (self.shared.clone(), self.wake.clone());
+        self.driver
+            .ensure(move |running| drive(shared, wake, running));
+    }
+
+    /// Takes the timers due at `now` out of the queue, and records what the driver will
+    /// sleep until next.
+    fn take_due(&self, now: Instant) -> (Vec<(TimerId, TimerTarget)>, Option<Instant>) {
+        let mut q = self.queue.lock();
+        let mut due = Vec::new();
+        while let Some(entry) = q.order.first_entry() {
+            let (at, id) = *entry.key();
+            if at > now {
+                break;
+            }
+            let target = entry.remove();
+            q.deadlines.remove(&id);
+            due.push((id, target));
+        }
+        let next = q.order.keys().next().map(|(at, _)| *at);
+        q.driver_wakes_at = next;
+        (due, next)
+    }
+}
+
+/// The driver: fires due timers, then sleeps until the next deadline or an earlier arm.
+async fn drive(shared: Weak<Shared>, wake: Arc<Notify>, _running: Running) {
+    loop {
+        let next = {
+            let Some(shared) = shared.upgrade() else {
+                return; // the client is gone
+            };
+            let (due, next) = shared.timers.take_due(Instant::now());
+            for ((id, kind), target) in due {
+                fire(&shared, id, kind, target);
+            }
+            next
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+fn fire(shared: &Arc<Shared>, id: u64, kind: TimerKind, target: TimerTarget) {
+    match (kind, target) {
+        (TimerKind::Gc, TimerTarget::Entry(key)) => shared.cache.collect(shared, &key, id),
+        (_, TimerTarget::Entry(key)) => {
+            let entry = shared
+                .cache
+                .with(&key, |e| (e.id() == id).then(|| e.clone()))
+                .flatten();
+            if let Some(entry) = entry {
+                entry.on_stale_timer(shared);
+            }
+        }
+        (_, TimerTarget::Hook(hook)) => {
+            if let Some(hook) = hook.upgrade() {
+                hook.fire(shared);
+            }
+        }
+    }
+}
