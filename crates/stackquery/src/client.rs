@@ -571,7 +571,7 @@ impl QueryClient {
                 continue;
             };
             let leftover = match self.shared.cache.get(&key) {
-                Some(e) => e.restore(q).err(),
+                Some(e) => e.restore(&self.shared, q).err(),
                 None => Some(q),
             };
             if let Some(q) = leftover {

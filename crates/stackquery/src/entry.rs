@@ -16,6 +16,7 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
 mod erased;
+mod stale;
 
 pub(crate) use erased::AnyEntry;
 
@@ -65,6 +66,8 @@ pub(crate) struct EntryInner<T> {
     /// Nobody has asked for a gc time yet: `gc_time` is the client default, and the first
     /// caller's value replaces it instead of competing with it.
     gc_time_asked: bool,
+    /// When the entry's stale timer is armed (see `stale.rs`); `None`: not armed.
+    pub(crate) stale_timer_at: Option<Instant>,
     /// When the gc may collect this entry (None: in use, or never).
     pub(crate) gc_deadline: Option<Instant>,
     /// Removed from the cache: nothing schedules work for it any more.
@@ -239,6 +242,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
                 stale_time,
                 gc_time,
                 gc_time_asked: false,
+                stale_timer_at: None,
                 gc_deadline: None,
                 removed: false,
                 version: 0,
@@ -413,6 +417,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
         };
         Arc::make_mut(g.listeners.get_or_insert_with(Default::default)).push(watcher);
         g.gc_deadline = None;
+        self.rearm_stale_timer(&mut g, shared);
         true
     }
 
@@ -436,6 +441,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
                 inner.listeners = None;
             }
         }
+        self.rearm_stale_timer(&mut g, shared);
         self.arm_gc_if_unused(&mut g, shared);
     }
 
@@ -539,6 +545,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
                     at: SystemTime::now(),
                 }),
             }
+            self.rearm_stale_timer(&mut g, shared);
             self.arm_gc_if_unused(&mut g, shared);
         }
         drop(g);
@@ -663,6 +670,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
             g.state.fetch_status = FetchStatus::Fetching;
         }
         g.updated_at = Some(Instant::now());
+        self.rearm_stale_timer(g, shared);
         self.arm_gc_if_unused(g, shared);
     }
 
@@ -670,6 +678,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
         let mut g = self.lock();
         g.inval_gen += 1;
         g.apply(Action::Invalidate);
+        self.rearm_stale_timer(&mut g, shared); // stale for everyone now: no notice due
         // Only an entry with an enabled observer refetches; a disabled query is marked
         // stale and waits for an explicit fetch (as in TanStack Query).
         if g.enabled_observers == 0 || g.removed {

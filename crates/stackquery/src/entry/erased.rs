@@ -54,7 +54,7 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     /// The entry as a snapshot item, if it is persisted and has data.
     fn dehydrate(&self) -> Option<DehydratedQuery>;
     /// Applies a snapshot item if the entry can decode it; gives it back otherwise.
-    fn restore(&self, q: DehydratedQuery) -> Result<(), DehydratedQuery>;
+    fn restore(&self, shared: &Shared, q: DehydratedQuery) -> Result<(), DehydratedQuery>;
 }
 
 impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
@@ -114,6 +114,7 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         g.flight = None;
         g.updated_at = None;
         g.apply(Action::Reset);
+        self.rearm_stale_timer(&mut g, shared);
         self.arm_gc_if_unused(&mut g, shared);
     }
     fn mark_removed(&self) {
@@ -129,6 +130,7 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         }
         g.inval_gen += 1;
         g.apply(Action::Invalidate);
+        self.rearm_stale_timer(&mut g, shared);
         g.reload = g.reload.max(reload);
         if g.enabled_observers > 0 && g.flight.is_none() {
             if let Some(opts) = g.options.as_deref().cloned() {
@@ -166,7 +168,7 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
             }
         }
     }
-    fn restore(&self, q: DehydratedQuery) -> Result<(), DehydratedQuery> {
+    fn restore(&self, shared: &Shared, q: DehydratedQuery) -> Result<(), DehydratedQuery> {
         let Some(fns) = self.inner.lock().options.as_ref().and_then(|o| o.persist) else {
             return Err(q);
         };
@@ -195,13 +197,11 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         }
         let now = Instant::now();
         g.updated_at = Some(now.checked_sub(age).unwrap_or(now));
+        self.rearm_stale_timer(&mut g, shared);
         Ok(())
     }
-    fn on_stale_timer(&self, _shared: &Arc<Shared>) {
-        let listeners = self.inner.lock().listeners.clone();
-        for l in listeners.iter().flat_map(|l| l.iter()) {
-            l.changed();
-        }
+    fn on_stale_timer(&self, shared: &Arc<Shared>) {
+        self.stale_timer_fired(shared);
     }
     fn notify_removed(&self) {
         let listeners = {

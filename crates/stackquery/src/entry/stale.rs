@@ -1,0 +1,69 @@
+//! "Data turns stale" notices. An observer's state says whether its data is stale, judged
+//! with its own stale time; nothing else changes when that moment passes, so without a
+//! notice its listeners would keep a state that says "fresh" forever.
+//!
+//! Each observed entry has at most one `Stale` timer on the client's shared timer queue (no
+//! task per entry or observer): it is armed at the earliest observer deadline
+//! (`updated_at + stale_time`) that has not passed yet, re-armed after every data write and
+//! every observer change, and when it fires the observers recompute their state (those
+//! whose data just turned stale deliver it) and the timer moves to the next deadline.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::client::Shared;
+use crate::entry::{Entry, EntryInner};
+use crate::timers::{TimerKind, TimerTarget};
+
+impl<T> EntryInner<T> {
+    /// The earliest moment after `now` at which the data turns stale for one of the
+    /// observers (`None`: no observer, no data, already invalidated, or never).
+    fn next_stale_deadline(&self, now: Instant) -> Option<Instant> {
+        if self.removed || self.state.is_invalidated || self.state.data.is_none() {
+            return None;
+        }
+        let written = self.updated_at?;
+        self.listeners
+            .iter()
+            .flat_map(|l| l.iter())
+            // `Duration::MAX` (or anything past the clock's range) is "never stale".
+            .filter_map(|w| crate::deadline::checked_after(written, w.stale_time))
+            .filter(|at| *at > now)
+            .min()
+    }
+}
+
+impl<T: Send + Sync + 'static> Entry<T> {
+    /// Moves the entry's stale timer to the next observer deadline, or disarms it. Called
+    /// after anything that changes the data, its stamp, or the observers. Costs nothing
+    /// when the deadline did not move (an unobserved entry never touches the queue).
+    pub(crate) fn rearm_stale_timer(&self, g: &mut EntryInner<T>, shared: &Shared) {
+        let next = g.next_stale_deadline(Instant::now());
+        if next == g.stale_timer_at {
+            return;
+        }
+        g.stale_timer_at = next;
+        match next {
+            Some(at) => {
+                let target = TimerTarget::Entry(self.key.clone());
+                shared.timers.arm(self.id, TimerKind::Stale, at, target);
+            }
+            None => shared.timers.disarm(self.id, TimerKind::Stale),
+        }
+    }
+
+    /// The stale timer fired: arm the next deadline, then let every observer recompute
+    /// (outside the lock: observers run user code).
+    pub(crate) fn stale_timer_fired(&self, shared: &Arc<Shared>) {
+        let listeners = {
+            let mut g = self.inner.lock();
+            g.stale_timer_at = None; // the queue no longer holds it
+            self.rearm_stale_timer(&mut g, shared);
+            g.listeners.clone()
+        };
+        for w in listeners.iter().flat_map(|l| l.iter()) {
+            w.listener.changed();
+        }
+    }
+}
