@@ -15,7 +15,6 @@ use std::sync::{Arc, Weak};
 use futures::stream::{BoxStream, Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
 
 use crate::client::QueryClient;
 use crate::entry::{Entry, EntryListener, Mode};
@@ -23,6 +22,8 @@ use crate::error::QueryError;
 use crate::options::QueryOptions;
 use crate::state::{FetchStatus, QueryState, QueryStatus};
 use crate::user_code::contain;
+
+mod poll;
 
 type Selector<R, T> = dyn Fn(&Arc<R>) -> Arc<T> + Send + Sync;
 type DataEq<T> = dyn Fn(&T, &T) -> bool + Send + Sync;
@@ -101,7 +102,9 @@ struct Subscribers<T, R> {
     /// Streams alive (they count as subscribers).
     streams: usize,
     attached: Option<Attachment<R>>,
-    poll: Option<AbortHandle>,
+    /// Polling is on: the observer's `Poll` timer is armed, or a poll's refetch runs and
+    /// will arm it (see `poll.rs`).
+    polling: bool,
     /// Latest state for streams; `None` ends them (entry removed).
     stream_tx: Option<watch::Sender<Option<QueryState<T>>>>,
 }
@@ -132,6 +135,8 @@ struct ObserverInner<T, R> {
     pending: AtomicBool,
     last: Mutex<Option<Delivered<T>>>,
     next_id: AtomicU64,
+    /// Id of this observer's `Poll` timer on the client's timer queue.
+    poll_id: u64,
     weak_self: Weak<ObserverInner<T, R>>,
 }
 
@@ -202,6 +207,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
         select: Arc<Selector<R, T>>,
         data_eq: Arc<DataEq<T>>,
     ) -> Self {
+        let poll_id = client.shared.fresh_id();
         QueryObserver {
             inner: Arc::new_cyclic(|weak| ObserverInner {
                 client,
@@ -213,7 +219,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
                     listeners: Vec::new(),
                     streams: 0,
                     attached: None,
-                    poll: None,
+                    polling: false,
                     stream_tx: None,
                 }),
                 memo: Mutex::new(None),
@@ -221,6 +227,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
                 pending: AtomicBool::new(false),
                 last: Mutex::new(None),
                 next_id: AtomicU64::new(1),
+                poll_id,
                 weak_self: weak.clone(),
             }),
         }
@@ -246,6 +253,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
 
     /// The current state as this observer shows it (selected, placeholder, paused).
     pub fn state(&self) -> QueryState<T> {
+        self.inner.ensure_timers();
         self.inner.compute().1
     }
 
@@ -259,6 +267,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
         listener: impl Fn(&QueryState<T>) + Send + Sync + 'static,
     ) -> Subscription {
         let inner = &self.inner;
+        inner.ensure_timers();
         let slot = Arc::new(ListenerSlot {
             id: inner.next_id.fetch_add(1, Ordering::Relaxed),
             f: Box::new(listener),
@@ -288,6 +297,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
     /// the entry is removed or the client is dropped. The stream counts as a subscriber.
     pub fn stream(&self) -> ObserverStream<T> {
         let inner = self.inner.clone();
+        inner.ensure_timers();
         let rx = {
             let mut subs = inner.subs.lock();
             subs.streams += 1;
@@ -353,6 +363,12 @@ fn call_listener<T>(slot: &ListenerSlot<T>, state: &QueryState<T>) {
 }
 
 impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
+    /// Polls and stale notices run on the client's timer driver; if the runtime it ran on
+    /// has shut down, start it again on the current one (one atomic load otherwise).
+    fn ensure_timers(&self) {
+        self.client.shared.timers.ensure_driver();
+    }
+
     /// Computes the observer's view and its version (bumped when the view changes).
     ///
     /// The user's equality runs with no lock held: the last state is read, compared outside
@@ -564,16 +580,14 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
     }
 
     fn detach(&self) {
-        let (attachment, poll) = {
+        let attachment = {
             let mut subs = self.subs.lock();
             if subs.count() > 0 {
                 return;
             }
-            (subs.attached.take(), subs.poll.take())
+            subs.attached.take()
         };
-        if let Some(p) = poll {
-            p.abort();
-        }
+        self.stop_polling();
         if let Some(a) = attachment {
             a.entry.detach(&self.client.shared, &a.handle);
             self.client
@@ -601,14 +615,12 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
 
     /// The entry left the cache: last state to listeners, streams end, detach.
     fn on_removed(&self) {
-        let (poll, tx) = {
+        let tx = {
             let mut subs = self.subs.lock();
             subs.attached = None;
-            (subs.poll.take(), subs.stream_tx.take())
+            subs.stream_tx.take()
         };
-        if let Some(p) = poll {
-            p.abort();
-        }
+        self.stop_polling();
         if let Some(tx) = tx {
             tx.send_replace(None);
         }
@@ -631,49 +643,6 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
         if let Err(error) = entry.step(&self.client.shared, &self.opts, Mode::Swr, false) {
             tracing::debug!(key = %self.opts.key, %error, "observer fetch did not start");
         }
-    }
-
-    fn start_polling(&self) {
-        // A disabled query never fetches by itself: no polling either.
-        if !self.opts.enabled {
-            return;
-        }
-        let Some(interval) = self.opts.refetch_interval else {
-            return;
-        };
-        if interval.is_zero() {
-            return;
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let mut subs = self.subs.lock();
-        if subs.poll.is_some() || subs.count() == 0 {
-            return;
-        }
-        let weak = self.weak_self.clone();
-        let task = handle.spawn(async move {
-            let start = tokio::time::Instant::now() + interval;
-            let mut ticks = tokio::time::interval_at(start, interval);
-            // A slow fetch delays the next poll instead of stacking polls up.
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(o) = weak.upgrade() else { return };
-                if o.paused.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let client = o.client.clone();
-                let opts = o.opts.clone();
-                drop(o);
-                // Joins a fetch in flight, so polls never overlap; a failed poll is logged
-                // and the next tick tries again.
-                if let Err(error) = client.run(&opts, Mode::Force).await {
-                    tracing::debug!(key = %opts.key, %error, "poll failed");
-                }
-            }
-        });
-        subs.poll = Some(task.abort_handle());
     }
 }
 
