@@ -159,6 +159,155 @@ async fn an_observed_key_is_stale_for_filters_when_stale_for_any_observer() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Bullet 4: listeners are told when data turns stale
+// ---------------------------------------------------------------------------------------
+
+type Log = Arc<Mutex<Vec<QueryState<u32>>>>;
+
+fn record(observer: &QueryObserver<u32>) -> (Log, stackquery::Subscription) {
+    let log: Log = Arc::default();
+    let l = log.clone();
+    let sub = observer.subscribe(move |s: &QueryState<u32>| l.lock().unwrap().push(s.clone()));
+    (log, sub)
+}
+
+fn last_stale(log: &Log) -> bool {
+    log.lock().unwrap().last().expect("told at once").is_stale()
+}
+
+/// An observer's state says whether its data is stale, but nothing told its listeners
+/// when that changed: the last state they got said "fresh" until something else happened
+/// to the entry. Now each observer delivers a new state when its data crosses its own stale
+/// time — one timer per entry on the client's timer queue, armed at the earliest observer
+/// deadline not yet passed, moved on to the next one when it fires, and re-armed after
+/// every data write. `Duration::MAX` means never stale: no notice, ever.
+#[tokio::test(start_paused = true)]
+async fn listeners_are_told_when_their_data_turns_stale() {
+    let client = QueryClient::new();
+    let (opts, calls) = slow_counter(key!["k"], Duration::ZERO);
+    let short = client.watch(&opts.clone().stale_time(Duration::from_secs(5)));
+    let long = client.watch(&opts.clone().stale_time(Duration::from_secs(20)));
+    let never = client.watch(&opts.stale_time(Duration::MAX));
+    let (short_log, _s1) = record(&short);
+    let (long_log, _s2) = record(&long);
+    let (never_log, _s3) = record(&never);
+    settle().await;
+    assert_eq!(calls.get(), 1);
+    assert!(!last_stale(&short_log) && !last_stale(&long_log) && !last_stale(&never_log));
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    settle().await;
+    assert!(!last_stale(&short_log), "4 s: still fresh");
+    tokio::time::sleep(SEC).await;
+    settle().await;
+    assert!(last_stale(&short_log), "5 s: told it is stale");
+    assert!(!last_stale(&long_log));
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    settle().await;
+    assert!(last_stale(&long_log), "20 s: the next deadline fired too");
+
+    // A write makes the data fresh again, and the notices are due again from there.
+    client.set_query_data(key!["k"], 9_u32).unwrap();
+    assert!(!last_stale(&short_log) && !last_stale(&long_log));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    settle().await;
+    assert!(last_stale(&short_log) && !last_stale(&long_log));
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    settle().await;
+    assert!(last_stale(&long_log));
+
+    let told = never_log.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(10 * 365 * 24 * 3600)).await;
+    settle().await;
+    assert!(!last_stale(&never_log), "Duration::MAX: never stale");
+    assert_eq!(never_log.lock().unwrap().len(), told, "and never told anything");
+}
+
+// ---------------------------------------------------------------------------------------
+// Bullet 6: polling survives its runtime; `Duration::MAX` never polls
+// ---------------------------------------------------------------------------------------
+
+/// One "call" of a sync wrapper: a fresh current-thread runtime on the paused clock,
+/// dropped (with every task spawned on it) when the call returns.
+fn on_a_fresh_runtime<R>(f: impl Future<Output = R>) -> R {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+/// The poll loop was a task spawned on the runtime of the first subscriber; a client that
+/// outlives that runtime (in a `static` shared by several `#[tokio::test]`s, or behind a
+/// sync wrapper that builds a runtime per call) lost its polling with it, silently and for
+/// good. Polls are now timers on the client's timer queue, whose driver restarts on the
+/// current runtime: polling goes on.
+#[test]
+fn polling_survives_the_death_of_the_runtime_it_started_on() {
+    let client = QueryClient::new();
+    let (opts, calls) = slow_counter(key!["poll"], Duration::ZERO);
+    let observer = client.watch(&opts.refetch_interval(SEC));
+    let sub = on_a_fresh_runtime(async {
+        let sub = observer.subscribe(|_| {});
+        for _ in 0..3 {
+            tokio::time::sleep(SEC).await;
+            settle().await;
+        }
+        sub
+    });
+    let before = calls.get();
+    assert!(before >= 3, "polled on the first runtime ({before})");
+    on_a_fresh_runtime(async {
+        // The next call of the wrapper: it uses the observer on the new runtime.
+        let _ = observer.state();
+        for _ in 0..6 {
+            tokio::time::sleep(SEC).await;
+            settle().await;
+        }
+        assert!(
+            calls.get() >= before + 3,
+            "polling went on on the second runtime ({} after {before})",
+            calls.get()
+        );
+    });
+    drop(sub);
+}
+
+/// Counts panics raised on the calling thread (a current-thread runtime runs its tasks on
+/// the test's thread, so a panic inside a spawned task counts too).
+fn panics_on_this_thread() -> Arc<AtomicU32> {
+    let me = std::thread::current().id();
+    let count = Arc::new(AtomicU32::new(0));
+    let c = count.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() == me {
+            c.fetch_add(1, Ordering::SeqCst);
+        }
+        previous(info);
+    }));
+    count
+}
+
+/// `refetch_interval(Duration::MAX)` made the poll task compute `now + interval`, which
+/// overflows: the task died with a panic. Every user-given duration saturates, and an
+/// interval past the clock's range means "never poll".
+#[tokio::test(start_paused = true)]
+async fn a_refetch_interval_of_duration_max_never_polls_and_never_panics() {
+    let panics = panics_on_this_thread();
+    let client = QueryClient::new();
+    let (opts, calls) = slow_counter(key!["k"], Duration::ZERO);
+    let observer = client.watch(&opts.refetch_interval(Duration::MAX));
+    let _sub = observer.subscribe(|_| {});
+    settle().await;
+    tokio::time::sleep(Duration::from_secs(365 * 24 * 3600)).await;
+    settle().await;
+    assert_eq!(calls.get(), 1, "the first subscriber's fetch only");
+    assert_eq!(panics.load(Ordering::SeqCst), 0, "nothing panicked");
+}
+
+// ---------------------------------------------------------------------------------------
 // Bullets 5 and 7: user code runs with no internal lock held, under one panic policy
 // ---------------------------------------------------------------------------------------
 
