@@ -67,3 +67,36 @@ impl<T: Send + Sync + 'static> Entry<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{key, QueryClient, QueryOptions};
+
+    /// Three observers with three stale times share one entry: one `Stale` timer in the
+    /// queue (no task or timer per observer), and none once nobody observes the entry.
+    #[tokio::test(start_paused = true)]
+    async fn an_observed_entry_has_one_stale_timer_whatever_its_observers() {
+        let client = QueryClient::new();
+        let opts = QueryOptions::new(key!["k"], || async { Ok::<_, String>(2_u32) })
+            .enabled(false);
+        let subs: Vec<_> = [5, 20, 60]
+            .into_iter()
+            .map(|s| {
+                let o = client.watch(&opts.clone().stale_time(Duration::from_secs(s)));
+                o.subscribe(|_| {})
+            })
+            .collect();
+        // Written while observed, so no gc timer was ever armed.
+        client.set_query_data(key!["k"], 1_u32).unwrap();
+        assert_eq!(client.shared.timers.len(), 1);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(client.shared.timers.len(), 1, "moved on to the 60 s deadline");
+        drop(subs);
+        // Unobserved: the stale timer is gone, only the gc timer is left.
+        assert_eq!(client.shared.timers.len(), 1);
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(client.shared.timers.len(), 0);
+    }
+}
