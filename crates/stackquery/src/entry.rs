@@ -679,8 +679,8 @@ impl<T: Send + Sync + 'static> Entry<T> {
         g.inval_gen += 1;
         g.apply(Action::Invalidate);
         self.rearm_stale_timer(&mut g, shared); // stale for everyone now: no notice due
-        // Only an entry with an enabled observer refetches; a disabled query is marked
-        // stale and waits for an explicit fetch (as in TanStack Query).
+                                                // Only an entry with an enabled observer refetches; a disabled query is marked
+                                                // stale and waits for an explicit fetch (as in TanStack Query).
         if g.enabled_observers == 0 || g.removed {
             drop(g);
             // The invalidated flag reaches the second tier, so it survives eviction.

@@ -504,7 +504,8 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
         meta_same
             && match (&a.data, &b.data) {
                 (Some(x), Some(y)) => {
-                    Arc::ptr_eq(x, y) || contain("PartialEq", || (self.data_eq)(x, y)).unwrap_or(false)
+                    Arc::ptr_eq(x, y)
+                        || contain("PartialEq", || (self.data_eq)(x, y)).unwrap_or(false)
                 }
                 (None, None) => true,
                 _ => false,

@@ -70,9 +70,15 @@ async fn bulk_operations_invalidate_but_never_refetch_a_disabled_query() {
     assert_eq!(client.refetch_queries(QueryFilter::all()).await, 0);
     assert_eq!(client.reset_queries(QueryFilter::all()), 1);
     settle().await;
-    assert_eq!(calls.get(), 1, "refetch_queries and reset_queries skip it too");
     assert_eq!(
-        client.refetch_queries(QueryFilter::all().active(true)).await,
+        calls.get(),
+        1,
+        "refetch_queries and reset_queries skip it too"
+    );
+    assert_eq!(
+        client
+            .refetch_queries(QueryFilter::all().active(true))
+            .await,
         0
     );
     assert_eq!(client.is_fetching(QueryFilter::all().active(false)), 0);
@@ -97,7 +103,11 @@ async fn bulk_operations_invalidate_but_never_refetch_a_disabled_query() {
     assert_eq!(calls.get(), 3, "active: invalidation refetches");
     drop(sub);
     client.invalidate_queries(QueryFilter::all()).await;
-    assert_eq!(calls.get(), 3, "inactive again once the enabled observer left");
+    assert_eq!(
+        calls.get(),
+        3,
+        "inactive again once the enabled observer left"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -127,7 +137,10 @@ async fn a_later_caller_with_a_shorter_gc_time_does_not_shorten_an_observers() {
     );
     tokio::time::sleep(Duration::from_secs(60)).await;
     settle().await;
-    assert!(client.get_query_state::<u32>(&key!["k"]).is_none(), "then collected");
+    assert!(
+        client.get_query_state::<u32>(&key!["k"]).is_none(),
+        "then collected"
+    );
 }
 
 /// Two observers of one key: `A` counts data stale after 10 s, `B` (subscribed last) after
@@ -147,12 +160,16 @@ async fn an_observed_key_is_stale_for_filters_when_stale_for_any_observer() {
     settle().await;
     assert_eq!(calls.get(), 1);
     tokio::time::sleep(Duration::from_secs(20)).await;
-    assert!(a.state().is_stale() && !b.state().is_stale(), "each by its own");
-    assert!(client.get_query_state::<u32>(&key!["k"]).unwrap().is_stale());
+    assert!(
+        a.state().is_stale() && !b.state().is_stale(),
+        "each by its own"
+    );
+    assert!(client
+        .get_query_state::<u32>(&key!["k"])
+        .unwrap()
+        .is_stale());
     assert_eq!(
-        client
-            .refetch_queries(QueryFilter::all().stale(true))
-            .await,
+        client.refetch_queries(QueryFilter::all().stale(true)).await,
         1
     );
     assert_eq!(calls.get(), 2);
@@ -220,7 +237,11 @@ async fn listeners_are_told_when_their_data_turns_stale() {
     tokio::time::sleep(Duration::from_secs(10 * 365 * 24 * 3600)).await;
     settle().await;
     assert!(!last_stale(&never_log), "Duration::MAX: never stale");
-    assert_eq!(never_log.lock().unwrap().len(), told, "and never told anything");
+    assert_eq!(
+        never_log.lock().unwrap().len(),
+        told,
+        "and never told anything"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -442,11 +463,12 @@ fn every_piece_of_user_code_may_call_back_into_the_client_and_the_observer() {
             })
             .unwrap();
         let h = hook.clone();
-        client.refetch_queries(QueryFilter::all().predicate(move |_| {
-            h.run("predicate");
-            true
-        }))
-        .await;
+        client
+            .refetch_queries(QueryFilter::all().predicate(move |_| {
+                h.run("predicate");
+                true
+            }))
+            .await;
         settle().await;
         let mut done = hook.done.lock().unwrap().clone();
         done.sort_unstable();
@@ -477,17 +499,15 @@ fn a_select_that_reads_its_own_observer_does_not_deadlock() {
         let me: Arc<Mutex<Option<QueryObserver<u32, u32>>>> = Arc::default();
         let inside = Arc::new(AtomicBool::new(false));
         let (m, i) = (me.clone(), inside.clone());
-        let observer = client
-            .watch(&opts.enabled(false))
-            .select(move |v: &u32| {
-                if !i.swap(true, Ordering::SeqCst) {
-                    let o = m.lock().unwrap().clone();
-                    if let Some(o) = o {
-                        assert_eq!(o.state().data.as_deref(), Some(&(v * 10)));
-                    }
+        let observer = client.watch(&opts.enabled(false)).select(move |v: &u32| {
+            if !i.swap(true, Ordering::SeqCst) {
+                let o = m.lock().unwrap().clone();
+                if let Some(o) = o {
+                    assert_eq!(o.state().data.as_deref(), Some(&(v * 10)));
                 }
-                v * 10
-            });
+            }
+            v * 10
+        });
         *me.lock().unwrap() = Some(observer.clone());
         assert_eq!(observer.state().data.as_deref(), Some(&10));
         assert!(inside.load(Ordering::SeqCst));
@@ -528,5 +548,9 @@ async fn a_panicking_equality_is_contained_and_counts_as_changed() {
         matches!(write, Ok(Ok(()))),
         "the writer is not hit by the panic"
     );
-    assert_eq!(seen.load(Ordering::SeqCst), 2, "the new state was delivered");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        2,
+        "the new state was delivered"
+    );
 }

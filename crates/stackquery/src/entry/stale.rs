@@ -79,8 +79,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_observed_entry_has_one_stale_timer_whatever_its_observers() {
         let client = QueryClient::new();
-        let opts = QueryOptions::new(key!["k"], || async { Ok::<_, String>(2_u32) })
-            .enabled(false);
+        let opts = QueryOptions::new(key!["k"], || async { Ok::<_, String>(2_u32) }).enabled(false);
         let subs: Vec<_> = [5, 20, 60]
             .into_iter()
             .map(|s| {
@@ -92,7 +91,11 @@ mod tests {
         client.set_query_data(key!["k"], 1_u32).unwrap();
         assert_eq!(client.shared.timers.len(), 1);
         tokio::time::sleep(Duration::from_secs(30)).await;
-        assert_eq!(client.shared.timers.len(), 1, "moved on to the 60 s deadline");
+        assert_eq!(
+            client.shared.timers.len(),
+            1,
+            "moved on to the 60 s deadline"
+        );
         drop(subs);
         // Unobserved: the stale timer is gone, only the gc timer is left.
         assert_eq!(client.shared.timers.len(), 1);
