@@ -36,9 +36,16 @@ type SelectMemo<R, T> = Option<(Arc<R>, Result<Arc<T>, QueryError>)>;
 /// [`select`](QueryObserver::select) transforms it). Cloning is cheap and clones share
 /// subscribers.
 ///
-/// An observer with at least one subscriber (listener or stream) makes its entry *active*:
-/// it is never evicted or collected, `invalidate_queries` refetches it at once, and a
-/// `refetch_interval` polls it. When the last subscriber leaves, the entry's gc timer starts.
+/// An observer with at least one subscriber (listener or stream) pins its entry: it is
+/// never evicted or collected. If its query is enabled it also makes the entry *active*:
+/// `invalidate_queries`, `refetch_queries` and `reset_queries` refetch it at once, and a
+/// `refetch_interval` polls it. A disabled query never fetches by itself (bulk operations
+/// only mark it invalidated); [`refetch`](QueryObserver::refetch) still fetches it. When the
+/// last subscriber leaves, the entry's gc timer starts (the largest `gc_time` asked for the
+/// key wins).
+///
+/// Freshness is judged with the observer's own `stale_time`, and listeners get a new state
+/// when the data turns stale (no other change needed).
 ///
 /// If the entry is removed (`remove_queries`, `clear`, or the client dropped), listeners get
 /// one last state (the initial one: idle, no data), streams end, and the observer detaches.
@@ -586,9 +593,9 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             if subs.count() > 0 {
                 return;
             }
+            self.stop_polling_locked(&mut subs);
             subs.attached.take()
         };
-        self.stop_polling();
         if let Some(a) = attachment {
             a.entry.detach(&self.client.shared, &a.handle);
             self.client
@@ -619,9 +626,9 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
         let tx = {
             let mut subs = self.subs.lock();
             subs.attached = None;
+            self.stop_polling_locked(&mut subs);
             subs.stream_tx.take()
         };
-        self.stop_polling();
         if let Some(tx) = tx {
             tx.send_replace(None);
         }

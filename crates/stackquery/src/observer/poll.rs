@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::client::Shared;
 use crate::entry::Mode;
-use crate::observer::ObserverInner;
+use crate::observer::{ObserverInner, Subscribers};
 use crate::timers::{TimerHook, TimerKind, TimerTarget};
 
 impl<T: Send + Sync + 'static, R: Send + Sync + 'static> TimerHook for ObserverInner<T, R> {
@@ -64,10 +64,10 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
         self.arm_poll_locked();
     }
 
-    /// Stops polling (no subscriber left, or the entry was removed). A refetch in flight
-    /// finishes, but arms nothing.
-    pub(super) fn stop_polling(&self) {
-        let mut subs = self.subs.lock();
+    /// Stops polling (no subscriber left, or the entry was removed), under the same lock as
+    /// the caller's decision, so a subscriber arriving meanwhile restarts it. A refetch in
+    /// flight finishes, but arms nothing.
+    pub(super) fn stop_polling_locked(&self, subs: &mut Subscribers<T, R>) {
         subs.polling = false;
         self.client
             .shared
