@@ -75,6 +75,11 @@ impl Cache {
         &self.shards[(key.precomputed_hash() >> 40) as usize & self.mask]
     }
 
+    /// The `max_queries` bound, if any.
+    pub(crate) fn max(&self) -> Option<usize> {
+        self.max
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
     }

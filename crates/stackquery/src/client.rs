@@ -1,6 +1,5 @@
 //! [`QueryClient`]: the façade over the cache, the fetch engine and the gc.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,7 +14,7 @@ use crate::error::{panic_message, QueryError};
 use crate::filter::QueryFilter;
 use crate::key::QueryKey;
 use crate::options::{Defaults, QueryOptions};
-use crate::snapshot::{DehydratedQuery, DehydratedState};
+use crate::snapshot::{DehydratedState, Restored};
 use crate::state::QueryState;
 use crate::stats::{CacheStats, Counters};
 use crate::storage::children_prefix;
@@ -30,7 +29,7 @@ pub(crate) struct Shared {
     /// The second tier, if the client has a storage.
     pub(crate) tier: Option<Arc<Tier>>,
     /// Snapshot entries restored by `hydrate` that no typed call has claimed yet.
-    pub(crate) restored: parking_lot::Mutex<HashMap<String, DehydratedQuery>>,
+    pub(crate) restored: Restored,
     /// Gc, stale notices and polls: one queue, one driver task (see `timers.rs`).
     pub(crate) timers: Arc<Timers>,
     /// The other instances: invalidation bus and cluster dedup (see `cluster.rs`).
@@ -156,6 +155,9 @@ impl QueryClient {
         opts: &QueryOptions<T>,
     ) -> Result<Arc<T>, QueryError> {
         // Hit path: one shard read lock, one entry lock, one Arc clone.
+        // (With a bus: one atomic load, so fresh data is never trusted while nobody
+        // listens to the other instances.)
+        self.shared.cluster.ensure_listening(&self.shared);
         let stale_time = self.shared.defaults.stale_time(opts);
         let probe = self.shared.cache.with(&opts.key, |e| {
             match e.as_any().downcast_ref::<Entry<T>>() {
@@ -272,12 +274,17 @@ impl QueryClient {
         shared.cluster.start(shared);
         let erased = shared.cache.get_or_insert(shared, key, || {
             let id = shared.fresh_id();
-            Arc::new(Entry::<T>::new(
+            let entry = Arc::new(Entry::<T>::new(
                 id,
                 key.clone(),
                 shared.defaults.stale_time,
                 shared.defaults.gc_time,
-            ))
+            ));
+            // Born unused, so born collectable: whatever the caller does next (fetch,
+            // observe, or nothing at all because its updater panicked), an entry that ends
+            // up unused is never left without a gc timer.
+            entry.arm_gc_if_unused(&mut entry.inner.lock(), shared);
+            entry
         });
         downcast(erased)
     }
@@ -341,6 +348,8 @@ impl QueryClient {
         let entry = self.typed_entry::<T>(&key)?;
         entry.set_data(&self.shared, data);
         self.announce_set(&entry, key);
+        // `max_queries(0)` keeps nothing, a manual write included.
+        self.shared.cache.evict_if_over_capacity(&self.shared);
         Ok(())
     }
 
@@ -373,19 +382,17 @@ impl QueryClient {
             let new =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| updater(old.as_deref())))
                     .map_err(|p| QueryError::Panicked(panic_message(&*p)))?;
+            // Nothing written (or the updater panicked): an entry created just for this
+            // call was armed for the gc when it was made, like every new entry.
             let Some(new) = new else {
-                // Nothing written: an entry created just for this call must still be
-                // collected like any unused one.
-                let mut g = entry.lock();
-                if g.gc_deadline.is_none() {
-                    entry.arm_gc_if_unused(&mut g, &self.shared);
-                }
                 return Ok(old);
             };
             let new = Arc::new(new);
             // Check and write under one lock: two updaters can never both win.
             if entry.set_data_if(&self.shared, old.as_ref(), gen, new.clone()) {
                 self.announce_set(&entry, key);
+                // `max_queries(0)` keeps nothing, a manual write included.
+                self.shared.cache.evict_if_over_capacity(&self.shared);
                 return Ok(Some(new));
             }
         }
@@ -563,27 +570,44 @@ impl QueryClient {
     /// Restores a snapshot made by [`dehydrate`](Self::dehydrate) (here or in another
     /// process). Newer data wins: an item older than what memory holds is ignored. Items for
     /// keys not in memory are kept until a persisted query of the key first runs, which
-    /// then uses them instead of fetching (stale ones are served and refreshed).
-    pub fn hydrate(&self, snapshot: DehydratedState) {
+    /// then uses them instead of fetching (stale ones are served and refreshed); an item
+    /// no query claims within the client's default gc time is dropped, and at most
+    /// `max_queries` items wait. Returns how many items were applied or kept.
+    ///
+    /// # Errors
+    /// [`StorageError::Corrupt`](crate::StorageError::Corrupt) when the snapshot's format
+    /// `version` is not the one this build writes; nothing is restored from it.
+    pub fn hydrate(&self, snapshot: DehydratedState) -> Result<usize, crate::StorageError> {
+        if snapshot.version != crate::storage::ENVELOPE_VERSION {
+            return Err(crate::StorageError::Corrupt(format!(
+                "snapshot format version {} (this build reads version {})",
+                snapshot.version,
+                crate::storage::ENVELOPE_VERSION
+            )));
+        }
+        let shared = &self.shared;
+        let mut used = 0;
         for q in snapshot.queries {
             let Ok(key) = q.key.parse::<QueryKey>() else {
                 tracing::warn!(key = %q.key, "snapshot key does not parse: ignored");
                 continue;
             };
-            let leftover = match self.shared.cache.get(&key) {
-                Some(e) => e.restore(&self.shared, q).err(),
+            let leftover = match shared.cache.get(&key) {
+                Some(e) => e.restore(shared, q).err(),
                 None => Some(q),
             };
-            if let Some(q) = leftover {
-                let mut restored = self.shared.restored.lock();
-                match restored.get(&q.key) {
-                    Some(old) if old.data_updated_at_ms >= q.data_updated_at_ms => {}
-                    _ => {
-                        restored.insert(q.key.clone(), q);
-                    }
+            used += match leftover {
+                None => 1,
+                Some(q) => {
+                    let kept =
+                        shared
+                            .restored
+                            .offer(q, shared.defaults.gc_time, shared.cache.max());
+                    usize::from(kept)
                 }
-            }
+            };
         }
+        Ok(used)
     }
 
     /// Waits until every queued second-tier write has been attempted (for shutdown and
@@ -629,7 +653,7 @@ impl QueryClient {
                 timers,
                 counters: Arc::new(Counters::default()),
                 tier,
-                restored: parking_lot::Mutex::new(HashMap::new()),
+                restored: Restored::new(),
                 mutation_scopes: crate::mutation::Scopes::default(),
                 cluster,
                 next_id: AtomicU64::new(0),

@@ -33,6 +33,8 @@ mod disabled {
 
     impl Cluster {
         pub(crate) fn start(&self, _shared: &Arc<Shared>) {}
+        #[inline]
+        pub(crate) fn ensure_listening(&self, _shared: &Arc<Shared>) {}
         pub(crate) fn has_bus(&self) -> bool {
             false
         }
@@ -95,10 +97,22 @@ mod enabled {
             let weak = Arc::downgrade(shared);
             self.listener.ensure(|running| {
                 let sub = bus.subscribe();
-                // A restart: messages sent while nobody listened are lost.
-                let missed = self.listened.swap(true, Ordering::AcqRel);
-                listen(sub, weak, missed, running)
+                // A restart: messages sent while nobody listened are lost. Marked before
+                // this call returns, so the caller (a hit) cannot serve them as fresh.
+                if self.listened.swap(true, Ordering::AcqRel) {
+                    everything_may_be_stale(shared);
+                }
+                listen(sub, weak, running)
             });
+        }
+
+        /// The hit path's check: the listener must be alive for fresh data to be trusted.
+        /// One atomic load when it is.
+        #[inline]
+        pub(crate) fn ensure_listening(&self, shared: &Arc<Shared>) {
+            if self.bus.is_some() && !self.listener.is_running() {
+                self.start(shared);
+            }
         }
 
         fn publish(&self, kind: BusMessageKind) {
@@ -173,17 +187,7 @@ mod enabled {
     }
 
     /// Applies other instances' messages to this client.
-    async fn listen(
-        mut sub: crate::bus::BusSubscription,
-        shared: Weak<Shared>,
-        missed: bool,
-        _running: Running,
-    ) {
-        if missed {
-            if let Some(shared) = shared.upgrade() {
-                everything_may_be_stale(&shared);
-            }
-        }
+    async fn listen(mut sub: crate::bus::BusSubscription, shared: Weak<Shared>, _running: Running) {
         while let Some(event) = sub.recv().await {
             let Some(shared) = shared.upgrade() else {
                 return;

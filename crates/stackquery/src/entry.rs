@@ -369,7 +369,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
         let reload = g.reload;
         let hydrate = (reload != Reload::No || (!g.hydrated && g.state.data.is_none()))
             && opts.persist.is_some()
-            && (shared.tier.is_some() || !shared.restored.lock().is_empty());
+            && (shared.tier.is_some() || !shared.restored.is_empty());
         g.hydrated = true;
         g.reload = Reload::No;
         g.apply(Action::Fetch);

@@ -190,7 +190,10 @@ async fn hydrate_flight<T: Send + Sync + 'static>(
         return false;
     };
     let key = guard.entry.key.to_string();
-    let restored = guard.shared.restored.lock().remove(&key);
+    let restored = guard
+        .shared
+        .restored
+        .take(&key, guard.shared.defaults.gc_time);
     let envelope = match restored.map(|q| q.decode(fns)) {
         Some(Ok(envelope)) => Some(envelope),
         Some(Err(error)) => {

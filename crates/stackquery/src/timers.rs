@@ -195,3 +195,36 @@ fn fire(shared: &Arc<Shared>, id: u64, kind: TimerKind, target: TimerTarget) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{key, QueryClient, QueryOptions};
+
+    /// The story: the gc kept a timer and a key for every entry it was ever told about,
+    /// evicted or not, in an unbounded channel plus a timer queue (about 240 B per evicted
+    /// key: 2.6 GiB after 10M keys through `max_queries(100_000)`). An entry's timers now
+    /// leave the queue with it, so the queue never holds more than the live entries.
+    #[tokio::test(start_paused = true)]
+    async fn evicted_entries_leave_no_timer_behind() {
+        let client = QueryClient::builder()
+            .max_queries(100)
+            .gc_time(Duration::from_secs(3600))
+            .build();
+        for i in 0..10_000_u32 {
+            let opts = QueryOptions::new(key!["k", i], move || async move { Ok::<_, String>(i) });
+            client.fetch_query(&opts).await.unwrap();
+            client.set_query_data(key!["manual", i], i).unwrap();
+        }
+        let live = client.shared.cache.len();
+        assert!(live <= 100);
+        assert!(
+            client.shared.timers.len() <= live,
+            "{} timers for {live} entries",
+            client.shared.timers.len()
+        );
+        client.clear();
+        assert_eq!(client.shared.timers.len(), 0);
+    }
+}

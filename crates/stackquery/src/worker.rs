@@ -61,8 +61,9 @@ impl Worker {
         }
     }
 
-    /// Whether the task is alive (for tests and `Debug`).
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Whether the task is alive.
+    #[inline]
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn is_running(&self) -> bool {
         self.running.load(Ordering::Acquire)
     }

@@ -442,7 +442,7 @@ async fn snapshots_round_trip_and_newer_data_wins() {
 
     // Hand-off: another client restores it and serves it without fetching.
     let b = QueryClient::new();
-    b.hydrate(serde_json::from_str(&json).unwrap());
+    b.hydrate(serde_json::from_str(&json).unwrap()).unwrap();
     let (opts_b, calls_b) = user_query(1, "ada");
     let got = b
         .fetch_query(&opts_b.clone().stale_time(Duration::MAX))
@@ -461,7 +461,7 @@ async fn snapshots_round_trip_and_newer_data_wins() {
         },
     )
     .unwrap();
-    b.hydrate(serde_json::from_str(&json).unwrap());
+    b.hydrate(serde_json::from_str(&json).unwrap()).unwrap();
     assert_eq!(
         b.get_query_data::<User>(&key!["user", 1]).unwrap().name,
         "newer"

@@ -367,3 +367,57 @@ async fn three_os_processes_see_one_anothers_invalidations() {
         assert_eq!(seen, 2, "each process sees the other two:\n{text}");
     }
 }
+
+/// The story: a client whose bus listener started on one runtime stopped hearing the other
+/// instances for good once that runtime shut down (the listener task died with it), so it
+/// went on serving data they had invalidated, as fresh. Now the listener restarts on the
+/// current runtime at the client's next call, resubscribes, and treats what it holds as
+/// possibly stale (messages sent meanwhile were lost).
+#[test]
+fn bus_listener_restarts_after_the_runtime_it_started_on_shut_down() {
+    let server = server_or_skip!("bus_listener_restarts");
+    let other_rt = tokio::runtime::Runtime::new().unwrap();
+    let other = other_rt.block_on(instance(&server, "rt", false));
+    let calls = Arc::new(AtomicU32::new(0));
+    let opts = counted(key!["rt", 1], calls.clone(), Duration::ZERO);
+
+    let first_rt = tokio::runtime::Runtime::new().unwrap();
+    let client = first_rt.block_on(async {
+        let client = instance(&server, "rt", false).await;
+        assert_eq!(*client.fetch_query(&opts).await.unwrap(), "v1");
+        client.flush_storage().await;
+        client
+    });
+    drop(first_rt); // the bus listener, the client's bus task and the gc driver die here
+
+    let second_rt = tokio::runtime::Runtime::new().unwrap();
+    second_rt.block_on(async {
+        // The next call restarts the background work on this runtime.
+        assert_eq!(*client.fetch_query(&opts).await.unwrap(), "v1");
+        // Give the restarted listener time to subscribe again.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    });
+    other_rt.block_on(async {
+        other.invalidate_queries(key!["rt"]).await;
+    });
+    second_rt.block_on(async {
+        eventually(
+            "the invalidation reaches the restarted listener",
+            Duration::from_secs(10),
+            || {
+                client
+                    .get_query_state::<String>(&key!["rt", 1])
+                    .is_some_and(|s| s.is_invalidated)
+            },
+        )
+        .await;
+        let fresh = client.fetch_query(&opts).await.unwrap();
+        // Stale-while-revalidate: the next read after the refetch sees new data.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = client.fetch_query(&opts).await.unwrap();
+        assert!(
+            after.as_str() != "v1" || fresh.as_str() != "v1",
+            "refetched after the invalidation"
+        );
+    });
+}

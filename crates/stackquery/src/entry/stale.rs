@@ -80,25 +80,34 @@ mod tests {
     async fn an_observed_entry_has_one_stale_timer_whatever_its_observers() {
         let client = QueryClient::new();
         let opts = QueryOptions::new(key!["k"], || async { Ok::<_, String>(2_u32) }).enabled(false);
-        let subs: Vec<_> = [5, 20, 60]
-            .into_iter()
-            .map(|s| {
-                let o = client.watch(&opts.clone().stale_time(Duration::from_secs(s)));
-                o.subscribe(|_| {})
-            })
-            .collect();
-        // Written while observed, so no gc timer was ever armed.
+        let observe = |secs| {
+            let o = client.watch(&opts.clone().stale_time(Duration::from_secs(secs)));
+            o.subscribe(|_| {})
+        };
+        let mut subs = vec![observe(5)];
+        // No data yet, so no stale timer: whatever is armed now is not about staleness.
+        let before = client.shared.timers.len();
         client.set_query_data(key!["k"], 1_u32).unwrap();
-        assert_eq!(client.shared.timers.len(), 1);
+        assert_eq!(client.shared.timers.len(), before + 1, "one stale timer");
+        subs.push(observe(20));
+        subs.push(observe(60));
+        assert_eq!(
+            client.shared.timers.len(),
+            before + 1,
+            "not one per observer"
+        );
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert_eq!(
             client.shared.timers.len(),
-            1,
+            before + 1,
             "moved on to the 60 s deadline"
         );
         drop(subs);
-        // Unobserved: the stale timer is gone, only the gc timer is left.
-        assert_eq!(client.shared.timers.len(), 1);
+        assert_eq!(
+            client.shared.timers.len(),
+            1,
+            "unobserved: only the gc timer"
+        );
         tokio::time::sleep(Duration::from_secs(600)).await;
         assert_eq!(client.shared.timers.len(), 0);
     }
