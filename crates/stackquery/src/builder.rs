@@ -155,6 +155,7 @@ impl QueryClientBuilder {
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn bus(mut self, bus: crate::bus::RedisBus) -> Self {
+        self.cluster.outbox = Some(crate::bus::outbox::Outbox::new(bus.clone()));
         self.cluster.bus = Some(bus);
         self
     }

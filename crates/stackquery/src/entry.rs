@@ -550,7 +550,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
         }
         drop(g);
         if write_behind && stored.is_some() {
-            self.write_behind(shared, None);
+            let _ = self.write_behind(shared, None);
         }
         flight.resolve(result);
         stored
@@ -567,26 +567,43 @@ impl<T: Send + Sync + 'static> Entry<T> {
     }
 
     /// Writes the entry's current data to the second tier now (cluster-dedup lease holder).
+    /// Returns how it landed, if it did.
     #[cfg(feature = "redis")]
-    pub(crate) async fn write_now(&self, shared: &Shared) {
-        let Some(tier) = &shared.tier else { return };
-        if let Some(write) = self.pending_write(None) {
-            tier.write_now(&shared.counters, &write).await;
-        }
+    pub(crate) async fn write_now(
+        &self,
+        shared: &Shared,
+    ) -> Option<crate::storage::tiered::Landed> {
+        let tier = shared.tier.as_ref()?;
+        let write = self.pending_write(None)?;
+        tier.write_now(&shared.counters, &write).await
     }
 
     /// Queues a second-tier write of the entry's current data, if the query is persisted;
-    /// `after` runs once it is written. Returns whether a write was queued.
-    pub(crate) fn write_behind(&self, shared: &Shared, after: Option<AfterWrite>) -> bool {
+    /// `after` runs once it has landed. `Err` gives `after` back when nothing was queued
+    /// (no storage, not persisted, or no data).
+    pub(crate) fn write_behind(
+        &self,
+        shared: &Shared,
+        after: Option<AfterWrite>,
+    ) -> Result<(), Option<AfterWrite>> {
         let Some(tier) = &shared.tier else {
-            return false;
+            return Err(after);
         };
+        let g = self.inner.lock();
+        let ready = g.options.as_ref().and_then(|o| o.persist).is_some()
+            && g.state.data.is_some()
+            && g.state.data_updated_at.is_some();
+        drop(g);
+        if !ready {
+            return Err(after);
+        }
         match self.pending_write(after) {
             Some(write) => {
                 tier.write(&shared.counters, write);
-                true
+                Ok(())
             }
-            None => false,
+            // Raced with a reset: its hook was dropped, which counts as run.
+            None => Err(None),
         }
     }
 
@@ -678,13 +695,12 @@ impl<T: Send + Sync + 'static> Entry<T> {
         let mut g = self.lock();
         g.inval_gen += 1;
         g.apply(Action::Invalidate);
-        self.rearm_stale_timer(&mut g, shared); // stale for everyone now: no notice due
-                                                // Only an entry with an enabled observer refetches; a disabled query is marked
-                                                // stale and waits for an explicit fetch (as in TanStack Query).
+        // Stale for everyone now: no stale notice is due any more.
+        self.rearm_stale_timer(&mut g, shared);
+        // (The client writes the invalidated flag to the second tier, then announces it.)
+        // Only an entry with an enabled observer refetches; a disabled query is marked
+        // stale and waits for an explicit fetch (as in TanStack Query).
         if g.enabled_observers == 0 || g.removed {
-            drop(g);
-            // The invalidated flag reaches the second tier, so it survives eviction.
-            self.write_behind(shared, None);
             return None;
         }
         // Observed: refetch now. A fetch that began before the invalidation would come

@@ -12,10 +12,14 @@ use futures::FutureExt;
 use tokio::time::Instant;
 
 use crate::client::Shared;
+#[cfg(feature = "redis")]
+use crate::cluster::Acquired;
 use crate::entry::{Entry, Reload};
 use crate::error::{panic_message, QueryError};
 use crate::flight::Flight;
 use crate::options::QueryOptions;
+#[cfg(feature = "redis")]
+use crate::storage::tiered::Landed;
 
 /// Settles the flight as cancelled if its task is dropped before finishing (aborted, or
 /// the runtime shut down), so no waiter is left hanging.
@@ -97,9 +101,14 @@ pub(crate) async fn run_flight<T: Send + Sync + 'static>(
     if let Some(token) = lease {
         let stored = guard.entry.settle(&guard.shared, &guard.flight, result);
         if stored.is_some() {
-            // The others are waiting on the shared tier: write it now, then tell them.
-            guard.entry.write_now(&guard.shared).await;
-            guard.shared.cluster.publish_set(guard.entry.key.clone());
+            // The others are waiting on the shared tier: write it now, then tell them what
+            // landed (a write that failed deleted the stored copy instead: they refetch).
+            let key = guard.entry.key.clone();
+            match guard.entry.write_now(&guard.shared).await {
+                Some(Landed::Written) => guard.shared.cluster.publish_set(key),
+                Some(Landed::Deleted) => guard.shared.cluster.publish_invalidate(key, true),
+                None => {}
+            }
         }
         guard.shared.cluster.release(&token).await;
         guard.shared.cache.evict_if_over_capacity(&guard.shared);
@@ -155,17 +164,23 @@ async fn cluster_step<T: Send + Sync + 'static>(
                 break ClusterStep::Served;
             }
         }
-        if let Some(token) = cluster.acquire(&key).await {
-            // Re-check: the holder may have written and released between our read and
-            // our acquire.
-            match tier.read(&shared.counters, &key, fns).await {
-                Some(envelope) if !envelope.invalidated => {
-                    cluster.release(&token).await;
-                    serve(envelope);
-                    break ClusterStep::Served;
+        match cluster.acquire(&key).await {
+            Acquired::Held(token) => {
+                // Re-check: the holder may have written and released between our read
+                // and our acquire.
+                match tier.read(&shared.counters, &key, fns).await {
+                    Some(envelope) if !envelope.invalidated => {
+                        cluster.release(&token).await;
+                        serve(envelope);
+                        break ClusterStep::Served;
+                    }
+                    _ => break ClusterStep::Lease(token),
                 }
-                _ => break ClusterStep::Lease(token),
             }
+            // Nobody can coordinate while Redis is unreachable: waiting for a holder that
+            // may not exist would cost the whole `max_wait`.
+            Acquired::Unreachable => break ClusterStep::Local,
+            Acquired::Busy => {}
         }
         let now = Instant::now();
         if now >= deadline {
@@ -213,9 +228,12 @@ async fn hydrate_flight<T: Send + Sync + 'static>(
     let at = envelope.data_updated_at();
     // A reload never takes invalidated data, and after lost messages only newer data;
     // otherwise fetch.
+    // A reload never clears an invalidation: after lost messages (`IfNewer`) only data
+    // strictly newer than ours is taken — an equal stamp is the very copy this or another
+    // instance invalidated, and taking it would serve invalidated data as fresh.
     let current = guard.entry.inner.lock().state.data_updated_at;
-    let older = current.is_some_and(|c| c > at);
-    if current.is_some() && (envelope.invalidated || (reload == Reload::IfNewer && older)) {
+    let not_newer = current.is_some_and(|c| c >= at);
+    if current.is_some() && (envelope.invalidated || (reload == Reload::IfNewer && not_newer)) {
         return false;
     }
     guard

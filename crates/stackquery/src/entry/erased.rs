@@ -12,6 +12,7 @@ use crate::entry::{age_of, Entry, Reload, Settled};
 use crate::key::QueryKey;
 use crate::snapshot::DehydratedQuery;
 use crate::state::{Action, FetchStatus};
+use crate::storage::tiered::AfterWrite;
 use crate::storage::Envelope;
 
 /// Type-erased view of an entry, for bulk operations and the cache's bookkeeping.
@@ -44,6 +45,14 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     fn notify_removed(&self);
     /// Whether the query is persisted (its options say so).
     fn is_persisted(&self) -> bool;
+    /// Queues a second-tier write of the entry's current state (data and invalidated
+    /// flag), if persisted and holding data; `after` runs once it has landed. Returns
+    /// `after` back when nothing was queued.
+    fn write_state_behind(
+        &self,
+        shared: &Shared,
+        after: Option<AfterWrite>,
+    ) -> Result<(), Option<AfterWrite>>;
     /// Another instance changed this key: mark it stale; with `reload`, the next fetch
     /// reads the shared tier first. Observed entries fetch at once.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
@@ -139,6 +148,13 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
                 }
             }
         }
+    }
+    fn write_state_behind(
+        &self,
+        shared: &Shared,
+        after: Option<AfterWrite>,
+    ) -> Result<(), Option<AfterWrite>> {
+        self.write_behind(shared, after)
     }
     fn is_persisted(&self) -> bool {
         self.inner
