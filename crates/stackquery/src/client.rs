@@ -322,7 +322,8 @@ impl QueryClient {
     }
 
     /// A snapshot of the key's state (`None` when absent or of another type). Staleness is
-    /// judged with the stale time of the key's last caller.
+    /// judged as for filters: stale if stale for any of the key's observers (each by its own
+    /// stale time), and for a key without observers by the stale time of its last caller.
     pub fn get_query_state<T: Send + Sync + 'static>(
         &self,
         key: &QueryKey,
@@ -332,7 +333,7 @@ impl QueryClient {
             .with(key, |e| {
                 e.as_any().downcast_ref::<Entry<T>>().map(|e| {
                     let g = e.inner.lock();
-                    g.snapshot(g.stale_time)
+                    g.snapshot(g.entry_stale_time())
                 })
             })
             .flatten()
@@ -487,8 +488,9 @@ impl QueryClient {
         found
     }
 
-    /// Marks matching entries stale (their data stays) and refetches the observed ones;
-    /// waits for those refetches. Returns how many entries were invalidated.
+    /// Marks matching entries stale (their data stays) and refetches the active ones (those
+    /// with an enabled observer); waits for those refetches. Returns how many entries were
+    /// invalidated. A disabled query is only marked stale.
     ///
     /// A fetch already in flight for an invalidated entry still delivers its result to its
     /// callers, but that result is stored as stale.
@@ -564,6 +566,7 @@ impl QueryClient {
 
     /// Refetches every matching entry whose fetch function is known (entries only ever
     /// written by hand are skipped) and waits for them to settle. Returns how many ran.
+    /// Disabled queries (observed only by disabled observers) are skipped too.
     pub async fn refetch_queries(&self, filter: impl Into<QueryFilter>) -> usize {
         let waits: Vec<_> = self
             .matching(&filter.into())
@@ -604,8 +607,8 @@ impl QueryClient {
         removed.len()
     }
 
-    /// Puts matching entries back in their initial state (no data). Observed entries are
-    /// refetched. Returns how many were reset.
+    /// Puts matching entries back in their initial state (no data). Active entries (with an
+    /// enabled observer) are refetched. Returns how many were reset.
     pub fn reset_queries(&self, filter: impl Into<QueryFilter>) -> usize {
         let filter = filter.into();
         let found = self.matching(&filter);
@@ -697,7 +700,7 @@ impl QueryClient {
                 continue;
             };
             let leftover = match shared.cache.get(&key) {
-                Some(e) => e.restore(q).err(),
+                Some(e) => e.restore(shared, q).err(),
                 None => Some(q),
             };
             used += match leftover {

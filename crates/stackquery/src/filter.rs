@@ -18,7 +18,7 @@ enum Target {
 /// Selects entries for bulk operations.
 ///
 /// A key converts into a prefix filter (`["user"]` matches `["user", 1]`); narrow further
-/// by staleness, activity (having observers) or a predicate over the key.
+/// by staleness, activity (having enabled observers) or a predicate over the key.
 ///
 /// ```
 /// use stackquery::{key, QueryFilter};
@@ -74,14 +74,17 @@ impl QueryFilter {
         Self::with_target(Target::Exact(key.into()))
     }
 
-    /// Keep only stale (`true`) or only fresh (`false`) entries.
+    /// Keep only stale (`true`) or only fresh (`false`) entries. An observed entry is stale
+    /// when it is stale for any of its observers (each judges by its own stale time); an
+    /// unobserved one is judged by the stale time of its last caller.
     #[must_use]
     pub fn stale(mut self, stale: bool) -> Self {
         self.stale = Some(stale);
         self
     }
 
-    /// Keep only entries with observers (`true`) or without (`false`).
+    /// Keep only active entries (`true`: at least one *enabled* observer) or inactive ones
+    /// (`false`: no observer, or only disabled ones), as in TanStack Query.
     #[must_use]
     pub fn active(mut self, active: bool) -> Self {
         self.active = Some(active);
