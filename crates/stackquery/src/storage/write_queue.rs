@@ -338,6 +338,9 @@ impl InFlight {
                 }
             }
         }
+        // Not `while let`: its scrutinee (a map iterator) would live across the awaits
+        // below and make the worker's future not `Send`.
+        #[allow(clippy::while_let_loop)]
         loop {
             let Some(key) = self.left.keys.keys().next().cloned() else {
                 break;

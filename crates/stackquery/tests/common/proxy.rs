@@ -41,7 +41,10 @@ impl Proxy {
                     live.push(client.try_clone().expect("clone"));
                     live.push(server.try_clone().expect("clone"));
                 }
-                pump(client.try_clone().expect("clone"), server.try_clone().expect("clone"));
+                pump(
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
                 pump(server, client);
             }
         });
