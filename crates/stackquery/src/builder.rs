@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::client::QueryClient;
 use crate::cluster::Cluster;
 use crate::error::QueryError;
+use crate::key::QueryKey;
 use crate::options::Defaults;
 use crate::retry::{RetryDelay, RetryPolicy};
 use crate::storage::tiered::{Tier, TierConfig};
@@ -33,6 +34,7 @@ pub struct QueryClientBuilder {
     storage_timeout: Duration,
     tier: TierConfig,
     cluster: Cluster,
+    persist_rules: crate::persist_rules::PersistRules,
 }
 
 impl Default for QueryClientBuilder {
@@ -47,6 +49,7 @@ impl Default for QueryClientBuilder {
                 ttl: None,
             },
             cluster: Cluster::default(),
+            persist_rules: Default::default(),
         }
     }
 }
@@ -59,6 +62,7 @@ impl fmt::Debug for QueryClientBuilder {
             .field("storage", &self.storage.is_some())
             .field("storage_timeout", &self.storage_timeout)
             .field("tier", &self.tier)
+            .field("persist_rules", &self.persist_rules)
             .finish()
     }
 }
@@ -182,6 +186,31 @@ impl QueryClientBuilder {
         self
     }
 
+    /// Persists every key under `prefix` that holds a `T`, whatever its queries say: manual
+    /// writes and optimistic updates of such a key reach the second tier even before any
+    /// query of it ran here (so a restart never serves the older stored value), and its
+    /// reads hydrate from the second tier like a query marked
+    /// [`persist`](crate::QueryOptions::persist). Rules are tried in the order added.
+    /// Without a storage this does nothing.
+    ///
+    /// ```
+    /// use stackquery::{key, MemoryStorage, QueryClient};
+    ///
+    /// let client = QueryClient::builder()
+    ///     .storage(MemoryStorage::new())
+    ///     .persist_prefix::<String>(key!["user"])
+    ///     .build();
+    /// // Persisted although no query of ["user", 1] has run yet.
+    /// client.set_query_data(key!["user", 1], "Ada".to_string()).unwrap();
+    /// ```
+    pub fn persist_prefix<T>(mut self, prefix: impl Into<QueryKey>) -> Self
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    {
+        self.persist_rules.add::<T>(prefix.into());
+        self
+    }
+
     /// Builds the client. Call inside or outside a tokio runtime; background work (the
     /// gc task) starts on the first use inside one.
     pub fn build(self) -> QueryClient {
@@ -190,6 +219,12 @@ impl QueryClientBuilder {
             let bounded: Arc<dyn Storage> = Arc::new(TimeoutStorage::new(s, timeout));
             Arc::new(Tier::new(bounded, self.tier))
         });
-        QueryClient::assemble(self.defaults, self.max_queries, tier, self.cluster)
+        QueryClient::assemble(
+            self.defaults,
+            self.max_queries,
+            tier,
+            self.cluster,
+            self.persist_rules,
+        )
     }
 }

@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub(crate) timers: Arc<Timers>,
     /// The other instances: invalidation bus and cluster dedup (see `cluster.rs`).
     pub(crate) cluster: Cluster,
+    /// Keys persisted whatever their queries say (see `persist_rules.rs`).
+    pub(crate) persist_rules: crate::persist_rules::PersistRules,
     /// Scope queues of mutations (see `mutation.rs`).
     pub(crate) mutation_scopes: crate::mutation::Scopes,
     next_id: AtomicU64,
@@ -520,7 +522,7 @@ impl QueryClient {
             }
             return;
         };
-        let persisted: Vec<&ErasedEntry> = found.iter().filter(|e| e.is_persisted()).collect();
+        let persisted: Vec<&ErasedEntry> = found.iter().filter(|e| e.is_persisted(&self.shared)).collect();
         let scope_ops = if filter.is_key_only() {
             scope_delete_count(filter)
         } else {
@@ -630,7 +632,7 @@ impl QueryClient {
         let persisted: Vec<&ErasedEntry> = if filter.is_key_only() {
             Vec::new()
         } else {
-            matched.iter().filter(|e| e.is_persisted()).collect()
+            matched.iter().filter(|e| e.is_persisted(&self.shared)).collect()
         };
         let Some(tier) = &self.shared.tier else {
             if announce {
@@ -669,7 +671,7 @@ impl QueryClient {
             .cache
             .matching(Scope::All)
             .iter()
-            .filter_map(|e| e.dehydrate())
+            .filter_map(|e| e.dehydrate(&self.shared))
             .collect();
         DehydratedState::new(queries)
     }
@@ -783,6 +785,7 @@ impl QueryClient {
         max_queries: Option<usize>,
         tier: Option<Arc<Tier>>,
         cluster: Cluster,
+        persist_rules: crate::persist_rules::PersistRules,
     ) -> QueryClient {
         let shared = Arc::new_cyclic(|weak| {
             let timers = Arc::new(Timers::new(weak.clone()));
@@ -793,6 +796,7 @@ impl QueryClient {
                 counters: Arc::new(Counters::default()),
                 tier,
                 restored: Restored::new(),
+            persist_rules,
                 mutation_scopes: crate::mutation::Scopes::default(),
                 cluster,
                 next_id: AtomicU64::new(0),

@@ -26,7 +26,7 @@ use crate::flight::{FetchResult, Flight};
 use crate::key::QueryKey;
 use crate::options::QueryOptions;
 use crate::state::{reduce, Action, FetchStatus, QueryState};
-use crate::storage::tiered::{AfterWrite, PendingWrite};
+use crate::storage::tiered::{AfterWrite, PendingWrite, PersistFns};
 use crate::timers::{TimerKind, TimerTarget};
 
 /// A future that resolves when a started refetch settles (its outcome is in the cache).
@@ -356,9 +356,14 @@ impl<T: Send + Sync + 'static> Entry<T> {
         self: &Arc<Self>,
         g: &mut EntryInner<T>,
         shared: &Arc<Shared>,
-        opts: QueryOptions<T>,
+        mut opts: QueryOptions<T>,
     ) -> Result<Arc<Flight<T>>, QueryError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| QueryError::NoRuntime)?;
+        // A client rule can persist a key whose query does not say `.persist()`.
+        if opts.persist.is_none() {
+            opts.persist = shared.persist_rules.find::<T>(&self.key);
+        }
+        let persist = opts.persist;
         let previous = match &g.flight {
             Some(old) => old.previous.clone(),
             None => g.state.clone(),
@@ -368,7 +373,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
         // that join this flight share that read too.
         let reload = g.reload;
         let hydrate = (reload != Reload::No || (!g.hydrated && g.state.data.is_none()))
-            && opts.persist.is_some()
+            && persist.is_some()
             && (shared.tier.is_some() || !shared.restored.is_empty());
         g.hydrated = true;
         g.reload = Reload::No;
@@ -574,7 +579,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
         shared: &Shared,
     ) -> Option<crate::storage::tiered::Landed> {
         let tier = shared.tier.as_ref()?;
-        let write = self.pending_write(None)?;
+        let write = self.pending_write(shared, None)?;
         tier.write_now(&shared.counters, &write).await
     }
 
@@ -590,14 +595,14 @@ impl<T: Send + Sync + 'static> Entry<T> {
             return Err(after);
         };
         let g = self.inner.lock();
-        let ready = g.options.as_ref().and_then(|o| o.persist).is_some()
+        let ready = self.persist_fns(&g, shared).is_some()
             && g.state.data.is_some()
             && g.state.data_updated_at.is_some();
         drop(g);
         if !ready {
             return Err(after);
         }
-        match self.pending_write(after) {
+        match self.pending_write(shared, after) {
             Some(write) => {
                 tier.write(&shared.counters, write);
                 Ok(())
@@ -609,9 +614,9 @@ impl<T: Send + Sync + 'static> Entry<T> {
 
     /// The entry's current data as a second-tier write, if the query is persisted and
     /// has data.
-    fn pending_write(&self, after: Option<AfterWrite>) -> Option<PendingWrite<T>> {
+    fn pending_write(&self, shared: &Shared, after: Option<AfterWrite>) -> Option<PendingWrite<T>> {
         let g = self.inner.lock();
-        let fns = g.options.as_ref().and_then(|o| o.persist)?;
+        let fns = self.persist_fns(&g, shared)?;
         let (Some(data), Some(at)) = (g.state.data.clone(), g.state.data_updated_at) else {
             return None;
         };
@@ -624,6 +629,15 @@ impl<T: Send + Sync + 'static> Entry<T> {
             gc_time: g.gc_time,
             after,
         })
+    }
+
+    /// How the entry's data is persisted: as its query's options say, else as a client
+    /// rule for its key and type says (`None`: not persisted).
+    pub(crate) fn persist_fns(&self, g: &EntryInner<T>, shared: &Shared) -> Option<PersistFns<T>> {
+        g.options
+            .as_ref()
+            .and_then(|o| o.persist)
+            .or_else(|| shared.persist_rules.find::<T>(&self.key))
     }
 
     /// Arms the gc timer when nothing uses the entry any more.

@@ -68,6 +68,7 @@ mod key;
 mod mutation;
 mod observer;
 mod options;
+mod persist_rules;
 mod retry;
 mod snapshot;
 mod state;

@@ -44,7 +44,7 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     /// Tells the observers of a removed entry (called with no lock held).
     fn notify_removed(&self);
     /// Whether the query is persisted (its options say so).
-    fn is_persisted(&self) -> bool;
+    fn is_persisted(&self, shared: &Shared) -> bool;
     /// Queues a second-tier write of the entry's current state (data and invalidated
     /// flag), if persisted and holding data; `after` runs once it has landed. Returns
     /// `after` back when nothing was queued.
@@ -61,7 +61,7 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     /// observers recompute their state (called by the timer driver, no lock held).
     fn on_stale_timer(&self, shared: &Arc<Shared>);
     /// The entry as a snapshot item, if it is persisted and has data.
-    fn dehydrate(&self) -> Option<DehydratedQuery>;
+    fn dehydrate(&self, shared: &Shared) -> Option<DehydratedQuery>;
     /// Applies a snapshot item if the entry can decode it; gives it back otherwise.
     fn restore(&self, shared: &Shared, q: DehydratedQuery) -> Result<(), DehydratedQuery>;
 }
@@ -156,16 +156,13 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
     ) -> Result<(), Option<AfterWrite>> {
         self.write_behind(shared, after)
     }
-    fn is_persisted(&self) -> bool {
-        self.inner
-            .lock()
-            .options
-            .as_ref()
-            .is_some_and(|o| o.persist.is_some())
-    }
-    fn dehydrate(&self) -> Option<DehydratedQuery> {
+    fn is_persisted(&self, shared: &Shared) -> bool {
         let g = self.inner.lock();
-        let fns = g.options.as_ref()?.persist?;
+        self.persist_fns(&g, shared).is_some()
+    }
+    fn dehydrate(&self, shared: &Shared) -> Option<DehydratedQuery> {
+        let g = self.inner.lock();
+        let fns = self.persist_fns(&g, shared)?;
         let data = g.state.data.clone()?;
         let at = g.state.data_updated_at?;
         let invalidated = g.state.is_invalidated;
@@ -185,7 +182,11 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         }
     }
     fn restore(&self, shared: &Shared, q: DehydratedQuery) -> Result<(), DehydratedQuery> {
-        let Some(fns) = self.inner.lock().options.as_ref().and_then(|o| o.persist) else {
+        let fns = {
+            let g = self.inner.lock();
+            self.persist_fns(&g, shared)
+        };
+        let Some(fns) = fns else {
             return Err(q);
         };
         let envelope = match q.decode(fns) {
