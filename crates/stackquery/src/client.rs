@@ -522,7 +522,10 @@ impl QueryClient {
             }
             return;
         };
-        let persisted: Vec<&ErasedEntry> = found.iter().filter(|e| e.is_persisted(&self.shared)).collect();
+        let persisted: Vec<&ErasedEntry> = found
+            .iter()
+            .filter(|e| e.is_persisted(&self.shared))
+            .collect();
         let scope_ops = if filter.is_key_only() {
             scope_delete_count(filter)
         } else {
@@ -632,7 +635,10 @@ impl QueryClient {
         let persisted: Vec<&ErasedEntry> = if filter.is_key_only() {
             Vec::new()
         } else {
-            matched.iter().filter(|e| e.is_persisted(&self.shared)).collect()
+            matched
+                .iter()
+                .filter(|e| e.is_persisted(&self.shared))
+                .collect()
         };
         let Some(tier) = &self.shared.tier else {
             if announce {
@@ -796,7 +802,7 @@ impl QueryClient {
                 counters: Arc::new(Counters::default()),
                 tier,
                 restored: Restored::new(),
-            persist_rules,
+                persist_rules,
                 mutation_scopes: crate::mutation::Scopes::default(),
                 cluster,
                 next_id: AtomicU64::new(0),

@@ -41,7 +41,12 @@ impl<S: Storage> Storage for Slow<S> {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         self.inner.get(key).await
     }
-    async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), StorageError> {
+    async fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<(), StorageError> {
         tokio::time::sleep(self.delay).await;
         self.inner.set(key, value, ttl).await
     }
@@ -126,7 +131,10 @@ fn query(k: QueryKey, who: &'static str) -> (QueryOptions<String>, Arc<AtomicU32
 async fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !check() {
-        assert!(start.elapsed() < within, "timed out ({within:?}) waiting for {what}");
+        assert!(
+            start.elapsed() < within,
+            "timed out ({within:?}) waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     start.elapsed()
@@ -156,7 +164,11 @@ async fn a_removal_is_announced_only_after_it_reached_the_shared_tier() {
     let (qb, calls_b) = query(k.clone(), "B");
     assert_eq!(*a.fetch_query(&qa).await.unwrap(), "A-v1");
     a.flush_storage().await;
-    assert_eq!(*b.fetch_query(&qb).await.unwrap(), "A-v1", "B hydrates A's value");
+    assert_eq!(
+        *b.fetch_query(&qb).await.unwrap(),
+        "A-v1",
+        "B hydrates A's value"
+    );
     assert_eq!(calls_b.load(Ordering::SeqCst), 0);
 
     a.remove_queries(k.clone());
@@ -165,7 +177,10 @@ async fn a_removal_is_announced_only_after_it_reached_the_shared_tier() {
     })
     .await;
     let got = b.fetch_query(&qb).await.unwrap();
-    assert_eq!(*got, "B-v1", "B fetched upstream instead of reading the removed copy");
+    assert_eq!(
+        *got, "B-v1",
+        "B fetched upstream instead of reading the removed copy"
+    );
 }
 
 /// Defect 2, the story: an instance cut off from Redis invalidated a key; its publish was
@@ -196,20 +211,31 @@ async fn an_invalidation_made_while_cut_off_reaches_the_others_after_the_heal() 
     }
     proxy.heal();
     let healed = Instant::now();
-    eventually("B sees every invalidation made while A was cut off", Duration::from_secs(15), || {
-        keys.iter().all(|k| !serves_as_fresh(&b, k, "A-v1"))
-    })
+    eventually(
+        "B sees every invalidation made while A was cut off",
+        Duration::from_secs(15),
+        || keys.iter().all(|k| !serves_as_fresh(&b, k, "A-v1")),
+    )
     .await;
-    println!("invalidations made while cut off reached B {:?} after the heal", healed.elapsed());
+    println!(
+        "invalidations made while cut off reached B {:?} after the heal",
+        healed.elapsed()
+    );
     // And the shared tier holds the flag: a new instance does not take the value as fresh.
     let c = instance(Opts::new(server.url(), "d2")).await;
     eventually("A's flag writes land", Duration::from_secs(15), || true).await;
-    assert!(a.shutdown(Duration::from_secs(15)).await, "A's owed writes landed");
+    assert!(
+        a.shutdown(Duration::from_secs(15)).await,
+        "A's owed writes landed"
+    );
     for k in &keys {
         let (qc, _) = query(k.clone(), "C");
         let got = c.fetch_query(&qc).await.unwrap();
         let state = c.get_query_state::<String>(k).unwrap();
-        assert!(*got != "A-v1" || state.is_invalidated, "{k}: C got {got} as fresh");
+        assert!(
+            *got != "A-v1" || state.is_invalidated,
+            "{k}: C got {got} as fresh"
+        );
     }
 }
 
@@ -229,7 +255,11 @@ async fn an_instance_never_undoes_its_own_invalidation_after_reconnecting() {
     let (qb, _) = query(k.clone(), "B");
     assert_eq!(*b.fetch_query(&qb).await.unwrap(), "B-v1");
     b.flush_storage().await;
-    assert_eq!(*a.fetch_query(&qa).await.unwrap(), "B-v1", "A holds Redis's copy");
+    assert_eq!(
+        *a.fetch_query(&qa).await.unwrap(),
+        "B-v1",
+        "A holds Redis's copy"
+    );
     assert_eq!(calls_a.load(Ordering::SeqCst), 0);
 
     proxy.cut();
@@ -242,7 +272,8 @@ async fn an_instance_never_undoes_its_own_invalidation_after_reconnecting() {
     // A read starts the refresh (stale-while-revalidate); then look at what A holds.
     let _ = a.fetch_query(&qa).await.unwrap();
     eventually("A's refresh settles", Duration::from_secs(10), || {
-        a.get_query_state::<String>(&k).is_some_and(|s| !s.is_fetching())
+        a.get_query_state::<String>(&k)
+            .is_some_and(|s| !s.is_fetching())
     })
     .await;
     assert!(
@@ -301,15 +332,23 @@ async fn a_manual_write_on_a_key_never_read_here_does_not_make_others_reload_old
     b.flush_storage().await;
 
     a.set_query_data(k.clone(), "A-set".to_string()).unwrap();
-    eventually("B stops serving its old value as fresh", Duration::from_secs(10), || {
-        !serves_as_fresh(&b, &k, "B-v1")
-    })
+    eventually(
+        "B stops serving its old value as fresh",
+        Duration::from_secs(10),
+        || !serves_as_fresh(&b, &k, "B-v1"),
+    )
     .await;
     // B's next reads converge on new data, never the old value as fresh.
     let _ = b.fetch_query(&qb).await.unwrap();
-    eventually("B refetches", Duration::from_secs(10), || calls_b.load(Ordering::SeqCst) == 2).await;
+    eventually("B refetches", Duration::from_secs(10), || {
+        calls_b.load(Ordering::SeqCst) == 2
+    })
+    .await;
     eventually("B holds the new value", Duration::from_secs(10), || {
-        b.get_query_data::<String>(&k).as_deref().map(String::as_str) == Some("B-v2")
+        b.get_query_data::<String>(&k)
+            .as_deref()
+            .map(String::as_str)
+            == Some("B-v2")
     })
     .await;
 }
@@ -335,9 +374,11 @@ async fn a_write_refused_at_maxmemory_leaves_no_instance_with_the_old_value_as_f
     assert!(reply.starts_with("+OK"), "{reply}");
     a.set_query_data(k.clone(), "A-set".to_string()).unwrap();
     a.flush_storage().await;
-    eventually("B stops serving the old value as fresh", Duration::from_secs(10), || {
-        !serves_as_fresh(&b, &k, "A-v1")
-    })
+    eventually(
+        "B stops serving the old value as fresh",
+        Duration::from_secs(10),
+        || !serves_as_fresh(&b, &k, "A-v1"),
+    )
     .await;
     let reply = server.raw_command("CONFIG SET maxmemory 0").unwrap();
     assert!(reply.starts_with("+OK"), "{reply}");
@@ -401,10 +442,14 @@ async fn a_write_that_does_not_encode_still_invalidates_the_others() {
         },
     )
     .unwrap();
-    eventually("B stops serving the old value as fresh", Duration::from_secs(10), || {
-        b.get_query_state::<Doc>(&k)
-            .is_some_and(|s| s.is_stale() || s.data.is_none_or(|d| d.text != "A"))
-    })
+    eventually(
+        "B stops serving the old value as fresh",
+        Duration::from_secs(10),
+        || {
+            b.get_query_state::<Doc>(&k)
+                .is_some_and(|s| s.is_stale() || s.data.is_none_or(|d| d.text != "A"))
+        },
+    )
     .await;
 }
 
@@ -441,7 +486,10 @@ async fn a_persist_rule_persists_a_manual_write_before_any_read() {
     // Stale-while-revalidate: the stale value once, while the reload from Redis runs.
     let _ = b.fetch_query(&qb).await.unwrap();
     eventually("B holds A's write", Duration::from_secs(10), || {
-        b.get_query_data::<String>(&k).as_deref().map(String::as_str) == Some("A-set")
+        b.get_query_data::<String>(&k)
+            .as_deref()
+            .map(String::as_str)
+            == Some("A-set")
     })
     .await;
 }
@@ -466,5 +514,8 @@ async fn cluster_dedup_fetches_locally_at_once_when_redis_is_unreachable() {
     println!("cold persisted fetch with Redis unreachable: {took:?}");
     assert_eq!(*got, "A-v1");
     assert_eq!(calls_a.load(Ordering::SeqCst), 1);
-    assert!(took < Duration::from_secs(5), "waited {took:?} (max_wait is 20 s)");
+    assert!(
+        took < Duration::from_secs(5),
+        "waited {took:?} (max_wait is 20 s)"
+    );
 }
