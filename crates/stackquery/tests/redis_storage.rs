@@ -874,13 +874,19 @@ async fn prefix_delete_on_a_shared_database_costs_the_namespace_not_the_database
         "delete_prefix of 100 entries among {FOREIGN} foreign keys: {took:?} \
          (one SCAN walk of the database: {scan_walk:?}; deadline {budget:?})"
     );
-    assert_eq!(removed.unwrap(), 100, "took {took:?}, deadline {budget:?}");
 
     let fresh = store(&server, "shared").await;
+    let mut survivors = 0;
     for i in 0..100_u32 {
         let k = key!["user", i].to_string();
-        assert_eq!(fresh.get(&k).await.unwrap(), None, "{k} survived the removal");
+        survivors += usize::from(fresh.get(&k).await.unwrap().is_some());
     }
+    assert_eq!(
+        survivors, 0,
+        "{survivors} of 100 removed entries are still served to a fresh store \
+         (delete_prefix: {removed:?} after {took:?})"
+    );
+    assert_eq!(removed.unwrap(), 100);
     for i in 0..10_u32 {
         let k = key!["post", i].to_string();
         assert!(fresh.get(&k).await.unwrap().is_some(), "{k} was not under the prefix");
@@ -914,7 +920,8 @@ async fn index_members_of_expired_entries_are_pruned_and_never_counted() {
     }
     store.set(r#"["gone","live"]"#, b"v".to_vec(), None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(zcard(), 51, "expired entries leave members");
+    // Expired entries leave members (unless a background sweep step already met them).
+    assert!(zcard() > 1, "{} members", zcard());
     // Only the live entry counts; the stale members go with it.
     assert_eq!(store.delete_prefix(r#"["gone","#).await.unwrap(), 1);
     assert_eq!(zcard(), 0);
@@ -928,7 +935,10 @@ async fn index_members_of_expired_entries_are_pruned_and_never_counted() {
     }
     store.set("kept", b"v".to_vec(), None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(store.prune_index().await.unwrap(), 50);
+    let stale = zcard() - 1;
+    assert!(stale > 0);
+    // A background sweep step may prune some at the same moment.
+    assert!(store.prune_index().await.unwrap() <= stale);
     assert_eq!(zcard(), 1);
     store.delete("kept").await.unwrap();
     assert_eq!(zcard(), 0);
