@@ -356,7 +356,14 @@ fn build_example(name: &str) -> std::path::PathBuf {
     };
     let mut build = std::process::Command::new(env!("CARGO"));
     build
-        .args(["build", "-p", "stackquery", "--all-features", "--example", name])
+        .args([
+            "build",
+            "-p",
+            "stackquery",
+            "--all-features",
+            "--example",
+            name,
+        ])
         .arg("--target-dir")
         .arg(target_dir);
     match profile {
@@ -382,7 +389,10 @@ fn build_example(name: &str) -> std::path::PathBuf {
     let bin = profile_dir
         .join("examples")
         .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "{bin:?} after building it with profile {profile}");
+    assert!(
+        bin.exists(),
+        "{bin:?} after building it with profile {profile}"
+    );
     bin
 }
 

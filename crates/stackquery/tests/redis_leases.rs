@@ -54,7 +54,11 @@ async fn a_lease_held_while_work_runs_three_times_its_ttl_is_never_taken_over() 
     let key = r#"["report",2024]"#;
 
     for release in [true, false] {
-        let token = holder.try_acquire(key, ttl).await.unwrap().expect("a free lease");
+        let token = holder
+            .try_acquire(key, ttl)
+            .await
+            .unwrap()
+            .expect("a free lease");
         let working = Arc::new(AtomicBool::new(true));
         let (attempts, stolen) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
         let contender = {
@@ -86,7 +90,10 @@ async fn a_lease_held_while_work_runs_three_times_its_ttl_is_never_taken_over() 
         contender.await.unwrap();
         assert_eq!(answer, 42);
         assert!(ended - started >= ttl * 3);
-        assert!(attempts.load(Ordering::SeqCst) >= 20, "the contender kept trying");
+        assert!(
+            attempts.load(Ordering::SeqCst) >= 20,
+            "the contender kept trying"
+        );
         assert_eq!(
             stolen.load(Ordering::SeqCst),
             0,
@@ -95,7 +102,10 @@ async fn a_lease_held_while_work_runs_three_times_its_ttl_is_never_taken_over() 
         assert!(other.is_held(key).await.unwrap());
 
         if release {
-            assert!(holder.release(&token).await.unwrap(), "still ours at the end");
+            assert!(
+                holder.release(&token).await.unwrap(),
+                "still ours at the end"
+            );
             let next = other.try_acquire(key, ttl).await.unwrap();
             assert!(next.is_some(), "released: free at once");
             assert!(other.release(&next.unwrap()).await.unwrap());
@@ -103,10 +113,16 @@ async fn a_lease_held_while_work_runs_three_times_its_ttl_is_never_taken_over() 
             // Not released (its holder died right after): no renewal any more, so it
             // expires one ttl after the last renewal, at most.
             tokio::time::sleep(ttl + Duration::from_millis(200)).await;
-            assert!(!other.is_held(key).await.unwrap(), "renewals went on after the work");
+            assert!(
+                !other.is_held(key).await.unwrap(),
+                "renewals went on after the work"
+            );
             let next = other.try_acquire(key, ttl).await.unwrap();
             assert!(next.is_some(), "expired: free");
-            assert!(!holder.renew(&token, ttl).await.unwrap(), "no longer the holder's");
+            assert!(
+                !holder.renew(&token, ttl).await.unwrap(),
+                "no longer the holder's"
+            );
         }
     }
 }
@@ -139,10 +155,16 @@ async fn hold_while_saturates_huge_ttls() {
 async fn try_acquire_tells_held_elsewhere_from_unreachable() {
     let mut server = server_or_skip!("try_acquire_tells_held_elsewhere_from_unreachable");
     let (holder, other) = two_instances(&server).await;
-    let token = holder.try_acquire("k", Duration::from_secs(10)).await.unwrap();
+    let token = holder
+        .try_acquire("k", Duration::from_secs(10))
+        .await
+        .unwrap();
     assert!(token.is_some());
     assert_eq!(
-        other.try_acquire("k", Duration::from_secs(10)).await.unwrap(),
+        other
+            .try_acquire("k", Duration::from_secs(10))
+            .await
+            .unwrap(),
         None,
         "held elsewhere"
     );

@@ -260,7 +260,10 @@ async fn delete_prefix_walks_many_batches() {
     assert_eq!(removed, 1_500);
     // The 500 others and the index.
     assert_eq!(server.raw_command("DBSIZE").unwrap().trim(), ":501");
-    assert_eq!(server.raw_command("ZCARD batch:idx").unwrap().trim(), ":500");
+    assert_eq!(
+        server.raw_command("ZCARD batch:idx").unwrap().trim(),
+        ":500"
+    );
     assert_eq!(
         store.get(&key!["other", 4].to_string()).await.unwrap(),
         Some(vec![1; 16])
@@ -866,9 +869,7 @@ async fn prefix_delete_on_a_shared_database_costs_the_namespace_not_the_database
     let bounded = stackquery::storage::TimeoutStorage::new(writer.clone(), Duration::from_secs(1))
         .with_delete_prefix_timeout(budget);
     let started = Instant::now();
-    let removed = bounded
-        .delete_prefix(&children_prefix(&key!["user"]))
-        .await;
+    let removed = bounded.delete_prefix(&children_prefix(&key!["user"])).await;
     let took = started.elapsed();
     eprintln!(
         "delete_prefix of 100 entries among {FOREIGN} foreign keys: {took:?} \
@@ -889,10 +890,17 @@ async fn prefix_delete_on_a_shared_database_costs_the_namespace_not_the_database
     assert_eq!(removed.unwrap(), 100);
     for i in 0..10_u32 {
         let k = key!["post", i].to_string();
-        assert!(fresh.get(&k).await.unwrap().is_some(), "{k} was not under the prefix");
+        assert!(
+            fresh.get(&k).await.unwrap().is_some(),
+            "{k} was not under the prefix"
+        );
     }
     let dbsize: u64 = redis::cmd("DBSIZE").query_async(&mut raw).await.unwrap();
-    assert_eq!(dbsize, u64::from(FOREIGN) + 10 + 1, "foreign keys, posts, the index");
+    assert_eq!(
+        dbsize,
+        u64::from(FOREIGN) + 10 + 1,
+        "foreign keys, posts, the index"
+    );
 }
 
 /// Entries that expire by their ttl leave their index member behind; the members are
@@ -918,7 +926,10 @@ async fn index_members_of_expired_entries_are_pruned_and_never_counted() {
             .await
             .unwrap();
     }
-    store.set(r#"["gone","live"]"#, b"v".to_vec(), None).await.unwrap();
+    store
+        .set(r#"["gone","live"]"#, b"v".to_vec(), None)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
     // Expired entries leave members (unless a background sweep step already met them).
     assert!(zcard() > 1, "{} members", zcard());

@@ -69,10 +69,18 @@ async fn a_prefix_delete_longer_than_the_per_call_timeout_completes_within_its_o
         .build();
     client.remove_queries(key!["user"]);
     client.flush_storage().await;
-    assert_eq!(client.stats().l2_errors, 0, "the prefix delete was cut short");
+    assert_eq!(
+        client.stats().l2_errors,
+        0,
+        "the prefix delete was cut short"
+    );
     for i in 0..10 {
         let k = key!["user", i].to_string();
-        assert_eq!(store.inner.get(&k).await.unwrap(), None, "{k} was served again");
+        assert_eq!(
+            store.inner.get(&k).await.unwrap(),
+            None,
+            "{k} was served again"
+        );
     }
 
     // The same through the wrapper alone.

@@ -239,7 +239,12 @@ impl RedisLeases {
     /// unreachable) is retried at the next tick, while the lease may still be alive; a
     /// renewal that finds the lease held by another token (it expired in between) stops
     /// renewing, and `work` runs on regardless — its result is still worth having.
-    pub async fn hold_while<F: Future>(&self, token: &LeaseToken, ttl: Duration, work: F) -> F::Output {
+    pub async fn hold_while<F: Future>(
+        &self,
+        token: &LeaseToken,
+        ttl: Duration,
+        work: F,
+    ) -> F::Output {
         let work = std::pin::pin!(work);
         let renewals = std::pin::pin!(self.keep_alive(token, ttl));
         match futures::future::select(work, renewals).await {
@@ -259,7 +264,10 @@ impl RedisLeases {
             match self.renew(token, ttl).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    tracing::warn!(key = token.key(), "lease lost before the work ended: no longer renewed");
+                    tracing::warn!(
+                        key = token.key(),
+                        "lease lost before the work ended: no longer renewed"
+                    );
                     return;
                 }
                 Err(error) => {

@@ -339,7 +339,10 @@ impl RedisStorage {
             match store.sweep_step(&after, SWEEP_BATCH).await {
                 Ok((pruned, last)) => {
                     if pruned > 0 {
-                        tracing::debug!(pruned, "Redis storage pruned index members of expired entries");
+                        tracing::debug!(
+                            pruned,
+                            "Redis storage pruned index members of expired entries"
+                        );
                     }
                     *store.sweep.cursor.lock() = last;
                 }

@@ -582,8 +582,11 @@ mod tests {
         let other_process = std::thread::spawn(move || {
             let conn = Connection::open(&path).unwrap();
             conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-            conn.execute("UPDATE stackquery_cache SET value = x'00' WHERE key = 'nothing'", [])
-                .unwrap();
+            conn.execute(
+                "UPDATE stackquery_cache SET value = x'00' WHERE key = 'nothing'",
+                [],
+            )
+            .unwrap();
             locked.send(()).unwrap();
             std::thread::sleep(Duration::from_secs(2));
             conn.execute_batch("COMMIT").unwrap();
