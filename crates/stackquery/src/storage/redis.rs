@@ -75,8 +75,8 @@ const MAX_TTL_MS: u64 = 1 << 61;
 /// behind, which is harmless (a prefix delete counts only entries it actually removed) and
 /// pruned: by the prefix delete that meets it, and by a sweep that runs in the background
 /// every few `set`s (a Lua script that removes, atomically, the members whose entry is
-/// gone), so the index stays about as large as the live entries. [`prune_index`]
-/// (RedisStorage::prune_index) runs a whole pass on demand.
+/// gone), so the index stays about as large as the live entries.
+/// [`prune_index`](RedisStorage::prune_index) runs a whole pass on demand.
 ///
 /// Entries written without a member (by hand, or by a build of this crate from before the
 /// index, which was never released) are invisible to `delete_prefix`; they still expire
