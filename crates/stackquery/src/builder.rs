@@ -174,6 +174,7 @@ impl QueryClientBuilder {
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn bus(mut self, bus: crate::bus::RedisBus) -> Self {
+        self.cluster.outbox = Some(crate::bus::outbox::Outbox::new(bus.clone()));
         self.cluster.bus = Some(bus);
         self
     }
@@ -182,7 +183,8 @@ impl QueryClientBuilder {
     /// instances want one cold key at once, one of them fetches under a lease (held at most
     /// `lease_ttl` if its holder dies) and the others read its result from the shared tier,
     /// woken by the bus; after `max_wait` a waiter fetches by itself. Needs a storage and
-    /// a [`bus`](Self::bus).
+    /// a [`bus`](Self::bus). Both durations saturate: `Duration::MAX` means "never" (a
+    /// lease that only its release ends; a waiter that never gives up).
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn cluster_dedup(

@@ -203,6 +203,15 @@ impl Cache {
         }
     }
 
+    /// After a manual write: `max_queries(0)` keeps nothing, the written entry included.
+    /// (With a bound above 0 the insertion already made room for it, and a write never
+    /// pushes out the very entry it wrote.)
+    pub(crate) fn drop_if_keeping_nothing(&self, shared: &Shared) {
+        if self.max == Some(0) {
+            self.evict_if_over_capacity(shared);
+        }
+    }
+
     /// After a fetch settles or an observer leaves: trim back to `max_queries`.
     pub(crate) fn evict_if_over_capacity(&self, shared: &Shared) {
         let Some(max) = self.max else { return };

@@ -10,7 +10,7 @@ use crate::builder::QueryClientBuilder;
 use crate::cache::{Cache, ErasedEntry, Scope};
 use crate::cluster::Cluster;
 use crate::entry::{Entry, Mode, Step};
-use crate::error::{panic_message, QueryError};
+use crate::error::QueryError;
 use crate::filter::QueryFilter;
 use crate::key::QueryKey;
 use crate::options::{Defaults, QueryOptions};
@@ -18,7 +18,7 @@ use crate::snapshot::{DehydratedState, Restored};
 use crate::state::QueryState;
 use crate::stats::{CacheStats, Counters};
 use crate::storage::children_prefix;
-use crate::storage::tiered::Tier;
+use crate::storage::tiered::{AfterWrite, Landed, Tier};
 use crate::timers::Timers;
 
 /// Everything the client's handles, fetch tasks and gc task share.
@@ -37,6 +37,23 @@ pub(crate) struct Shared {
     /// Scope queues of mutations (see `mutation.rs`).
     pub(crate) mutation_scopes: crate::mutation::Scopes,
     next_id: AtomicU64,
+}
+
+/// How many second-tier operations [`QueryClient::delete_scope`] queues for a key-only
+/// filter.
+fn scope_delete_count(filter: &QueryFilter) -> usize {
+    match filter.scope() {
+        Scope::Prefix(_) => 2,
+        Scope::All | Scope::Exact(_) => 1,
+    }
+}
+
+fn publish_invalidate(shared: &Shared, key: QueryKey, exact: bool) {
+    shared.cluster.publish_invalidate(key, exact);
+}
+
+fn publish_remove(shared: &Shared, key: QueryKey, exact: bool) {
+    shared.cluster.publish_remove(key, !exact);
 }
 
 impl Shared {
@@ -305,7 +322,8 @@ impl QueryClient {
     }
 
     /// A snapshot of the key's state (`None` when absent or of another type). Staleness is
-    /// judged with the stale time of the key's last caller.
+    /// judged as for filters: stale if stale for any of the key's observers (each by its own
+    /// stale time), and for a key without observers by the stale time of its last caller.
     pub fn get_query_state<T: Send + Sync + 'static>(
         &self,
         key: &QueryKey,
@@ -315,7 +333,7 @@ impl QueryClient {
             .with(key, |e| {
                 e.as_any().downcast_ref::<Entry<T>>().map(|e| {
                     let g = e.inner.lock();
-                    g.snapshot(g.stale_time)
+                    g.snapshot(g.entry_stale_time())
                 })
             })
             .flatten()
@@ -347,8 +365,7 @@ impl QueryClient {
         let entry = self.typed_entry::<T>(&key)?;
         entry.set_data(&self.shared, data);
         self.announce_set(&entry, key);
-        // `max_queries(0)` keeps nothing, a manual write included.
-        self.shared.cache.evict_if_over_capacity(&self.shared);
+        self.shared.cache.drop_if_keeping_nothing(&self.shared);
         Ok(())
     }
 
@@ -378,9 +395,7 @@ impl QueryClient {
                 let g = entry.inner.lock();
                 (g.state.data.clone(), g.data_gen)
             };
-            let new =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| updater(old.as_deref())))
-                    .map_err(|p| QueryError::Panicked(panic_message(&*p)))?;
+            let new = crate::user_code::contain("update_query_data", || updater(old.as_deref()))?;
             // Nothing written (or the updater panicked): an entry created just for this
             // call was armed for the gc when it was made, like every new entry.
             let Some(new) = new else {
@@ -390,53 +405,81 @@ impl QueryClient {
             // Check and write under one lock: two updaters can never both win.
             if entry.set_data_if(&self.shared, old.as_ref(), gen, new.clone()) {
                 self.announce_set(&entry, key);
-                // `max_queries(0)` keeps nothing, a manual write included.
-                self.shared.cache.evict_if_over_capacity(&self.shared);
+                self.shared.cache.drop_if_keeping_nothing(&self.shared);
                 return Ok(Some(new));
             }
         }
     }
 
-    /// A manual write goes to the second tier (if persisted) and then to the other
-    /// instances: they are told only once the shared tier holds the new data.
+    /// A manual write goes to the second tier and only then to the other instances:
+    /// they are told `Set` once the shared tier holds the new data, or `Invalidate` when
+    /// it could not be written (the stored copy was deleted instead) or the key is not
+    /// persisted here (an older stored copy is deleted first), so that no instance
+    /// reloads an older value as fresh.
     fn announce_set<T: Send + Sync + 'static>(&self, entry: &Entry<T>, key: QueryKey) {
-        if !self.shared.cluster.has_bus() {
-            entry.write_behind(&self.shared, None);
+        let shared = &self.shared;
+        let bus = shared.cluster.has_bus();
+        let hook = |key: QueryKey| -> Option<AfterWrite> {
+            let weak = Arc::downgrade(shared);
+            bus.then(|| -> AfterWrite {
+                Box::new(move |landed| {
+                    if let Some(shared) = weak.upgrade() {
+                        match landed {
+                            Landed::Written => shared.cluster.publish_set(key),
+                            Landed::Deleted => shared.cluster.publish_invalidate(key, true),
+                        }
+                    }
+                })
+            })
+        };
+        let Err(hook) = entry.write_behind(shared, hook(key.clone())) else {
             return;
-        }
-        let weak = Arc::downgrade(&self.shared);
-        let k = key.clone();
-        let after: crate::storage::tiered::AfterWrite = Box::new(move || {
-            if let Some(shared) = weak.upgrade() {
-                shared.cluster.publish_set(k);
-            }
-        });
-        if !entry.write_behind(&self.shared, Some(after)) {
-            self.shared.cluster.publish_set(key);
+        };
+        match &shared.tier {
+            Some(tier) => tier.delete(&shared.counters, key.to_string(), hook),
+            None if bus => shared.cluster.publish_invalidate(key, true),
+            None => {}
         }
     }
 
-    /// Tells the other instances what a key-only filter covers, or each matched key.
-    fn announce(
+    /// Hooks that publish what `filter` covered (one message for a key-only filter, else
+    /// one per matched key) once all `n` second-tier operations they are attached to have
+    /// landed. With no bus: `n` empty hooks.
+    fn announce_after(
         &self,
+        n: usize,
         filter: &QueryFilter,
         matched: &[ErasedEntry],
-        publish: impl Fn(QueryKey, bool),
-    ) {
+        publish: fn(&Shared, QueryKey, bool),
+    ) -> Vec<Option<AfterWrite>> {
         if !self.shared.cluster.has_bus() {
-            return;
+            return (0..n).map(|_| None).collect();
         }
-        if filter.is_key_only() {
-            match filter.scope() {
-                Scope::All => publish(crate::key![], false),
-                Scope::Exact(k) => publish(k.clone(), true),
-                Scope::Prefix(p) => publish(p.clone(), false),
-            }
+        let messages: Vec<(QueryKey, bool)> = if filter.is_key_only() {
+            vec![match filter.scope() {
+                Scope::All => (crate::key![], false),
+                Scope::Exact(k) => (k.clone(), true),
+                Scope::Prefix(p) => (p.clone(), false),
+            }]
         } else {
-            for e in matched {
-                publish(e.key().clone(), true);
+            matched.iter().map(|e| (e.key().clone(), true)).collect()
+        };
+        let weak = Arc::downgrade(&self.shared);
+        let send = move || {
+            if let Some(shared) = weak.upgrade() {
+                for (k, exact) in messages {
+                    publish(&shared, k, exact);
+                }
             }
+        };
+        if n == 0 {
+            send();
+            return Vec::new();
         }
+        crate::storage::write_queue::after_all(n, send)
+            .into_iter()
+            .map(Some)
+            .collect()
     }
 
     fn matching(&self, filter: &QueryFilter) -> Vec<ErasedEntry> {
@@ -445,30 +488,85 @@ impl QueryClient {
         found
     }
 
-    /// Marks matching entries stale (their data stays) and refetches the observed ones;
-    /// waits for those refetches. Returns how many entries were invalidated.
+    /// Marks matching entries stale (their data stays) and refetches the active ones (those
+    /// with an enabled observer); waits for those refetches. Returns how many entries were
+    /// invalidated. A disabled query is only marked stale.
     ///
     /// A fetch already in flight for an invalidated entry still delivers its result to its
     /// callers, but that result is stored as stale.
     pub async fn invalidate_queries(&self, filter: impl Into<QueryFilter>) -> usize {
         let filter = filter.into();
         let found = self.matching(&filter);
-        let cluster = &self.shared.cluster;
-        self.announce(&filter, &found, |k, exact| {
-            cluster.publish_invalidate(k, exact)
-        });
         let n = found.len();
         let waits: Vec<_> = found
-            .into_iter()
-            .filter_map(|e| e.invalidate(&self.shared))
+            .iter()
+            .filter_map(|e| e.clone().invalidate(&self.shared))
             .collect();
+        self.invalidate_in_storage(&filter, &found);
         tracing::debug!(entries = n, refetching = waits.len(), "invalidated");
         join_all(waits).await;
         n
     }
 
+    /// The invalidation reaches the second tier before the other instances hear of it:
+    /// copies of what this instance holds are rewritten with the invalidated flag (kept
+    /// for stale-while-revalidate), other stored copies under a key-only filter are
+    /// deleted (no instance can read them back as fresh); then the bus message goes out.
+    fn invalidate_in_storage(&self, filter: &QueryFilter, found: &[ErasedEntry]) {
+        let shared = &self.shared;
+        let Some(tier) = &shared.tier else {
+            for hook in self.announce_after(0, filter, found, publish_invalidate) {
+                drop(hook);
+            }
+            return;
+        };
+        let persisted: Vec<&ErasedEntry> = found.iter().filter(|e| e.is_persisted()).collect();
+        let scope_ops = if filter.is_key_only() {
+            scope_delete_count(filter)
+        } else {
+            0
+        };
+        let mut hooks = self
+            .announce_after(
+                scope_ops + persisted.len(),
+                filter,
+                found,
+                publish_invalidate,
+            )
+            .into_iter();
+        if filter.is_key_only() {
+            self.delete_scope(tier, filter, &mut hooks);
+        }
+        for e in persisted {
+            let hook = hooks.next().flatten();
+            if let Err(hook) = e.write_state_behind(shared, hook) {
+                // No data to flag: make sure no stored copy is read back as fresh.
+                tier.delete(&shared.counters, e.key().to_string(), hook);
+            }
+        }
+    }
+
+    /// Queues the second-tier deletes of a key-only filter's scope, one hook each.
+    fn delete_scope(
+        &self,
+        tier: &Tier,
+        filter: &QueryFilter,
+        hooks: &mut impl Iterator<Item = Option<AfterWrite>>,
+    ) {
+        let counters = &self.shared.counters;
+        match filter.scope() {
+            Scope::All => tier.delete_prefix(counters, "[".to_string(), hooks.next().flatten()),
+            Scope::Exact(k) => tier.delete(counters, k.to_string(), hooks.next().flatten()),
+            Scope::Prefix(p) => {
+                tier.delete(counters, p.to_string(), hooks.next().flatten());
+                tier.delete_prefix(counters, children_prefix(p), hooks.next().flatten());
+            }
+        }
+    }
+
     /// Refetches every matching entry whose fetch function is known (entries only ever
     /// written by hand are skipped) and waits for them to settle. Returns how many ran.
+    /// Disabled queries (observed only by disabled observers) are skipped too.
     pub async fn refetch_queries(&self, filter: impl Into<QueryFilter>) -> usize {
         let waits: Vec<_> = self
             .matching(&filter.into())
@@ -497,11 +595,7 @@ impl QueryClient {
     pub fn remove_queries(&self, filter: impl Into<QueryFilter>) -> usize {
         let filter = filter.into();
         let found = self.matching(&filter);
-        self.forget_in_storage(&filter, &found);
-        let cluster = &self.shared.cluster;
-        self.announce(&filter, &found, |k, exact| {
-            cluster.publish_remove(k, !exact)
-        });
+        self.forget_in_storage(&filter, &found, true);
         let removed: Vec<_> = found
             .iter()
             .filter_map(|e| self.shared.cache.remove(e.key(), Some(e.id())))
@@ -513,12 +607,12 @@ impl QueryClient {
         removed.len()
     }
 
-    /// Puts matching entries back in their initial state (no data). Observed entries are
-    /// refetched. Returns how many were reset.
+    /// Puts matching entries back in their initial state (no data). Active entries (with an
+    /// enabled observer) are refetched. Returns how many were reset.
     pub fn reset_queries(&self, filter: impl Into<QueryFilter>) -> usize {
         let filter = filter.into();
         let found = self.matching(&filter);
-        self.forget_in_storage(&filter, &found);
+        self.forget_in_storage(&filter, &found, false);
         for e in &found {
             e.reset(&self.shared);
             if e.is_active() {
@@ -530,24 +624,40 @@ impl QueryClient {
     }
 
     /// Removed or reset data must not come back from the second tier: delete the whole key
-    /// tree when the filter is by key only, else the matched persisted entries.
-    fn forget_in_storage(&self, filter: &QueryFilter, matched: &[ErasedEntry]) {
+    /// tree when the filter is by key only, else the matched persisted entries. With
+    /// `announce`, the other instances hear of the removal once the deletes have landed.
+    fn forget_in_storage(&self, filter: &QueryFilter, matched: &[ErasedEntry], announce: bool) {
+        let persisted: Vec<&ErasedEntry> = if filter.is_key_only() {
+            Vec::new()
+        } else {
+            matched.iter().filter(|e| e.is_persisted()).collect()
+        };
         let Some(tier) = &self.shared.tier else {
+            if announce {
+                drop(self.announce_after(0, filter, matched, publish_remove));
+            }
             return;
         };
-        let counters = &self.shared.counters;
-        if filter.is_key_only() {
-            match filter.scope() {
-                Scope::All => tier.delete_prefix(counters, "[".to_string()),
-                Scope::Exact(k) => tier.delete(counters, k.to_string()),
-                Scope::Prefix(p) => {
-                    tier.delete(counters, p.to_string());
-                    tier.delete_prefix(counters, children_prefix(p));
-                }
-            }
+        let n = if filter.is_key_only() {
+            scope_delete_count(filter)
         } else {
-            for e in matched.iter().filter(|e| e.is_persisted()) {
-                tier.delete(counters, e.key().to_string());
+            persisted.len()
+        };
+        let mut hooks = if announce {
+            self.announce_after(n, filter, matched, publish_remove)
+        } else {
+            (0..n).map(|_| None).collect()
+        }
+        .into_iter();
+        if filter.is_key_only() {
+            self.delete_scope(tier, filter, &mut hooks);
+        } else {
+            for e in persisted {
+                tier.delete(
+                    &self.shared.counters,
+                    e.key().to_string(),
+                    hooks.next().flatten(),
+                );
             }
         }
     }
@@ -590,7 +700,7 @@ impl QueryClient {
                 continue;
             };
             let leftover = match shared.cache.get(&key) {
-                Some(e) => e.restore(q).err(),
+                Some(e) => e.restore(shared, q).err(),
                 None => Some(q),
             };
             used += match leftover {
@@ -613,6 +723,38 @@ impl QueryClient {
         if let Some(tier) = &self.shared.tier {
             tier.flush(&self.shared.counters).await;
         }
+    }
+
+    /// Graceful shutdown: waits, at most `limit`, until everything this client owes the
+    /// shared tier has landed (write-behind, invalidation flags and deletes, retried
+    /// through an outage) and every bus message it still has to send has gone out. Returns
+    /// `true` when all of it did.
+    ///
+    /// # What a plain drop loses
+    /// Dropping the last handle without this call abandons what is still queued: recent
+    /// writes never reach the second tier (the store keeps the previous value, or none),
+    /// and announcements queued for the other instances are never sent, so they keep
+    /// serving what this client changed until their own stale time passes. Call
+    /// `shutdown` (or at least [`flush_storage`](Self::flush_storage)) before exiting.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let client = stackquery::QueryClient::new();
+    /// // … serve requests …
+    /// assert!(client.shutdown(std::time::Duration::from_secs(5)).await);
+    /// # }
+    /// ```
+    pub async fn shutdown(&self, limit: std::time::Duration) -> bool {
+        let start = tokio::time::Instant::now();
+        let stored = match &self.shared.tier {
+            Some(tier) => tier.settle(&self.shared.counters, limit).await,
+            None => true,
+        };
+        // Announcements wait for their writes: drain the outbox in what time is left.
+        let left = limit.saturating_sub(start.elapsed());
+        let sent = self.shared.cluster.drain(left).await;
+        stored && sent
     }
 
     /// How many matching entries have a fetch in flight.

@@ -41,6 +41,9 @@ mod disabled {
         pub(crate) fn publish_invalidate(&self, _key: QueryKey, _exact: bool) {}
         pub(crate) fn publish_set(&self, _key: QueryKey) {}
         pub(crate) fn publish_remove(&self, _key: QueryKey, _prefix: bool) {}
+        pub(crate) async fn drain(&self, _limit: std::time::Duration) -> bool {
+            true
+        }
     }
 }
 
@@ -54,12 +57,23 @@ mod enabled {
     use parking_lot::Mutex;
     use tokio::sync::Notify;
 
+    use crate::bus::outbox::Outbox;
     use crate::bus::{BusEvent, BusMessageKind, LeaseToken, RedisBus, RedisLeases};
     use crate::cache::Scope;
     use crate::client::Shared;
     use crate::entry::Reload;
     use crate::key::QueryKey;
     use crate::worker::{Running, Worker};
+
+    /// The outcome of trying to take a fetch lease.
+    pub(crate) enum Acquired {
+        /// This instance holds it.
+        Held(LeaseToken),
+        /// Another instance holds it: wait for its result.
+        Busy,
+        /// Redis cannot be reached: nobody can coordinate, so fetch locally, now.
+        Unreachable,
+    }
 
     /// Cluster-wide deduplication settings.
     pub(crate) struct Dedup {
@@ -74,6 +88,8 @@ mod enabled {
     #[derive(Default)]
     pub(crate) struct Cluster {
         pub(crate) bus: Option<RedisBus>,
+        /// What this instance still has to tell the others (present with a bus).
+        pub(crate) outbox: Option<Outbox>,
         pub(crate) dedup: Option<Dedup>,
         /// The task applying other instances' messages; restarted on the current runtime
         /// if the runtime it ran on died.
@@ -115,17 +131,19 @@ mod enabled {
             }
         }
 
+        /// Queues `kind` in the outbox: sent in order, retried until the bus takes it.
         fn publish(&self, kind: BusMessageKind) {
-            let Some(bus) = self.bus.clone() else { return };
-            let Ok(handle) = tokio::runtime::Handle::try_current() else {
-                tracing::warn!(?kind, "bus message not sent: no tokio runtime");
-                return;
-            };
-            handle.spawn(async move {
-                if let Err(error) = bus.publish(kind).await {
-                    tracing::warn!(%error, "bus publish failed");
-                }
-            });
+            if let Some(outbox) = &self.outbox {
+                outbox.send(kind);
+            }
+        }
+
+        /// Sends what the outbox holds, within `limit`. Returns whether all went out.
+        pub(crate) async fn drain(&self, limit: Duration) -> bool {
+            match &self.outbox {
+                Some(outbox) => outbox.drain(limit).await,
+                None => true,
+            }
         }
 
         pub(crate) fn publish_invalidate(&self, key: QueryKey, exact: bool) {
@@ -166,13 +184,16 @@ mod enabled {
         }
 
         /// Tries to take the fetch lease for `key`.
-        pub(crate) async fn acquire(&self, key: &str) -> Option<LeaseToken> {
-            let dedup = self.dedup.as_ref()?;
+        pub(crate) async fn acquire(&self, key: &str) -> Acquired {
+            let Some(dedup) = self.dedup.as_ref() else {
+                return Acquired::Unreachable;
+            };
             match dedup.leases.try_acquire(key, dedup.lease_ttl).await {
-                Ok(token) => token,
+                Ok(Some(token)) => Acquired::Held(token),
+                Ok(None) => Acquired::Busy,
                 Err(error) => {
                     tracing::warn!(key, %error, "lease unavailable: fetching locally");
-                    None
+                    Acquired::Unreachable
                 }
             }
         }

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 /// How far ahead "never" is put when a caller needs a concrete `Instant` (about 30 years:
 /// far past any process's life, and well inside every platform's `Instant` range).
+#[allow(dead_code)]
 const NEVER: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
 
 /// `from + d`, or `None` when that is past the clock's range ("never").
@@ -20,6 +21,9 @@ pub(crate) fn after(d: Duration) -> Option<Instant> {
     checked_after(Instant::now(), d)
 }
 
+// Not used on this branch yet (the observer's poll task is its first user); kept so every
+// caller needing a concrete `Instant` saturates the same way.
+#[allow(dead_code)]
 /// `from + d`, saturated to a far-future instant when it would overflow (for APIs that
 /// need an `Instant`, such as `sleep_until`).
 pub(crate) fn saturating_after(from: Instant, d: Duration) -> Instant {

@@ -16,6 +16,7 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
 mod erased;
+mod stale;
 
 pub(crate) use erased::AnyEntry;
 
@@ -48,13 +49,25 @@ pub(crate) struct EntryInner<T> {
     pub(crate) data_gen: u64,
     /// Bumped by invalidations: an older fetch's result comes back stale.
     pub(crate) inval_gen: u64,
+    /// Observers attached (enabled or not): any of them pins the entry against the gc and
+    /// eviction.
     pub(crate) observers: usize,
+    /// Observers whose query is enabled: only these make the entry *active* (bulk
+    /// refetches and invalidations fetch for it, as in TanStack Query).
+    pub(crate) enabled_observers: usize,
     /// The last options used with this key: lets bulk refetches run the fetch function.
     /// Boxed: entries only ever written by hand do not pay for them.
     pub(crate) options: Option<Box<QueryOptions<T>>>,
-    /// Stale time of the last caller, for filters and snapshots.
+    /// Stale time of the last caller: judges an unobserved entry (filters, snapshots).
     pub(crate) stale_time: Duration,
+    /// The largest gc time any caller or observer asked for (as in TanStack Query: a caller
+    /// with a short gc time never shortens what another asked for).
     pub(crate) gc_time: Duration,
+    /// Nobody has asked for a gc time yet: `gc_time` is the client default, and the first
+    /// caller's value replaces it instead of competing with it.
+    gc_time_asked: bool,
+    /// When the entry's stale timer is armed (see `stale.rs`); `None`: not armed.
+    pub(crate) stale_timer_at: Option<Instant>,
     /// When the gc may collect this entry (None: in use, or never).
     pub(crate) gc_deadline: Option<Instant>,
     /// Removed from the cache: nothing schedules work for it any more.
@@ -85,6 +98,16 @@ pub(crate) enum Reload {
     Trust,
 }
 
+/// One observer of an entry, with the settings the entry decides by for it.
+#[derive(Clone)]
+pub(crate) struct Watcher {
+    pub(crate) listener: Arc<dyn EntryListener>,
+    /// Its query is enabled (counts towards `enabled_observers`).
+    pub(crate) enabled: bool,
+    /// Its own stale time: freshness is judged per observer.
+    pub(crate) stale_time: Duration,
+}
+
 /// Told about changes to an entry, after its lock is released.
 pub(crate) trait EntryListener: Send + Sync {
     /// The entry's state changed (its version moved).
@@ -93,7 +116,7 @@ pub(crate) trait EntryListener: Send + Sync {
     fn removed(&self);
 }
 
-type Listeners = Arc<Vec<Arc<dyn EntryListener>>>;
+type Listeners = Arc<Vec<Watcher>>;
 
 /// The entry lock, plus notification: when the guard drops and the state's version moved,
 /// the lock is released first and then every listener is told.
@@ -123,8 +146,8 @@ impl<T> Drop for EntryGuard<'_, T> {
             return;
         };
         drop(g);
-        for l in listeners.iter() {
-            l.changed();
+        for w in listeners.iter() {
+            w.listener.changed();
         }
     }
 }
@@ -177,6 +200,28 @@ impl<T> EntryInner<T> {
     fn unused(&self) -> bool {
         self.observers == 0 && self.flight.is_none() && !self.removed
     }
+
+    /// The stale time that judges the entry as a whole (filters, `get_query_state`): with
+    /// observers, stale as soon as it is stale for any of them (the shortest of their stale
+    /// times); without, the last caller's stale time. As in TanStack Query.
+    pub(crate) fn entry_stale_time(&self) -> Duration {
+        self.listeners
+            .iter()
+            .flat_map(|l| l.iter())
+            .map(|w| w.stale_time)
+            .min()
+            .unwrap_or(self.stale_time)
+    }
+
+    /// Records a caller's or observer's gc time: the largest asked for wins.
+    pub(crate) fn ask_gc_time(&mut self, gc_time: Duration) {
+        self.gc_time = if self.gc_time_asked {
+            self.gc_time.max(gc_time)
+        } else {
+            gc_time
+        };
+        self.gc_time_asked = true;
+    }
 }
 
 impl<T: Send + Sync + 'static> Entry<T> {
@@ -192,9 +237,12 @@ impl<T: Send + Sync + 'static> Entry<T> {
                 data_gen: 0,
                 inval_gen: 0,
                 observers: 0,
+                enabled_observers: 0,
                 options: None,
                 stale_time,
                 gc_time,
+                gc_time_asked: false,
+                stale_timer_at: None,
                 gc_deadline: None,
                 removed: false,
                 version: 0,
@@ -267,7 +315,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
             g.options = Some(Box::new(opts.clone()));
         }
         g.stale_time = stale_time;
-        g.gc_time = shared.defaults.gc_time(opts);
+        g.ask_gc_time(shared.defaults.gc_time(opts));
         if mode != Mode::Force {
             if let Some(data) = g.state.data.clone() {
                 if g.is_fresh(stale_time) {
@@ -341,15 +389,35 @@ impl<T: Send + Sync + 'static> Entry<T> {
         Ok(flight)
     }
 
-    /// Adds an observer. `false` if the entry has left the cache.
-    pub(crate) fn attach(&self, listener: Arc<dyn EntryListener>) -> bool {
+    /// Adds an observer of `opts`. `false` if the entry has left the cache.
+    pub(crate) fn attach(
+        &self,
+        shared: &Shared,
+        listener: Arc<dyn EntryListener>,
+        opts: &QueryOptions<T>,
+    ) -> bool {
         let mut g = self.inner.lock();
         if g.removed {
             return false;
         }
         g.observers += 1;
-        Arc::make_mut(g.listeners.get_or_insert_with(Default::default)).push(listener);
+        if opts.enabled {
+            g.enabled_observers += 1;
+        }
+        g.ask_gc_time(shared.defaults.gc_time(opts));
+        // An entry written only by hand learns how to fetch from its first observer, so
+        // bulk refetches and invalidations can fetch for it.
+        if g.options.is_none() {
+            g.options = Some(Box::new(opts.clone()));
+        }
+        let watcher = Watcher {
+            listener,
+            enabled: opts.enabled,
+            stale_time: shared.defaults.stale_time(opts),
+        };
+        Arc::make_mut(g.listeners.get_or_insert_with(Default::default)).push(watcher);
         g.gc_deadline = None;
+        self.rearm_stale_timer(&mut g, shared);
         true
     }
 
@@ -361,15 +429,19 @@ impl<T: Send + Sync + 'static> Entry<T> {
         if let Some(list) = inner.listeners.as_mut().map(Arc::make_mut) {
             if let Some(i) = list
                 .iter()
-                .position(|l| Arc::as_ptr(l).cast::<u8>() == target)
+                .position(|w| Arc::as_ptr(&w.listener).cast::<u8>() == target)
             {
-                list.remove(i);
+                let gone = list.remove(i);
                 inner.observers = inner.observers.saturating_sub(1);
+                if gone.enabled {
+                    inner.enabled_observers = inner.enabled_observers.saturating_sub(1);
+                }
             }
             if list.is_empty() {
                 inner.listeners = None;
             }
         }
+        self.rearm_stale_timer(&mut g, shared);
         self.arm_gc_if_unused(&mut g, shared);
     }
 
@@ -473,11 +545,12 @@ impl<T: Send + Sync + 'static> Entry<T> {
                     at: SystemTime::now(),
                 }),
             }
+            self.rearm_stale_timer(&mut g, shared);
             self.arm_gc_if_unused(&mut g, shared);
         }
         drop(g);
         if write_behind && stored.is_some() {
-            self.write_behind(shared, None);
+            let _ = self.write_behind(shared, None);
         }
         flight.resolve(result);
         stored
@@ -494,26 +567,43 @@ impl<T: Send + Sync + 'static> Entry<T> {
     }
 
     /// Writes the entry's current data to the second tier now (cluster-dedup lease holder).
+    /// Returns how it landed, if it did.
     #[cfg(feature = "redis")]
-    pub(crate) async fn write_now(&self, shared: &Shared) {
-        let Some(tier) = &shared.tier else { return };
-        if let Some(write) = self.pending_write(None) {
-            tier.write_now(&shared.counters, &write).await;
-        }
+    pub(crate) async fn write_now(
+        &self,
+        shared: &Shared,
+    ) -> Option<crate::storage::tiered::Landed> {
+        let tier = shared.tier.as_ref()?;
+        let write = self.pending_write(None)?;
+        tier.write_now(&shared.counters, &write).await
     }
 
     /// Queues a second-tier write of the entry's current data, if the query is persisted;
-    /// `after` runs once it is written. Returns whether a write was queued.
-    pub(crate) fn write_behind(&self, shared: &Shared, after: Option<AfterWrite>) -> bool {
+    /// `after` runs once it has landed. `Err` gives `after` back when nothing was queued
+    /// (no storage, not persisted, or no data).
+    pub(crate) fn write_behind(
+        &self,
+        shared: &Shared,
+        after: Option<AfterWrite>,
+    ) -> Result<(), Option<AfterWrite>> {
         let Some(tier) = &shared.tier else {
-            return false;
+            return Err(after);
         };
+        let g = self.inner.lock();
+        let ready = g.options.as_ref().and_then(|o| o.persist).is_some()
+            && g.state.data.is_some()
+            && g.state.data_updated_at.is_some();
+        drop(g);
+        if !ready {
+            return Err(after);
+        }
         match self.pending_write(after) {
             Some(write) => {
                 tier.write(&shared.counters, write);
-                true
+                Ok(())
             }
-            None => false,
+            // Raced with a reset: its hook was dropped, which counts as run.
+            None => Err(None),
         }
     }
 
@@ -597,6 +687,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
             g.state.fetch_status = FetchStatus::Fetching;
         }
         g.updated_at = Some(Instant::now());
+        self.rearm_stale_timer(g, shared);
         self.arm_gc_if_unused(g, shared);
     }
 
@@ -604,10 +695,12 @@ impl<T: Send + Sync + 'static> Entry<T> {
         let mut g = self.lock();
         g.inval_gen += 1;
         g.apply(Action::Invalidate);
-        if g.observers == 0 || g.removed {
-            drop(g);
-            // The invalidated flag reaches the second tier, so it survives eviction.
-            self.write_behind(shared, None);
+        // Stale for everyone now: no stale notice is due any more.
+        self.rearm_stale_timer(&mut g, shared);
+        // (The client writes the invalidated flag to the second tier, then announces it.)
+        // Only an entry with an enabled observer refetches; a disabled query is marked
+        // stale and waits for an explicit fetch (as in TanStack Query).
+        if g.enabled_observers == 0 || g.removed {
             return None;
         }
         // Observed: refetch now. A fetch that began before the invalidation would come
@@ -619,7 +712,10 @@ impl<T: Send + Sync + 'static> Entry<T> {
 
     fn typed_refetch(self: &Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {
         let mut g = self.lock();
-        if g.removed {
+        // Observed only by disabled queries: disabled, so bulk refetches leave it alone (an
+        // unobserved entry is not disabled: its last caller wanted it fetched).
+        let disabled = g.observers > 0 && g.enabled_observers == 0;
+        if g.removed || disabled {
             return None;
         }
         if let Some(f) = &g.flight {

@@ -2,20 +2,23 @@
 //! user's fetch function with retries, and settling the entry. It runs as its own tokio
 //! task, so a caller that drops its future cancels nothing for the others.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 #[cfg(feature = "redis")]
 use std::time::Duration;
 
-use futures::FutureExt;
 #[cfg(feature = "redis")]
 use tokio::time::Instant;
 
 use crate::client::Shared;
+#[cfg(feature = "redis")]
+use crate::cluster::Acquired;
 use crate::entry::{Entry, Reload};
-use crate::error::{panic_message, QueryError};
+use crate::error::QueryError;
 use crate::flight::Flight;
 use crate::options::QueryOptions;
+#[cfg(feature = "redis")]
+use crate::storage::tiered::Landed;
+use crate::user_code::contain_async;
 
 /// Settles the flight as cancelled if its task is dropped before finishing (aborted, or
 /// the runtime shut down), so no waiter is left hanging.
@@ -64,14 +67,10 @@ pub(crate) async fn run_flight<T: Send + Sync + 'static>(
     };
     let mut failures: u32 = 0;
     let result = loop {
-        let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (opts.fetcher)())) {
-            Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
-            Err(payload) => Err(payload),
-        };
-        let error = match outcome {
+        let error = match contain_async("fetch", || (opts.fetcher)()).await {
             Ok(Ok(value)) => break Ok(Arc::new(value)),
             Ok(Err(e)) => QueryError::fetch(e),
-            Err(payload) => QueryError::Panicked(panic_message(&*payload)),
+            Err(panicked) => panicked,
         };
         failures = failures.saturating_add(1);
         guard.entry.attempt_failed(&guard.flight, error.clone());
@@ -97,9 +96,14 @@ pub(crate) async fn run_flight<T: Send + Sync + 'static>(
     if let Some(token) = lease {
         let stored = guard.entry.settle(&guard.shared, &guard.flight, result);
         if stored.is_some() {
-            // The others are waiting on the shared tier: write it now, then tell them.
-            guard.entry.write_now(&guard.shared).await;
-            guard.shared.cluster.publish_set(guard.entry.key.clone());
+            // The others are waiting on the shared tier: write it now, then tell them what
+            // landed (a write that failed deleted the stored copy instead: they refetch).
+            let key = guard.entry.key.clone();
+            match guard.entry.write_now(&guard.shared).await {
+                Some(Landed::Written) => guard.shared.cluster.publish_set(key),
+                Some(Landed::Deleted) => guard.shared.cluster.publish_invalidate(key, true),
+                None => {}
+            }
         }
         guard.shared.cluster.release(&token).await;
         guard.shared.cache.evict_if_over_capacity(&guard.shared);
@@ -123,7 +127,7 @@ enum ClusterStep {
 
 /// Cluster-wide dedup for a cold persisted key: take the lease, or wait for its holder's
 /// result (woken by its `Set` message, re-checking every 50 ms so an expired lease is taken
-/// over), or give up after `max_wait` and fetch locally.
+/// over), or give up after `max_wait` and fetch locally (`Duration::MAX`: never give up).
 #[cfg(feature = "redis")]
 async fn cluster_step<T: Send + Sync + 'static>(
     guard: &FlightGuard<T>,
@@ -136,7 +140,9 @@ async fn cluster_step<T: Send + Sync + 'static>(
         return ClusterStep::Local;
     };
     let key = guard.entry.key.to_string();
-    let deadline = Instant::now() + dedup.max_wait;
+    // `max_wait` is user-given: `Duration::MAX` (or anything past the clock's range) means
+    // "wait for the holder however long it takes", never an overflow panic.
+    let deadline = crate::deadline::after(dedup.max_wait);
     let notify = cluster.waiter(&key);
     let serve = |envelope: crate::storage::Envelope<T>| {
         guard
@@ -155,24 +161,33 @@ async fn cluster_step<T: Send + Sync + 'static>(
                 break ClusterStep::Served;
             }
         }
-        if let Some(token) = cluster.acquire(&key).await {
-            // Re-check: the holder may have written and released between our read and
-            // our acquire.
-            match tier.read(&shared.counters, &key, fns).await {
-                Some(envelope) if !envelope.invalidated => {
-                    cluster.release(&token).await;
-                    serve(envelope);
-                    break ClusterStep::Served;
+        match cluster.acquire(&key).await {
+            Acquired::Held(token) => {
+                // Re-check: the holder may have written and released between our read
+                // and our acquire.
+                match tier.read(&shared.counters, &key, fns).await {
+                    Some(envelope) if !envelope.invalidated => {
+                        cluster.release(&token).await;
+                        serve(envelope);
+                        break ClusterStep::Served;
+                    }
+                    _ => break ClusterStep::Lease(token),
                 }
-                _ => break ClusterStep::Lease(token),
             }
+            // Nobody can coordinate while Redis is unreachable: waiting for a holder that
+            // may not exist would cost the whole `max_wait`.
+            Acquired::Unreachable => break ClusterStep::Local,
+            Acquired::Busy => {}
         }
-        let now = Instant::now();
-        if now >= deadline {
-            tracing::debug!(%key, "cluster dedup: waited long enough, fetching locally");
-            break ClusterStep::Local;
+        let mut tick = Duration::from_millis(50);
+        if let Some(deadline) = deadline {
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::debug!(%key, "cluster dedup: waited long enough, fetching locally");
+                break ClusterStep::Local;
+            }
+            tick = tick.min(deadline - now);
         }
-        let tick = Duration::from_millis(50).min(deadline - now);
         let _ = tokio::time::timeout(tick, woken).await;
     };
     cluster.forget_waiter(&key, &notify);
@@ -213,9 +228,12 @@ async fn hydrate_flight<T: Send + Sync + 'static>(
     let at = envelope.data_updated_at();
     // A reload never takes invalidated data, and after lost messages only newer data;
     // otherwise fetch.
+    // A reload never clears an invalidation: after lost messages (`IfNewer`) only data
+    // strictly newer than ours is taken — an equal stamp is the very copy this or another
+    // instance invalidated, and taking it would serve invalidated data as fresh.
     let current = guard.entry.inner.lock().state.data_updated_at;
-    let older = current.is_some_and(|c| c > at);
-    if current.is_some() && (envelope.invalidated || (reload == Reload::IfNewer && older)) {
+    let not_newer = current.is_some_and(|c| c >= at);
+    if current.is_some() && (envelope.invalidated || (reload == Reload::IfNewer && not_newer)) {
         return false;
     }
     guard

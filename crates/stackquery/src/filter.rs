@@ -18,7 +18,7 @@ enum Target {
 /// Selects entries for bulk operations.
 ///
 /// A key converts into a prefix filter (`["user"]` matches `["user", 1]`); narrow further
-/// by staleness, activity (having observers) or a predicate over the key.
+/// by staleness, activity (having enabled observers) or a predicate over the key.
 ///
 /// ```
 /// use stackquery::{key, QueryFilter};
@@ -74,14 +74,17 @@ impl QueryFilter {
         Self::with_target(Target::Exact(key.into()))
     }
 
-    /// Keep only stale (`true`) or only fresh (`false`) entries.
+    /// Keep only stale (`true`) or only fresh (`false`) entries. An observed entry is stale
+    /// when it is stale for any of its observers (each judges by its own stale time); an
+    /// unobserved one is judged by the stale time of its last caller.
     #[must_use]
     pub fn stale(mut self, stale: bool) -> Self {
         self.stale = Some(stale);
         self
     }
 
-    /// Keep only entries with observers (`true`) or without (`false`).
+    /// Keep only active entries (`true`: at least one *enabled* observer) or inactive ones
+    /// (`false`: no observer, or only disabled ones), as in TanStack Query.
     #[must_use]
     pub fn active(mut self, active: bool) -> Self {
         self.active = Some(active);
@@ -129,8 +132,11 @@ impl QueryFilter {
         }
         match &self.predicate {
             None => true,
-            Some(p) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p(e.key())))
-                .unwrap_or(false),
+            // A panicking predicate (or one skipped on an unwinding thread) excludes the
+            // entry: an action is never applied to an entry nobody said yes to.
+            Some(p) => {
+                crate::user_code::contain("filter predicate", || p(e.key())).unwrap_or(false)
+            }
         }
     }
 }

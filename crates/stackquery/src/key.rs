@@ -2,13 +2,15 @@
 //!
 //! A [`QueryKey`] is a sequence of [`KeyPart`]s (strings, integers, booleans). Its hash is
 //! computed once, when the key is built, so a cache hit never re-hashes the parts; cloning
-//! is one reference-count bump.
+//! is one reference-count bump. The hash is keyed with a random per-process seed (see
+//! `hash_parts`), so it resists hash flooding.
 
 use std::cmp::Ordering;
+use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// One part of a [`QueryKey`]: a string, an integer or a boolean.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -105,12 +107,17 @@ struct KeyInner {
 #[derive(Clone)]
 pub struct QueryKey(Arc<KeyInner>);
 
-/// Seeds are fixed so a key hashes the same way in every process; the hash only
-/// routes keys inside one process, so it need not resist collision attacks.
+/// Hashes a key's parts with SipHash-1-3 under a random per-process seed.
+///
+/// Keys are often built from request input and the cache's maps trust this hash (they look
+/// keys up through a pass-through hasher), so a fixed, public seed would let a client craft
+/// thousands of colliding keys and turn every lookup into a linear scan (hash flooding).
+/// The seed is drawn once per process, not per key, so equal keys always hash equal within
+/// the process; the hash is never persisted nor sent to another process (storage and the
+/// bus name entries by the key's `Display` text), so it need not be stable across them.
 fn hash_parts(parts: &[KeyPart]) -> u64 {
-    let state =
-        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
-    state.hash_one(parts)
+    static SEED: OnceLock<RandomState> = OnceLock::new();
+    SEED.get_or_init(RandomState::new).hash_one(parts)
 }
 
 impl QueryKey {
@@ -150,6 +157,11 @@ impl QueryKey {
     }
 
     /// The hash computed when the key was built.
+    ///
+    /// It is seeded at random once per process (so keys from untrusted input cannot be
+    /// crafted to collide): equal keys hash equal within a process, but the value differs
+    /// from one process to the next. Never persist it or compare it across processes; use
+    /// the key's `Display` text for that.
     pub fn precomputed_hash(&self) -> u64 {
         self.0.hash
     }

@@ -56,7 +56,9 @@
 //! ```
 //!
 //! # Contained user code
-//! The mutation function and every callback run under `catch_unwind`. A panicking
+//! The mutation function and every callback run under the crate's one panic policy (the
+//! same as for fetch functions, predicates and listeners; on a thread that is already
+//! unwinding, user code is skipped and counts as a panic). A panicking
 //! mutation function or `on_mutate` fails the call with [`QueryError::Panicked`] (a panic
 //! is never retried); a panicking `on_success` / `on_error` / `on_settled` or listener is
 //! logged (`tracing::warn!`) and changes nothing else: a success stays a success and the

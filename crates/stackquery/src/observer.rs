@@ -9,20 +9,21 @@
 //! is held while user code runs.
 
 use std::fmt;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use futures::stream::{BoxStream, Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
 
 use crate::client::QueryClient;
 use crate::entry::{Entry, EntryListener, Mode};
-use crate::error::{panic_message, QueryError};
+use crate::error::QueryError;
 use crate::options::QueryOptions;
 use crate::state::{FetchStatus, QueryState, QueryStatus};
+use crate::user_code::contain;
+
+mod poll;
 
 type Selector<R, T> = dyn Fn(&Arc<R>) -> Arc<T> + Send + Sync;
 type DataEq<T> = dyn Fn(&T, &T) -> bool + Send + Sync;
@@ -35,9 +36,16 @@ type SelectMemo<R, T> = Option<(Arc<R>, Result<Arc<T>, QueryError>)>;
 /// [`select`](QueryObserver::select) transforms it). Cloning is cheap and clones share
 /// subscribers.
 ///
-/// An observer with at least one subscriber (listener or stream) makes its entry *active*:
-/// it is never evicted or collected, `invalidate_queries` refetches it at once, and a
-/// `refetch_interval` polls it. When the last subscriber leaves, the entry's gc timer starts.
+/// An observer with at least one subscriber (listener or stream) pins its entry: it is
+/// never evicted or collected. If its query is enabled it also makes the entry *active*:
+/// `invalidate_queries`, `refetch_queries` and `reset_queries` refetch it at once, and a
+/// `refetch_interval` polls it. A disabled query never fetches by itself (bulk operations
+/// only mark it invalidated); [`refetch`](QueryObserver::refetch) still fetches it. When the
+/// last subscriber leaves, the entry's gc timer starts (the largest `gc_time` asked for the
+/// key wins).
+///
+/// Freshness is judged with the observer's own `stale_time`, and listeners get a new state
+/// when the data turns stale (no other change needed).
 ///
 /// If the entry is removed (`remove_queries`, `clear`, or the client dropped), listeners get
 /// one last state (the initial one: idle, no data), streams end, and the observer detaches.
@@ -101,7 +109,9 @@ struct Subscribers<T, R> {
     /// Streams alive (they count as subscribers).
     streams: usize,
     attached: Option<Attachment<R>>,
-    poll: Option<AbortHandle>,
+    /// Polling is on: the observer's `Poll` timer is armed, or a poll's refetch runs and
+    /// will arm it (see `poll.rs`).
+    polling: bool,
     /// Latest state for streams; `None` ends them (entry removed).
     stream_tx: Option<watch::Sender<Option<QueryState<T>>>>,
 }
@@ -126,11 +136,14 @@ struct ObserverInner<T, R> {
     subs: Mutex<Subscribers<T, R>>,
     /// Select memo: the raw data last seen and what it selected to.
     memo: Mutex<SelectMemo<R, T>>,
-    /// Serialises delivery (see the module docs); never held while waiting on anything.
-    delivering: Mutex<()>,
+    /// Set while someone runs the drain loop (see the module docs). A flag, not a lock:
+    /// nobody ever waits for it, a re-entrant delivery just leaves `pending` for the holder.
+    delivering: AtomicBool,
     pending: AtomicBool,
     last: Mutex<Option<Delivered<T>>>,
     next_id: AtomicU64,
+    /// Id of this observer's `Poll` timer on the client's timer queue.
+    poll_id: u64,
     weak_self: Weak<ObserverInner<T, R>>,
 }
 
@@ -201,6 +214,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
         select: Arc<Selector<R, T>>,
         data_eq: Arc<DataEq<T>>,
     ) -> Self {
+        let poll_id = client.shared.fresh_id();
         QueryObserver {
             inner: Arc::new_cyclic(|weak| ObserverInner {
                 client,
@@ -212,14 +226,15 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
                     listeners: Vec::new(),
                     streams: 0,
                     attached: None,
-                    poll: None,
+                    polling: false,
                     stream_tx: None,
                 }),
                 memo: Mutex::new(None),
-                delivering: Mutex::new(()),
+                delivering: AtomicBool::new(false),
                 pending: AtomicBool::new(false),
                 last: Mutex::new(None),
                 next_id: AtomicU64::new(1),
+                poll_id,
                 weak_self: weak.clone(),
             }),
         }
@@ -245,6 +260,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
 
     /// The current state as this observer shows it (selected, placeholder, paused).
     pub fn state(&self) -> QueryState<T> {
+        self.inner.ensure_timers();
         self.inner.compute().1
     }
 
@@ -258,6 +274,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
         listener: impl Fn(&QueryState<T>) + Send + Sync + 'static,
     ) -> Subscription {
         let inner = &self.inner;
+        inner.ensure_timers();
         let slot = Arc::new(ListenerSlot {
             id: inner.next_id.fetch_add(1, Ordering::Relaxed),
             f: Box::new(listener),
@@ -287,6 +304,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
     /// the entry is removed or the client is dropped. The stream counts as a subscriber.
     pub fn stream(&self) -> ObserverStream<T> {
         let inner = self.inner.clone();
+        inner.ensure_timers();
         let rx = {
             let mut subs = inner.subs.lock();
             subs.streams += 1;
@@ -347,27 +365,48 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
 }
 
 fn call_listener<T>(slot: &ListenerSlot<T>, state: &QueryState<T>) {
-    if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(|| (slot.f)(state))) {
-        tracing::warn!(panic = %panic_message(&*p), "observer listener panicked");
-    }
+    // Contained: a panicking listener is logged, and the others still run.
+    let _ = contain("listener", || (slot.f)(state));
 }
 
 impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
+    /// Polls and stale notices run on the client's timer driver; if the runtime it ran on
+    /// has shut down, start it again on the current one (one atomic load otherwise).
+    fn ensure_timers(&self) {
+        self.client.shared.timers.ensure_driver();
+    }
+
     /// Computes the observer's view and its version (bumped when the view changes).
+    ///
+    /// The user's equality runs with no lock held: the last state is read, compared outside
+    /// the lock, and replaced only if nobody replaced it meanwhile (else compared again).
     fn compute(&self) -> (u64, QueryState<T>) {
         let raw = self.raw_state();
         let state = self.view(raw);
-        let mut last = self.last.lock();
-        match &*last {
-            Some(d) if self.same(&d.state, &state) => (d.version, d.state.clone()),
-            _ => {
-                let version = last.as_ref().map_or(1, |d| d.version + 1);
-                *last = Some(Delivered {
-                    version,
-                    state: state.clone(),
-                });
-                (version, state)
+        loop {
+            let last = self
+                .last
+                .lock()
+                .as_ref()
+                .map(|d| (d.version, d.state.clone()));
+            if let Some((version, seen)) = &last {
+                if self.same(seen, &state) {
+                    return (*version, seen.clone());
+                }
             }
+            let mut slot = self.last.lock();
+            let current = slot.as_ref().map(|d| d.version);
+            if current != last.as_ref().map(|(v, _)| *v) {
+                continue; // replaced while we compared: compare with the newer one
+            }
+            let version = current.map_or(1, |v| v + 1);
+            let replaced = slot.replace(Delivered {
+                version,
+                state: state.clone(),
+            });
+            drop(slot);
+            drop(replaced); // user data is dropped outside the lock too
+            return (version, state);
         }
     }
 
@@ -443,45 +482,48 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
         out
     }
 
-    /// Runs select once per distinct raw value (memoised by pointer).
+    /// Runs select once per distinct raw value (memoised by pointer). Select runs with no
+    /// lock held, so it may call back into the observer or the client; two concurrent first
+    /// computations of one value may both run it (the last result is kept).
     fn selected(&self, raw: &Arc<R>) -> Result<Arc<T>, QueryError> {
-        let mut memo = self.memo.lock();
-        if let Some((seen, out)) = &*memo {
+        if let Some((seen, out)) = &*self.memo.lock() {
             if Arc::ptr_eq(seen, raw) {
                 return out.clone();
             }
         }
-        let out = std::panic::catch_unwind(AssertUnwindSafe(|| (self.select)(raw)))
-            .map_err(|p| QueryError::Panicked(panic_message(&*p)));
-        if let Err(e) = &out {
-            tracing::warn!(key = %self.opts.key, error = %e, "select panicked");
-        }
-        *memo = Some((raw.clone(), out.clone()));
+        let out = contain("select", || (self.select)(raw));
+        let replaced = self.memo.lock().replace((raw.clone(), out.clone()));
+        drop(replaced); // user data is dropped outside the lock
         out
     }
 
+    /// Whether two views are the same (no notification). Runs the user's equality of the
+    /// selected type (no lock held); a panic there counts as "changed".
     fn same(&self, a: &QueryState<T>, b: &QueryState<T>) -> bool {
-        let data_same = match (&a.data, &b.data) {
-            (Some(x), Some(y)) => Arc::ptr_eq(x, y) || (self.data_eq)(x, y),
-            (None, None) => true,
-            _ => false,
-        };
-        data_same
-            && a.status == b.status
+        let meta_same = a.status == b.status
             && a.fetch_status == b.fetch_status
             && a.error.is_some() == b.error.is_some()
             && a.error_updated_at == b.error_updated_at
             && a.failure_count == b.failure_count
             && a.is_invalidated == b.is_invalidated
             && a.is_placeholder_data == b.is_placeholder_data
-            && a.stale == b.stale
+            && a.stale == b.stale;
+        meta_same
+            && match (&a.data, &b.data) {
+                (Some(x), Some(y)) => {
+                    Arc::ptr_eq(x, y)
+                        || contain("PartialEq", || (self.data_eq)(x, y)).unwrap_or(false)
+                }
+                (None, None) => true,
+                _ => false,
+            }
     }
 
     /// The drain loop (see the module docs).
     fn deliver(&self) {
         self.pending.store(true, Ordering::SeqCst);
         loop {
-            let Some(slot) = self.delivering.try_lock() else {
+            let Some(slot) = DeliverySlot::take(&self.delivering) else {
                 return; // the holder will see `pending`
             };
             while self.pending.swap(false, Ordering::SeqCst) {
@@ -518,7 +560,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             Err(_) => return, // type mismatch: the state shows it
         };
         let handle: Arc<dyn EntryListener> = Arc::new(EntryHook(Arc::downgrade(&me)));
-        if !entry.attach(handle.clone()) {
+        if !entry.attach(&self.client.shared, handle.clone(), &self.opts) {
             return;
         }
         let mut subs = self.subs.lock();
@@ -546,16 +588,14 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
     }
 
     fn detach(&self) {
-        let (attachment, poll) = {
+        let attachment = {
             let mut subs = self.subs.lock();
             if subs.count() > 0 {
                 return;
             }
-            (subs.attached.take(), subs.poll.take())
+            self.stop_polling_locked(&mut subs);
+            subs.attached.take()
         };
-        if let Some(p) = poll {
-            p.abort();
-        }
         if let Some(a) = attachment {
             a.entry.detach(&self.client.shared, &a.handle);
             self.client
@@ -583,14 +623,12 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
 
     /// The entry left the cache: last state to listeners, streams end, detach.
     fn on_removed(&self) {
-        let (poll, tx) = {
+        let tx = {
             let mut subs = self.subs.lock();
             subs.attached = None;
-            (subs.poll.take(), subs.stream_tx.take())
+            self.stop_polling_locked(&mut subs);
+            subs.stream_tx.take()
         };
-        if let Some(p) = poll {
-            p.abort();
-        }
         if let Some(tx) = tx {
             tx.send_replace(None);
         }
@@ -614,44 +652,22 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             tracing::debug!(key = %self.opts.key, %error, "observer fetch did not start");
         }
     }
+}
 
-    fn start_polling(&self) {
-        let Some(interval) = self.opts.refetch_interval else {
-            return;
-        };
-        if interval.is_zero() {
-            return;
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let mut subs = self.subs.lock();
-        if subs.poll.is_some() || subs.count() == 0 {
-            return;
-        }
-        let weak = self.weak_self.clone();
-        let task = handle.spawn(async move {
-            let start = tokio::time::Instant::now() + interval;
-            let mut ticks = tokio::time::interval_at(start, interval);
-            // A slow fetch delays the next poll instead of stacking polls up.
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(o) = weak.upgrade() else { return };
-                if o.paused.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let client = o.client.clone();
-                let opts = o.opts.clone();
-                drop(o);
-                // Joins a fetch in flight, so polls never overlap; a failed poll is logged
-                // and the next tick tries again.
-                if let Err(error) = client.run(&opts, Mode::Force).await {
-                    tracing::debug!(key = %opts.key, %error, "poll failed");
-                }
-            }
-        });
-        subs.poll = Some(task.abort_handle());
+/// The right to run the drain loop; released on drop (even if user code panics through).
+struct DeliverySlot<'a>(&'a AtomicBool);
+
+impl<'a> DeliverySlot<'a> {
+    fn take(flag: &'a AtomicBool) -> Option<Self> {
+        flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| DeliverySlot(flag))
+    }
+}
+
+impl Drop for DeliverySlot<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

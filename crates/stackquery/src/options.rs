@@ -157,14 +157,17 @@ impl<T> QueryOptions<T> {
     }
 
     /// How long fetched data counts as fresh (default 0: stale at once).
-    /// `Duration::MAX` means "never stale unless invalidated".
+    /// `Duration::MAX` means "never stale unless invalidated". Each caller and observer
+    /// judges freshness with its own stale time; an observer's listeners are told when the
+    /// data turns stale.
     #[must_use]
     pub fn stale_time(mut self, d: Duration) -> Self {
         self.stale_time = Some(d);
         self
     }
 
-    /// How long an unused entry stays in memory (default 5 minutes).
+    /// How long an unused entry stays in memory (default 5 minutes). When several callers
+    /// or observers of one key ask for different gc times, the largest wins.
     #[must_use]
     pub fn gc_time(mut self, d: Duration) -> Self {
         self.gc_time = Some(d);
@@ -202,14 +205,17 @@ impl<T> QueryOptions<T> {
         self
     }
 
-    /// Poll every `d` while the query is observed.
+    /// Poll every `d` (from the end of one poll to the start of the next) while an enabled
+    /// observer of the query has subscribers. `Duration::MAX` never polls.
     #[must_use]
     pub fn refetch_interval(mut self, d: Duration) -> Self {
         self.refetch_interval = Some(d);
         self
     }
 
-    /// `false`: observers never fetch automatically (an explicit refetch still does).
+    /// `false`: observers never fetch by themselves — no first fetch, no polling, and
+    /// `invalidate_queries`, `refetch_queries` and `reset_queries` do not refetch a query
+    /// whose observers are all disabled. An explicit refetch still fetches.
     #[must_use]
     pub fn enabled(mut self, on: bool) -> Self {
         self.enabled = on;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::QueryError;
+use crate::user_code::contain;
 
 type RetryPredicate = dyn Fn(u32, &QueryError) -> bool + Send + Sync;
 type DelayFn = dyn Fn(u32) -> Duration + Send + Sync;
@@ -25,13 +26,13 @@ pub enum RetryPolicy {
 impl RetryPolicy {
     /// Whether to try again after `failure_count` failures, the last being `error`.
     ///
-    /// A panic inside a predicate counts as "do not retry".
+    /// A panic inside a predicate counts as "do not retry", and so does a call on a thread
+    /// that is already panicking (the predicate is not run: see the crate's panic policy).
     pub fn should_retry(&self, failure_count: u32, error: &QueryError) -> bool {
         match self {
             RetryPolicy::Count(n) => failure_count <= *n,
             RetryPolicy::Predicate(p) => {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p(failure_count, error)))
-                    .unwrap_or(false)
+                contain("retry_if", || p(failure_count, error)).unwrap_or(false)
             }
         }
     }
@@ -56,9 +57,10 @@ impl RetryDelay {
         RetryDelay(Arc::new(f))
     }
 
-    /// The delay before retry `attempt`; a panicking delay function falls back to the default.
+    /// The delay before retry `attempt`; a panicking delay function (or a call on a thread
+    /// that is already panicking, where it is not run) falls back to the default.
     pub fn delay(&self, attempt: u32) -> Duration {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0)(attempt)))
+        contain("retry_delay", || (self.0)(attempt))
             .unwrap_or_else(|_| default_retry_delay(attempt))
     }
 }
@@ -83,8 +85,16 @@ pub(crate) fn jittered(delay: Duration) -> Duration {
     let r = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish();
+    jittered_by(delay, r)
+}
+
+/// `delay` scaled by a factor in `[0.5, 1]` drawn from the random bits `r`, saturating.
+fn jittered_by(delay: Duration, r: u64) -> Duration {
     let frac = (r >> 11) as f64 / (1u64 << 53) as f64;
-    delay.mul_f64(0.5 + 0.5 * frac)
+    // Not `mul_f64`: it panics when the product is past `Duration::MAX`, which a user-given
+    // `Duration::MAX` reaches whenever the factor rounds to 1.0 (`MAX` as f64 is 2^64 s).
+    Duration::try_from_secs_f64(delay.as_secs_f64() * (0.5 + 0.5 * frac))
+        .map_or(delay, |d| d.min(delay))
 }
 
 #[cfg(test)]
@@ -113,6 +123,22 @@ mod tests {
     fn panicking_predicate_means_no_retry() {
         let p = RetryPolicy::Predicate(Arc::new(|_, _| panic!("boom")));
         assert!(!p.should_retry(1, &QueryError::Cancelled));
+    }
+
+    /// A user-given retry delay of `Duration::MAX` ("never retry soon") used to panic in
+    /// `mul_f64` when the random factor rounded to 1.0, killing the fetch task: jitter now
+    /// saturates, for every factor.
+    #[test]
+    fn jitter_of_duration_max_saturates() {
+        for r in [0, 1 << 40, u64::MAX - (1 << 11), u64::MAX] {
+            let d = jittered_by(Duration::MAX, r);
+            assert!(d >= Duration::MAX / 2 - Duration::from_secs(1) && d <= Duration::MAX);
+        }
+        assert_eq!(jittered_by(Duration::MAX, u64::MAX), Duration::MAX);
+        assert_eq!(
+            jittered_by(Duration::from_secs(10), 0),
+            Duration::from_secs(5)
+        );
     }
 
     #[test]

@@ -125,11 +125,6 @@ impl Restored {
             .then_some(q)
     }
 
-    /// How many items wait.
-    pub(crate) fn len(&self) -> usize {
-        self.items.lock().len()
-    }
-
     fn trim(
         items: &mut HashMap<String, (DehydratedQuery, Instant)>,
         now: Instant,

@@ -119,6 +119,7 @@ impl Timers {
     }
 
     /// How many timers are armed (for tests and memory checks).
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.queue.lock().deadlines.len()
     }

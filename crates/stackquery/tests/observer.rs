@@ -383,12 +383,14 @@ async fn a_panicking_listener_is_contained_and_others_still_run() {
 
 /// A listener that panics on its very first (immediate) call must still leave a clean
 /// subscription: dropping it brings the entry's observer count back to zero.
+/// (The observer is enabled — only enabled observers make an entry active — and its data
+/// is fresh, so it starts no fetch.)
 #[tokio::test(start_paused = true)]
 async fn a_listener_panicking_on_its_first_call_leaves_a_clean_subscription() {
     let client = QueryClient::new();
     client.set_query_data(key!["k"], 1_u32).unwrap();
-    let (opts, _) = slow_counter(key!["k"], SEC);
-    let observer = client.watch(&opts.enabled(false));
+    let (opts, calls) = slow_counter(key!["k"], SEC);
+    let observer = client.watch(&opts.stale_time(Duration::MAX));
     let sub = observer.subscribe(|_: &QueryState<u32>| panic!("first call"));
     // Observed: an "inactive only" removal leaves it alone.
     assert_eq!(
@@ -401,6 +403,7 @@ async fn a_listener_panicking_on_its_first_call_leaves_a_clean_subscription() {
         1,
         "observer count back to 0"
     );
+    assert_eq!(calls.get(), 0);
 }
 
 #[tokio::test(start_paused = true)]

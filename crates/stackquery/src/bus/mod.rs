@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::{QueryKey, StorageError};
 
 mod lease;
+pub(crate) mod outbox;
 mod redis;
 
 pub use self::lease::{LeaseToken, RedisLeases};

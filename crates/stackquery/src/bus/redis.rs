@@ -237,7 +237,8 @@ impl RedisBusBuilder {
     }
 
     /// How often the subscription connection is checked with a `PING` (default 5 s), so
-    /// that a connection that went silent without closing is replaced too.
+    /// that a connection that went silent without closing is replaced too. `Duration::MAX`
+    /// (or anything past the clock's range) means never.
     pub fn ping_interval(mut self, interval: Duration) -> Self {
         self.ping_interval = interval.max(Duration::from_millis(10));
         self
@@ -396,21 +397,30 @@ impl Listener {
     /// Delivers messages until the connection closes or stops answering pings.
     async fn listen(&self, pubsub: PubSub) {
         let (mut sink, mut stream) = pubsub.split();
-        let start = tokio::time::Instant::now() + self.ping_interval;
-        let mut ping = tokio::time::interval_at(start, self.ping_interval);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The ping interval is user-given: `Instant + interval` (and `tokio::time::interval`)
+        // would panic past the clock's range, killing the listener task and with it every
+        // invalidation. `None` ("never") sends no pings at all.
+        let mut next_ping = crate::deadline::after(self.ping_interval);
         loop {
+            let ping_due = async {
+                match next_ping {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 msg = stream.next() => match msg {
                     Some(msg) => self.deliver(msg.get_payload_bytes()),
                     None => return,
                 },
-                _ = ping.tick() => {
+                () = ping_due => {
                     let pong = tokio::time::timeout(self.timeout, sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         tracing::warn!(channel = %self.channel, "stackquery bus: ping failed");
                         return;
                     }
+                    // Measured from the pong, like `MissedTickBehavior::Delay`.
+                    next_ping = crate::deadline::after(self.ping_interval);
                 }
             }
         }
@@ -439,7 +449,8 @@ impl Listener {
                 }
             }
             tokio::time::sleep(jittered(backoff)).await;
-            backoff = (backoff * 2).min(self.max_backoff);
+            // Saturating: `max_backoff` is user-given and may be `Duration::MAX`.
+            backoff = backoff.saturating_mul(2).min(self.max_backoff);
         }
     }
 }
@@ -452,5 +463,5 @@ fn jittered(delay: Duration) -> Duration {
     // Truncation is fine: any 64 random bits will do.
     #[allow(clippy::cast_possible_truncation)]
     let random = random_u128() as u64;
-    half + Duration::from_micros(random % spread)
+    half.saturating_add(Duration::from_micros(random % spread))
 }

@@ -12,6 +12,7 @@ use crate::entry::{age_of, Entry, Reload, Settled};
 use crate::key::QueryKey;
 use crate::snapshot::DehydratedQuery;
 use crate::state::{Action, FetchStatus};
+use crate::storage::tiered::AfterWrite;
 use crate::storage::Envelope;
 
 /// Type-erased view of an entry, for bulk operations and the cache's bookkeeping.
@@ -27,6 +28,7 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     fn take_referenced(&self) -> bool;
     /// Observed or fetching: never evicted or collected.
     fn is_pinned(&self) -> bool;
+    /// Has at least one enabled observer.
     fn is_active(&self) -> bool;
     fn is_fetching(&self) -> bool;
     fn is_stale(&self) -> bool;
@@ -43,6 +45,14 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     fn notify_removed(&self);
     /// Whether the query is persisted (its options say so).
     fn is_persisted(&self) -> bool;
+    /// Queues a second-tier write of the entry's current state (data and invalidated
+    /// flag), if persisted and holding data; `after` runs once it has landed. Returns
+    /// `after` back when nothing was queued.
+    fn write_state_behind(
+        &self,
+        shared: &Shared,
+        after: Option<AfterWrite>,
+    ) -> Result<(), Option<AfterWrite>>;
     /// Another instance changed this key: mark it stale; with `reload`, the next fetch
     /// reads the shared tier first. Observed entries fetch at once.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
@@ -53,7 +63,7 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     /// The entry as a snapshot item, if it is persisted and has data.
     fn dehydrate(&self) -> Option<DehydratedQuery>;
     /// Applies a snapshot item if the entry can decode it; gives it back otherwise.
-    fn restore(&self, q: DehydratedQuery) -> Result<(), DehydratedQuery>;
+    fn restore(&self, shared: &Shared, q: DehydratedQuery) -> Result<(), DehydratedQuery>;
 }
 
 impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
@@ -83,14 +93,14 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         g.observers > 0 || g.flight.is_some()
     }
     fn is_active(&self) -> bool {
-        self.inner.lock().observers > 0
+        self.inner.lock().enabled_observers > 0
     }
     fn is_fetching(&self) -> bool {
         self.inner.lock().flight.is_some()
     }
     fn is_stale(&self) -> bool {
         let g = self.inner.lock();
-        !(g.state.data.is_some() && g.is_fresh(g.stale_time))
+        !(g.state.data.is_some() && g.is_fresh(g.entry_stale_time()))
     }
     fn gc_due(&self, now: Instant) -> bool {
         let g = self.inner.lock();
@@ -113,6 +123,7 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         g.flight = None;
         g.updated_at = None;
         g.apply(Action::Reset);
+        self.rearm_stale_timer(&mut g, shared);
         self.arm_gc_if_unused(&mut g, shared);
     }
     fn mark_removed(&self) {
@@ -128,14 +139,22 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         }
         g.inval_gen += 1;
         g.apply(Action::Invalidate);
+        self.rearm_stale_timer(&mut g, shared);
         g.reload = g.reload.max(reload);
-        if g.observers > 0 && g.flight.is_none() {
+        if g.enabled_observers > 0 && g.flight.is_none() {
             if let Some(opts) = g.options.as_deref().cloned() {
                 if let Err(error) = self.begin_flight(&mut g, shared, opts) {
                     tracing::debug!(key = %self.key, %error, "remote change: refetch did not start");
                 }
             }
         }
+    }
+    fn write_state_behind(
+        &self,
+        shared: &Shared,
+        after: Option<AfterWrite>,
+    ) -> Result<(), Option<AfterWrite>> {
+        self.write_behind(shared, after)
     }
     fn is_persisted(&self) -> bool {
         self.inner
@@ -165,7 +184,7 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
             }
         }
     }
-    fn restore(&self, q: DehydratedQuery) -> Result<(), DehydratedQuery> {
+    fn restore(&self, shared: &Shared, q: DehydratedQuery) -> Result<(), DehydratedQuery> {
         let Some(fns) = self.inner.lock().options.as_ref().and_then(|o| o.persist) else {
             return Err(q);
         };
@@ -194,21 +213,19 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         }
         let now = Instant::now();
         g.updated_at = Some(now.checked_sub(age).unwrap_or(now));
+        self.rearm_stale_timer(&mut g, shared);
         Ok(())
     }
-    fn on_stale_timer(&self, _shared: &Arc<Shared>) {
-        let listeners = self.inner.lock().listeners.clone();
-        for l in listeners.iter().flat_map(|l| l.iter()) {
-            l.changed();
-        }
+    fn on_stale_timer(&self, shared: &Arc<Shared>) {
+        self.stale_timer_fired(shared);
     }
     fn notify_removed(&self) {
         let listeners = {
             let mut g = self.inner.lock();
             g.listeners.take()
         };
-        for l in listeners.iter().flat_map(|l| l.iter()) {
-            l.removed();
+        for w in listeners.iter().flat_map(|l| l.iter()) {
+            w.listener.removed();
         }
     }
 }

@@ -14,18 +14,18 @@
 //!   (latest-value semantics, like `tokio::sync::watch`).
 //!
 //! No lock of the cell is held while a listener runs, so a listener may call back into
-//! the mutation or the client. A panicking listener is caught and logged; the others
+//! the mutation or the client. A listener runs under the crate's panic policy
+//! ([`crate::user_code`]): a panicking listener is logged and stays subscribed; the others
 //! still run.
 
 use std::fmt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
 use super::state::{reduce, Action, MutationState};
-use crate::error::panic_message;
+use crate::user_code::contain;
 
 type Listener<T> = dyn Fn(&MutationState<T>) + Send + Sync;
 
@@ -153,8 +153,9 @@ impl<T: Send + Sync + 'static> StateCell<T> {
 
 impl<T> Slot<T> {
     fn pump(&self, cell: &StateCell<T>) {
-        // A listener panicking while this thread already unwinds would abort the
-        // process: leave `pending` set, the next change delivers.
+        // On a thread that is already unwinding the panic policy skips user code; checking
+        // here first (rather than letting `contain` skip the call) also leaves `pending`
+        // set and `seen` untouched, so the next change still delivers this state.
         while self.pending.load(Ordering::SeqCst) && !std::thread::panicking() {
             let Some(mut seen) = self.seen.try_lock() else {
                 // The holder re-checks `pending` after releasing the lock.
@@ -167,12 +168,8 @@ impl<T> Slot<T> {
             let (state, version) = cell.current();
             if version > *seen {
                 *seen = version;
-                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (self.listener)(&state))) {
-                    tracing::warn!(
-                        panic = %panic_message(&*payload),
-                        "a mutation listener panicked; it stays subscribed"
-                    );
-                }
+                // A panicking listener is logged by the policy and stays subscribed.
+                let _ = contain("mutation listener", || (self.listener)(&state));
             }
         }
     }

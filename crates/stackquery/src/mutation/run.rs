@@ -2,16 +2,14 @@
 //! retries, the callbacks, the final state — and a drop guard that settles the call if
 //! its future is dropped half-way.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::SystemTime;
-
-use futures::FutureExt;
 
 use super::listeners::StateCell;
 use super::state::Action;
 use super::{Call, MutationOptions, OnMutate};
-use crate::error::{panic_message, QueryError};
+use crate::error::QueryError;
+use crate::user_code::{contain, contain_async};
 
 /// Where a call is, for its drop guard.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -36,23 +34,11 @@ struct Run<V, T, C> {
     phase: Phase,
 }
 
-/// Runs a user callback; a panic is logged, never propagated.
-fn contain(callback: &'static str, f: impl FnOnce()) {
-    if std::thread::panicking() {
-        // A panic inside a callback now would abort the process.
-        tracing::warn!(
-            callback,
-            "mutation callback skipped: the thread is unwinding"
-        );
-        return;
-    }
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
-        tracing::warn!(
-            callback,
-            panic = %panic_message(&*payload),
-            "a mutation callback panicked; the call's outcome is unchanged"
-        );
-    }
+/// Runs a user callback (`on_success`, `on_error`, `on_settled`) under the crate's panic
+/// policy. A callback's outcome is only ever logged: a panicking callback (or one skipped
+/// on an unwinding thread) changes nothing about the call's result.
+fn callback(what: &'static str, f: impl FnOnce()) {
+    let _ = contain(what, f);
 }
 
 impl<V, T, C> Run<V, T, C> {
@@ -60,10 +46,10 @@ impl<V, T, C> Run<V, T, C> {
         self.phase = Phase::Done;
         let ctx = self.ctx.as_ref();
         if let Some(f) = &self.opts.on_success {
-            contain("on_success", || f(&data, &self.vars, ctx));
+            callback("on_success", || f(&data, &self.vars, ctx));
         }
         if let Some(f) = &self.opts.on_settled {
-            contain("on_settled", || f(Some(&data), None, &self.vars, ctx));
+            callback("on_settled", || f(Some(&data), None, &self.vars, ctx));
         }
         self.cell.apply(
             self.id,
@@ -81,10 +67,10 @@ impl<V, T, C> Run<V, T, C> {
         if started {
             let ctx = self.ctx.as_ref();
             if let Some(f) = &self.opts.on_error {
-                contain("on_error", || f(&error, &self.vars, ctx));
+                callback("on_error", || f(&error, &self.vars, ctx));
             }
             if let Some(f) = &self.opts.on_settled {
-                contain("on_settled", || f(None, Some(&error), &self.vars, ctx));
+                callback("on_settled", || f(None, Some(&error), &self.vars, ctx));
             }
         }
         self.cell.apply(
@@ -147,28 +133,27 @@ where
     run.phase = Phase::Started;
     if let Some(on_mutate) = &opts.on_mutate {
         let ctx = match on_mutate {
-            OnMutate::Sync(f) => catch_unwind(AssertUnwindSafe(|| f(&run.vars))),
-            OnMutate::Async(f) => match catch_unwind(AssertUnwindSafe(|| f(run.vars.clone()))) {
-                Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
-                Err(payload) => Err(payload),
-            },
+            OnMutate::Sync(f) => contain("on_mutate", || f(&run.vars)),
+            OnMutate::Async(f) => {
+                // Cloned before: a closure borrowing `run` would be held across the await
+                // (and make the future need `V: Sync`).
+                let vars = run.vars.clone();
+                contain_async("on_mutate", move || f(vars)).await
+            }
         };
         match ctx {
             Ok(ctx) => run.ctx = Some(ctx),
-            Err(payload) => return run.fail(QueryError::Panicked(panic_message(&*payload))),
+            Err(panicked) => return run.fail(panicked),
         }
     }
 
     loop {
-        let outcome = match catch_unwind(AssertUnwindSafe(|| (opts.mutation_fn)(run.vars.clone())))
-        {
-            Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
-            Err(payload) => Err(payload),
-        };
-        let error = match outcome {
+        let vars = run.vars.clone();
+        let mutation_fn = &opts.mutation_fn;
+        let error = match contain_async("mutation_fn", move || mutation_fn(vars)).await {
             Ok(Ok(data)) => return run.succeed(Arc::new(data)),
             Ok(Err(e)) => QueryError::fetch(e),
-            Err(payload) => QueryError::Panicked(panic_message(&*payload)),
+            Err(panicked) => panicked,
         };
         run.failures = run.failures.saturating_add(1);
         // A panic is a bug in the mutation function, not a transient failure: no retry.

@@ -43,6 +43,7 @@ pub(crate) mod redis;
 mod sqlite;
 pub(crate) mod tiered;
 mod timeout;
+pub(crate) mod write_queue;
 
 #[cfg(test)]
 mod tests;

@@ -196,9 +196,12 @@ impl SqliteStorageBuilder {
     }
 
     /// How long a write waits for another process holding the file's write lock before
-    /// failing (SQLite's `busy_timeout`).
+    /// failing (SQLite's `busy_timeout`). SQLite counts it in `i32` milliseconds: longer
+    /// timeouts, up to `Duration::MAX`, are clamped to that (about 24.8 days).
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
-        self.busy_timeout = timeout;
+        // Clamped here: rusqlite panics ("too big") on a timeout past `i32::MAX` ms, and
+        // `open` promises never to panic.
+        self.busy_timeout = timeout.min(MAX_BUSY_TIMEOUT);
         self
     }
 
@@ -503,6 +506,9 @@ fn run_worker(conn: &Connection, queue: &mpsc::Receiver<Job>, purge_interval: Op
         }
     }
 }
+
+/// The longest busy timeout SQLite can take (`i32::MAX` milliseconds).
+const MAX_BUSY_TIMEOUT: Duration = Duration::from_millis(2_147_483_647);
 
 /// Wall-clock milliseconds since the UNIX epoch (0 before it).
 fn now_ms() -> i64 {

@@ -8,19 +8,19 @@
 //! batch run before the key operations of that batch (a prefix deletion drops the older
 //! pending operations under it when it is queued).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::Notify;
 
 use super::{decode, encode, Codec, Envelope, Storage, StorageError};
 use crate::stats::Counters;
-use crate::worker::{Running, Worker};
+use crate::storage::write_queue::{Encoder, Op, WriteQueue};
+use crate::worker::Worker;
+
+pub(crate) use crate::storage::write_queue::{AfterWrite, Landed};
+use crate::user_code::contain;
 
 type EncodeFn<T> = fn(&T, SystemTime, bool, Codec) -> Result<Vec<u8>, StorageError>;
 
@@ -39,18 +39,33 @@ impl<T> Clone for PersistFns<T> {
 }
 impl<T> Copy for PersistFns<T> {}
 
+// `Serialize` / `Deserialize` impls are user code: each call runs under the crate's panic
+// policy, here where every caller (the write-behind task, the lease holder's direct write,
+// second-tier reads, snapshots) gets it. A panic while encoding is an encode error (that
+// write is skipped, the write-behind task lives on); a panic while decoding makes the
+// stored bytes unreadable (a miss), never a dead fetch task.
 impl<T: Serialize + DeserializeOwned> PersistFns<T> {
     pub(crate) fn new() -> Self {
         PersistFns {
             encode: |data, at, invalidated, codec| {
-                encode(&Envelope::new(data, at, invalidated), codec)
+                contain("serialize", || {
+                    encode(&Envelope::new(data, at, invalidated), codec)
+                })
+                .unwrap_or_else(|p| Err(StorageError::Encode(p.to_string())))
             },
-            decode: |bytes| decode::<T>(bytes),
+            decode: |bytes| {
+                contain("deserialize", || decode::<T>(bytes))
+                    .unwrap_or_else(|p| Err(StorageError::Corrupt(p.to_string())))
+            },
             to_json: |data| {
-                serde_json::to_value(data).map_err(|e| StorageError::Encode(e.to_string()))
+                contain("serialize", || serde_json::to_value(data))
+                    .unwrap_or_else(|p| Err(serde::ser::Error::custom(p)))
+                    .map_err(|e| StorageError::Encode(e.to_string()))
             },
             from_json: |value| {
-                serde_json::from_value(value).map_err(|e| StorageError::Corrupt(e.to_string()))
+                contain("deserialize", || serde_json::from_value(value))
+                    .unwrap_or_else(|p| Err(serde::de::Error::custom(p)))
+                    .map_err(|e| StorageError::Corrupt(e.to_string()))
             },
         }
     }
@@ -67,25 +82,6 @@ pub(crate) struct PendingWrite<T> {
     pub(crate) after: Option<AfterWrite>,
 }
 
-type Encoder = Box<dyn FnOnce() -> Result<Vec<u8>, StorageError> + Send>;
-
-/// Runs after a successful write (e.g. to announce it to other instances).
-pub(crate) type AfterWrite = Box<dyn FnOnce() + Send + Sync>;
-
-enum Op {
-    Set(Encoder, Option<Duration>, Option<AfterWrite>),
-    Delete,
-    /// A `Set` already encoded by a worker: kept until written, so a worker that dies
-    /// mid-write leaves it for the next one.
-    Encoded(Vec<u8>, Option<Duration>, Option<AfterWrite>),
-}
-
-#[derive(Default)]
-struct Pending {
-    keys: HashMap<String, Op>,
-    prefixes: Vec<String>,
-}
-
 /// Settings of the second tier.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct TierConfig {
@@ -98,12 +94,8 @@ pub(crate) struct TierConfig {
 pub(crate) struct Tier {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) config: TierConfig,
-    pending: Mutex<Pending>,
-    /// Shared with the worker, which must not keep the tier alive while it waits.
-    wake: Arc<Notify>,
-    /// Operations queued or being written; `flush` waits for 0.
-    outstanding: AtomicUsize,
-    idle: Notify,
+    /// What this instance still owes the store (see `write_queue.rs`).
+    queue: Arc<WriteQueue>,
     /// The write-behind task; restarted on the current runtime if its runtime died.
     worker: Worker,
 }
@@ -121,17 +113,15 @@ impl Tier {
         Tier {
             storage,
             config,
-            pending: Mutex::new(Pending::default()),
-            wake: Arc::new(Notify::new()),
-            outstanding: AtomicUsize::new(0),
-            idle: Notify::new(),
+            queue: Arc::new(WriteQueue::new()),
             worker: Worker::default(),
         }
     }
 
-    /// Queues a write of an entry's data (replacing an older queued operation on its key).
+    /// Queues a write of an entry's data (replacing an older queued operation on its key);
+    /// its `after` hook runs once it has landed.
     pub(crate) fn write<T: Send + Sync + 'static>(
-        self: &Arc<Self>,
+        &self,
         counters: &Arc<Counters>,
         w: PendingWrite<T>,
     ) {
@@ -139,58 +129,48 @@ impl Tier {
         let ttl = self.ttl(w.gc_time);
         let (fns, data, at, invalidated) = (w.fns, w.data, w.at, w.invalidated);
         let encoder: Encoder = Box::new(move || (fns.encode)(&data, at, invalidated, codec));
-        self.queue(counters, w.key, Op::Set(encoder, ttl, w.after));
+        self.queue.push(w.key, Op::Set(encoder, ttl), w.after);
+        self.start(counters);
     }
 
-    /// Queues a deletion of `key`.
-    pub(crate) fn delete(self: &Arc<Self>, counters: &Arc<Counters>, key: String) {
-        self.queue(counters, key, Op::Delete);
+    /// Queues a deletion of `key`; `after` runs once it has landed.
+    pub(crate) fn delete(&self, counters: &Arc<Counters>, key: String, after: Option<AfterWrite>) {
+        self.queue.push(key, Op::Delete, after);
+        self.start(counters);
     }
 
     /// Queues a deletion of every key starting with `prefix` (older queued operations under
-    /// it are dropped: they would be deleted anyway).
-    pub(crate) fn delete_prefix(self: &Arc<Self>, counters: &Arc<Counters>, prefix: String) {
-        {
-            let mut p = self.pending.lock();
-            let before = p.keys.len();
-            p.keys.retain(|k, _| !k.starts_with(&prefix));
-            let dropped = before - p.keys.len();
-            self.outstanding.fetch_sub(dropped, Ordering::AcqRel);
-            if !p.prefixes.contains(&prefix) {
-                p.prefixes.push(prefix);
-                self.outstanding.fetch_add(1, Ordering::AcqRel);
-            }
-        }
-        self.kick(counters);
-    }
-
-    fn queue(self: &Arc<Self>, counters: &Arc<Counters>, key: String, op: Op) {
-        {
-            let mut p = self.pending.lock();
-            if p.keys.insert(key, op).is_none() {
-                self.outstanding.fetch_add(1, Ordering::AcqRel);
-            }
-        }
-        self.kick(counters);
-    }
-
-    fn kick(self: &Arc<Self>, counters: &Arc<Counters>) {
+    /// it are dropped: they would be deleted anyway); `after` runs once it has landed.
+    pub(crate) fn delete_prefix(
+        &self,
+        counters: &Arc<Counters>,
+        prefix: String,
+        after: Option<AfterWrite>,
+    ) {
+        self.queue.push_prefix(prefix, after);
         self.start(counters);
-        self.wake.notify_one();
     }
 
-    fn start(self: &Arc<Self>, counters: &Arc<Counters>) {
+    fn start(&self, counters: &Arc<Counters>) {
         // Without a runtime the operations stay queued; the worker starts with the next
         // call made inside one (and again if the runtime it ran on has shut down).
-        let (tier, wake, counters) = (Arc::downgrade(self), self.wake.clone(), counters.clone());
-        self.worker
-            .ensure(move |running| worker(tier, wake, counters, running));
+        let queue = Arc::downgrade(&self.queue);
+        let (storage, counters) = (self.storage.clone(), counters.clone());
+        let wake = self.queue.wake.clone();
+        self.worker.ensure(move |running| {
+            crate::storage::write_queue::worker(queue, storage, counters, wake, running)
+        });
     }
 
     /// Writes now (not behind): the cluster-dedup lease holder must have the data in the
-    /// shared tier before it tells the others.
+    /// shared tier before it tells the others. A write that fails deletes the stored copy
+    /// instead (queued for retry if even that fails). Returns how it landed, if it did.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) async fn write_now<T>(&self, counters: &Counters, w: &PendingWrite<T>) {
+    pub(crate) async fn write_now<T>(
+        &self,
+        counters: &Arc<Counters>,
+        w: &PendingWrite<T>,
+    ) -> Option<Landed> {
         let ttl = self.ttl(w.gc_time);
         let result = match (w.fns.encode)(&w.data, w.at, w.invalidated, self.config.codec) {
             Ok(bytes) => {
@@ -199,24 +179,40 @@ impl Tier {
             }
             Err(e) => Err(e),
         };
-        if let Err(error) = result {
-            counters.l2_errors.incr();
-            tracing::warn!(key = %w.key, %error, "second tier write failed");
+        let Err(error) = result else {
+            return Some(Landed::Written);
+        };
+        counters.l2_errors.incr();
+        tracing::warn!(key = %w.key, %error, "second tier write failed: deleting the stored copy");
+        match self.storage.delete(&w.key).await {
+            Ok(()) => Some(Landed::Deleted),
+            Err(_) => {
+                self.delete(counters, w.key.clone(), None);
+                None
+            }
         }
     }
 
-    /// Waits until every queued operation has been attempted.
-    pub(crate) async fn flush(self: &Arc<Self>, counters: &Arc<Counters>) {
+    /// Waits until every queued operation has been attempted at least once.
+    pub(crate) async fn flush(&self, counters: &Arc<Counters>) {
         self.start(counters);
+        self.queue.flush().await;
+    }
+
+    /// Waits until everything owed has landed (retries included), or `limit` passes.
+    /// Returns whether it all landed.
+    pub(crate) async fn settle(&self, counters: &Arc<Counters>, limit: Duration) -> bool {
+        self.start(counters);
+        let deadline = crate::deadline::saturating_after(tokio::time::Instant::now(), limit);
         loop {
-            let idle = self.idle.notified();
-            tokio::pin!(idle);
-            idle.as_mut().enable();
-            if self.outstanding.load(Ordering::Acquire) == 0 {
-                return;
+            if self.queue.is_settled() {
+                return true;
             }
-            self.wake.notify_one();
-            idle.await;
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            self.queue.wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -228,6 +224,12 @@ impl Tier {
         key: &str,
         fns: PersistFns<T>,
     ) -> Option<Envelope<T>> {
+        if self.queue.owes(key) {
+            // This instance has not finished writing, invalidating or deleting the key:
+            // the stored value is older than what it knows.
+            counters.l2_misses.incr();
+            return None;
+        }
         match self.storage.get(key).await {
             Ok(Some(bytes)) => match (fns.decode)(&bytes) {
                 Ok(envelope) => {
@@ -238,7 +240,7 @@ impl Tier {
                     counters.l2_errors.incr();
                     tracing::warn!(key, %error, "unreadable second-tier entry: treated as a miss and deleted");
                     if error.is_corrupt() {
-                        self.delete(counters, key.to_string());
+                        self.delete(counters, key.to_string(), None);
                     }
                     None
                 }
@@ -259,128 +261,6 @@ impl Tier {
 impl Drop for Tier {
     fn drop(&mut self) {
         // Let the worker see that the tier is gone.
-        self.wake.notify_one();
-    }
-}
-
-async fn worker(
-    tier: Weak<Tier>,
-    wake_handle: Arc<Notify>,
-    counters: Arc<Counters>,
-    _running: Running,
-) {
-    loop {
-        let Some(t) = tier.upgrade() else { return };
-        let batch = std::mem::take(&mut *t.pending.lock());
-        if batch.keys.is_empty() && batch.prefixes.is_empty() {
-            let wake = wake_handle.notified();
-            tokio::pin!(wake);
-            wake.as_mut().enable();
-            // Re-check after registering, so a write queued in between is not missed.
-            if t.outstanding.load(Ordering::Acquire) == 0 {
-                t.idle.notify_waiters();
-            }
-            let empty = {
-                let p = t.pending.lock();
-                p.keys.is_empty() && p.prefixes.is_empty()
-            };
-            drop(t);
-            if empty {
-                wake.await;
-            }
-            continue;
-        }
-        // Whatever this task has not written when it is dropped (its runtime shut down)
-        // goes back to the queue for the next worker.
-        let mut batch = InFlight {
-            tier: t.clone(),
-            left: batch,
-        };
-        while let Some(prefix) = batch.left.prefixes.first().cloned() {
-            if let Err(error) = t.storage.delete_prefix(&prefix).await {
-                counters.l2_errors.incr();
-                tracing::warn!(prefix, %error, "second tier prefix delete failed");
-            }
-            batch.left.prefixes.remove(0);
-            t.outstanding.fetch_sub(1, Ordering::AcqRel);
-        }
-        loop {
-            let Some(key) = batch.left.keys.keys().next().cloned() else {
-                break;
-            };
-            let Some(op) = batch.left.keys.get_mut(&key) else {
-                break;
-            };
-            if let Op::Set(..) = op {
-                let Op::Set(encoder, ttl, after) = std::mem::replace(op, Op::Delete) else {
-                    unreachable!("matched above");
-                };
-                match encoder() {
-                    Ok(bytes) => *op = Op::Encoded(bytes, ttl, after),
-                    Err(error) => {
-                        batch.left.keys.remove(&key);
-                        t.outstanding.fetch_sub(1, Ordering::AcqRel);
-                        counters.l2_errors.incr();
-                        tracing::warn!(key, %error, "second tier write failed: does not encode");
-                        continue;
-                    }
-                }
-            }
-            let write = match &*op {
-                Op::Encoded(bytes, ttl, _) => Some((bytes.clone(), *ttl)),
-                _ => None,
-            };
-            let result = match write {
-                Some((bytes, ttl)) => {
-                    counters.l2_writes.incr();
-                    t.storage.set(&key, bytes, ttl).await
-                }
-                None => t.storage.delete(&key).await,
-            };
-            if let Some(Op::Encoded(_, _, Some(after))) = batch.left.keys.remove(&key) {
-                // Announced even if the write failed: the others then refetch.
-                after();
-            }
-            t.outstanding.fetch_sub(1, Ordering::AcqRel);
-            if let Err(error) = result {
-                counters.l2_errors.incr();
-                tracing::warn!(key, %error, "second tier write failed");
-            }
-        }
-    }
-}
-
-/// A batch being written. An operation stays in `left` until it has been attempted, so
-/// one whose future was dropped mid-write is written again by the next worker (writes of
-/// the same bytes are idempotent).
-struct InFlight {
-    tier: Arc<Tier>,
-    left: Pending,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let left = std::mem::take(&mut self.left);
-        if left.keys.is_empty() && left.prefixes.is_empty() {
-            return;
-        }
-        let mut p = self.tier.pending.lock();
-        for (key, op) in left.keys {
-            if p.keys.contains_key(&key) {
-                // Superseded by a newer queued operation.
-                self.tier.outstanding.fetch_sub(1, Ordering::AcqRel);
-            } else {
-                p.keys.insert(key, op);
-            }
-        }
-        for prefix in left.prefixes {
-            if p.prefixes.contains(&prefix) {
-                self.tier.outstanding.fetch_sub(1, Ordering::AcqRel);
-            } else {
-                p.prefixes.push(prefix);
-            }
-        }
-        drop(p);
-        self.tier.wake.notify_one();
+        self.queue.wake.notify_one();
     }
 }

@@ -52,4 +52,5 @@ pub async fn settle() {
         tokio::task::yield_now().await;
     }
 }
+pub mod proxy;
 pub mod redis_server;
