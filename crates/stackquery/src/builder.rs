@@ -11,7 +11,7 @@ use crate::key::QueryKey;
 use crate::options::Defaults;
 use crate::retry::{RetryDelay, RetryPolicy};
 use crate::storage::tiered::{Tier, TierConfig};
-use crate::storage::{Codec, Storage, TimeoutStorage};
+use crate::storage::{Codec, Storage, TimeoutStorage, DEFAULT_DELETE_PREFIX_TIMEOUT};
 
 /// Builds a [`QueryClient`] with client-wide defaults (each query may override them).
 ///
@@ -32,6 +32,7 @@ pub struct QueryClientBuilder {
     max_queries: Option<usize>,
     storage: Option<Arc<dyn Storage>>,
     storage_timeout: Duration,
+    storage_delete_prefix_timeout: Duration,
     tier: TierConfig,
     cluster: Cluster,
     persist_rules: crate::persist_rules::PersistRules,
@@ -44,6 +45,7 @@ impl Default for QueryClientBuilder {
             max_queries: None,
             storage: None,
             storage_timeout: Duration::from_secs(1),
+            storage_delete_prefix_timeout: DEFAULT_DELETE_PREFIX_TIMEOUT,
             tier: TierConfig {
                 codec: Codec::Json,
                 ttl: None,
@@ -61,6 +63,10 @@ impl fmt::Debug for QueryClientBuilder {
             .field("max_queries", &self.max_queries)
             .field("storage", &self.storage.is_some())
             .field("storage_timeout", &self.storage_timeout)
+            .field(
+                "storage_delete_prefix_timeout",
+                &self.storage_delete_prefix_timeout,
+            )
             .field("tier", &self.tier)
             .field("persist_rules", &self.persist_rules)
             .finish()
@@ -132,10 +138,23 @@ impl QueryClientBuilder {
         self
     }
 
-    /// Bound on every second-tier call (default 1 s); a call that takes longer is a
-    /// timeout error (logged) and the client goes on.
+    /// Bound on every second-tier `get`, `set` and `delete` (default 1 s); a call that
+    /// takes longer is a timeout error (logged) and the client goes on. Prefix deletes
+    /// have their own bound, [`storage_delete_prefix_timeout`](Self::storage_delete_prefix_timeout).
     pub fn storage_timeout(mut self, timeout: Duration) -> Self {
         self.storage_timeout = timeout;
+        self
+    }
+
+    /// Bound on each whole second-tier prefix delete (default 5 s), as made by
+    /// `remove_queries` and the like: it may remove many entries in many round trips, so
+    /// it is not held to [`storage_timeout`](Self::storage_timeout). This is the only
+    /// bound on a whole prefix delete — the backends bound their single round trips only
+    /// (see [`TimeoutStorage`]). One that takes longer is a timeout error (logged, counted
+    /// in [`l2_errors`](crate::CacheStats::l2_errors)), and entries it had not removed yet
+    /// stay in the tier until their ttl.
+    pub fn storage_delete_prefix_timeout(mut self, timeout: Duration) -> Self {
+        self.storage_delete_prefix_timeout = timeout;
         self
     }
 
@@ -214,9 +233,11 @@ impl QueryClientBuilder {
     /// Builds the client. Call inside or outside a tokio runtime; background work (the
     /// gc task) starts on the first use inside one.
     pub fn build(self) -> QueryClient {
-        let timeout = self.storage_timeout;
+        let (timeout, prefix_timeout) = (self.storage_timeout, self.storage_delete_prefix_timeout);
         let tier = self.storage.map(|s| {
-            let bounded: Arc<dyn Storage> = Arc::new(TimeoutStorage::new(s, timeout));
+            let bounded: Arc<dyn Storage> = Arc::new(
+                TimeoutStorage::new(s, timeout).with_delete_prefix_timeout(prefix_timeout),
+            );
             Arc::new(Tier::new(bounded, self.tier))
         });
         QueryClient::assemble(

@@ -323,26 +323,83 @@ async fn sigkill_during_load_fails_no_query_and_everything_recovers() {
     assert!(recovered < Duration::from_secs(5));
 }
 
+/// Builds the example `name` with the profile (and target) this test binary was built
+/// with, and returns the path of its binary.
+///
+/// The story: the harness built the example with the default (debug) profile but looked
+/// for it beside the test binary, in `target/release` under `cargo test --release`, so the
+/// test failed there; and since it built only when the binary was missing, it could run a
+/// stale one. Now the profile is read off the test binary's own path
+/// (`<target dir>/[<triple>/]<profile>/deps/<test>`), the example is built with that
+/// profile and target into the same target dir (cargo makes this a no-op when it is up to
+/// date, so a stale binary is never run), and found in the matching `examples` folder.
+fn build_example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the test binary lives in <profile>/deps");
+    // Integration tests get `<target dir>/tmp` at compile time.
+    let target_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("CARGO_TARGET_TMPDIR is <target dir>/tmp");
+    let relative: Vec<String> = profile_dir
+        .strip_prefix(target_dir)
+        .expect("the test binary lives in the target dir")
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let (triple, profile) = match relative.as_slice() {
+        [profile] => (None, profile.as_str()),
+        [triple, profile] => (Some(triple.as_str()), profile.as_str()),
+        other => panic!("unexpected test binary location {other:?} in {exe:?}"),
+    };
+    let mut build = std::process::Command::new(env!("CARGO"));
+    build
+        .args([
+            "build",
+            "-p",
+            "stackquery",
+            "--all-features",
+            "--example",
+            name,
+        ])
+        .arg("--target-dir")
+        .arg(target_dir);
+    match profile {
+        // `dev` and `test` both build into `debug`.
+        "debug" => {}
+        "release" => {
+            build.arg("--release");
+        }
+        custom => {
+            build.args(["--profile", custom]);
+        }
+    }
+    if let Some(triple) = triple {
+        build.args(["--target", triple]);
+    }
+    let out = build.output().expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "building example {name} ({profile}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{bin:?} after building it with profile {profile}"
+    );
+    bin
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_os_processes_see_one_anothers_invalidations() {
     let server = server_or_skip!("three_os_processes_see_one_anothers_invalidations");
-    let exe = std::env::current_exe().unwrap();
-    let examples = exe.parent().unwrap().parent().unwrap().join("examples");
-    let bin = examples.join(format!("multi_instance{}", std::env::consts::EXE_SUFFIX));
-    if !bin.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-p",
-                "stackquery",
-                "--all-features",
-                "--example",
-                "multi_instance",
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
+    let bin = build_example("multi_instance");
     let spawn = |name: &str| {
         std::process::Command::new(&bin)
             .args([&server.url(), name, "3"])

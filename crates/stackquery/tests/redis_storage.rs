@@ -224,11 +224,11 @@ async fn namespaces_are_isolated() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn delete_prefix_walks_many_scan_batches() {
-    let server = server_or_skip!("delete_prefix_walks_many_scan_batches");
+async fn delete_prefix_walks_many_batches() {
+    let server = server_or_skip!("delete_prefix_walks_many_batches");
     let store = RedisStorage::builder(server.url())
         .namespace("batch")
-        .scan_count(50)
+        .batch_size(50)
         .connect()
         .await
         .unwrap();
@@ -254,11 +254,16 @@ async fn delete_prefix_walks_many_scan_batches() {
         .await
         .unwrap();
     eprintln!(
-        "delete_prefix: {removed} of 2000 keys in {:?} (SCAN COUNT 50)",
+        "delete_prefix: {removed} of 2000 keys in {:?} (batches of 50)",
         started.elapsed()
     );
     assert_eq!(removed, 1_500);
-    assert_eq!(server.raw_command("DBSIZE").unwrap().trim(), ":500");
+    // The 500 others and the index.
+    assert_eq!(server.raw_command("DBSIZE").unwrap().trim(), ":501");
+    assert_eq!(
+        server.raw_command("ZCARD batch:idx").unwrap().trim(),
+        ":500"
+    );
     assert_eq!(
         store.get(&key!["other", 4].to_string()).await.unwrap(),
         Some(vec![1; 16])
@@ -793,4 +798,176 @@ async fn sigkill_mid_load_then_restart_recovers_by_itself() {
     for back in [storage_back, load_back, bus_back, lease_back, idle_back] {
         assert!(back < Duration::from_secs(5), "recovery took {back:?}");
     }
+}
+
+/// Issue 11, prefix removal on a shared Redis. The story: the cache shared its Redis
+/// database with another application's 5 million keys. `delete_prefix` walked the whole
+/// database with `SCAN MATCH`, so its cost followed the database, not the namespace: within
+/// its deadline it got through part of the keyspace and gave up, 64 of the 100 removed
+/// entries stayed, and a fresh instance hydrated them — data another instance had removed.
+///
+/// Now each namespace keeps an index of its keys (a sorted set read with `ZRANGEBYLEX`),
+/// and a prefix delete costs the matching entries only. Here 200 000 keys of another
+/// application share the database with 100 entries under `["user",…]`: the prefix delete,
+/// given a deadline of a quarter of what one `SCAN` walk of the database takes (measured
+/// here, old algorithm, dry run), removes all 100, and a fresh store reads none of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn prefix_delete_on_a_shared_database_costs_the_namespace_not_the_database() {
+    let server =
+        server_or_skip!("prefix_delete_on_a_shared_database_costs_the_namespace_not_the_database");
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    const FOREIGN: u32 = 200_000;
+    let filled = Instant::now();
+    for chunk in 0..FOREIGN / 10_000 {
+        let mut pipe = redis::pipe();
+        for i in chunk * 10_000..(chunk + 1) * 10_000 {
+            pipe.cmd("SET")
+                .arg(format!("billing:invoice:{i}"))
+                .arg("x")
+                .ignore();
+        }
+        let () = pipe.query_async(&mut raw).await.unwrap();
+    }
+    eprintln!("{FOREIGN} foreign keys written in {:?}", filled.elapsed());
+
+    let writer = store(&server, "shared").await;
+    for i in 0..100_u32 {
+        let k = key!["user", i].to_string();
+        writer.set(&k, b"v".to_vec(), None).await.unwrap();
+    }
+    for i in 0..10_u32 {
+        let k = key!["post", i].to_string();
+        writer.set(&k, b"v".to_vec(), None).await.unwrap();
+    }
+
+    // What the old delete_prefix did before removing anything: walk the database.
+    let pattern = r#"shared:cache:\["user",*"#;
+    let scanned = Instant::now();
+    let (mut cursor, mut found) = (0_u64, 0_usize);
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(500)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        found += keys.len();
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    let scan_walk = scanned.elapsed();
+    assert_eq!(found, 100);
+
+    // A deadline the SCAN walk could not meet; the index-based delete easily does.
+    let budget = scan_walk / 4;
+    let bounded = stackquery::storage::TimeoutStorage::new(writer.clone(), Duration::from_secs(1))
+        .with_delete_prefix_timeout(budget);
+    let started = Instant::now();
+    let removed = bounded.delete_prefix(&children_prefix(&key!["user"])).await;
+    let took = started.elapsed();
+    eprintln!(
+        "delete_prefix of 100 entries among {FOREIGN} foreign keys: {took:?} \
+         (one SCAN walk of the database: {scan_walk:?}; deadline {budget:?})"
+    );
+
+    let fresh = store(&server, "shared").await;
+    let mut survivors = 0;
+    for i in 0..100_u32 {
+        let k = key!["user", i].to_string();
+        survivors += usize::from(fresh.get(&k).await.unwrap().is_some());
+    }
+    assert_eq!(
+        survivors, 0,
+        "{survivors} of 100 removed entries are still served to a fresh store \
+         (delete_prefix: {removed:?} after {took:?})"
+    );
+    assert_eq!(removed.unwrap(), 100);
+    for i in 0..10_u32 {
+        let k = key!["post", i].to_string();
+        assert!(
+            fresh.get(&k).await.unwrap().is_some(),
+            "{k} was not under the prefix"
+        );
+    }
+    let dbsize: u64 = redis::cmd("DBSIZE").query_async(&mut raw).await.unwrap();
+    assert_eq!(
+        dbsize,
+        u64::from(FOREIGN) + 10 + 1,
+        "foreign keys, posts, the index"
+    );
+}
+
+/// Entries that expire by their ttl leave their index member behind; the members are
+/// pruned (by the background sweep of `set`s, by `prune_index`, and by a prefix delete
+/// that meets them) and never make a prefix delete count an expired entry.
+#[tokio::test(flavor = "multi_thread")]
+async fn index_members_of_expired_entries_are_pruned_and_never_counted() {
+    let server = server_or_skip!("index_members_of_expired_entries_are_pruned_and_never_counted");
+    let store = store(&server, "prune").await;
+    let zcard = || -> u64 {
+        server
+            .raw_command("ZCARD prune:idx")
+            .unwrap()
+            .trim()
+            .trim_start_matches(':')
+            .parse()
+            .unwrap()
+    };
+    for i in 0..50_u32 {
+        let k = key!["gone", i].to_string();
+        store
+            .set(&k, b"v".to_vec(), Some(Duration::from_millis(50)))
+            .await
+            .unwrap();
+    }
+    store
+        .set(r#"["gone","live"]"#, b"v".to_vec(), None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Expired entries leave members (unless a background sweep step already met them).
+    assert!(zcard() > 1, "{} members", zcard());
+    // Only the live entry counts; the stale members go with it.
+    assert_eq!(store.delete_prefix(r#"["gone","#).await.unwrap(), 1);
+    assert_eq!(zcard(), 0);
+
+    for i in 0..50_u32 {
+        let k = key!["gone", i].to_string();
+        store
+            .set(&k, b"v".to_vec(), Some(Duration::from_millis(50)))
+            .await
+            .unwrap();
+    }
+    store.set("kept", b"v".to_vec(), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let stale = zcard() - 1;
+    assert!(stale > 0);
+    // A background sweep step may prune some at the same moment.
+    assert!(store.prune_index().await.unwrap() <= stale);
+    assert_eq!(zcard(), 1);
+    store.delete("kept").await.unwrap();
+    assert_eq!(zcard(), 0);
+
+    // Churn of short-lived unique keys: the background sweep keeps the index near the
+    // live entries instead of growing with every key ever written.
+    for round in 0..20_u32 {
+        for i in 0..100_u32 {
+            let k = key!["tmp", round, i].to_string();
+            store
+                .set(&k, b"v".to_vec(), Some(Duration::from_millis(30)))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let left = zcard();
+    eprintln!("index after 2000 short-lived keys: {left} members");
+    assert!(left < 1_000, "{left} members for ~0 live entries");
 }

@@ -1,6 +1,7 @@
 //! [`RedisLeases`]: cluster-wide leases for deduplicating a fetch across instances.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +38,18 @@ return 0
 /// task, lost connection) blocks the others for at most the ttl. Releasing and renewing go
 /// through a Lua script that compares the token first, so a holder whose lease already
 /// expired (and was taken by someone else) cannot remove or extend the new holder's.
+///
+/// A holder whose work may outlast the ttl keeps the lease with
+/// [`hold_while`](Self::hold_while), which [renews](Self::renew) it every third of the ttl
+/// while the work runs: the ttl then only bounds how long a *dead* holder blocks the
+/// others, not how long a live one may work.
+///
+/// # Held elsewhere or unreachable
+///
+/// [`try_acquire`](Self::try_acquire) tells the two apart: `Ok(None)` means the server
+/// answered and someone else holds the lease (wait for their result); `Err(_)` means the
+/// server could not be asked (nobody can tell who holds it: fetch without the lease rather
+/// than wait).
 ///
 /// Every call is bounded by the store's timeout. Made from a [`RedisStorage`], whose
 /// connection and namespace it shares; cloning is cheap.
@@ -123,11 +136,19 @@ impl RedisLeases {
 
     /// Takes the lease on `key` for `ttl` if nobody holds it (a zero ttl counts as 1 ms).
     ///
+    /// Three outcomes, which the caller must not confuse:
+    ///
+    /// * `Ok(Some(token))`: this caller holds the lease now;
+    /// * `Ok(None)`: the server answered, and **someone else holds the lease** — their
+    ///   result is on its way, waiting for it is right;
+    /// * `Err(_)`: see below — the server did not answer, which says nothing about who
+    ///   holds the lease.
+    ///
     /// # Errors
     ///
     /// [`StorageError::Timeout`] or [`StorageError::Backend`] when the server cannot be
     /// reached; then nobody can tell who holds the lease, and the caller should fetch on
-    /// its own.
+    /// its own at once (waiting for a holder that may not exist only adds latency).
     pub async fn try_acquire(
         &self,
         key: &str,
@@ -204,6 +225,59 @@ impl RedisLeases {
         })
         .await?;
         Ok(renewed == 1)
+    }
+
+    /// Runs `work` while keeping the lease of `token` alive: every third of `ttl` (at
+    /// least every millisecond) the lease is [renewed](Self::renew) to `ttl` from then, so
+    /// a holder whose work takes longer than `ttl` keeps it, and nobody else takes it over
+    /// and runs the same work meanwhile. Renewing stops as soon as `work` ends — the lease
+    /// is not released here: call [`release`](Self::release) after (or let it expire,
+    /// `ttl` after the last renewal).
+    ///
+    /// `ttl` saturates: `Duration::MAX` or anything past the clock's range never panics
+    /// (renewals are then as good as never needed). A renewal that fails (server
+    /// unreachable) is retried at the next tick, while the lease may still be alive; a
+    /// renewal that finds the lease held by another token (it expired in between) stops
+    /// renewing, and `work` runs on regardless — its result is still worth having.
+    pub async fn hold_while<F: Future>(
+        &self,
+        token: &LeaseToken,
+        ttl: Duration,
+        work: F,
+    ) -> F::Output {
+        let work = std::pin::pin!(work);
+        let renewals = std::pin::pin!(self.keep_alive(token, ttl));
+        match futures::future::select(work, renewals).await {
+            futures::future::Either::Left((output, _renewals)) => output,
+            // The lease was lost: finish the work without it.
+            futures::future::Either::Right(((), work)) => work.await,
+        }
+    }
+
+    /// Renews the lease every third of `ttl`, on a fixed schedule (a slow renewal does
+    /// not push the next one back), until a renewal finds it held by another token.
+    async fn keep_alive(&self, token: &LeaseToken, ttl: Duration) {
+        let period = (ttl / 3).max(Duration::from_millis(1));
+        let mut next = crate::deadline::saturating_after(tokio::time::Instant::now(), period);
+        loop {
+            tokio::time::sleep_until(next).await;
+            match self.renew(token, ttl).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        key = token.key(),
+                        "lease lost before the work ended: no longer renewed"
+                    );
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(key = token.key(), %error, "lease renewal failed (retried at the next tick)");
+                }
+            }
+            // After a stall longer than a period (a slow renewal, a busy runtime) the next
+            // renewal goes out at once, but only one: no burst of catch-up renewals.
+            next = crate::deadline::saturating_after(next, period).max(tokio::time::Instant::now());
+        }
     }
 
     /// Whether anyone holds the lease on `key` now.

@@ -63,7 +63,7 @@ pub use memory::{MemoryStorage, MemoryStorageStats};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::{SqliteStorage, SqliteStorageBuilder};
-pub use timeout::TimeoutStorage;
+pub use timeout::{TimeoutStorage, DEFAULT_DELETE_PREFIX_TIMEOUT};
 
 /// A second-tier byte store: get, set with an optional time to live, delete.
 ///

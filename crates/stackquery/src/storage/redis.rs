@@ -2,22 +2,50 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
 
 use super::{async_trait, Storage, StorageError};
 
 /// The default deadline of one call (one round trip to the server).
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
-/// The default deadline of a whole [`Storage::delete_prefix`] (many round trips).
-const DEFAULT_DELETE_PREFIX_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default deadline of the first connection.
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The default namespace: keys are `stackquery:cache:<key>`.
 pub(crate) const DEFAULT_NAMESPACE: &str = "stackquery";
-/// The `COUNT` hint of each `SCAN` of a `delete_prefix`.
-const DEFAULT_SCAN_COUNT: u32 = 500;
+/// How many index members one round trip of a `delete_prefix` handles.
+const DEFAULT_BATCH_SIZE: u32 = 500;
+/// Every this many `set`s on a store (and its clones), one sweep step runs in the
+/// background…
+const SWEEP_EVERY: u32 = 16;
+/// …and looks at this many index members: two per `set` on average, so the sweep outpaces
+/// the index's growth and a member whose key expired is pruned within a few passes.
+const SWEEP_BATCH: u32 = 32;
+
+/// One step of the index sweep: looks at up to `ARGV[3]` members after `ARGV[2]` (a
+/// `ZRANGEBYLEX` bound) and removes those whose key (`ARGV[1]` .. member) is gone (expired).
+/// Atomic, so a key written meanwhile keeps its member. Returns `{pruned, last member}`,
+/// with an empty last member once the end of the index was reached.
+const SWEEP: &str = r"
+local count = tonumber(ARGV[3])
+local members = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[2], '+', 'LIMIT', 0, count)
+local pruned = 0
+for _, member in ipairs(members) do
+    if redis.call('EXISTS', ARGV[1] .. member) == 0 then
+        redis.call('ZREM', KEYS[1], member)
+        pruned = pruned + 1
+    end
+end
+if #members < count then
+    return {pruned, ''}
+end
+return {pruned, members[#members]}
+";
 /// Redis refuses an expiry that overflows its clock (`now + PX` past `i64::MAX` ms): longer
 /// ttls are clamped to this many milliseconds (about 73 million years).
 const MAX_TTL_MS: u64 = 1 << 61;
@@ -28,15 +56,41 @@ const MAX_TTL_MS: u64 = 1 << 61;
 /// Keys live under a namespace, as `<namespace>:cache:<key>` (`stackquery:cache:["user",1]`
 /// by default), so several applications can share a server and
 /// [`delete_prefix`](Storage::delete_prefix) never touches another namespace. A ttl becomes
-/// a `PX` expiry (milliseconds). `delete_prefix` walks the namespace with `SCAN MATCH` (the
-/// prefix's glob characters escaped, so it is matched as plain text) and removes what it
-/// finds with pipelined `UNLINK`s.
+/// a `PX` expiry (milliseconds).
+///
+/// # The key index
+///
+/// Beside the entries, each namespace keeps an index: the sorted set `<namespace>:idx`,
+/// whose members are the stored keys (without the namespace), all with score 0 so that
+/// they sort byte-wise. `delete_prefix` reads the matching members with `ZRANGEBYLEX`
+/// and removes them and their entries in batches, so its cost grows with the number of
+/// matching entries (`O(log n + m)`), never with the size of the database: walking the
+/// database with `SCAN` cost time in proportion to every key on the server, and on a
+/// server shared with a big application a prefix delete ran out of time half done.
+///
+/// The index is kept exact for live entries: each `set` writes the entry and its member in
+/// one `MULTI`/`EXEC`, each `delete` removes both in one, and so does each batch of a
+/// prefix delete — at no moment is a live entry missing from the index, whatever other
+/// instances do at the same time. Entries that expire by their ttl leave a stale member
+/// behind, which is harmless (a prefix delete counts only entries it actually removed) and
+/// pruned: by the prefix delete that meets it, and by a sweep that runs in the background
+/// every few `set`s (a Lua script that removes, atomically, the members whose entry is
+/// gone), so the index stays about as large as the live entries.
+/// [`prune_index`](RedisStorage::prune_index) runs a whole pass on demand.
+///
+/// Entries written without a member (by hand, or by a build of this crate from before the
+/// index, which was never released) are invisible to `delete_prefix`; they still expire
+/// by their ttl.
 ///
 /// # Failures
 ///
-/// Every call is bounded: a call that has not finished within
+/// Every round trip is bounded: one that has not finished within
 /// [`timeout`](RedisStorageBuilder::timeout) (500 ms by default) returns
-/// [`StorageError::Timeout`]; a refused or dropped connection returns
+/// [`StorageError::Timeout`]. A `delete_prefix` takes one round trip per batch of matching
+/// entries, each bounded so; the deadline of the whole prefix delete belongs to the
+/// [`TimeoutStorage`](super::TimeoutStorage) around the store (the client's
+/// [`storage_delete_prefix_timeout`](crate::QueryClientBuilder::storage_delete_prefix_timeout),
+/// 5 s by default), so there is one place that sets it; a refused or dropped connection returns
 /// [`StorageError::Backend`]. Nothing panics, and nothing waits for the server to come back.
 ///
 /// The connection is redis' reconnecting `ConnectionManager`, making one connection
@@ -72,9 +126,20 @@ pub struct RedisStorage {
     namespace: String,
     /// `<namespace>:cache:`, put in front of every key.
     key_prefix: String,
+    /// `<namespace>:idx`: the sorted set of the stored keys.
+    index_key: String,
     timeout: Duration,
-    delete_prefix_timeout: Duration,
-    scan_count: u32,
+    batch_size: u32,
+    sweep: Arc<Sweep>,
+}
+
+/// The background sweep of index members whose entries expired, shared by clones.
+struct Sweep {
+    /// `set`s since the store was made: every [`SWEEP_EVERY`]th starts a sweep step.
+    sets: AtomicU32,
+    /// The last member the previous step looked at (empty: start at the beginning).
+    cursor: Mutex<Vec<u8>>,
+    script: Script,
 }
 
 /// Settings of a [`RedisStorage`], made by [`RedisStorage::builder`].
@@ -85,8 +150,7 @@ pub struct RedisStorageBuilder {
     namespace: String,
     timeout: Duration,
     connect_timeout: Duration,
-    delete_prefix_timeout: Duration,
-    scan_count: u32,
+    batch_size: u32,
 }
 
 impl RedisStorage {
@@ -98,8 +162,7 @@ impl RedisStorage {
             namespace: DEFAULT_NAMESPACE.to_owned(),
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            delete_prefix_timeout: DEFAULT_DELETE_PREFIX_TIMEOUT,
-            scan_count: DEFAULT_SCAN_COUNT,
+            batch_size: DEFAULT_BATCH_SIZE,
         }
     }
 
@@ -152,54 +215,141 @@ impl RedisStorage {
         self.conn.clone()
     }
 
-    async fn delete_prefix_inner(&self, prefix: &str) -> Result<u64, StorageError> {
-        let pattern = format!("{}*", escape_glob(&self.redis_key(prefix)));
-        let mut conn = self.conn.clone();
-        let mut cursor: u64 = 0;
-        let mut pending: Vec<Vec<u8>> = Vec::new();
-        let mut removed: u64 = 0;
+    /// The Redis key of the index of this store's namespace: `<namespace>:idx`, a sorted
+    /// set of the stored keys (see [the key index](RedisStorage#the-key-index)).
+    pub fn index_key(&self) -> &str {
+        &self.index_key
+    }
+
+    /// Runs one whole pass of the index sweep now: removes the index members whose entry
+    /// is gone (expired), and returns how many. The same sweep runs by itself, a little
+    /// at a time, in the background of `set`s; this is for tests and maintenance.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Timeout`] or [`StorageError::Backend`] from a round trip.
+    pub async fn prune_index(&self) -> Result<u64, StorageError> {
+        let mut after = Vec::new();
+        let mut pruned = 0;
         loop {
-            // One round trip: remove what the last SCAN found, and SCAN on.
-            let mut pipe = redis::pipe();
-            if !pending.is_empty() {
-                pipe.cmd("UNLINK").arg(&pending);
+            let (n, last) = self.sweep_step(&after, DEFAULT_BATCH_SIZE).await?;
+            pruned += n;
+            if last.is_empty() {
+                return Ok(pruned);
             }
-            pipe.cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(self.scan_count);
-            let (unlinked, (next, keys)) = if pending.is_empty() {
-                // A SCAN alone is safe to repeat (e.g. on the first call after an outage).
-                let pipe = &pipe;
-                let ((next, keys),): ((u64, Vec<Vec<u8>>),) = with_retry(self.timeout, || {
-                    let mut conn = self.conn.clone();
-                    async move { pipe.query_async(&mut conn).await }
-                })
-                .await?;
-                (0, (next, keys))
-            } else {
-                // Not repeated: a repeated UNLINK would count 0 for keys the lost reply
-                // had removed.
-                let (n, (next, keys)): (u64, (u64, Vec<Vec<u8>>)) =
-                    self.round_trip(pipe.query_async(&mut conn)).await?;
-                (n, (next, keys))
-            };
-            removed += unlinked;
-            pending = keys;
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
+            after = last;
         }
-        if !pending.is_empty() {
-            let n: u64 = self
-                .round_trip(redis::cmd("UNLINK").arg(&pending).query_async(&mut conn))
-                .await?;
-            removed += n;
+    }
+
+    /// `<namespace>:cache:<member>` for an index member (bytes: a member is whatever was
+    /// stored, read back from the server).
+    fn entry_key(&self, member: &[u8]) -> Vec<u8> {
+        let mut full = Vec::with_capacity(self.key_prefix.len() + member.len());
+        full.extend_from_slice(self.key_prefix.as_bytes());
+        full.extend_from_slice(member);
+        full
+    }
+
+    /// Removes the matching entries batch by batch: each round trip removes the members
+    /// read by the previous one, with their entries, in one `MULTI`/`EXEC`, and reads the
+    /// next batch after the last of them (so entries written meanwhile cannot keep it
+    /// going forever). A member whose entry already expired is removed too, uncounted.
+    async fn delete_prefix_inner(&self, prefix: &str) -> Result<u64, StorageError> {
+        let (min, max) = member_range(prefix);
+        let batch = self.batch_size;
+        let read = |from: &[u8]| {
+            redis::cmd("ZRANGEBYLEX")
+                .arg(&self.index_key)
+                .arg(from)
+                .arg(&max)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(batch)
+                .clone()
+        };
+        // The first read alone is safe to repeat (e.g. on the first call after an outage).
+        let mut pending: Vec<Vec<u8>> = self.send(&read(&min)).await?;
+        let mut removed: u64 = 0;
+        while !pending.is_empty() {
+            let more = pending.len() >= batch as usize;
+            let entries: Vec<Vec<u8>> = pending.iter().map(|m| self.entry_key(m)).collect();
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("ZREM")
+                .arg(&self.index_key)
+                .arg(&pending)
+                .ignore()
+                .cmd("UNLINK")
+                .arg(&entries);
+            let mut conn = self.conn.clone();
+            // Not repeated: a repeated UNLINK would count 0 for entries the lost reply had
+            // removed.
+            if more {
+                let mut after = Vec::with_capacity(1 + pending.last().map_or(0, Vec::len));
+                after.push(b'(');
+                after.extend_from_slice(pending.last().map_or(&[][..], Vec::as_slice));
+                pipe.add_command(read(&after));
+                let (n, next): (u64, Vec<Vec<u8>>) =
+                    self.round_trip(pipe.query_async(&mut conn)).await?;
+                removed += n;
+                pending = next;
+            } else {
+                let (n,): (u64,) = self.round_trip(pipe.query_async(&mut conn)).await?;
+                removed += n;
+                pending = Vec::new();
+            }
         }
         Ok(removed)
+    }
+
+    /// One step of the index sweep over up to `count` members after `after` (from the
+    /// beginning when empty): `(pruned, last member looked at)`, the last empty at the end.
+    async fn sweep_step(&self, after: &[u8], count: u32) -> Result<(u64, Vec<u8>), StorageError> {
+        let from = if after.is_empty() {
+            b"-".to_vec()
+        } else {
+            let mut from = Vec::with_capacity(after.len() + 1);
+            from.push(b'(');
+            from.extend_from_slice(after);
+            from
+        };
+        let mut call = self.sweep.script.key(&self.index_key);
+        call.arg(&self.key_prefix).arg(from).arg(count);
+        let call = &call;
+        with_retry(self.timeout, || {
+            let mut conn = self.conn.clone();
+            async move { call.invoke_async(&mut conn).await }
+        })
+        .await
+    }
+
+    /// Counts a `set`, and every [`SWEEP_EVERY`]th time starts a sweep step in the
+    /// background (on the current tokio runtime, off the caller's path and deadline).
+    fn count_set(&self) {
+        let n = self.sweep.sets.fetch_add(1, Ordering::Relaxed);
+        if n % SWEEP_EVERY != SWEEP_EVERY - 1 {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.clone();
+        runtime.spawn(async move {
+            let after = store.sweep.cursor.lock().clone();
+            match store.sweep_step(&after, SWEEP_BATCH).await {
+                Ok((pruned, last)) => {
+                    if pruned > 0 {
+                        tracing::debug!(
+                            pruned,
+                            "Redis storage pruned index members of expired entries"
+                        );
+                    }
+                    *store.sweep.cursor.lock() = last;
+                }
+                // The next step tries again from the same place.
+                Err(error) => tracing::debug!(%error, "Redis storage index sweep failed"),
+            }
+        });
     }
 
     /// One request of a longer call: bounded by the per-call deadline.
@@ -219,6 +369,16 @@ impl RedisStorage {
         })
         .await
     }
+
+    /// Sends a pipeline (a `MULTI`/`EXEC` transaction) that is safe to repeat, like
+    /// [`send`](Self::send).
+    async fn send_pipe(&self, pipe: &redis::Pipeline) -> Result<(), StorageError> {
+        with_retry(self.timeout, || {
+            let mut conn = self.conn.clone();
+            async move { pipe.query_async(&mut conn).await }
+        })
+        .await
+    }
 }
 
 impl fmt::Debug for RedisStorage {
@@ -226,7 +386,7 @@ impl fmt::Debug for RedisStorage {
         f.debug_struct("RedisStorage")
             .field("namespace", &self.namespace)
             .field("timeout", &self.timeout)
-            .field("delete_prefix_timeout", &self.delete_prefix_timeout)
+            .field("batch_size", &self.batch_size)
             .finish_non_exhaustive()
     }
 }
@@ -240,7 +400,8 @@ impl RedisStorageBuilder {
     }
 
     /// The deadline of each call, or of each round trip of a `delete_prefix` (default
-    /// 500 ms). A zero deadline is raised to one millisecond.
+    /// 500 ms). A zero deadline is raised to one millisecond. The whole `delete_prefix` is
+    /// bounded by the [`TimeoutStorage`](super::TimeoutStorage) around the store.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout.max(Duration::from_millis(1));
         self
@@ -253,16 +414,10 @@ impl RedisStorageBuilder {
         self
     }
 
-    /// The deadline of a whole [`delete_prefix`](Storage::delete_prefix), which takes one
-    /// round trip per `SCAN` batch (default 5 s).
-    pub fn delete_prefix_timeout(mut self, timeout: Duration) -> Self {
-        self.delete_prefix_timeout = timeout.max(Duration::from_millis(1));
-        self
-    }
-
-    /// The `COUNT` hint of each `SCAN` in a `delete_prefix` (default 500; at least 1).
-    pub fn scan_count(mut self, count: u32) -> Self {
-        self.scan_count = count.max(1);
+    /// How many entries one round trip of a [`delete_prefix`](Storage::delete_prefix)
+    /// removes (default 500; at least 1).
+    pub fn batch_size(mut self, size: u32) -> Self {
+        self.batch_size = size.max(1);
         self
     }
 
@@ -276,13 +431,19 @@ impl RedisStorageBuilder {
     pub async fn connect(self) -> Result<RedisStorage, StorageError> {
         let conn = connection_manager(&self.url, self.connect_timeout).await?;
         let key_prefix = format!("{}:cache:", self.namespace);
+        let index_key = format!("{}:idx", self.namespace);
         Ok(RedisStorage {
             conn,
             namespace: self.namespace,
             key_prefix,
+            index_key,
             timeout: self.timeout,
-            delete_prefix_timeout: self.delete_prefix_timeout,
-            scan_count: self.scan_count,
+            batch_size: self.batch_size,
+            sweep: Arc::new(Sweep {
+                sets: AtomicU32::new(0),
+                cursor: Mutex::new(Vec::new()),
+                script: Script::new(SWEEP),
+            }),
         })
     }
 }
@@ -355,17 +516,21 @@ pub(crate) fn backend(err: redis::RedisError) -> StorageError {
     StorageError::backend(err)
 }
 
-/// `text` as a Redis glob pattern that matches exactly `text`: `*`, `?`, `[`, `]` and `\`
-/// are escaped with a backslash.
-pub(crate) fn escape_glob(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
+/// The `ZRANGEBYLEX` bounds of the index members that start with `prefix`: from
+/// `[prefix` (inclusive) to `(prefix\xff` (exclusive) — no UTF-8 text contains the byte
+/// `0xff`, so every key with the prefix sorts below it. All of the index for `""`.
+fn member_range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
+    if prefix.is_empty() {
+        return (b"-".to_vec(), b"+".to_vec());
     }
-    out
+    let mut min = Vec::with_capacity(prefix.len() + 1);
+    min.push(b'[');
+    min.extend_from_slice(prefix.as_bytes());
+    let mut max = Vec::with_capacity(prefix.len() + 2);
+    max.push(b'(');
+    max.extend_from_slice(prefix.as_bytes());
+    max.push(0xff);
+    (min, max)
 }
 
 /// The `PX` argument for `ttl`: whole milliseconds rounded up (a 1 µs ttl is 1 ms), clamped
@@ -384,6 +549,7 @@ impl Storage for RedisStorage {
         self.send(redis::cmd("GET").arg(self.redis_key(key))).await
     }
 
+    /// Writes the entry and its index member in one transaction.
     async fn set(
         &self,
         key: &str,
@@ -391,32 +557,53 @@ impl Storage for RedisStorage {
         ttl: Option<Duration>,
     ) -> Result<(), StorageError> {
         let full = self.redis_key(key);
-        let cmd = match ttl {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        match ttl {
             // An entry that is already expired: what was there is replaced by nothing.
             Some(ttl) if ttl.is_zero() => {
-                let mut cmd = redis::cmd("UNLINK");
-                cmd.arg(full);
-                cmd
+                pipe.cmd("ZREM").arg(&self.index_key).arg(key).ignore();
+                pipe.cmd("UNLINK").arg(full).ignore();
             }
             _ => {
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(full).arg(value);
+                pipe.cmd("SET").arg(full).arg(value);
                 if let Some(ms) = ttl.and_then(ttl_millis) {
-                    cmd.arg("PX").arg(ms);
+                    pipe.arg("PX").arg(ms);
                 }
-                cmd
+                pipe.ignore();
+                pipe.cmd("ZADD")
+                    .arg(&self.index_key)
+                    .arg(0)
+                    .arg(key)
+                    .ignore();
             }
-        };
-        self.send(&cmd).await
+        }
+        self.send_pipe(&pipe).await?;
+        self.count_set();
+        Ok(())
     }
 
+    /// Removes the entry and its index member in one transaction.
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.send(redis::cmd("UNLINK").arg(self.redis_key(key)))
-            .await
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("ZREM")
+            .arg(&self.index_key)
+            .arg(key)
+            .ignore()
+            .cmd("UNLINK")
+            .arg(self.redis_key(key))
+            .ignore();
+        self.send_pipe(&pipe).await
     }
 
+    /// Removes the entries whose key starts with `prefix`, found through the namespace's
+    /// index (see [the key index](RedisStorage#the-key-index)): one round trip per batch
+    /// of matching entries, each bounded by the per-call timeout. The whole call has no
+    /// deadline of its own: the [`TimeoutStorage`](super::TimeoutStorage) around the store
+    /// sets it.
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError> {
-        bounded(self.delete_prefix_timeout, self.delete_prefix_inner(prefix)).await
+        self.delete_prefix_inner(prefix).await
     }
 }
 
@@ -425,10 +612,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn glob_characters_are_escaped() {
-        assert_eq!(escape_glob(r#"ns:cache:["user","#), r#"ns:cache:\["user","#);
-        assert_eq!(escape_glob(r"a*b?c]d\e"), r"a\*b\?c\]d\\e");
-        assert_eq!(escape_glob("é%_"), "é%_");
+    fn member_range_covers_exactly_the_keys_with_the_prefix() {
+        let (min, max) = member_range(r#"["user","#);
+        assert_eq!(min, br#"[["user","#);
+        assert_eq!(max, b"([\"user\",\xff");
+        assert_eq!(member_range(""), (b"-".to_vec(), b"+".to_vec()));
+        // Byte order (as ZRANGEBYLEX compares) of keys against the exclusive bound.
+        let upper = &max[1..];
+        for key in [r#"["user",1]"#, "[\"user\",\u{10FFFF}"] {
+            assert!(key.as_bytes() < upper, "{key}");
+        }
+        // The key itself and its siblings are outside.
+        for key in [r#"["user"]"#, r#"["users",1]"#] {
+            assert!(key.as_bytes() > upper, "{key}");
+        }
+        assert!(br#"["user""#.as_slice() < &min[1..]);
     }
 
     #[test]

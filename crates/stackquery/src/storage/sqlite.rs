@@ -22,6 +22,16 @@
 //!
 //! Several processes may open the same file: WAL mode lets readers proceed beside a
 //! writer, and a busy timeout makes writers wait for each other instead of failing.
+//!
+//! # Reads on their own connection
+//!
+//! A storage on a file has a **second thread with a connection of its own for `get`s**.
+//! A write waits (up to the busy timeout) while another process holds the file's write
+//! lock; with one thread, every read queued behind that write waited too, so each cold
+//! fetch took the whole wait even though WAL lets readers proceed beside a writer. Now
+//! reads never queue behind writes. They still see every write that has returned: a write
+//! is committed before its caller hears back, and each read starts a fresh snapshot. (An
+//! in-memory database is private to one connection, so there reads share the one thread.)
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -79,9 +89,11 @@ type Job = Box<dyn FnOnce(&Connection) + Send>;
 /// ([`SqliteStorageBuilder::purge_interval`]). The file is in WAL mode, so other processes
 /// can read while one writes.
 ///
-/// All SQLite work runs on a thread owned by the storage, never on the async runtime (see
-/// the module's threading model). Cloning is cheap and shares that thread; it stops when
-/// the last clone is dropped, after finishing the calls already queued.
+/// All SQLite work runs on threads owned by the storage, never on the async runtime: one
+/// for writes and, for a file, one with its own connection for reads, so reads never wait
+/// behind a write that waits for another process's lock (see the module's threading
+/// model). Cloning is cheap and shares those threads; they stop when the last clone is
+/// dropped, after finishing the calls already queued.
 ///
 /// Time to live is measured with the wall clock, not tokio's: a paused test clock does
 /// not expire SQLite entries.
@@ -108,6 +120,8 @@ type Job = Box<dyn FnOnce(&Connection) + Send>;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub struct SqliteStorage {
     jobs: SyncSender<Job>,
+    /// The reader thread's queue (files only): `get`s go there, never behind a write.
+    reads: Option<SyncSender<Job>>,
     path: Option<Arc<Path>>,
 }
 
@@ -209,14 +223,32 @@ impl SqliteStorageBuilder {
         conn.execute_batch(TABLE_SCHEMA)
             .map_err(|e| open_error(self.path.as_deref(), e))?;
 
+        // The reader opens after the writer made the file, its table and WAL mode.
+        let reader = match &self.path {
+            Some(path) => Some(open_reader(path, self.busy_timeout)?),
+            None => None,
+        };
+        let spawn_error = |e| StorageError::backend(OpenError::new(self.path.as_deref(), e));
         let (jobs, queue) = mpsc::sync_channel::<Job>(self.queue_capacity);
         let purge_interval = self.purge_interval;
         std::thread::Builder::new()
             .name("stackquery-sqlite".into())
             .spawn(move || run_worker(&conn, &queue, purge_interval))
-            .map_err(|e| StorageError::backend(OpenError::new(self.path.as_deref(), e)))?;
+            .map_err(spawn_error)?;
+        let reads = match reader {
+            Some(reader) => {
+                let (reads, queue) = mpsc::sync_channel::<Job>(self.queue_capacity);
+                std::thread::Builder::new()
+                    .name("stackquery-sqlite-read".into())
+                    .spawn(move || run_worker(&reader, &queue, None))
+                    .map_err(spawn_error)?;
+                Some(reads)
+            }
+            None => None,
+        };
         Ok(SqliteStorage {
             jobs,
+            reads,
             path: self.path.map(Arc::from),
         })
     }
@@ -244,6 +276,19 @@ fn open_file(path: &Path, busy_timeout: Duration) -> Result<Connection, StorageE
     // Durable against a crash of the process; a power loss may drop the last writes,
     // which a cache can afford.
     conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(|e| open_error(Some(path), e))?;
+    Ok(conn)
+}
+
+/// The reader thread's connection to the file the writer opened: read-only in effect
+/// (`query_only`), so a bug can never make it write outside the writer's thread.
+fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, StorageError> {
+    // Read-write flags all the same: a WAL reader needs to write the shared-memory index.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(Some(path), e))?;
+    conn.busy_timeout(busy_timeout)
+        .map_err(|e| open_error(Some(path), e))?;
+    conn.pragma_update(None, "query_only", true)
         .map_err(|e| open_error(Some(path), e))?;
     Ok(conn)
 }
@@ -291,8 +336,9 @@ impl SqliteStorage {
         .await
     }
 
-    /// Runs `work` on the connection thread and waits for its answer. A `read_only` call
-    /// whose caller has given up (timed out) by the time its turn comes is skipped.
+    /// Runs `work` on a connection thread and waits for its answer: the reader's for a
+    /// `read_only` call on a file, else the writer's. A `read_only` call whose caller has
+    /// given up (timed out) by the time its turn comes is skipped.
     async fn call<R, F>(&self, read_only: bool, work: F) -> Result<R, StorageError>
     where
         R: Send + 'static,
@@ -306,7 +352,11 @@ impl SqliteStorage {
             // The caller may have left meanwhile; then nobody needs the answer.
             let _ = reply.send(work(conn));
         });
-        self.jobs.try_send(job).map_err(|e| match e {
+        let queue = match &self.reads {
+            Some(reads) if read_only => reads,
+            _ => &self.jobs,
+        };
+        queue.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) => StorageError::backend("SQLite storage queue is full"),
             TrySendError::Disconnected(_) => StorageError::backend("SQLite storage thread stopped"),
         })?;
@@ -517,7 +567,81 @@ impl std::error::Error for OpenError {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_upper_bound;
+    use super::*;
+
+    /// Issue 11, SQLite. The story: reads queued behind writes on the storage's single
+    /// thread, so while another process held the file's write lock, a write-behind `set`
+    /// sat waiting for it (busy timeout) and every cold fetch's `get` waited behind that
+    /// `set` — a second or more each, though WAL lets readers proceed beside a writer.
+    ///
+    /// Here another connection (another process, in effect) holds a write transaction
+    /// (`BEGIN IMMEDIATE`) for 2 s, a `set` is queued and waits for it, and a `get` still
+    /// answers within 300 ms; the `set` goes through once the lock is released.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn reads_do_not_wait_behind_a_write_blocked_by_another_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.sqlite");
+        let store = SqliteStorage::open(&path).unwrap();
+        store.set("k", b"v".to_vec(), None).await.unwrap();
+
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let other_process = std::thread::spawn(move || {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            conn.execute(
+                "UPDATE stackquery_cache SET value = x'00' WHERE key = 'nothing'",
+                [],
+            )
+            .unwrap();
+            locked.send(()).unwrap();
+            std::thread::sleep(Duration::from_secs(2));
+            conn.execute_batch("COMMIT").unwrap();
+        });
+        is_locked.recv().unwrap();
+        let locked_at = Instant::now();
+
+        // A write-behind set: it waits for the write lock (5 s busy timeout).
+        let write = tokio::spawn({
+            let store = store.clone();
+            async move { store.set("k2", b"w".to_vec(), None).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        let started = Instant::now();
+        let read = store.get("k").await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(read, Some(b"v".to_vec()));
+        assert!(
+            took < Duration::from_millis(300),
+            "a get waited {took:?} behind a write blocked by another process"
+        );
+        assert!(
+            locked_at.elapsed() < Duration::from_secs(2),
+            "the lock was still held during the get"
+        );
+
+        other_process.join().unwrap();
+        write.await.unwrap().unwrap();
+        assert_eq!(store.get("k2").await.unwrap(), Some(b"w".to_vec()));
+    }
+
+    /// Reads on the reader's connection see every write that has returned.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_reader_sees_every_returned_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStorage::open(dir.path().join("c.sqlite")).unwrap();
+        for i in 0..200_u32 {
+            let k = format!("k{i}");
+            store.set(&k, i.to_le_bytes().to_vec(), None).await.unwrap();
+            assert_eq!(store.get(&k).await.unwrap(), Some(i.to_le_bytes().to_vec()));
+            if i % 3 == 0 {
+                store.delete(&k).await.unwrap();
+                assert_eq!(store.get(&k).await.unwrap(), None);
+            }
+        }
+        assert_eq!(store.delete_prefix("k").await.unwrap(), 133);
+        assert_eq!(store.get("k1").await.unwrap(), None);
+    }
 
     #[test]
     fn upper_bound_is_the_least_string_above_the_prefix_range() {
