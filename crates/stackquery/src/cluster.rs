@@ -198,6 +198,19 @@ mod enabled {
             }
         }
 
+        /// Runs `work` while renewing the lease `token` (every third of its ttl), so a
+        /// fetch that outlasts the ttl keeps it. Without cluster dedup: just `work`.
+        pub(crate) async fn hold_while<F: std::future::Future>(
+            &self,
+            token: &LeaseToken,
+            work: F,
+        ) -> F::Output {
+            match &self.dedup {
+                Some(dedup) => dedup.leases.hold_while(token, dedup.lease_ttl, work).await,
+                None => work.await,
+            }
+        }
+
         pub(crate) async fn release(&self, token: &LeaseToken) {
             if let Some(dedup) = &self.dedup {
                 if let Err(error) = dedup.leases.release(token).await {

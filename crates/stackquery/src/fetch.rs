@@ -65,6 +65,41 @@ pub(crate) async fn run_flight<T: Send + Sync + 'static>(
     } else {
         None
     };
+    #[cfg(feature = "redis")]
+    if let Some(token) = lease {
+        // The lease is renewed while the fetch and the shared-tier write run, so a slow
+        // fetch never lets another instance take it over and fetch the key again.
+        let work = async {
+            let result = fetch_with_retries(&guard, &opts).await;
+            let stored = guard.entry.settle(&guard.shared, &guard.flight, result);
+            if stored.is_some() {
+                // The others are waiting on the shared tier: write it now, then tell them
+                // what landed (a failed write deleted the stored copy instead: they refetch).
+                let key = guard.entry.key.clone();
+                match guard.entry.write_now(&guard.shared).await {
+                    Some(Landed::Written) => guard.shared.cluster.publish_set(key),
+                    Some(Landed::Deleted) => guard.shared.cluster.publish_invalidate(key, true),
+                    None => {}
+                }
+            }
+        };
+        guard.shared.cluster.hold_while(&token, work).await;
+        guard.shared.cluster.release(&token).await;
+        guard.shared.cache.evict_if_over_capacity(&guard.shared);
+        return;
+    }
+    let result = fetch_with_retries(&guard, &opts).await;
+    guard
+        .entry
+        .settle_and_write(&guard.shared, &guard.flight, result);
+    guard.shared.cache.evict_if_over_capacity(&guard.shared);
+}
+
+/// The user's fetch function under the retry policy (a panic is never retried).
+async fn fetch_with_retries<T: Send + Sync + 'static>(
+    guard: &FlightGuard<T>,
+    opts: &QueryOptions<T>,
+) -> crate::flight::FetchResult<T> {
     let mut failures: u32 = 0;
     let result = loop {
         let error = match contain_async("fetch", || (opts.fetcher)()).await {
@@ -79,40 +114,20 @@ pub(crate) async fn run_flight<T: Send + Sync + 'static>(
             && guard
                 .shared
                 .defaults
-                .retry(&opts)
+                .retry(opts)
                 .should_retry(failures, &error);
         if !retry {
             tracing::warn!(key = %guard.entry.key, %error, failures, "fetch failed");
             break Err(error);
         }
-        let delay = guard.shared.defaults.retry_delay(&opts, failures - 1);
+        let delay = guard.shared.defaults.retry_delay(opts, failures - 1);
         tracing::debug!(key = %guard.entry.key, %error, failures, ?delay, "fetch retry");
         tokio::time::sleep(delay).await;
     };
     if result.is_ok() {
         tracing::debug!(key = %guard.entry.key, "fetch success");
     }
-    #[cfg(feature = "redis")]
-    if let Some(token) = lease {
-        let stored = guard.entry.settle(&guard.shared, &guard.flight, result);
-        if stored.is_some() {
-            // The others are waiting on the shared tier: write it now, then tell them what
-            // landed (a write that failed deleted the stored copy instead: they refetch).
-            let key = guard.entry.key.clone();
-            match guard.entry.write_now(&guard.shared).await {
-                Some(Landed::Written) => guard.shared.cluster.publish_set(key),
-                Some(Landed::Deleted) => guard.shared.cluster.publish_invalidate(key, true),
-                None => {}
-            }
-        }
-        guard.shared.cluster.release(&token).await;
-        guard.shared.cache.evict_if_over_capacity(&guard.shared);
-        return;
-    }
-    guard
-        .entry
-        .settle_and_write(&guard.shared, &guard.flight, result);
-    guard.shared.cache.evict_if_over_capacity(&guard.shared);
+    result
 }
 
 #[cfg(feature = "redis")]

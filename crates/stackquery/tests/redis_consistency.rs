@@ -64,7 +64,8 @@ struct Opts {
     url: String,
     ns: &'static str,
     slow: Option<Duration>,
-    dedup: Option<Duration>,
+    /// `(lease_ttl, max_wait)` for cluster dedup.
+    dedup: Option<(Duration, Duration)>,
     rule: Option<QueryKey>,
 }
 
@@ -100,8 +101,8 @@ async fn instance(o: Opts) -> QueryClient {
         }),
         None => b.storage(storage.clone()),
     };
-    if let Some(max_wait) = o.dedup {
-        b = b.cluster_dedup(RedisLeases::new(&storage), Duration::from_secs(2), max_wait);
+    if let Some((lease_ttl, max_wait)) = o.dedup {
+        b = b.cluster_dedup(RedisLeases::new(&storage), lease_ttl, max_wait);
     }
     if let Some(prefix) = o.rule {
         b = b.persist_prefix::<String>(prefix);
@@ -314,7 +315,9 @@ async fn a_key_removed_while_cut_off_is_not_read_back_from_the_shared_tier() {
         b.get_query_data::<String>(&k).is_none()
     })
     .await;
-    assert_eq!(*b.fetch_query(&qb).await.unwrap(), "B-v2");
+    // B reads A's new upstream value from the shared tier, or fetches its own: never the
+    // removed one.
+    assert_ne!(*b.fetch_query(&qb).await.unwrap(), "B-v1");
 }
 
 /// Defect 4 (never written), the story: `set_query_data` on an instance that had never
@@ -503,7 +506,7 @@ async fn cluster_dedup_fetches_locally_at_once_when_redis_is_unreachable() {
     let server = server_or_skip!("cluster_dedup_fetches_locally_at_once");
     let proxy = Proxy::start(server.port());
     let mut a_opts = Opts::new(proxy.url(), "d6");
-    a_opts.dedup = Some(Duration::from_secs(20));
+    a_opts.dedup = Some((Duration::from_secs(2), Duration::from_secs(20)));
     let a = instance(a_opts).await;
     proxy.cut();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -517,5 +520,44 @@ async fn cluster_dedup_fetches_locally_at_once_when_redis_is_unreachable() {
     assert!(
         took < Duration::from_secs(5),
         "waited {took:?} (max_wait is 20 s)"
+    );
+}
+
+/// Defect 8, the story: the cluster-dedup lease was never renewed, so a fetch that took
+/// longer than the lease (2.5 s against 1 s) let a second instance take the lease over and
+/// fetch again, then a third: 3 upstream fetches on 3 instances. The holder now renews its
+/// lease while its fetch and its shared-tier write run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_longer_than_its_lease_still_runs_once_across_the_cluster() {
+    let server = server_or_skip!("a_fetch_longer_than_its_lease_still_runs_once");
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut o = Opts::new(server.url(), "d8");
+        o.dedup = Some((Duration::from_secs(1), Duration::from_secs(20)));
+        clients.push(instance(o).await);
+    }
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let slow = QueryOptions::new(key!["d8", 1], move || {
+        let c = c.clone();
+        async move {
+            let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            Ok::<_, String>(format!("v{n}"))
+        }
+    })
+    .persist()
+    .stale_time(HOUR);
+    let start = Instant::now();
+    let results =
+        futures::future::join_all(clients.iter().map(|client| client.fetch_query(&slow))).await;
+    println!("3 instances, 2.5 s fetch, 1 s lease: {:?}", start.elapsed());
+    for r in results {
+        assert_eq!(*r.unwrap(), "v1");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one upstream fetch across the cluster"
     );
 }

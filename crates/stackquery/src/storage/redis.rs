@@ -273,14 +273,17 @@ impl RedisStorage {
         while !pending.is_empty() {
             let more = pending.len() >= batch as usize;
             let entries: Vec<Vec<u8>> = pending.iter().map(|m| self.entry_key(m)).collect();
+            // A plain pipeline, not MULTI: at maxmemory Redis refuses every command queued
+            // in a transaction, but still runs a plain UNLINK / ZREM — and a delete is what
+            // must get through then. Entry first: an index member left without its entry
+            // is harmless (never counted), the reverse would hide the entry.
             let mut pipe = redis::pipe();
-            pipe.atomic()
+            pipe.cmd("UNLINK")
+                .arg(&entries)
                 .cmd("ZREM")
                 .arg(&self.index_key)
                 .arg(&pending)
-                .ignore()
-                .cmd("UNLINK")
-                .arg(&entries);
+                .ignore();
             let mut conn = self.conn.clone();
             // Not repeated: a repeated UNLINK would count 0 for entries the lost reply had
             // removed.
@@ -585,14 +588,16 @@ impl Storage for RedisStorage {
 
     /// Removes the entry and its index member in one transaction.
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        // A plain pipeline, not MULTI: at maxmemory Redis refuses every command queued in
+        // a transaction, and a delete is exactly what must get through then (it replaces
+        // a write that failed). Entry first, then its index member.
         let mut pipe = redis::pipe();
-        pipe.atomic()
+        pipe.cmd("UNLINK")
+            .arg(self.redis_key(key))
+            .ignore()
             .cmd("ZREM")
             .arg(&self.index_key)
             .arg(key)
-            .ignore()
-            .cmd("UNLINK")
-            .arg(self.redis_key(key))
             .ignore();
         self.send_pipe(&pipe).await
     }
