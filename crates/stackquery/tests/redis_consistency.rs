@@ -224,7 +224,6 @@ async fn an_invalidation_made_while_cut_off_reaches_the_others_after_the_heal() 
     );
     // And the shared tier holds the flag: a new instance does not take the value as fresh.
     let c = instance(Opts::new(server.url(), "d2")).await;
-    eventually("A's flag writes land", Duration::from_secs(15), || true).await;
     assert!(
         a.shutdown(Duration::from_secs(15)).await,
         "A's owed writes landed"
