@@ -175,7 +175,10 @@ struct Load {
 }
 
 /// Two looping tasks per instance, one call per millisecond or so each.
-fn start_load(clients: &[(&'static str, QueryClient)], opts: &Arc<Vec<QueryOptions<String>>>) -> Load {
+fn start_load(
+    clients: &[(&'static str, QueryClient)],
+    opts: &Arc<Vec<QueryOptions<String>>>,
+) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let mut tasks = Vec::new();
@@ -271,6 +274,8 @@ struct Convergence {
     /// The last time (since the end of the fault) an instance held an old value as fresh,
     /// and what.
     last_old_as_fresh: Option<(Duration, String)>,
+    /// The same, by instance.
+    last_by: std::collections::BTreeMap<&'static str, Duration>,
     /// Disagreements seen after agreement (a value that came back).
     regressions: Vec<String>,
     failed: usize,
@@ -302,16 +307,21 @@ async fn converge(
             for (id, o) in (0..KEYS).zip(opts) {
                 if let Some(v) = old_as_fresh(client, db, id) {
                     c.last_old_as_fresh = Some((fault_end.elapsed(), format!("{who} holds {v}")));
+                    c.last_by.insert(who, fault_end.elapsed());
                 }
                 let start = Instant::now();
-                let got = tokio::time::timeout(Duration::from_secs(10), client.fetch_query(o)).await;
+                let got =
+                    tokio::time::timeout(Duration::from_secs(10), client.fetch_query(o)).await;
                 c.longest = c.longest.max(start.elapsed());
                 let agrees = match got {
                     Ok(Ok(v)) if *v == db.current(id) => true,
                     Ok(Ok(v)) => {
                         if let Some(held) = old_as_fresh(client, db, id) {
-                            c.last_old_as_fresh =
-                                Some((fault_end.elapsed(), format!("{who} served {v}, holds {held}")));
+                            c.last_old_as_fresh = Some((
+                                fault_end.elapsed(),
+                                format!("{who} served {v}, holds {held}"),
+                            ));
+                            c.last_by.insert(who, fault_end.elapsed());
                         } else {
                             c.stale_served += 1;
                         }
@@ -345,17 +355,11 @@ async fn converge(
 }
 
 /// Prints the scenario's figures, then asserts them.
-fn report(
-    scenario: &str,
-    during: &LoadFigures,
-    whole: &LoadFigures,
-    conv: &Convergence,
-    db: &Db,
-) {
+fn report(scenario: &str, during: &LoadFigures, whole: &LoadFigures, conv: &Convergence, db: &Db) {
     println!(
         "[{scenario}] during the fault: {} calls, {} failed, longest fetch_query {:?} (on {}); \
          whole run: {} calls, {} failed, longest {:?}; after the fault: agreed {:?}, last old \
-         value held as fresh {:?}, {} stale (allowed) old values served, {} failed checks, \
+         value held as fresh {:?} (by instance: {:?}), {} stale (allowed) old values served, {} failed checks, \
          longest check {:?}; upstream fetches {}",
         during.calls,
         during.failed,
@@ -366,14 +370,15 @@ fn report(
         whole.longest,
         conv.agreed,
         conv.last_old_as_fresh,
+        conv.last_by,
         conv.stale_served,
         conv.failed,
         conv.longest,
         db.fetches.load(Ordering::Relaxed),
     );
-    let agreed = conv
-        .agreed
-        .unwrap_or_else(|| panic!("[{scenario}] instances did not agree within {BOUND:?}: {conv:?}"));
+    let agreed = conv.agreed.unwrap_or_else(|| {
+        panic!("[{scenario}] instances did not agree within {BOUND:?}: {conv:?}")
+    });
     assert!(agreed <= BOUND, "[{scenario}] agreed after {agreed:?}");
     if let Some((at, what)) = &conv.last_old_as_fresh {
         assert!(
@@ -387,7 +392,11 @@ fn report(
         "[{scenario}] old values came back after agreement: {:?}",
         conv.regressions
     );
-    assert_eq!(whole.failed + conv.failed, 0, "[{scenario}] failed fetch_query calls");
+    assert_eq!(
+        whole.failed + conv.failed,
+        0,
+        "[{scenario}] failed fetch_query calls"
+    );
     assert!(
         whole.longest.max(conv.longest) <= LONGEST_CALL,
         "[{scenario}] a fetch_query took {:?}",
@@ -444,6 +453,10 @@ async fn sigkill_with_data_kept_no_instance_serves_changed_values_as_fresh() {
     let load = start_load(&clients, &opts);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
+    // Proof that the server keeps what it acknowledged: a key set behind the clients' back.
+    assert_eq!(redis_reply(&server, "SET aof-sentinel kept"), "+OK");
+    let before = redis_reply(&server, "DBSIZE");
+
     let fault_start = Instant::now();
     tokio::task::block_in_place(|| server.kill_hard());
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -452,12 +465,20 @@ async fn sigkill_with_data_kept_no_instance_serves_changed_values_as_fresh() {
     tokio::time::sleep(Duration::from_millis(1000).saturating_sub(fault_start.elapsed())).await;
     tokio::task::block_in_place(|| server.restart());
     let fault_end = Instant::now();
-    let kept = redis_reply(&server, "DBSIZE");
+    let sentinel = redis_reply(&server, "GET aof-sentinel");
+    assert!(
+        sentinel.contains("kept"),
+        "the data survived the SIGKILL: {sentinel}"
+    );
 
-    let conv = converge(&clients, &db, &opts, fault_end).await;
+    // A third instance, started right after the restart, hydrates from what Redis kept
+    // (the old copies of A's keys, until A's owed deletes land).
+    let c = instance(&server.url(), "kill").await;
+    let all = [clients[0].clone(), clients[1].clone(), ("C", c)];
+    let conv = converge(&all, &db, &opts, fault_end).await;
     let samples = load.stop().await;
     println!(
-        "[sigkill] outage {:?}; keys in Redis right after the restart: {kept}",
+        "[sigkill] outage {:?}; keys in Redis before the kill: {before}",
         fault_end - fault_start
     );
     report(
@@ -477,7 +498,11 @@ async fn partitioned_pair(
     server: &RedisServer,
     ns: &str,
     db: &Arc<Db>,
-) -> (Proxy, [(&'static str, QueryClient); 2], Arc<Vec<QueryOptions<String>>>) {
+) -> (
+    Proxy,
+    [(&'static str, QueryClient); 2],
+    Arc<Vec<QueryOptions<String>>>,
+) {
     let proxy = Proxy::start(server.port());
     let opts = all_opts(db);
     let clients = [
@@ -505,12 +530,28 @@ async fn partitioned_instance_changes_reach_the_others_after_the_heal() {
     proxy.cut();
     tokio::time::sleep(Duration::from_millis(300)).await;
     change(a, &db, 0..8, 8..16, 16..24).await;
+    // A graceful shutdown cannot drain while cut off: it says so, within its limit.
+    let t = Instant::now();
+    assert!(
+        !a.shutdown(Duration::from_millis(300)).await,
+        "nothing can land while cut off"
+    );
+    let shutdown_cut = t.elapsed();
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(fault_start.elapsed())).await;
     proxy.heal();
     let fault_end = Instant::now();
 
     let conv = converge(&clients, &db, &opts, fault_end).await;
     let samples = load.stop().await;
+    let t = Instant::now();
+    let drained = a.shutdown(Duration::from_secs(5)).await;
+    println!(
+        "[partition, A changes] shutdown(300 ms) while cut off returned false after \
+         {shutdown_cut:?}; after the heal shutdown(5 s) returned {drained} after {:?}",
+        t.elapsed()
+    );
+    assert!(shutdown_cut < Duration::from_secs(1));
+    assert!(drained, "everything A owed landed after the heal");
     report(
         "partition, A changes",
         &figures(&samples, fault_start, fault_end),
@@ -619,7 +660,10 @@ async fn redis_at_maxmemory_no_instance_nor_a_restarted_one_serves_replaced_valu
         &conv,
         &db,
     );
-    assert!(b_heard.is_some(), "B kept A's replaced values as fresh during the fault");
+    assert!(
+        b_heard.is_some(),
+        "B kept A's replaced values as fresh during the fault"
+    );
     assert!(
         c_old_as_fresh.is_empty(),
         "a client started after the fault got old values as fresh: {c_old_as_fresh:?}"
