@@ -491,54 +491,139 @@ async fn sigkill_with_data_kept_no_instance_serves_changed_values_as_fresh() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 2. One instance partitioned from Redis (A behind a cuttable proxy, B direct).
+// 2. One instance partitioned from Redis (A behind a proxy, B direct).
+//
+// Two kinds of partition: the shared proxy *cuts* (connections closed, new ones refused:
+// failures are immediate), and a *frozen* link (connections stay open, nothing moves:
+// every call waits for its timeout, commands sent meanwhile run when the link thaws).
 
-/// A behind the proxy, B direct; both warmed up.
-async fn partitioned_pair(
-    server: &RedisServer,
-    ns: &str,
-    db: &Arc<Db>,
-) -> (
-    Proxy,
-    [(&'static str, QueryClient); 2],
-    Arc<Vec<QueryOptions<String>>>,
+/// A proxy that can freeze: while frozen it moves no bytes and keeps every connection
+/// open (a hung network path rather than a refused one). Plain threads.
+struct FreezingProxy {
+    port: u16,
+    frozen: Arc<AtomicBool>,
+}
+
+impl FreezingProxy {
+    fn start(target: u16) -> FreezingProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let port = listener.local_addr().expect("local address").port();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let f = frozen.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (c2, s2) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                frozen_pump(client, server, f.clone());
+                frozen_pump(s2, c2, f.clone());
+            }
+        });
+        FreezingProxy { port, frozen }
+    }
+}
+
+fn frozen_pump(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    frozen: Arc<AtomicBool>,
 ) {
-    let proxy = Proxy::start(server.port());
-    let opts = all_opts(db);
+    use std::io::{ErrorKind, Read, Write};
+    std::thread::spawn(move || {
+        let _ = from.set_read_timeout(Some(Duration::from_millis(10)));
+        let mut buf = [0_u8; 16 * 1024];
+        loop {
+            if frozen.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+        let _ = from.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+/// How A is partitioned.
+enum Link {
+    Cut(Proxy),
+    Frozen(FreezingProxy),
+}
+
+impl Link {
+    fn start(frozen: bool, target: u16) -> Link {
+        if frozen {
+            Link::Frozen(FreezingProxy::start(target))
+        } else {
+            Link::Cut(Proxy::start(target))
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Link::Cut(p) => p.url(),
+            Link::Frozen(p) => format!("redis://127.0.0.1:{}", p.port),
+        }
+    }
+
+    fn partition(&self) {
+        match self {
+            Link::Cut(p) => p.cut(),
+            Link::Frozen(p) => p.frozen.store(true, Ordering::SeqCst),
+        }
+    }
+
+    fn heal(&self) {
+        match self {
+            Link::Cut(p) => p.heal(),
+            Link::Frozen(p) => p.frozen.store(false, Ordering::SeqCst),
+        }
+    }
+}
+
+/// A behind a link partitioned for ~3 s, B direct. The instance `changer` (A when
+/// `a_changes`) invalidates 0..8, removes 8..16 and replaces 16..24 while A is cut off.
+async fn partition(test: &str, scenario: &str, frozen: bool, a_changes: bool) {
+    let server = server_or_skip!(RedisServer::start(test));
+    let db = Arc::new(Db::default());
+    let link = Link::start(frozen, server.port());
+    let opts = all_opts(&db);
+    let ns = test;
     let clients = [
-        ("A", instance(&proxy.url(), ns).await),
+        ("A", instance(&link.url(), ns).await),
         ("B", instance(&server.url(), ns).await),
     ];
     warm(&clients, &opts).await;
-    (proxy, clients, opts)
-}
-
-/// A, cut off, changes keys: B must agree after the heal (A's writes and messages were
-/// owed, not lost).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitioned_instance_changes_reach_the_others_after_the_heal() {
-    let server = server_or_skip!(RedisServer::start(
-        "partitioned_instance_changes_reach_the_others_after_the_heal"
-    ));
-    let db = Arc::new(Db::default());
-    let (proxy, clients, opts) = partitioned_pair(&server, "cut-a", &db).await;
-    let a = &clients[0].1;
+    let (a, b) = (&clients[0].1, &clients[1].1);
     let load = start_load(&clients, &opts);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let fault_start = Instant::now();
-    proxy.cut();
+    link.partition();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    change(a, &db, 0..8, 8..16, 16..24).await;
-    // A graceful shutdown cannot drain while cut off: it says so, within its limit.
+    change(if a_changes { a } else { b }, &db, 0..8, 8..16, 16..24).await;
+    // A graceful shutdown cannot drain while A is cut off: it says so, within its limit.
     let t = Instant::now();
-    assert!(
-        !a.shutdown(Duration::from_millis(300)).await,
-        "nothing can land while cut off"
-    );
+    let shutdown_ok = a.shutdown(Duration::from_millis(300)).await;
     let shutdown_cut = t.elapsed();
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(fault_start.elapsed())).await;
-    proxy.heal();
+    link.heal();
     let fault_end = Instant::now();
 
     let conv = converge(&clients, &db, &opts, fault_end).await;
@@ -546,51 +631,81 @@ async fn partitioned_instance_changes_reach_the_others_after_the_heal() {
     let t = Instant::now();
     let drained = a.shutdown(Duration::from_secs(5)).await;
     println!(
-        "[partition, A changes] shutdown(300 ms) while cut off returned false after \
+        "[{scenario}] shutdown(300 ms) while cut off returned {shutdown_ok} after \
          {shutdown_cut:?}; after the heal shutdown(5 s) returned {drained} after {:?}",
         t.elapsed()
     );
-    assert!(shutdown_cut < Duration::from_secs(1));
-    assert!(drained, "everything A owed landed after the heal");
     report(
-        "partition, A changes",
+        scenario,
         &figures(&samples, fault_start, fault_end),
         &whole(&samples),
         &conv,
         &db,
     );
+    if a_changes {
+        assert!(
+            !shutdown_ok,
+            "[{scenario}] nothing A owes can land while cut off"
+        );
+    }
+    assert!(
+        shutdown_cut < Duration::from_secs(1),
+        "[{scenario}] shutdown kept its limit"
+    );
+    assert!(
+        drained,
+        "[{scenario}] everything A owed landed after the heal"
+    );
+}
+
+/// A, cut off, changes keys: B must agree after the heal (A's writes and messages were
+/// owed, not lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_instance_changes_reach_the_others_after_the_heal() {
+    partition(
+        "partitioned_instance_changes_reach_the_others_after_the_heal",
+        "partition (cut), A changes",
+        false,
+        true,
+    )
+    .await;
 }
 
 /// B changes keys while A is cut off: A missed B's messages, and must not serve those keys
 /// as fresh once it reconnects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_instance_does_not_serve_what_it_missed_as_fresh() {
-    let server = server_or_skip!(RedisServer::start(
-        "partitioned_instance_does_not_serve_what_it_missed_as_fresh"
-    ));
-    let db = Arc::new(Db::default());
-    let (proxy, clients, opts) = partitioned_pair(&server, "cut-b", &db).await;
-    let b = &clients[1].1;
-    let load = start_load(&clients, &opts);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    partition(
+        "partitioned_instance_does_not_serve_what_it_missed_as_fresh",
+        "partition (cut), B changes",
+        false,
+        false,
+    )
+    .await;
+}
 
-    let fault_start = Instant::now();
-    proxy.cut();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    change(b, &db, 0..8, 8..16, 16..24).await;
-    tokio::time::sleep(Duration::from_secs(3).saturating_sub(fault_start.elapsed())).await;
-    proxy.heal();
-    let fault_end = Instant::now();
+/// As above, with A's link frozen rather than cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_link_changes_reach_the_others_after_it_thaws() {
+    partition(
+        "frozen_link_changes_reach_the_others_after_it_thaws",
+        "partition (frozen), A changes",
+        true,
+        true,
+    )
+    .await;
+}
 
-    let conv = converge(&clients, &db, &opts, fault_end).await;
-    let samples = load.stop().await;
-    report(
-        "partition, B changes",
-        &figures(&samples, fault_start, fault_end),
-        &whole(&samples),
-        &conv,
-        &db,
-    );
+/// As above, with A's link frozen rather than cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_link_instance_does_not_serve_what_it_missed_as_fresh() {
+    partition(
+        "frozen_link_instance_does_not_serve_what_it_missed_as_fresh",
+        "partition (frozen), B changes",
+        true,
+        false,
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------
