@@ -9,6 +9,12 @@
 //! After the fault no version moves, so "old" simply means "a version below the
 //! database's".
 //!
+//! Scenarios: SIGKILL of `redis-server` with its data kept (append-only file), restarted
+//! after ~1 s, plus a third instance started right after the restart; one instance (A)
+//! partitioned for ~3 s, by a cut link and by a frozen one, with A changing keys and with
+//! B changing keys; Redis at `maxmemory` (noeviction) for ~2 s, plus a third instance
+//! started after it.
+//!
 //! What each test measures and prints (run with `--nocapture`):
 //! * failed `fetch_query` calls (workload and checks) and the longest `fetch_query` whose
 //!   run overlapped the fault;
