@@ -1,6 +1,7 @@
 //! A private `redis-server` per test: a free loopback port, a temporary directory, no
-//! persistence; stopped (kill + wait) on drop. Fault tests can `kill_hard` it (SIGKILL) and
-//! `restart` it on the same port.
+//! persistence (or, with [`RedisServer::start_with_aof`], an append-only file synced on
+//! every write); stopped (kill + wait) on drop. Fault tests can `kill_hard` it (SIGKILL)
+//! and `restart` it on the same port.
 //!
 //! Without the `redis-server` binary the tests say so loudly on stderr and return early
 //! (`SKIPPED: …`), unless `CI` or `STACKQUERY_REQUIRE_REDIS` is set, where a missing
@@ -39,6 +40,8 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Append-only file on (`appendfsync always`): a restart keeps the data.
+    aof: bool,
 }
 
 impl RedisServer {
@@ -50,6 +53,18 @@ impl RedisServer {
     /// When the binary is missing and `CI`/`STACKQUERY_REQUIRE_REDIS` is set, or when the
     /// server does not answer `PING` within 10 s.
     pub fn start(test: &str) -> Option<RedisServer> {
+        Self::start_inner(test, false)
+    }
+
+    /// As [`start`](Self::start), with the append-only file on and synced on every write
+    /// (`--appendonly yes --appendfsync always`): a server killed with
+    /// [`kill_hard`](Self::kill_hard) comes back from [`restart`](Self::restart) with every
+    /// write it acknowledged.
+    pub fn start_with_aof(test: &str) -> Option<RedisServer> {
+        Self::start_inner(test, true)
+    }
+
+    fn start_inner(test: &str, aof: bool) -> Option<RedisServer> {
         if !binary_available() {
             assert!(
                 skipping_is_allowed(),
@@ -69,6 +84,7 @@ impl RedisServer {
             port: free_port(),
             dir,
             child: None,
+            aof,
         };
         server.spawn();
         Some(server)
@@ -98,7 +114,8 @@ impl RedisServer {
     }
 
     /// Starts the server again on the same port (killing it first if it runs), and waits
-    /// until it answers `PING`. Its data is gone: there is no persistence.
+    /// until it answers `PING`. Its data is gone, unless it was started
+    /// [with the append-only file](Self::start_with_aof).
     pub fn restart(&mut self) {
         self.kill_hard();
         self.spawn();
@@ -120,7 +137,11 @@ impl RedisServer {
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
-            .args(["--appendonly", "no"])
+            .args(if self.aof {
+                ["--appendonly", "yes", "--appendfsync", "always"].as_slice()
+            } else {
+                ["--appendonly", "no"].as_slice()
+            })
             .args(["--daemonize", "no"])
             .args(["--protected-mode", "yes"])
             .arg("--dir")
