@@ -18,9 +18,9 @@ use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, RwLock};
 
 use crate::client::Shared;
-use crate::entry::AnyEntry;
+use crate::entry::{AnyEntry, GcVerdict};
 use crate::key::{KeyHashBuilder, QueryKey};
-use crate::timers::Timers;
+use crate::timers::{TimerKind, TimerTarget, Timers};
 
 pub(crate) type ErasedEntry = Arc<dyn AnyEntry>;
 type Shard = HashMap<QueryKey, ErasedEntry, KeyHashBuilder>;
@@ -194,12 +194,21 @@ impl Cache {
     pub(crate) fn collect(&self, shared: &Shared, key: &QueryKey, id: u64) {
         let now = tokio::time::Instant::now();
         let mut reg = self.registry.lock();
-        let due = self
-            .with(key, |e| e.id() == id && e.gc_due(now))
-            .unwrap_or(false);
-        if due && self.remove_locked(&mut reg, key, Some(id)).is_some() {
-            shared.counters.gc_collections.incr();
-            tracing::debug!(%key, "gc collected");
+        let verdict = self
+            .with(key, |e| (e.id() == id).then(|| e.gc_timer_fired(now)))
+            .flatten();
+        match verdict {
+            Some(GcVerdict::Collect) => {
+                if self.remove_locked(&mut reg, key, Some(id)).is_some() {
+                    shared.counters.gc_collections.incr();
+                    tracing::debug!(%key, "gc collected");
+                }
+            }
+            Some(GcVerdict::Rearm(at)) => {
+                let target = TimerTarget::Entry(key.clone());
+                self.timers.arm(id, TimerKind::Gc, at, target);
+            }
+            Some(GcVerdict::Keep) | None => {}
         }
     }
 

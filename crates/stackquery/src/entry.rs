@@ -18,7 +18,7 @@ use tokio::time::Instant;
 mod erased;
 mod stale;
 
-pub(crate) use erased::AnyEntry;
+pub(crate) use erased::{AnyEntry, GcVerdict};
 
 use crate::client::Shared;
 use crate::error::QueryError;
@@ -70,6 +70,9 @@ pub(crate) struct EntryInner<T> {
     pub(crate) stale_timer_at: Option<Instant>,
     /// When the gc may collect this entry (None: in use, or never).
     pub(crate) gc_deadline: Option<Instant>,
+    /// When the entry's gc timer fires (`None`: none armed). A timer that fires before
+    /// `gc_deadline` re-arms itself, so moving the deadline later costs no timer update.
+    pub(crate) gc_timer_at: Option<Instant>,
     /// Removed from the cache: nothing schedules work for it any more.
     pub(crate) removed: bool,
     /// Bumped on every state change; observers deliver states by version.
@@ -244,6 +247,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
                 gc_time_asked: false,
                 stale_timer_at: None,
                 gc_deadline: None,
+                gc_timer_at: None,
                 removed: false,
                 version: 0,
                 listeners: None,
@@ -648,6 +652,13 @@ impl<T: Send + Sync + 'static> Entry<T> {
         match crate::deadline::after(g.gc_time) {
             Some(at) => {
                 g.gc_deadline = Some(at);
+                // A timer armed to fire no later re-arms itself for the new deadline when
+                // it fires (see `AnyEntry::gc_timer_fired`): the common case (a deadline
+                // that only moves later) touches no shared timer queue.
+                if g.gc_timer_at.is_some_and(|t| t <= at) {
+                    return;
+                }
+                g.gc_timer_at = Some(at);
                 let target = TimerTarget::Entry(self.key.clone());
                 shared.timers.arm(self.id, TimerKind::Gc, at, target);
             }

@@ -15,6 +15,13 @@ use crate::state::{Action, FetchStatus};
 use crate::storage::tiered::AfterWrite;
 use crate::storage::Envelope;
 
+/// What the gc does when an entry's timer fires.
+pub(crate) enum GcVerdict {
+    Collect,
+    Rearm(Instant),
+    Keep,
+}
+
 /// Type-erased view of an entry, for bulk operations and the cache's bookkeeping.
 pub(crate) trait AnyEntry: Send + Sync + 'static {
     fn id(&self) -> u64;
@@ -32,8 +39,11 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     fn is_active(&self) -> bool;
     fn is_fetching(&self) -> bool;
     fn is_stale(&self) -> bool;
-    /// True when the gc deadline has passed and the entry is still unused.
-    fn gc_due(&self, now: Instant) -> bool;
+    /// The entry's gc timer fired at `now`: `Collect` when its deadline has passed and it
+    /// is still unused; `Rearm(at)` when it is unused but its deadline moved later (the
+    /// caller arms the timer at `at`); `Keep` when it is in use (it arms a timer again when
+    /// it becomes unused).
+    fn gc_timer_fired(&self, now: Instant) -> GcVerdict;
     fn invalidate(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled>;
     fn refetch(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled>;
     fn cancel(&self, shared: &Shared);
@@ -102,9 +112,17 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         let g = self.inner.lock();
         !(g.state.data.is_some() && g.is_fresh(g.entry_stale_time()))
     }
-    fn gc_due(&self, now: Instant) -> bool {
-        let g = self.inner.lock();
-        g.unused() && g.gc_deadline.is_some_and(|d| d <= now)
+    fn gc_timer_fired(&self, now: Instant) -> GcVerdict {
+        let mut g = self.inner.lock();
+        g.gc_timer_at = None;
+        match g.gc_deadline {
+            Some(d) if g.unused() && d <= now => GcVerdict::Collect,
+            Some(d) if g.unused() => {
+                g.gc_timer_at = Some(d);
+                GcVerdict::Rearm(d)
+            }
+            _ => GcVerdict::Keep,
+        }
     }
     fn invalidate(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {
         self.typed_invalidate(shared)
@@ -131,6 +149,7 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         g.removed = true;
         g.flight = None;
         g.gc_deadline = None;
+        g.gc_timer_at = None;
     }
     fn remote_change(self: Arc<Self>, shared: &Arc<Shared>, reload: Reload) {
         let mut g = self.lock();
