@@ -17,9 +17,9 @@ use std::sync::Arc;
 use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, RwLock};
 
-use crate::client::Shared;
 use crate::entry::{AnyEntry, GcVerdict};
 use crate::key::{KeyHashBuilder, QueryKey};
+use crate::stats::Counters;
 use crate::timers::{TimerKind, TimerTarget, Timers};
 
 pub(crate) type ErasedEntry = Arc<dyn AnyEntry>;
@@ -49,10 +49,12 @@ pub(crate) struct Cache {
     retired_hits: AtomicU64,
     /// An entry's timers leave with it, so nothing is kept for entries that are gone.
     timers: Arc<Timers>,
+    /// Evictions and collections are counted here (the rest of the client's counters too).
+    counters: Arc<Counters>,
 }
 
 impl Cache {
-    pub(crate) fn new(max: Option<usize>, timers: Arc<Timers>) -> Self {
+    pub(crate) fn new(max: Option<usize>, timers: Arc<Timers>, counters: Arc<Counters>) -> Self {
         let n = (std::thread::available_parallelism().map_or(4, |n| n.get()) * 8)
             .next_power_of_two()
             .max(16);
@@ -66,6 +68,7 @@ impl Cache {
             max,
             retired_hits: AtomicU64::new(0),
             timers,
+            counters,
         }
     }
 
@@ -98,7 +101,6 @@ impl Cache {
     /// The entry for `key`, creating it with `make` if missing.
     pub(crate) fn get_or_insert(
         &self,
-        shared: &Shared,
         key: &QueryKey,
         make: impl FnOnce() -> ErasedEntry,
     ) -> ErasedEntry {
@@ -113,7 +115,7 @@ impl Cache {
             // Make room first, so the new entry is never its own victim.
             let target = max.saturating_sub(1);
             if self.len() > target {
-                self.evict_locked(&mut reg, shared, self.len() - target);
+                self.evict_locked(&mut reg, self.len() - target);
             }
         }
         let entry = make();
@@ -191,7 +193,7 @@ impl Cache {
     }
 
     /// Gc: removes entry `id` at `key` if its deadline has passed and it is unused.
-    pub(crate) fn collect(&self, shared: &Shared, key: &QueryKey, id: u64) {
+    pub(crate) fn collect(&self, key: &QueryKey, id: u64) {
         let now = tokio::time::Instant::now();
         let mut reg = self.registry.lock();
         let verdict = self
@@ -200,7 +202,7 @@ impl Cache {
         match verdict {
             Some(GcVerdict::Collect) => {
                 if self.remove_locked(&mut reg, key, Some(id)).is_some() {
-                    shared.counters.gc_collections.incr();
+                    self.counters.gc_collections.incr();
                     tracing::debug!(%key, "gc collected");
                 }
             }
@@ -215,14 +217,14 @@ impl Cache {
     /// After a manual write: `max_queries(0)` keeps nothing, the written entry included.
     /// (With a bound above 0 the insertion already made room for it, and a write never
     /// pushes out the very entry it wrote.)
-    pub(crate) fn drop_if_keeping_nothing(&self, shared: &Shared) {
+    pub(crate) fn drop_if_keeping_nothing(&self) {
         if self.max == Some(0) {
-            self.evict_if_over_capacity(shared);
+            self.evict_if_over_capacity();
         }
     }
 
     /// After a fetch settles or an observer leaves: trim back to `max_queries`.
-    pub(crate) fn evict_if_over_capacity(&self, shared: &Shared) {
+    pub(crate) fn evict_if_over_capacity(&self) {
         let Some(max) = self.max else { return };
         if self.len() <= max {
             return;
@@ -230,13 +232,13 @@ impl Cache {
         let mut reg = self.registry.lock();
         let excess = self.len().saturating_sub(max);
         if excess > 0 {
-            self.evict_locked(&mut reg, shared, excess);
+            self.evict_locked(&mut reg, excess);
         }
     }
 
     /// CLOCK sweep: evicts up to `n` unpinned entries, giving referenced ones a second
     /// chance. Stops after two full turns (every remaining entry may be pinned).
-    fn evict_locked(&self, reg: &mut Registry, shared: &Shared, mut n: usize) {
+    fn evict_locked(&self, reg: &mut Registry, mut n: usize) {
         let mut budget = reg.ring.len() * 2;
         while n > 0 && budget > 0 {
             budget -= 1;
@@ -251,7 +253,7 @@ impl Cache {
                 continue;
             }
             if self.remove_locked(reg, &key, Some(id)).is_some() {
-                shared.counters.evictions.incr();
+                self.counters.evictions.incr();
                 tracing::debug!(%key, "evicted");
                 n -= 1;
             }

@@ -291,7 +291,7 @@ impl QueryClient {
         let shared = &self.shared;
         shared.timers.ensure_driver();
         shared.cluster.start(shared);
-        let erased = shared.cache.get_or_insert(shared, key, || {
+        let erased = shared.cache.get_or_insert(key, || {
             let id = shared.fresh_id();
             let entry = Arc::new(Entry::<T>::new(
                 id,
@@ -367,7 +367,7 @@ impl QueryClient {
         let entry = self.typed_entry::<T>(&key)?;
         entry.set_data(&self.shared, data);
         self.announce_set(&entry, key);
-        self.shared.cache.drop_if_keeping_nothing(&self.shared);
+        self.shared.cache.drop_if_keeping_nothing();
         Ok(())
     }
 
@@ -407,7 +407,7 @@ impl QueryClient {
             // Check and write under one lock: two updaters can never both win.
             if entry.set_data_if(&self.shared, old.as_ref(), gen, new.clone()) {
                 self.announce_set(&entry, key);
-                self.shared.cache.drop_if_keeping_nothing(&self.shared);
+                self.shared.cache.drop_if_keeping_nothing();
                 return Ok(Some(new));
             }
         }
@@ -591,7 +591,7 @@ impl QueryClient {
         for e in &found {
             e.cancel(&self.shared);
         }
-        self.shared.cache.evict_if_over_capacity(&self.shared); // pins released (regressions.rs)
+        self.shared.cache.evict_if_over_capacity(); // pins released (regressions.rs)
         found.len()
     }
 
@@ -795,11 +795,12 @@ impl QueryClient {
     ) -> QueryClient {
         let shared = Arc::new_cyclic(|weak| {
             let timers = Arc::new(Timers::new(weak.clone()));
+            let counters = Arc::new(Counters::default());
             Shared {
                 defaults,
-                cache: Cache::new(max_queries, timers.clone()),
+                cache: Cache::new(max_queries, timers.clone(), counters.clone()),
                 timers,
-                counters: Arc::new(Counters::default()),
+                counters,
                 tier,
                 restored: Restored::new(),
                 persist_rules,

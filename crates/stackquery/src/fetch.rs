@@ -85,14 +85,14 @@ pub(crate) async fn run_flight<T: Send + Sync + 'static>(
         };
         guard.shared.cluster.hold_while(&token, work).await;
         guard.shared.cluster.release(&token).await;
-        guard.shared.cache.evict_if_over_capacity(&guard.shared);
+        guard.shared.cache.evict_if_over_capacity();
         return;
     }
     let result = fetch_with_retries(&guard, &opts).await;
     guard
         .entry
         .settle_and_write(&guard.shared, &guard.flight, result);
-    guard.shared.cache.evict_if_over_capacity(&guard.shared);
+    guard.shared.cache.evict_if_over_capacity();
 }
 
 /// The user's fetch function under the retry policy (a panic is never retried).

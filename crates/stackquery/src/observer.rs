@@ -598,10 +598,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
         };
         if let Some(a) = attachment {
             a.entry.detach(&self.client.shared, &a.handle);
-            self.client
-                .shared
-                .cache
-                .evict_if_over_capacity(&self.client.shared);
+            self.client.shared.cache.evict_if_over_capacity();
         }
     }
 

@@ -179,7 +179,7 @@ async fn drive(shared: Weak<Shared>, wake: Arc<Notify>, _running: Running) {
 
 fn fire(shared: &Arc<Shared>, id: u64, kind: TimerKind, target: TimerTarget) {
     match (kind, target) {
-        (TimerKind::Gc, TimerTarget::Entry(key)) => shared.cache.collect(shared, &key, id),
+        (TimerKind::Gc, TimerTarget::Entry(key)) => shared.cache.collect(&key, id),
         (_, TimerTarget::Entry(key)) => {
             let entry = shared
                 .cache
