@@ -794,7 +794,10 @@ impl QueryClient {
         persist_rules: crate::persist_rules::PersistRules,
     ) -> QueryClient {
         let shared = Arc::new_cyclic(|weak| {
-            let timers = Arc::new(Timers::new(weak.clone()));
+            let weak = weak.clone();
+            let timers = Arc::new(Timers::new(Box::new(move |wake, running| {
+                Box::pin(crate::timer_driver::drive(weak.clone(), wake, running))
+            })));
             let counters = Arc::new(Counters::default());
             Shared {
                 defaults,

@@ -75,6 +75,7 @@ mod state;
 mod stats;
 pub mod storage;
 mod sync;
+mod timer_driver;
 mod timers;
 mod user_code;
 mod worker;

@@ -16,11 +16,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
 
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::client::Shared;
 use crate::key::QueryKey;
 use crate::worker::{Running, Worker};
 
@@ -38,7 +38,7 @@ pub(crate) enum TimerKind {
 /// Something other than an entry that a timer calls (an observer's poll).
 pub(crate) trait TimerHook: Send + Sync {
     /// Called on the driver task; must not block (spawn longer work).
-    fn fire(&self, shared: &Arc<Shared>);
+    fn fire(&self);
 }
 
 /// Whom a timer concerns.
@@ -62,21 +62,26 @@ struct Queue {
     driver_wakes_at: Option<Instant>,
 }
 
+/// Makes the driver task (given the wake-up notifier and the worker's guard). The queue
+/// does not know what firing a timer does: the engine (`timer_driver.rs`) does.
+pub(crate) type MakeDriver =
+    Box<dyn Fn(Arc<Notify>, Running) -> BoxFuture<'static, ()> + Send + Sync>;
+
 /// The client's timer queue and its driver.
 pub(crate) struct Timers {
     queue: Mutex<Queue>,
     wake: Arc<Notify>,
     driver: Worker,
-    shared: Weak<Shared>,
+    make_driver: MakeDriver,
 }
 
 impl Timers {
-    pub(crate) fn new(shared: Weak<Shared>) -> Self {
+    pub(crate) fn new(make_driver: MakeDriver) -> Self {
         Timers {
             queue: Mutex::new(Queue::default()),
             wake: Arc::new(Notify::new()),
             driver: Worker::default(),
-            shared,
+            make_driver,
         }
     }
 
@@ -127,14 +132,14 @@ impl Timers {
     /// Starts the driver on the current runtime if it is not running (first use, or its
     /// runtime died). One atomic load when it runs.
     pub(crate) fn ensure_driver(&self) {
-        let (shared, wake) = (self.shared.clone(), self.wake.clone());
+        let wake = self.wake.clone();
         self.driver
-            .ensure(move |running| drive(shared, wake, running));
+            .ensure(move |running| (self.make_driver)(wake, running));
     }
 
     /// Takes the timers due at `now` out of the queue, and records what the driver will
     /// sleep until next.
-    fn take_due(&self, now: Instant) -> (Vec<(TimerId, TimerTarget)>, Option<Instant>) {
+    pub(crate) fn take_due(&self, now: Instant) -> (Vec<(TimerId, TimerTarget)>, Option<Instant>) {
         let mut q = self.queue.lock();
         let mut due = Vec::new();
         while let Some(entry) = q.order.first_entry() {
@@ -149,51 +154,6 @@ impl Timers {
         let next = q.order.keys().next().map(|(at, _)| *at);
         q.driver_wakes_at = next;
         (due, next)
-    }
-}
-
-/// The driver: fires due timers, then sleeps until the next deadline or an earlier arm.
-async fn drive(shared: Weak<Shared>, wake: Arc<Notify>, _running: Running) {
-    loop {
-        let next = {
-            let Some(shared) = shared.upgrade() else {
-                return; // the client is gone
-            };
-            let (due, next) = shared.timers.take_due(Instant::now());
-            for ((id, kind), target) in due {
-                fire(&shared, id, kind, target);
-            }
-            next
-        };
-        match next {
-            Some(at) => {
-                tokio::select! {
-                    () = tokio::time::sleep_until(at) => {}
-                    () = wake.notified() => {}
-                }
-            }
-            None => wake.notified().await,
-        }
-    }
-}
-
-fn fire(shared: &Arc<Shared>, id: u64, kind: TimerKind, target: TimerTarget) {
-    match (kind, target) {
-        (TimerKind::Gc, TimerTarget::Entry(key)) => shared.cache.collect(&key, id),
-        (_, TimerTarget::Entry(key)) => {
-            let entry = shared
-                .cache
-                .with(&key, |e| (e.id() == id).then(|| e.clone()))
-                .flatten();
-            if let Some(entry) = entry {
-                entry.on_stale_timer(shared);
-            }
-        }
-        (_, TimerTarget::Hook(hook)) => {
-            if let Some(hook) = hook.upgrade() {
-                hook.fire(shared);
-            }
-        }
     }
 }
 

@@ -11,16 +11,15 @@
 //! of stacking polls up. If the refetch's task is dropped (its runtime shut down), the
 //! next poll is armed all the same, for the next driver to fire.
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::Duration;
 
-use crate::client::Shared;
 use crate::entry::Mode;
 use crate::observer::{ObserverInner, Subscribers};
 use crate::timers::{TimerHook, TimerKind, TimerTarget};
 
 impl<T: Send + Sync + 'static, R: Send + Sync + 'static> TimerHook for ObserverInner<T, R> {
-    fn fire(&self, _shared: &Arc<Shared>) {
+    fn fire(&self) {
         self.poll_now();
     }
 }
