@@ -65,7 +65,8 @@ impl Shared {
     }
 }
 
-/// The cache and fetch engine. Cloning is cheap (one `Arc`); clones share one cache.
+/// The cache and fetch engine. Cloning is cheap (two reference-count bumps: the shared
+/// engine and the handle's lifetime token); clones share one cache.
 ///
 /// ```
 /// use stackquery::{key, QueryClient, QueryOptions};

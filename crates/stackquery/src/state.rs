@@ -12,6 +12,7 @@ use crate::error::QueryError;
 
 /// Whether a query has data, an error, or neither yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum QueryStatus {
     /// Never fetched and no data.
     Idle,
@@ -25,6 +26,7 @@ pub enum QueryStatus {
 
 /// Whether a fetch is running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum FetchStatus {
     /// No fetch in flight.
     Idle,

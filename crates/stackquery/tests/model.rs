@@ -669,6 +669,7 @@ impl Seen {
                 QueryStatus::Pending => Status::Pending,
                 QueryStatus::Success => Status::Success,
                 QueryStatus::Error => Status::Error,
+                other => unreachable!("a status the model does not know: {other:?}"),
             },
             fetching: s.fetch_status == FetchStatus::Fetching,
             data: s.data.as_deref().copied(),

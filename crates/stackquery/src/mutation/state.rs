@@ -12,6 +12,7 @@ use crate::error::QueryError;
 
 /// Where a mutation is in its life: `Idle → Pending → Success | Error`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum MutationStatus {
     /// Never run since it was created or [`reset`](crate::Mutation::reset).
     #[default]

@@ -238,9 +238,11 @@ impl Tier {
                 }
                 Err(error) => {
                     counters.l2_errors.incr();
-                    tracing::warn!(key, %error, "unreadable second-tier entry: treated as a miss and deleted");
                     if error.is_corrupt() {
+                        tracing::warn!(key, %error, "corrupt second-tier entry: treated as a miss and deleted");
                         self.delete(counters, key.to_string(), None);
+                    } else {
+                        tracing::warn!(key, %error, "unreadable second-tier entry: treated as a miss (kept)");
                     }
                     None
                 }
