@@ -33,10 +33,12 @@ use serde::{Deserialize, Serialize};
 use crate::{QueryKey, StorageError};
 
 mod lease;
+pub(crate) mod lost;
 pub(crate) mod outbox;
 mod redis;
 
 pub use self::lease::{LeaseToken, RedisLeases};
+pub(crate) use self::redis::Incoming;
 pub use self::redis::{BusSubscription, RedisBus, RedisBusBuilder};
 
 /// The wire format's version, written in every message as `"v"`.
