@@ -6,7 +6,24 @@
 //! * Incoming: another instance's invalidation marks matching entries stale (observed ones
 //!   refetch at once); its `set_query_data` marks the entry stale and flags it to reload
 //!   from the shared tier first, so the update costs no upstream fetch; its removal removes.
-//!   After a reconnect (or a lagging subscriber) every entry is treated as possibly stale.
+//! * Keeping up: the listener takes every message already waiting after each one it waits
+//!   for (up to [`MAX_BATCH`]), merges them per scope (a key invalidated 100 times is
+//!   looked up once; exact keys cost one shard read each, no registry lock), and applies
+//!   each touched entry once. The bus's channel holds 16,384 events by default.
+//! * Falling behind anyway (a lag), or reconnecting: messages were lost. After a
+//!   reconnection nothing is known of them, so every entry may be stale. After a lag the
+//!   bus knows the scopes of the events it emitted (see `bus::lost`): only entries in the
+//!   scopes touched since the last event read are marked stale — exact keys for a recent
+//!   lag, whole key kinds (first key part) for an older one, everything only past that.
+//!   This is the cheapest *correct* answer: a lost event's key is always in what is marked,
+//!   so data another instance invalidated is never served as fresh. Per-origin sequence
+//!   numbers on the wire would tell how many messages were lost, not which keys; the
+//!   digest tells which keys, without a wire change.
+//! * What a loss costs: entries are marked stale and flagged to reload from the shared
+//!   tier if it holds newer data (`Reload::IfNewer`), but no refetch storm starts. An
+//!   unobserved entry refetches on its next read; observed ones are refetched in the
+//!   background at most [`LOST_REFETCHES`] at a time (skipping any a read refreshed
+//!   meanwhile), instead of one upstream fetch per observed entry at the same moment.
 //! * Cluster dedup: for a cold persisted key, the fetch runs under a lease (`SET NX PX`
 //!   with a token). The others wait — woken by the holder's `Set` message, checking the
 //!   shared tier — and take the lease over if it expires (its holder died), or fetch locally
@@ -49,21 +66,31 @@ mod disabled {
 
 #[cfg(feature = "redis")]
 mod enabled {
-    use std::collections::HashMap;
+    use std::collections::hash_map::Entry as Slot;
+    use std::collections::{HashMap, HashSet};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Weak};
     use std::time::Duration;
 
     use parking_lot::Mutex;
-    use tokio::sync::Notify;
+    use tokio::sync::{Notify, Semaphore};
 
+    use crate::bus::lost::Lost;
     use crate::bus::outbox::Outbox;
-    use crate::bus::{BusEvent, BusMessageKind, LeaseToken, RedisBus, RedisLeases};
-    use crate::cache::Scope;
+    use crate::bus::{BusEvent, BusMessageKind, Incoming, LeaseToken, RedisBus, RedisLeases};
+    use crate::cache::{ErasedEntry, Scope};
     use crate::client::Shared;
     use crate::entry::Reload;
-    use crate::key::QueryKey;
+    use crate::key::{KeyHashBuilder, QueryKey};
     use crate::worker::{Running, Worker};
+
+    /// The most events applied as one batch: bounds the batch's memory and how long the
+    /// listener goes without checking that the client still exists.
+    pub(crate) const MAX_BATCH: usize = 4_096;
+
+    /// Refetches that lost messages (a lag, a reconnection) may run at once, over all of
+    /// them: enough to refresh what users watch quickly, few enough not to flood upstream.
+    pub(crate) const LOST_REFETCHES: usize = 8;
 
     /// The outcome of trying to take a fetch lease.
     pub(crate) enum Acquired {
@@ -98,6 +125,17 @@ mod enabled {
         listened: AtomicBool,
         /// Waiters for a key's `Set` message (cluster dedup), by key text.
         waiters: Mutex<HashMap<String, Arc<Notify>>>,
+        /// Permits for the refetches lost messages cause ([`LOST_REFETCHES`]).
+        lost_refetches: LostRefetches,
+    }
+
+    /// A semaphore of [`LOST_REFETCHES`] permits (a type of its own for `Default`).
+    struct LostRefetches(Arc<Semaphore>);
+
+    impl Default for LostRefetches {
+        fn default() -> Self {
+            LostRefetches(Arc::new(Semaphore::new(LOST_REFETCHES)))
+        }
     }
 
     impl Cluster {
@@ -177,9 +215,16 @@ mod enabled {
             }
         }
 
-        fn wake(&self, key: &str) {
-            if let Some(n) = self.waiters.lock().get(key) {
-                n.notify_waiters();
+        fn wake(&self, keys: &[QueryKey]) {
+            let waiters = self.waiters.lock();
+            // Usually nobody waits: no key text is built then.
+            if waiters.is_empty() {
+                return;
+            }
+            for key in keys {
+                if let Some(n) = waiters.get(&key.to_string()) {
+                    n.notify_waiters();
+                }
             }
         }
 
@@ -220,52 +265,241 @@ mod enabled {
         }
     }
 
-    /// Applies other instances' messages to this client.
+    /// Applies other instances' messages to this client, in batches: after waiting for
+    /// one event it takes every event already waiting (up to [`MAX_BATCH`]).
     async fn listen(mut sub: crate::bus::BusSubscription, shared: Weak<Shared>, _running: Running) {
-        while let Some(event) = sub.recv().await {
+        let mut batch = Vec::new();
+        while let Some(first) = sub.recv_incoming().await {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match sub.try_recv_incoming() {
+                    Some(next) => batch.push(next),
+                    None => break,
+                }
+            }
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            match event {
-                BusEvent::Message(msg) => match msg.kind {
-                    BusMessageKind::Invalidate { key, exact } => {
-                        let scope = match (exact, key.is_empty()) {
-                            (true, _) => Scope::Exact(&key),
-                            (false, true) => Scope::All,
-                            (false, false) => Scope::Prefix(&key),
-                        };
-                        for e in shared.cache.matching(scope) {
-                            e.remote_change(&shared, Reload::No);
-                        }
-                    }
-                    BusMessageKind::Set { key } => {
-                        if let Some(e) = shared.cache.get(&key) {
-                            e.remote_change(&shared, Reload::Trust);
-                        }
-                        shared.cluster.wake(&key.to_string());
-                    }
-                    BusMessageKind::Remove { key, prefix } => {
-                        let scope = match (prefix, key.is_empty()) {
-                            (false, _) => Scope::Exact(&key),
-                            (true, true) => Scope::All,
-                            (true, false) => Scope::Prefix(&key),
-                        };
-                        for e in shared.cache.remove_matching(scope) {
-                            e.notify_removed();
-                        }
-                    }
-                },
-                // Messages may have been lost: everything in memory may be stale.
-                BusEvent::Reconnected | BusEvent::Lagged(_) => everything_may_be_stale(&shared),
+            let mut changes = Changes::default();
+            for incoming in batch.drain(..) {
+                changes.add(incoming);
+            }
+            changes.apply(&shared);
+        }
+    }
+
+    /// What one entry must undergo: the strongest of what the batch asked for it.
+    #[derive(Clone, Copy)]
+    struct Change {
+        reload: Reload,
+        /// Refetch at once if active (a message said so); otherwise through the
+        /// throttled background refetches (lost messages only suggested so).
+        now: bool,
+    }
+
+    impl Change {
+        const INVALIDATED: Change = Change {
+            reload: Reload::No,
+            now: true,
+        };
+        const SET: Change = Change {
+            reload: Reload::Trust,
+            now: true,
+        };
+        const MAYBE_LOST: Change = Change {
+            reload: Reload::IfNewer,
+            now: false,
+        };
+
+        fn merge(self, other: Change) -> Change {
+            Change {
+                reload: self.reload.max(other.reload),
+                now: self.now || other.now,
             }
         }
     }
 
-    /// Messages may have been lost: everything in memory may be stale.
-    fn everything_may_be_stale(shared: &Arc<Shared>) {
-        tracing::info!("bus messages may have been lost: treating the memory tier as stale");
-        for e in shared.cache.matching(Scope::All) {
-            e.remote_change(shared, Reload::IfNewer);
+    fn merge_into<K: std::hash::Hash + Eq, S: std::hash::BuildHasher>(
+        map: &mut HashMap<K, Change, S>,
+        key: K,
+        change: Change,
+    ) {
+        match map.entry(key) {
+            Slot::Occupied(mut slot) => {
+                let merged = slot.get().merge(change);
+                slot.insert(merged);
+            }
+            Slot::Vacant(slot) => {
+                slot.insert(change);
+            }
         }
+    }
+
+    /// A batch of events, merged by scope. Order within a batch does not matter: every
+    /// change is idempotent, and a removal wins over anything else for its entries
+    /// whichever came first (an entry removed here is not found by the later steps).
+    #[derive(Default)]
+    struct Changes {
+        everything: Option<Change>,
+        prefixes: HashMap<QueryKey, Change, KeyHashBuilder>,
+        exact: HashMap<QueryKey, Change, KeyHashBuilder>,
+        removals: HashSet<(QueryKey, bool)>,
+        /// Keys another instance wrote: cluster dedup waiters to wake.
+        written: Vec<QueryKey>,
+    }
+
+    impl Changes {
+        fn add(&mut self, incoming: Incoming) {
+            match incoming {
+                Incoming::Event(BusEvent::Message(msg)) => match msg.kind {
+                    BusMessageKind::Invalidate { key, exact } => {
+                        self.scope(key, !exact, Change::INVALIDATED);
+                    }
+                    BusMessageKind::Set { key } => {
+                        merge_into(&mut self.exact, key.clone(), Change::SET);
+                        self.written.push(key);
+                    }
+                    BusMessageKind::Remove { key, prefix } => {
+                        self.removals.insert((key, prefix));
+                    }
+                },
+                // Nothing is known of what was missed.
+                Incoming::Event(BusEvent::Reconnected) => self.everything(Change::MAYBE_LOST),
+                // Not sent by the bus itself; as a lag that knows nothing.
+                Incoming::Event(BusEvent::Lagged(_)) => self.everything(Change::MAYBE_LOST),
+                Incoming::Lagged { missed, lost } => match lost {
+                    Lost::Everything => {
+                        tracing::info!(
+                            missed,
+                            "bus: fell behind, scopes unknown: everything may be stale"
+                        );
+                        self.everything(Change::MAYBE_LOST);
+                    }
+                    Lost::Scopes(scopes) => {
+                        tracing::info!(
+                            missed,
+                            scopes = scopes.len(),
+                            "bus: fell behind: entries in the lost messages' scopes may be stale"
+                        );
+                        for scope in scopes {
+                            self.scope(scope.key, scope.prefix, Change::MAYBE_LOST);
+                        }
+                    }
+                },
+            }
+        }
+
+        fn everything(&mut self, change: Change) {
+            self.everything = Some(self.everything.map_or(change, |c| c.merge(change)));
+        }
+
+        fn scope(&mut self, key: QueryKey, prefix: bool, change: Change) {
+            match (prefix, key.is_empty()) {
+                (false, _) => merge_into(&mut self.exact, key, change),
+                (true, true) => self.everything(change),
+                (true, false) => merge_into(&mut self.prefixes, key, change),
+            }
+        }
+
+        /// Removals first, then one `remote_change` per touched entry, then the wakes.
+        fn apply(self, shared: &Arc<Shared>) {
+            for (key, prefix) in &self.removals {
+                let scope = match (prefix, key.is_empty()) {
+                    (false, _) => Scope::Exact(key),
+                    (true, true) => Scope::All,
+                    (true, false) => Scope::Prefix(key),
+                };
+                for e in shared.cache.remove_matching(scope) {
+                    e.notify_removed();
+                }
+            }
+            // By entry id: an entry in several scopes changes once (a second change would
+            // mark the refetch the first one started as outdated).
+            let mut touched: HashMap<u64, (ErasedEntry, Change)> = HashMap::new();
+            let mut touch = |e: ErasedEntry, change: Change| match touched.entry(e.id()) {
+                Slot::Occupied(mut slot) => slot.get_mut().1 = slot.get().1.merge(change),
+                Slot::Vacant(slot) => {
+                    slot.insert((e, change));
+                }
+            };
+            if let Some(change) = self.everything {
+                tracing::info!(
+                    "bus messages may have been lost: treating the memory tier as stale"
+                );
+                for e in shared.cache.matching(Scope::All) {
+                    touch(e, change);
+                }
+            }
+            for (prefix, change) in &self.prefixes {
+                for e in shared.cache.matching(Scope::Prefix(prefix)) {
+                    touch(e, *change);
+                }
+            }
+            for (key, change) in &self.exact {
+                // A shard's read lock, not the registry's: the common case (a key this
+                // instance does not hold) costs one hash lookup.
+                if let Some(e) = shared.cache.get(key) {
+                    touch(e, *change);
+                }
+            }
+            let mut later = Vec::new();
+            for (e, change) in touched.into_values() {
+                if e.clone().remote_change(shared, change.reload, change.now) {
+                    later.push(e);
+                }
+            }
+            refetch_later(shared, later);
+            if !self.written.is_empty() {
+                shared.cluster.wake(&self.written);
+            }
+        }
+    }
+
+    /// Messages may have been lost and nothing is known of them: every entry may be stale.
+    /// Nothing refetches at once (see [`refetch_later`]).
+    fn everything_may_be_stale(shared: &Arc<Shared>) {
+        let mut changes = Changes::default();
+        changes.everything(Change::MAYBE_LOST);
+        changes.apply(shared);
+    }
+
+    /// Refetches `entries` (active ones marked stale by lost messages) in the background,
+    /// at most [`LOST_REFETCHES`] at a time over the whole client. An entry refreshed
+    /// meanwhile (a read, another message), no longer observed, or already fetching is
+    /// skipped when its turn comes.
+    fn refetch_later(shared: &Arc<Shared>, entries: Vec<ErasedEntry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime, no fetch at all: the entries refetch on their next read.
+            return;
+        };
+        let permits = Arc::clone(&shared.cluster.lost_refetches.0);
+        let weak = Arc::downgrade(shared);
+        tracing::debug!(
+            entries = entries.len(),
+            "bus: refetching observed entries, throttled"
+        );
+        runtime.spawn(async move {
+            for e in entries {
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    return;
+                };
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                if !e.is_active() || !e.is_stale() || e.is_fetching() {
+                    continue;
+                }
+                if let Some(settled) = e.refetch(&shared) {
+                    // The permit is held until the fetch settles.
+                    tokio::spawn(async move {
+                        settled.await;
+                        drop(permit);
+                    });
+                }
+            }
+        });
     }
 }

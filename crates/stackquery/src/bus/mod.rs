@@ -33,10 +33,12 @@ use serde::{Deserialize, Serialize};
 use crate::{QueryKey, StorageError};
 
 mod lease;
+pub(crate) mod lost;
 pub(crate) mod outbox;
 mod redis;
 
 pub use self::lease::{LeaseToken, RedisLeases};
+pub(crate) use self::redis::Incoming;
 pub use self::redis::{BusSubscription, RedisBus, RedisBusBuilder};
 
 /// The wire format's version, written in every message as `"v"`.
@@ -252,8 +254,9 @@ pub enum BusEvent {
     /// The bus lost its connection and has subscribed again: messages sent in between are
     /// lost, so everything in memory may be stale.
     Reconnected,
-    /// This subscriber fell behind and this many messages were dropped for it: as with
-    /// `Reconnected`, everything in memory may be stale.
+    /// This subscriber fell behind and this many messages were dropped for it. A client
+    /// on the bus marks stale only what they may have changed: the bus remembers the
+    /// scopes of recent messages (exact keys, then first key parts, then everything).
     Lagged(u64),
 }
 

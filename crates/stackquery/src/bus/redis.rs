@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, PubSub};
 use tokio::sync::broadcast;
 
+use super::lost::{Digest, Lost};
 use super::{random_u128, BusEvent, BusMessage, BusMessageKind, InstanceId};
 use crate::storage::redis::{
     backend, bounded, connection_manager, with_retry, DEFAULT_CONNECT_TIMEOUT, DEFAULT_NAMESPACE,
@@ -20,7 +22,12 @@ use crate::StorageError;
 const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-const DEFAULT_CAPACITY: usize = 1024;
+/// Events a subscriber may fall behind by. The ring is allocated up front, one slot per
+/// event (about 100 bytes each: 1.6 MB), and a slot keeps its last event's key alive until
+/// it is overwritten (keys are shared with the cache, so usually nothing more). At the bus's
+/// worst case of roughly 200,000 messages/s arriving from Redis, that is 80 ms of a stalled
+/// subscriber — a busy runtime's scheduling hiccup — where 1,024 was 5 ms.
+const DEFAULT_CAPACITY: usize = 16_384;
 
 /// An invalidation bus on Redis pub/sub (feature `redis`): every instance that shares a
 /// namespace hears the [`BusMessage`]s the others publish, on the channel
@@ -70,7 +77,8 @@ struct Inner {
     channel: String,
     publisher: ConnectionManager,
     timeout: Duration,
-    events: broadcast::Sender<BusEvent>,
+    events: broadcast::Sender<Numbered>,
+    digest: Arc<Mutex<Digest>>,
     health: Arc<Health>,
     listener: Arc<Listener>,
     /// The listener task; restarted on the current runtime if the runtime it ran on died.
@@ -87,6 +95,24 @@ impl Drop for Inner {
 struct Health {
     connected: AtomicBool,
     reconnects: AtomicU64,
+    lags: AtomicU64,
+}
+
+/// An event with its number in the listener's sequence (see [`Digest`]): what the channel
+/// carries.
+#[derive(Clone, Debug)]
+struct Numbered {
+    seq: u64,
+    event: BusEvent,
+}
+
+/// What a subscription hands the client: an event, or a lag with what it may have cost.
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    /// An event received in order.
+    Event(BusEvent),
+    /// `missed` events were lost; `lost` says which entries they may have changed.
+    Lagged { missed: u64, lost: Lost },
 }
 
 /// Settings of a [`RedisBus`], made by [`RedisBus::builder`].
@@ -105,7 +131,11 @@ pub struct RedisBusBuilder {
 /// A receiver of [`BusEvent`]s, made by [`RedisBus::subscribe`]. Each subscription gets
 /// every event from the moment it was made.
 pub struct BusSubscription {
-    rx: broadcast::Receiver<BusEvent>,
+    rx: broadcast::Receiver<Numbered>,
+    /// The number of the last event read (or skipped by a lag).
+    read: u64,
+    digest: Arc<Mutex<Digest>>,
+    health: Arc<Health>,
 }
 
 impl RedisBus {
@@ -156,12 +186,25 @@ impl RedisBus {
         self.inner.health.reconnects.load(Ordering::Acquire)
     }
 
+    /// How many times a subscriber of this bus fell behind and lost events (each
+    /// [`BusEvent::Lagged`] counts once). Should stay 0: a lag costs the subscriber's
+    /// cache precision (see [`capacity`](RedisBusBuilder::capacity)).
+    pub fn lag_count(&self) -> u64 {
+        self.inner.health.lags.load(Ordering::Acquire)
+    }
+
     /// Receives the events from now on: messages from other instances, and
     /// [`BusEvent::Reconnected`] after an outage. See [`BusSubscription::recv`].
     pub fn subscribe(&self) -> BusSubscription {
         self.keep_listening();
+        // Under the digest's lock the listener cannot emit: the subscription starts exactly
+        // after event `read`, so a later lag knows where its loss began.
+        let digest = self.inner.digest.lock();
         BusSubscription {
             rx: self.inner.events.subscribe(),
+            read: digest.seq(),
+            digest: Arc::clone(&self.inner.digest),
+            health: Arc::clone(&self.inner.health),
         }
     }
 
@@ -251,7 +294,11 @@ impl RedisBusBuilder {
     }
 
     /// How many events a slow subscriber may fall behind before it gets
-    /// [`BusEvent::Lagged`] (default 1024).
+    /// [`BusEvent::Lagged`] (default 16,384: about 1.6 MB allocated up front, one slot of
+    /// about 100 bytes per event; at 200,000 messages/s, 80 ms of a stalled subscriber).
+    ///
+    /// A client that lags marks stale only the entries the lost events may have changed
+    /// (the bus remembers their scopes), so a lag costs precision, not correctness.
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity.max(1);
         self
@@ -276,6 +323,7 @@ impl RedisBusBuilder {
         let publisher = connection_manager(&self.url, self.connect_timeout).await?;
         let pubsub = subscribe(&client, &channel, self.connect_timeout).await?;
         let (events, _) = broadcast::channel(self.capacity);
+        let digest = Arc::new(Mutex::new(Digest::default()));
         let health = Arc::new(Health::default());
         health.connected.store(true, Ordering::Release);
         let id = InstanceId::random();
@@ -284,6 +332,7 @@ impl RedisBusBuilder {
             channel: channel.clone(),
             id,
             events: events.clone(),
+            digest: Arc::clone(&digest),
             health: Arc::clone(&health),
             timeout: self.timeout,
             connect_timeout: self.connect_timeout,
@@ -303,6 +352,7 @@ impl RedisBusBuilder {
                 publisher,
                 timeout: self.timeout,
                 events,
+                digest,
                 health,
                 listener,
                 worker,
@@ -317,9 +367,73 @@ impl BusSubscription {
     /// A subscriber that falls more than the [capacity](RedisBusBuilder::capacity) behind
     /// gets [`BusEvent::Lagged`] with the number of events it missed, then the newest ones.
     pub async fn recv(&mut self) -> Option<BusEvent> {
-        match self.rx.recv().await {
-            Ok(event) => Some(event),
-            Err(broadcast::error::RecvError::Lagged(missed)) => Some(BusEvent::Lagged(missed)),
+        let next = self.rx.recv().await;
+        self.take(next)
+    }
+
+    /// The next event if one is ready, without waiting: `None` when none is (or the bus
+    /// has been dropped). Lets a subscriber drain a burst in one go after a
+    /// [`recv`](Self::recv).
+    pub fn try_recv(&mut self) -> Option<BusEvent> {
+        let next = self.try_next()?;
+        self.take(next)
+    }
+
+    /// As [`recv`](Self::recv), with what a lag may have cost.
+    pub(crate) async fn recv_incoming(&mut self) -> Option<Incoming> {
+        let next = self.rx.recv().await;
+        self.incoming(next, true)
+    }
+
+    /// As [`try_recv`](Self::try_recv), with what a lag may have cost.
+    pub(crate) fn try_recv_incoming(&mut self) -> Option<Incoming> {
+        let next = self.try_next()?;
+        self.incoming(next, true)
+    }
+
+    /// `try_recv` in `recv`'s terms; `None`: nothing ready.
+    fn try_next(&mut self) -> Option<Result<Numbered, broadcast::error::RecvError>> {
+        use broadcast::error::{RecvError, TryRecvError};
+        match self.rx.try_recv() {
+            Ok(numbered) => Some(Ok(numbered)),
+            Err(TryRecvError::Lagged(missed)) => Some(Err(RecvError::Lagged(missed))),
+            Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+            Err(TryRecvError::Empty) => None,
+        }
+    }
+
+    /// The public view: a lag is only a count (nobody asks the digest).
+    fn take(&mut self, next: Result<Numbered, broadcast::error::RecvError>) -> Option<BusEvent> {
+        match self.incoming(next, false)? {
+            Incoming::Event(event) => Some(event),
+            Incoming::Lagged { missed, .. } => Some(BusEvent::Lagged(missed)),
+        }
+    }
+
+    /// Tracks the sequence; on a lag, asks the digest (when `want_lost`) what events after
+    /// the last one read may have changed, before it forgets more.
+    fn incoming(
+        &mut self,
+        next: Result<Numbered, broadcast::error::RecvError>,
+        want_lost: bool,
+    ) -> Option<Incoming> {
+        match next {
+            Ok(numbered) => {
+                self.read = numbered.seq;
+                Some(Incoming::Event(numbered.event))
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                self.health.lags.fetch_add(1, Ordering::AcqRel);
+                let lost = if want_lost {
+                    self.digest.lock().since(self.read)
+                } else {
+                    Lost::Everything
+                };
+                // The channel skipped the `missed` oldest events: the next one read is
+                // numbered after them (it sets `read` itself anyway).
+                self.read = self.read.saturating_add(missed);
+                Some(Incoming::Lagged { missed, lost })
+            }
             Err(broadcast::error::RecvError::Closed) => None,
         }
     }
@@ -336,6 +450,7 @@ impl fmt::Debug for BusSubscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BusSubscription")
             .field("pending", &self.rx.len())
+            .field("read", &self.read)
             .finish()
     }
 }
@@ -359,7 +474,8 @@ struct Listener {
     client: redis::Client,
     channel: String,
     id: InstanceId,
-    events: broadcast::Sender<BusEvent>,
+    events: broadcast::Sender<Numbered>,
+    digest: Arc<Mutex<Digest>>,
     health: Arc<Health>,
     timeout: Duration,
     connect_timeout: Duration,
@@ -377,7 +493,7 @@ impl Listener {
                 let p = self.reconnect().await;
                 self.health.reconnects.fetch_add(1, Ordering::AcqRel);
                 self.health.connected.store(true, Ordering::Release);
-                let _ = self.events.send(BusEvent::Reconnected);
+                self.emit(BusEvent::Reconnected);
                 p
             }
         };
@@ -389,8 +505,7 @@ impl Listener {
             self.health.reconnects.fetch_add(1, Ordering::AcqRel);
             self.health.connected.store(true, Ordering::Release);
             tracing::info!(channel = %self.channel, "stackquery bus: resubscribed");
-            // No receiver is not an error: nobody listens yet.
-            let _ = self.events.send(BusEvent::Reconnected);
+            self.emit(BusEvent::Reconnected);
         }
     }
 
@@ -429,13 +544,21 @@ impl Listener {
     fn deliver(&self, payload: &[u8]) {
         match BusMessage::decode(payload) {
             Ok(msg) if msg.origin == self.id => {}
-            Ok(msg) => {
-                let _ = self.events.send(BusEvent::Message(msg));
-            }
+            Ok(msg) => self.emit(BusEvent::Message(msg)),
             Err(err) => {
                 tracing::debug!(channel = %self.channel, %err, "stackquery bus: skipped a message");
             }
         }
+    }
+
+    /// Numbers `event`, records its scope in the digest and sends it to the subscribers.
+    /// All three under the digest's lock, so numbers follow the channel's order and a new
+    /// subscriber starts at a known number.
+    fn emit(&self, event: BusEvent) {
+        let mut digest = self.digest.lock();
+        let seq = digest.record(&event);
+        // No receiver is not an error: nobody listens yet.
+        let _ = self.events.send(Numbered { seq, event });
     }
 
     /// Tries to subscribe again until it works, with jittered exponential backoff.

@@ -64,9 +64,16 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
         after: Option<AfterWrite>,
     ) -> Result<(), Option<AfterWrite>>;
     /// Another instance changed this key: mark it stale; with `reload`, the next fetch
-    /// reads the shared tier first. Observed entries fetch at once.
+    /// reads the shared tier first. Active entries fetch at once when `refetch_now`;
+    /// otherwise the call returns whether the entry is one that should refetch (active,
+    /// idle), and the caller schedules it (a lag spreads its refetches out).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    fn remote_change(self: Arc<Self>, shared: &Arc<Shared>, reload: Reload);
+    fn remote_change(
+        self: Arc<Self>,
+        shared: &Arc<Shared>,
+        reload: Reload,
+        refetch_now: bool,
+    ) -> bool;
     /// The entry's `Stale` timer fired: its data crossed an observer's stale time, so
     /// observers recompute their state (called by the timer driver, no lock held).
     fn on_stale_timer(&self, shared: &Arc<Shared>);
@@ -151,22 +158,32 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         g.gc_deadline = None;
         g.gc_timer_at = None;
     }
-    fn remote_change(self: Arc<Self>, shared: &Arc<Shared>, reload: Reload) {
+    fn remote_change(
+        self: Arc<Self>,
+        shared: &Arc<Shared>,
+        reload: Reload,
+        refetch_now: bool,
+    ) -> bool {
         let mut g = self.lock();
         if g.removed {
-            return;
+            return false;
         }
         g.inval_gen += 1;
         g.apply(Action::Invalidate);
         self.rearm_stale_timer(&mut g, shared);
         g.reload = g.reload.max(reload);
-        if g.enabled_observers > 0 && g.flight.is_none() {
-            if let Some(opts) = g.options.as_deref().cloned() {
-                if let Err(error) = self.begin_flight(&mut g, shared, opts) {
-                    tracing::debug!(key = %self.key, %error, "remote change: refetch did not start");
-                }
+        if g.enabled_observers == 0 || g.flight.is_some() {
+            return false;
+        }
+        if !refetch_now {
+            return g.options.is_some();
+        }
+        if let Some(opts) = g.options.as_deref().cloned() {
+            if let Err(error) = self.begin_flight(&mut g, shared, opts) {
+                tracing::debug!(key = %self.key, %error, "remote change: refetch did not start");
             }
         }
+        false
     }
     fn write_state_behind(
         &self,
