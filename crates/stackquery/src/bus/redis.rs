@@ -10,7 +10,7 @@ use redis::aio::{ConnectionManager, PubSub};
 use tokio::sync::broadcast;
 
 use super::{random_u128, BusEvent, BusMessage, BusMessageKind, InstanceId};
-use crate::storage::redis::{
+use crate::redis_conn::{
     backend, bounded, connection_manager, with_retry, DEFAULT_CONNECT_TIMEOUT, DEFAULT_NAMESPACE,
     DEFAULT_TIMEOUT,
 };

@@ -38,7 +38,7 @@ mod envelope;
 mod error;
 mod memory;
 #[cfg(feature = "redis")]
-pub(crate) mod redis;
+mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 pub(crate) mod tiered;
