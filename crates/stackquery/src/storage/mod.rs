@@ -12,7 +12,8 @@
 //!
 //! Any other store (Redis, a KV service, a file per key…) plugs in by implementing
 //! [`Storage`]; wrap it in a [`TimeoutStorage`] so a store that hangs turns into an error
-//! value after a bounded wait.
+//! value after a bounded wait. The conformance suite the built-in backends pass is public
+//! as `storage::testing` (feature `test-util`): run it from the new backend's tests.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -41,6 +42,9 @@ mod memory;
 mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(any(test, feature = "test-util"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod testing;
 pub(crate) mod tiered;
 mod timeout;
 pub(crate) mod write_queue;
