@@ -65,10 +65,14 @@ mod fetch;
 mod filter;
 mod flight;
 mod key;
+#[cfg(feature = "redis")]
+mod lease;
 mod mutation;
 mod observer;
 mod options;
 mod persist_rules;
+#[cfg(feature = "redis")]
+mod redis_conn;
 mod retry;
 mod snapshot;
 mod state;

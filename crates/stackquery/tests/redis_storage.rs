@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use common::redis_server::RedisServer;
 use stackquery::bus::{BusEvent, BusMessageKind, BusSubscription, RedisBus, RedisLeases};
 use stackquery::key;
-use stackquery::storage::{children_prefix, RedisStorage, Storage, StorageError};
+use stackquery::storage::{
+    children_prefix, testing, RedisStorage, Storage, StorageError, TimeoutStorage,
+};
 
 /// Starts this test's server, or returns from the test after a loud `SKIPPED` line.
 macro_rules! server_or_skip {
@@ -51,129 +53,36 @@ async fn next_event(sub: &mut BusSubscription, within: Duration) -> BusEvent {
         .expect("the bus is alive")
 }
 
-/// What every backend must do (the same checks as the unit suite `storage::tests::conformance`).
+/// What every backend must do (the shared suite `storage::testing`), then what only Redis
+/// shows: a set without ttl removes the old expiry, and nothing is left behind (not even
+/// the index).
 #[tokio::test(flavor = "multi_thread")]
 async fn conformance() {
     let server = server_or_skip!("conformance");
     let store = store(&server, "conf").await;
-    let store: &dyn Storage = &store;
-
-    assert_eq!(store.get("missing").await.unwrap(), None);
-    store.set("a", b"1".to_vec(), None).await.unwrap();
-    assert_eq!(store.get("a").await.unwrap(), Some(b"1".to_vec()));
-    store.set("a", b"2".to_vec(), None).await.unwrap();
-    assert_eq!(store.get("a").await.unwrap(), Some(b"2".to_vec()));
-    store.delete("a").await.unwrap();
-    assert_eq!(store.get("a").await.unwrap(), None);
-    store.delete("a").await.unwrap();
-
-    store.set("empty", Vec::new(), None).await.unwrap();
-    assert_eq!(store.get("empty").await.unwrap(), Some(Vec::new()));
-    let big: Vec<u8> = (0..1_000_000_u32).map(|i| (i % 251) as u8).collect();
-    store.set("big", big.clone(), None).await.unwrap();
-    assert_eq!(store.get("big").await.unwrap(), Some(big));
-    store.delete("big").await.unwrap();
-    store.delete("empty").await.unwrap();
+    testing::run_all(&store).await;
 
     store
         .set("ttl", b"x".to_vec(), Some(Duration::from_secs(3600)))
         .await
         .unwrap();
-    assert_eq!(store.get("ttl").await.unwrap(), Some(b"x".to_vec()));
     store.set("ttl", b"y".to_vec(), None).await.unwrap();
-    assert_eq!(store.get("ttl").await.unwrap(), Some(b"y".to_vec()));
     assert_eq!(
         server.raw_command("PTTL conf:cache:ttl").unwrap().trim(),
         ":-1",
         "a set without ttl removes the old expiry"
     );
-    store
-        .set("huge-ttl", b"z".to_vec(), Some(Duration::MAX))
-        .await
-        .unwrap();
-    assert_eq!(store.get("huge-ttl").await.unwrap(), Some(b"z".to_vec()));
-    store
-        .set("zero-ttl", b"z".to_vec(), Some(Duration::ZERO))
-        .await
-        .unwrap();
-    assert_eq!(store.get("zero-ttl").await.unwrap(), None);
     store.delete("ttl").await.unwrap();
-    store.delete("huge-ttl").await.unwrap();
+    assert_eq!(server.raw_command("DBSIZE").unwrap().trim(), ":0");
+}
 
-    let keys = [
-        key!["user"],
-        key!["user", 1],
-        key!["user", 2],
-        key!["user", 1, "posts"],
-        key!["users", 1],
-        key!["post", 1],
-        key!["user_", 1],
-    ];
-    for k in &keys {
-        store
-            .set(&k.to_string(), b"v".to_vec(), None)
-            .await
-            .unwrap();
-    }
-    let removed = store
-        .delete_prefix(&children_prefix(&key!["user"]))
-        .await
-        .unwrap();
-    assert_eq!(removed, 3);
-    for (k, kept) in keys
-        .iter()
-        .zip([true, false, false, false, true, true, true])
-    {
-        assert_eq!(
-            store.get(&k.to_string()).await.unwrap().is_some(),
-            kept,
-            "{k}"
-        );
-    }
-    assert_eq!(
-        store
-            .delete_prefix(&children_prefix(&key![]))
-            .await
-            .unwrap(),
-        4
-    );
-
-    // The prefix is text, not a pattern (Redis globs: * ? [ ] \).
-    for k in ["a%b", "a_b", "axb", "a*b", "a", "a?b", "a[b", "a]b", "a\\b"] {
-        store.set(k, b"v".to_vec(), None).await.unwrap();
-    }
-    assert_eq!(store.delete_prefix("a%").await.unwrap(), 1);
-    assert_eq!(store.delete_prefix("a_").await.unwrap(), 1);
-    assert_eq!(store.delete_prefix("a*").await.unwrap(), 1);
-    assert_eq!(store.delete_prefix("a?").await.unwrap(), 1);
-    assert_eq!(store.delete_prefix("a[").await.unwrap(), 1);
-    assert_eq!(store.delete_prefix("a]").await.unwrap(), 1);
-    assert_eq!(store.delete_prefix("a\\").await.unwrap(), 1);
-    assert_eq!(store.get("axb").await.unwrap(), Some(b"v".to_vec()));
-    assert_eq!(store.delete_prefix("nothing").await.unwrap(), 0);
-
-    for k in [
-        "é1",
-        "é2",
-        "ê",
-        "\u{D7FF}x",
-        "\u{E000}",
-        "\u{10FFFF}a",
-        "\u{10FFFF}",
-        "z",
-    ] {
-        store.set(k, b"v".to_vec(), None).await.unwrap();
-    }
-    assert_eq!(store.delete_prefix("é").await.unwrap(), 2);
-    assert_eq!(store.get("ê").await.unwrap(), Some(b"v".to_vec()));
-    assert_eq!(store.delete_prefix("\u{D7FF}").await.unwrap(), 1);
-    assert_eq!(store.get("\u{E000}").await.unwrap(), Some(b"v".to_vec()));
-    assert_eq!(store.delete_prefix("\u{10FFFF}").await.unwrap(), 2);
-    assert_eq!(store.get("z").await.unwrap(), Some(b"v".to_vec()));
-
-    let left = store.delete_prefix("").await.unwrap();
-    assert_eq!(left, 5, "a, axb, ê, \\u{{E000}} and z");
-    assert_eq!(store.get("z").await.unwrap(), None);
+/// The suite through the wrappers the client puts around a store: `Arc<dyn Storage>` and
+/// a `TimeoutStorage`.
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_through_arc_dyn_and_timeout() {
+    let server = server_or_skip!("conformance_through_arc_dyn_and_timeout");
+    let shared: Arc<dyn Storage> = Arc::new(store(&server, "conf-wrapped").await);
+    testing::run_all(&TimeoutStorage::new(shared, Duration::from_secs(5))).await;
     assert_eq!(server.raw_command("DBSIZE").unwrap().trim(), ":0");
 }
 

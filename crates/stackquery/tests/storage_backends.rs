@@ -130,39 +130,6 @@ mod sqlite {
     }
 
     #[tokio::test]
-    async fn delete_prefix_removes_a_key_tree_and_nothing_else() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStorage::open(dir.path().join("tree.sqlite")).unwrap();
-        let keys = [
-            key!["user"],
-            key!["user", 1],
-            key!["user", 1, "posts"],
-            key!["user", "a%_"],
-            key!["users"],
-            key!["users", 1],
-            key!["todo", 1],
-        ];
-        for k in &keys {
-            store
-                .set(&k.to_string(), b"v".to_vec(), None)
-                .await
-                .unwrap();
-        }
-        assert_eq!(delete_tree(&store, &key!["user"]).await, 3);
-        for (k, kept) in keys
-            .iter()
-            .zip([false, false, false, false, true, true, true])
-        {
-            assert_eq!(
-                store.get(&k.to_string()).await.unwrap().is_some(),
-                kept,
-                "{k}"
-            );
-        }
-        assert_eq!(delete_tree(&store, &key!["user"]).await, 0);
-    }
-
-    #[tokio::test]
     async fn an_unwritable_path_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let not_a_dir = dir.path().join("file");

@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 
 use super::lost::{Digest, Lost};
 use super::{random_u128, BusEvent, BusMessage, BusMessageKind, InstanceId};
-use crate::storage::redis::{
+use crate::redis_conn::{
     backend, bounded, connection_manager, with_retry, DEFAULT_CONNECT_TIMEOUT, DEFAULT_NAMESPACE,
     DEFAULT_TIMEOUT,
 };

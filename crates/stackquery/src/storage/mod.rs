@@ -12,7 +12,8 @@
 //!
 //! Any other store (Redis, a KV service, a file per key…) plugs in by implementing
 //! [`Storage`]; wrap it in a [`TimeoutStorage`] so a store that hangs turns into an error
-//! value after a bounded wait.
+//! value after a bounded wait. The conformance suite the built-in backends pass is public
+//! as `storage::testing` (feature `test-util`): run it from the new backend's tests.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -38,9 +39,12 @@ mod envelope;
 mod error;
 mod memory;
 #[cfg(feature = "redis")]
-pub(crate) mod redis;
+mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(any(test, feature = "test-util"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod testing;
 pub(crate) mod tiered;
 mod timeout;
 pub(crate) mod write_queue;

@@ -4,17 +4,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::super::*;
-use super::conformance;
 
 #[tokio::test]
 async fn memory_storage_conformance() {
-    conformance(&MemoryStorage::new()).await;
+    testing::run_all(&MemoryStorage::new()).await;
 }
 
 #[tokio::test]
 async fn conformance_through_arc_dyn_and_timeout() {
     let shared: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
-    conformance(&TimeoutStorage::new(shared, Duration::from_secs(5))).await;
+    testing::run_all(&TimeoutStorage::new(shared, Duration::from_secs(5))).await;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::super::*;
-use super::conformance;
 
 fn raw_count(path: &Path) -> i64 {
     let conn = rusqlite::Connection::open(path).unwrap();
@@ -258,11 +257,11 @@ async fn missing_parent_directories_are_created() {
 
 #[tokio::test]
 async fn sqlite_in_memory_conformance() {
-    conformance(&SqliteStorage::open_in_memory().unwrap()).await;
+    testing::run_all(&SqliteStorage::open_in_memory().unwrap()).await;
 }
 
 #[tokio::test]
 async fn sqlite_file_conformance() {
     let dir = tempfile::tempdir().unwrap();
-    conformance(&SqliteStorage::open(dir.path().join("c.sqlite")).unwrap()).await;
+    testing::run_all(&SqliteStorage::open(dir.path().join("c.sqlite")).unwrap()).await;
 }

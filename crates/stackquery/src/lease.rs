@@ -1,4 +1,8 @@
 //! [`RedisLeases`]: cluster-wide leases for deduplicating a fetch across instances.
+//!
+//! Beside the cluster code that uses them (`cluster.rs`), public as
+//! `stackquery::bus::RedisLeases`. Built on a [`RedisStorage`]'s connection and namespace,
+//! through the shared plumbing in `redis_conn`: the storage layer knows nothing of leases.
 
 use std::fmt;
 use std::future::Future;
@@ -8,8 +12,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use super::InstanceId;
-use crate::storage::redis::{ttl_millis, with_retry};
+use crate::redis_conn::{random_u128, ttl_millis, with_retry};
 use crate::storage::RedisStorage;
 use crate::StorageError;
 
@@ -116,6 +119,14 @@ impl fmt::Debug for LeaseToken {
     }
 }
 
+impl RedisStorage {
+    /// Cluster-wide leases on this store's server and namespace (same as
+    /// [`RedisLeases::new`]).
+    pub fn leases(&self) -> RedisLeases {
+        RedisLeases::new(self)
+    }
+}
+
 impl RedisLeases {
     /// Leases on the server and namespace of `storage`, bounded by its timeout.
     pub fn new(storage: &RedisStorage) -> Self {
@@ -157,7 +168,7 @@ impl RedisLeases {
         let token = LeaseToken {
             key: key.to_owned(),
             redis_key: self.redis_key(key),
-            token: InstanceId::random().to_string(),
+            token: format!("{:032x}", random_u128()),
         };
         let set = redis::cmd("SET")
             .arg(&token.redis_key)
