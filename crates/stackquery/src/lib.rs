@@ -69,6 +69,7 @@ mod mutation;
 mod observer;
 mod options;
 mod persist_rules;
+mod random;
 mod retry;
 mod snapshot;
 mod state;
@@ -89,7 +90,7 @@ pub use mutation::{
 };
 pub use observer::{ObserverStream, QueryObserver, Subscription};
 pub use options::QueryOptions;
-pub use retry::{default_retry_delay, RetryDelay, RetryPolicy};
+pub use retry::default_retry_delay;
 pub use snapshot::{DehydratedQuery, DehydratedState};
 pub use state::{FetchStatus, QueryState, QueryStatus};
 pub use stats::CacheStats;

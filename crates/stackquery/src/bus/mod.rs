@@ -21,12 +21,8 @@
 //! {"v":1,"origin":"…","kind":"remove","key":"[\"user\"]","prefix":true}
 //! ```
 
-use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -61,7 +57,7 @@ impl InstanceId {
     /// A fresh random id (from the standard library's randomly seeded hasher, the clock,
     /// the process id and a counter).
     pub fn random() -> Self {
-        InstanceId(random_u128())
+        InstanceId(crate::random::u128())
     }
 
     /// The id as a number.
@@ -104,27 +100,6 @@ impl FromStr for InstanceId {
             .map(InstanceId)
             .map_err(|_| ParseInstanceIdError)
     }
-}
-
-/// 128 random-enough bits without a random-number crate: two outputs of std's `RandomState`
-/// (seeded from the OS per thread, then varied per instance) over the clock, the process id
-/// and a process-wide counter.
-pub(crate) fn random_u128() -> u128 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let mut out: u128 = 0;
-    for round in 0_u8..2 {
-        let mut hasher = RandomState::new().build_hasher();
-        hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-        hasher.write_u128(nanos);
-        hasher.write_u32(std::process::id());
-        hasher.write_u8(round);
-        out = (out << 64) | u128::from(hasher.finish());
-    }
-    out
 }
 
 /// A change one instance made that the others should know about.
