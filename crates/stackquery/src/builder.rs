@@ -87,15 +87,11 @@ impl QueryClientBuilder {
 
     retry_setters! {
         config: defaults.retry;
-        /// Default retry count (built-in: 3).
-        retry;
-        /// Default retry predicate: retry while `f(failure_count, &error)` is true.
-        retry_if;
-        /// Default retry delay (built-in: `min(1s·2^attempt, 30s)`).
-        retry_delay;
-        /// Default equal jitter (built-in: off): each retry delay becomes a uniformly random
-        /// duration between half of it and all of it.
-        retry_jitter;
+        retried: "a failed fetch";
+        count: "built-in: 3";
+        note: "The client's default, for every query that does not set its own.";
+        // `QueryClientBuilder` itself is `#[must_use]`.
+        each: ;
     }
 
     /// Bound on the number of entries in memory. When full, the least recently used

@@ -295,22 +295,10 @@ impl<V, T, C> MutationOptions<V, T, C> {
 
     retry_setters! {
         config: retry;
-        /// Retry a failed mutation function up to `n` times (default 0: writes are not
-        /// retried unless asked). A panicking mutation function is never retried.
-        #[must_use]
-        retry;
-        /// Retry while `f(failure_count, &error)` returns true (`failure_count` is 1 after
-        /// the first failure). A panicking predicate means "do not retry".
-        #[must_use]
-        retry_if;
-        /// The delay before retry `attempt` (0-based). Default, as for queries,
-        /// [`default_retry_delay`](crate::default_retry_delay): `min(1s·2^attempt, 30s)`.
-        #[must_use]
-        retry_delay;
-        /// Equal jitter (default off): each retry delay becomes a uniformly random
-        /// duration between half of it and all of it.
-        #[must_use]
-        retry_jitter;
+        retried: "a failed mutation function";
+        count: "default 0: writes are not retried unless asked";
+        note: "Mutations do not use the client's retry defaults.";
+        each: #[must_use];
     }
 
     /// Puts the mutation in scope `id`: on one client, calls of mutations of the same

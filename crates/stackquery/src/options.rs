@@ -156,23 +156,10 @@ impl<T> QueryOptions<T> {
 
     retry_setters! {
         config: retry;
-        /// Retry a failed fetch up to `n` times (default 3). A panicking fetch function is
-        /// never retried.
-        #[must_use]
-        retry;
-        /// Retry while `f(failure_count, &error)` returns true (`failure_count` is 1 after
-        /// the first failure). A panicking predicate means "do not retry".
-        #[must_use]
-        retry_if;
-        /// The delay before retry `attempt` (0-based). Default `min(1s·2^attempt, 30s)`;
-        /// a panicking delay function gets that default.
-        #[must_use]
-        retry_delay;
-        /// Equal jitter (default off): each retry delay becomes a uniformly random
-        /// duration between half of it and all of it, so that clients which failed together
-        /// do not retry together.
-        #[must_use]
-        retry_jitter;
+        retried: "a failed fetch";
+        count: "default 3";
+        note: "Unset, the client's default applies; set, even to the built-in value, it wins.";
+        each: #[must_use];
     }
 
     /// Poll every `d` (from the end of one poll to the start of the next) while an enabled

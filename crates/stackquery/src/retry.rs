@@ -158,27 +158,38 @@ impl RetryConfig {
 }
 
 /// The public retry setters (`retry`, `retry_if`, `retry_delay`, `retry_jitter`) of a
-/// builder whose [`RetryConfig`] is at `config` (a field path from `self`).
+/// builder whose [`RetryConfig`] is at `config` (a field path from `self`), docs included.
+///
+/// The builder gives what is retried (`retried`, "a failed fetch"), its default count
+/// (`count`), a `note` closing each doc (how its settings fall back), and attributes for
+/// all four methods (`each`: `#[must_use]` where the builder type is not already).
 ///
 /// A macro rather than a trait: trait methods would need the trait imported at every call
-/// site, which would break `QueryOptions::new(..).retry(2)` for users. The signatures and
-/// bodies are written once here; each builder gives its own docs (and `#[must_use]`),
-/// since their defaults differ.
+/// site, which would break `QueryOptions::new(..).retry(2)` for users.
 macro_rules! retry_setters {
     (
         config: $($config:ident).+;
-        $(#[$retry:meta])* retry;
-        $(#[$retry_if:meta])* retry_if;
-        $(#[$retry_delay:meta])* retry_delay;
-        $(#[$retry_jitter:meta])* retry_jitter;
+        retried: $retried:literal;
+        count: $count:literal;
+        note: $note:literal;
+        each: $(#[$each:meta])*;
     ) => {
-        $(#[$retry])*
+        #[doc = concat!("Retry ", $retried, " up to `n` times (", $count, ").")]
+        #[doc = "A panicking function is never retried."]
+        #[doc = ""]
+        #[doc = $note]
+        $(#[$each])*
         pub fn retry(mut self, n: u32) -> Self {
             self.$($config).+.set_count(n);
             self
         }
 
-        $(#[$retry_if])*
+        #[doc = concat!("Retry ", $retried, " while `f(failure_count, &error)` returns true")]
+        #[doc = "(`failure_count` is 1 after the first failure). A panicking predicate means"]
+        #[doc = "\"do not retry\"."]
+        #[doc = ""]
+        #[doc = $note]
+        $(#[$each])*
         pub fn retry_if(
             mut self,
             f: impl Fn(u32, &$crate::QueryError) -> bool + Send + Sync + 'static,
@@ -187,7 +198,12 @@ macro_rules! retry_setters {
             self
         }
 
-        $(#[$retry_delay])*
+        #[doc = concat!("The delay before retry `attempt` (0-based) of ", $retried, ".")]
+        #[doc = "Default [`default_retry_delay`](crate::default_retry_delay):"]
+        #[doc = "`min(1s·2^attempt, 30s)`, which a panicking delay function falls back to."]
+        #[doc = ""]
+        #[doc = $note]
+        $(#[$each])*
         pub fn retry_delay(
             mut self,
             f: impl Fn(u32) -> ::std::time::Duration + Send + Sync + 'static,
@@ -196,7 +212,12 @@ macro_rules! retry_setters {
             self
         }
 
-        $(#[$retry_jitter])*
+        #[doc = concat!("Equal jitter on the retry delays of ", $retried, " (default off):")]
+        #[doc = "each delay becomes a uniformly random duration between half of it and all"]
+        #[doc = "of it, so that clients which failed together do not retry together."]
+        #[doc = ""]
+        #[doc = $note]
+        $(#[$each])*
         pub fn retry_jitter(mut self, on: bool) -> Self {
             self.$($config).+.set_jitter(on);
             self
@@ -268,6 +289,8 @@ where
         };
         failures = failures.saturating_add(1);
         report(ctx, &error, failures, Step::Failed);
+        // The one place for "a panic is never retried": a panic is a bug in the user's
+        // function, not a transient failure.
         let again = !matches!(error, QueryError::Panicked(_))
             && retry.policy.should_retry(failures, &error);
         if again && tokio::runtime::Handle::try_current().is_err() {
