@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use crate::client::QueryClient;
 use crate::cluster::Cluster;
-use crate::error::QueryError;
 use crate::key::QueryKey;
 use crate::options::Defaults;
-use crate::retry::{RetryDelay, RetryPolicy};
+use crate::retry::retry_setters;
 use crate::storage::tiered::{Tier, TierConfig};
 use crate::storage::{Codec, Storage, TimeoutStorage, DEFAULT_DELETE_PREFIX_TIMEOUT};
 
@@ -86,31 +85,13 @@ impl QueryClientBuilder {
         self
     }
 
-    /// Default retry count (built-in: 3).
-    pub fn retry(mut self, n: u32) -> Self {
-        self.defaults.retry = RetryPolicy::Count(n);
-        self
-    }
-
-    /// Default retry predicate: retry while `f(failure_count, &error)` is true.
-    pub fn retry_if(
-        mut self,
-        f: impl Fn(u32, &QueryError) -> bool + Send + Sync + 'static,
-    ) -> Self {
-        self.defaults.retry = RetryPolicy::Predicate(Arc::new(f));
-        self
-    }
-
-    /// Default retry delay (built-in: `min(1s·2^attempt, 30s)`).
-    pub fn retry_delay(mut self, f: impl Fn(u32) -> Duration + Send + Sync + 'static) -> Self {
-        self.defaults.retry_delay = Some(RetryDelay::new(f));
-        self
-    }
-
-    /// Randomise retry delays between 50% and 100% of their value.
-    pub fn retry_jitter(mut self, on: bool) -> Self {
-        self.defaults.retry_jitter = on;
-        self
+    retry_setters! {
+        config: defaults.retry;
+        retried: "a failed fetch";
+        count: "built-in: 3";
+        note: "The client's default, for every query that does not set its own.";
+        // `QueryClientBuilder` itself is `#[must_use]`.
+        each: ;
     }
 
     /// Bound on the number of entries in memory. When full, the least recently used

@@ -16,9 +16,9 @@ use crate::entry::{Entry, Reload};
 use crate::error::QueryError;
 use crate::flight::Flight;
 use crate::options::QueryOptions;
+use crate::retry::{run_with_retries, Step};
 #[cfg(feature = "redis")]
 use crate::storage::tiered::Landed;
-use crate::user_code::contain_async;
 
 /// Settles the flight as cancelled if its task is dropped before finishing (aborted, or
 /// the runtime shut down), so no waiter is left hanging.
@@ -95,39 +95,29 @@ pub(crate) async fn run_flight<T: Send + Sync + 'static>(
     guard.shared.cache.evict_if_over_capacity();
 }
 
-/// The user's fetch function under the retry policy (a panic is never retried).
+/// The user's fetch function under the retry policy, every failure recorded on the entry.
 async fn fetch_with_retries<T: Send + Sync + 'static>(
     guard: &FlightGuard<T>,
     opts: &QueryOptions<T>,
 ) -> crate::flight::FetchResult<T> {
-    let mut failures: u32 = 0;
-    let result = loop {
-        let error = match contain_async("fetch", || (opts.fetcher)()).await {
-            Ok(Ok(value)) => break Ok(Arc::new(value)),
-            Ok(Err(e)) => QueryError::fetch(e),
-            Err(panicked) => panicked,
-        };
-        failures = failures.saturating_add(1);
-        guard.entry.attempt_failed(&guard.flight, error.clone());
-        // A panic is a bug in the fetch function, not a transient failure: no retry.
-        let retry = !matches!(error, QueryError::Panicked(_))
-            && guard
-                .shared
-                .defaults
-                .retry(opts)
-                .should_retry(failures, &error);
-        if !retry {
-            tracing::warn!(key = %guard.entry.key, %error, failures, "fetch failed");
-            break Err(error);
-        }
-        let delay = guard.shared.defaults.retry_delay(opts, failures - 1);
-        tracing::debug!(key = %guard.entry.key, %error, failures, ?delay, "fetch retry");
-        tokio::time::sleep(delay).await;
-    };
-    if result.is_ok() {
-        tracing::debug!(key = %guard.entry.key, "fetch success");
-    }
-    result
+    let key = &guard.entry.key;
+    let retry = guard.shared.defaults.retry(opts);
+    let value = run_with_retries(
+        "fetch",
+        &retry,
+        &mut (),
+        |()| (opts.fetcher)(),
+        |(), error, failures, step| match step {
+            Step::Failed => guard.entry.attempt_failed(&guard.flight, error.clone()),
+            Step::Retry(delay) => {
+                tracing::debug!(%key, %error, failures, ?delay, "fetch retry");
+            }
+            Step::GiveUp => tracing::warn!(%key, %error, failures, "fetch failed"),
+        },
+    )
+    .await?;
+    tracing::debug!(%key, "fetch success");
+    Ok(Arc::new(value))
 }
 
 #[cfg(feature = "redis")]

@@ -6,11 +6,10 @@
 //! `hash_parts`), so it resists hash flooding.
 
 use std::cmp::Ordering;
-use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 /// One part of a [`QueryKey`]: a string, an integer or a boolean.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -116,8 +115,7 @@ pub struct QueryKey(Arc<KeyInner>);
 /// the process; the hash is never persisted nor sent to another process (storage and the
 /// bus name entries by the key's `Display` text), so it need not be stable across them.
 fn hash_parts(parts: &[KeyPart]) -> u64 {
-    static SEED: OnceLock<RandomState> = OnceLock::new();
-    SEED.get_or_init(RandomState::new).hash_one(parts)
+    crate::random::process_seed().hash_one(parts)
 }
 
 impl QueryKey {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use crate::redis_conn::{random_u128, ttl_millis, with_retry};
+use crate::redis_conn::{ttl_millis, with_retry};
 use crate::storage::RedisStorage;
 use crate::StorageError;
 
@@ -168,7 +168,7 @@ impl RedisLeases {
         let token = LeaseToken {
             key: key.to_owned(),
             redis_key: self.redis_key(key),
-            token: format!("{:032x}", random_u128()),
+            token: format!("{:032x}", crate::random::u128()),
         };
         let set = redis::cmd("SET")
             .arg(&token.redis_key)

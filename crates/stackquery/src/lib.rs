@@ -71,6 +71,7 @@ mod mutation;
 mod observer;
 mod options;
 mod persist_rules;
+mod random;
 #[cfg(feature = "redis")]
 mod redis_conn;
 mod retry;
@@ -94,7 +95,7 @@ pub use mutation::{
 };
 pub use observer::{ObserverStream, QueryObserver, Subscription};
 pub use options::QueryOptions;
-pub use retry::{default_retry_delay, RetryDelay, RetryPolicy};
+pub use retry::default_retry_delay;
 pub use snapshot::{DehydratedQuery, DehydratedState};
 pub use state::{FetchStatus, QueryState, QueryStatus};
 pub use stats::CacheStats;

@@ -74,14 +74,13 @@ mod state;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use crate::client::{QueryClient, Shared};
 use crate::error::{BoxError, QueryError};
-use crate::retry::{default_retry_delay, jittered, RetryDelay, RetryPolicy};
+use crate::retry::{retry_setters, RetryConfig};
 
 use self::listeners::StateCell;
 use self::run::execute;
@@ -143,9 +142,7 @@ pub struct MutationOptions<V, T, C = ()> {
     on_success: Option<SuccessFn<V, T, C>>,
     on_error: Option<ErrorFn<V, C>>,
     on_settled: Option<SettledFn<V, T, C>>,
-    retry: RetryPolicy,
-    retry_delay: Option<RetryDelay>,
-    retry_jitter: bool,
+    retry: RetryConfig,
     scope: Option<Arc<str>>,
 }
 
@@ -158,8 +155,6 @@ impl<V, T, C> Clone for MutationOptions<V, T, C> {
             on_error: self.on_error.clone(),
             on_settled: self.on_settled.clone(),
             retry: self.retry.clone(),
-            retry_delay: self.retry_delay.clone(),
-            retry_jitter: self.retry_jitter,
             scope: self.scope.clone(),
         }
     }
@@ -173,8 +168,6 @@ impl<V, T, C> fmt::Debug for MutationOptions<V, T, C> {
             .field("on_error", &self.on_error.is_some())
             .field("on_settled", &self.on_settled.is_some())
             .field("retry", &self.retry)
-            .field("retry_delay", &self.retry_delay)
-            .field("retry_jitter", &self.retry_jitter)
             .field("scope", &self.scope)
             .finish()
     }
@@ -205,9 +198,7 @@ where
             on_success: None,
             on_error: None,
             on_settled: None,
-            retry: RetryPolicy::Count(0),
-            retry_delay: None,
-            retry_jitter: false,
+            retry: RetryConfig::default(),
             scope: None,
         }
     }
@@ -260,8 +251,6 @@ where
                 Arc::new(move |data, err, vars, ctx| f(data, err, vars, unit(ctx)))
             }),
             retry: self.retry,
-            retry_delay: self.retry_delay,
-            retry_jitter: self.retry_jitter,
             scope: self.scope,
         }
     }
@@ -304,38 +293,12 @@ impl<V, T, C> MutationOptions<V, T, C> {
         self
     }
 
-    /// Retry a failed mutation function up to `n` times (default 0: writes are not
-    /// retried unless asked). A panicking mutation function is never retried.
-    #[must_use]
-    pub fn retry(mut self, n: u32) -> Self {
-        self.retry = RetryPolicy::Count(n);
-        self
-    }
-
-    /// Retry while `f(failure_count, &error)` returns true (`failure_count` is 1 after the
-    /// first failure). A panicking predicate means "do not retry".
-    #[must_use]
-    pub fn retry_if(
-        mut self,
-        f: impl Fn(u32, &QueryError) -> bool + Send + Sync + 'static,
-    ) -> Self {
-        self.retry = RetryPolicy::Predicate(Arc::new(f));
-        self
-    }
-
-    /// The delay before retry `attempt` (0-based). Default, as for queries,
-    /// [`default_retry_delay`]: `min(1s·2^attempt, 30s)`.
-    #[must_use]
-    pub fn retry_delay(mut self, f: impl Fn(u32) -> Duration + Send + Sync + 'static) -> Self {
-        self.retry_delay = Some(RetryDelay::new(f));
-        self
-    }
-
-    /// Randomise each retry delay between 50% and 100% of its value (default off).
-    #[must_use]
-    pub fn retry_jitter(mut self, on: bool) -> Self {
-        self.retry_jitter = on;
-        self
+    retry_setters! {
+        config: retry;
+        retried: "a failed mutation function";
+        count: "default 0: writes are not retried unless asked";
+        note: "Mutations do not use the client's retry defaults.";
+        each: #[must_use];
     }
 
     /// Puts the mutation in scope `id`: on one client, calls of mutations of the same
@@ -345,18 +308,6 @@ impl<V, T, C> MutationOptions<V, T, C> {
     pub fn scope(mut self, id: impl Into<Arc<str>>) -> Self {
         self.scope = Some(id.into());
         self
-    }
-
-    pub(crate) fn delay(&self, attempt: u32) -> Duration {
-        let base = match &self.retry_delay {
-            Some(f) => f.delay(attempt),
-            None => default_retry_delay(attempt),
-        };
-        if self.retry_jitter {
-            jittered(base)
-        } else {
-            base
-        }
     }
 }
 

@@ -9,9 +9,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use crate::error::{BoxError, QueryError};
+use crate::error::BoxError;
 use crate::key::QueryKey;
-use crate::retry::{default_retry_delay, RetryDelay, RetryPolicy};
+use crate::retry::{retry_setters, Retry, RetryConfig, QUERY_RETRIES};
 use crate::storage::tiered::PersistFns;
 
 pub(crate) type Fetcher<T> = Arc<dyn Fn() -> BoxFuture<'static, Result<T, BoxError>> + Send + Sync>;
@@ -39,9 +39,7 @@ pub struct QueryOptions<T> {
     pub(crate) fetcher: Fetcher<T>,
     pub(crate) stale_time: Option<Duration>,
     pub(crate) gc_time: Option<Duration>,
-    pub(crate) retry: Option<RetryPolicy>,
-    pub(crate) retry_delay: Option<RetryDelay>,
-    pub(crate) retry_jitter: Option<bool>,
+    pub(crate) retry: RetryConfig,
     pub(crate) refetch_interval: Option<Duration>,
     pub(crate) enabled: bool,
     pub(crate) placeholder_data: Option<Arc<T>>,
@@ -56,8 +54,6 @@ impl<T> Clone for QueryOptions<T> {
             stale_time: self.stale_time,
             gc_time: self.gc_time,
             retry: self.retry.clone(),
-            retry_delay: self.retry_delay.clone(),
-            retry_jitter: self.retry_jitter,
             refetch_interval: self.refetch_interval,
             enabled: self.enabled,
             placeholder_data: self.placeholder_data.clone(),
@@ -73,7 +69,6 @@ impl<T> fmt::Debug for QueryOptions<T> {
             .field("stale_time", &self.stale_time)
             .field("gc_time", &self.gc_time)
             .field("retry", &self.retry)
-            .field("retry_jitter", &self.retry_jitter)
             .field("refetch_interval", &self.refetch_interval)
             .field("enabled", &self.enabled)
             .field("persist", &self.persist.is_some())
@@ -98,9 +93,7 @@ impl<T: Send + Sync + 'static> QueryOptions<T> {
             fetcher,
             stale_time: None,
             gc_time: None,
-            retry: None,
-            retry_delay: None,
-            retry_jitter: None,
+            retry: RetryConfig::default(),
             refetch_interval: None,
             enabled: true,
             placeholder_data: None,
@@ -127,23 +120,10 @@ impl<T> QueryOptions<T> {
             && self.key == other.key
             && self.stale_time == other.stale_time
             && self.gc_time == other.gc_time
-            && self.retry_jitter == other.retry_jitter
             && self.refetch_interval == other.refetch_interval
             && self.enabled == other.enabled
             && self.persist.is_some() == other.persist.is_some()
-            && match (&self.retry, &other.retry) {
-                (None, None) => true,
-                (Some(RetryPolicy::Count(a)), Some(RetryPolicy::Count(b))) => a == b,
-                (Some(RetryPolicy::Predicate(a)), Some(RetryPolicy::Predicate(b))) => {
-                    Arc::ptr_eq(a, b)
-                }
-                _ => false,
-            }
-            && match (&self.retry_delay, &other.retry_delay) {
-                (None, None) => true,
-                (Some(a), Some(b)) => Arc::ptr_eq(&a.0, &b.0),
-                _ => false,
-            }
+            && self.retry.same_as(&other.retry)
             && match (&self.placeholder_data, &other.placeholder_data) {
                 (None, None) => true,
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -174,35 +154,12 @@ impl<T> QueryOptions<T> {
         self
     }
 
-    /// Retry a failed fetch up to `n` times (default 3).
-    #[must_use]
-    pub fn retry(mut self, n: u32) -> Self {
-        self.retry = Some(RetryPolicy::Count(n));
-        self
-    }
-
-    /// Retry while `f(failure_count, &error)` returns true.
-    #[must_use]
-    pub fn retry_if(
-        mut self,
-        f: impl Fn(u32, &QueryError) -> bool + Send + Sync + 'static,
-    ) -> Self {
-        self.retry = Some(RetryPolicy::Predicate(Arc::new(f)));
-        self
-    }
-
-    /// The delay before retry `attempt` (0-based). Default `min(1s·2^attempt, 30s)`.
-    #[must_use]
-    pub fn retry_delay(mut self, f: impl Fn(u32) -> Duration + Send + Sync + 'static) -> Self {
-        self.retry_delay = Some(RetryDelay::new(f));
-        self
-    }
-
-    /// Randomise each retry delay between 50% and 100% of its value.
-    #[must_use]
-    pub fn retry_jitter(mut self, on: bool) -> Self {
-        self.retry_jitter = Some(on);
-        self
+    retry_setters! {
+        config: retry;
+        retried: "a failed fetch";
+        count: "default 3";
+        note: "Unset, the client's default applies; set, even to the built-in value, it wins.";
+        each: #[must_use];
     }
 
     /// Poll every `d` (from the end of one poll to the start of the next) while an enabled
@@ -235,9 +192,7 @@ impl<T> QueryOptions<T> {
 pub(crate) struct Defaults {
     pub(crate) stale_time: Duration,
     pub(crate) gc_time: Duration,
-    pub(crate) retry: RetryPolicy,
-    pub(crate) retry_delay: Option<RetryDelay>,
-    pub(crate) retry_jitter: bool,
+    pub(crate) retry: RetryConfig,
 }
 
 impl Default for Defaults {
@@ -245,9 +200,7 @@ impl Default for Defaults {
         Defaults {
             stale_time: Duration::ZERO,
             gc_time: Duration::from_secs(300),
-            retry: RetryPolicy::Count(3),
-            retry_delay: None,
-            retry_jitter: false,
+            retry: RetryConfig::default(),
         }
     }
 }
@@ -261,21 +214,10 @@ impl Defaults {
         o.gc_time.unwrap_or(self.gc_time)
     }
 
-    pub(crate) fn retry<'a, T>(&'a self, o: &'a QueryOptions<T>) -> &'a RetryPolicy {
-        o.retry.as_ref().unwrap_or(&self.retry)
-    }
-
-    /// The wait before retry `attempt`, with jitter applied when enabled.
-    pub(crate) fn retry_delay<T>(&self, o: &QueryOptions<T>, attempt: u32) -> Duration {
-        let base = match o.retry_delay.as_ref().or(self.retry_delay.as_ref()) {
-            Some(f) => f.delay(attempt),
-            None => default_retry_delay(attempt),
-        };
-        if o.retry_jitter.unwrap_or(self.retry_jitter) {
-            crate::retry::jittered(base)
-        } else {
-            base
-        }
+    /// The retry settings of a fetch of `o`: the query's, else the client's, else the
+    /// built-in ones.
+    pub(crate) fn retry<'a, T>(&'a self, o: &'a QueryOptions<T>) -> Retry<'a> {
+        o.retry.resolve(Some(&self.retry), QUERY_RETRIES)
     }
 }
 
@@ -305,8 +247,8 @@ mod tests {
     #[test]
     fn retry_delay_resolution() {
         let d = Defaults::default();
-        assert_eq!(d.retry_delay(&opts(), 2), Duration::from_secs(4));
+        assert_eq!(d.retry(&opts()).delay(2), Duration::from_secs(4));
         let o = opts().retry_delay(|a| Duration::from_millis(10 * u64::from(a + 1)));
-        assert_eq!(d.retry_delay(&o, 2), Duration::from_millis(30));
+        assert_eq!(d.retry(&o).delay(2), Duration::from_millis(30));
     }
 }

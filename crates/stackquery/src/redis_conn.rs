@@ -6,11 +6,8 @@
 //!
 //! Private and below all three, so that none of them imports another for its plumbing.
 
-use std::collections::hash_map::RandomState;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -102,27 +99,6 @@ pub(crate) fn ttl_millis(ttl: Duration) -> Option<u64> {
     }
     let ms = ttl.as_nanos().div_ceil(1_000_000);
     Some(u64::try_from(ms).unwrap_or(u64::MAX).min(MAX_TTL_MS))
-}
-
-/// 128 random-enough bits without a random-number crate: two outputs of std's `RandomState`
-/// (seeded from the OS per thread, then varied per instance) over the clock, the process id
-/// and a process-wide counter.
-pub(crate) fn random_u128() -> u128 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let mut out: u128 = 0;
-    for round in 0_u8..2 {
-        let mut hasher = RandomState::new().build_hasher();
-        hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-        hasher.write_u128(nanos);
-        hasher.write_u32(std::process::id());
-        hasher.write_u8(round);
-        out = (out << 64) | u128::from(hasher.finish());
-    }
-    out
 }
 
 #[cfg(test)]

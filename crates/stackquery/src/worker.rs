@@ -55,6 +55,7 @@ impl Worker {
     }
 
     /// Stops the task if it runs (its owner is going away).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn abort(&self) {
         if let Some(task) = self.task.lock().take() {
             task.abort();

@@ -17,10 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use stackquery::{
-    default_retry_delay, key, MutationOptions, QueryClient, QueryError, QueryFilter, QueryOptions,
-    RetryDelay, RetryPolicy,
-};
+use stackquery::{key, MutationOptions, QueryClient, QueryError, QueryFilter, QueryOptions};
 
 // ---------------------------------------------------------------------------------------
 // K. One panic policy
@@ -65,55 +62,8 @@ impl Ran {
     }
 }
 
-/// `retry_if` used to be wrapped in a bare `catch_unwind`: called from a `Drop` during a
-/// panic it ran anyway (and a panic inside it would have aborted the process). Under the
-/// one policy a panicking predicate and a predicate on an unwinding thread both mean "do
-/// not retry", and on the unwinding thread the predicate is not even run.
-#[test]
-fn k_retry_if_panics_are_contained_and_skipped_while_unwinding() {
-    let panicking = RetryPolicy::Predicate(Arc::new(|_, _| panic!("retry_if boom")));
-    assert!(!panicking.should_retry(1, &QueryError::Cancelled));
-
-    let ran = Ran::default();
-    let r = ran.clone();
-    let always = RetryPolicy::Predicate(Arc::new(move |_, _| {
-        r.mark();
-        true
-    }));
-    assert!(always.should_retry(1, &QueryError::Cancelled));
-    ran.0.store(false, Ordering::SeqCst);
-    let retried = while_unwinding(|| always.should_retry(1, &QueryError::Cancelled));
-    assert!(
-        !retried,
-        "on an unwinding thread the fallback is \"do not retry\""
-    );
-    assert!(
-        !ran.get(),
-        "the predicate must not run on an unwinding thread"
-    );
-}
-
-/// A retry delay function: a panic falls back to the default delay, and so does a call on
-/// an unwinding thread, where the function is not run (it used to be).
-#[test]
-fn k_retry_delay_panics_fall_back_to_the_default_and_are_skipped_while_unwinding() {
-    let panicking = RetryDelay::new(|_| panic!("delay boom"));
-    assert_eq!(panicking.delay(2), default_retry_delay(2));
-
-    let ran = Ran::default();
-    let r = ran.clone();
-    let custom = RetryDelay::new(move |_| {
-        r.mark();
-        Duration::from_millis(5)
-    });
-    assert_eq!(custom.delay(0), Duration::from_millis(5));
-    ran.0.store(false, Ordering::SeqCst);
-    assert_eq!(while_unwinding(|| custom.delay(3)), default_retry_delay(3));
-    assert!(
-        !ran.get(),
-        "the delay function must not run on an unwinding thread"
-    );
-}
+// The `retry_if` and retry-delay tests of K moved to the unit tests of `src/retry.rs`
+// when `RetryPolicy` and `RetryDelay` became private (no public setter takes them).
 
 /// A filter predicate: a panic excludes the entry, and so does a call on an unwinding
 /// thread (a `remove_queries` from a drop guard), where the predicate is not run — it used

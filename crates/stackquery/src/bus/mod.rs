@@ -26,7 +26,6 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::redis_conn::random_u128;
 use crate::{QueryKey, StorageError};
 
 pub(crate) mod lost;
@@ -59,7 +58,7 @@ impl InstanceId {
     /// A fresh random id (from the standard library's randomly seeded hasher, the clock,
     /// the process id and a counter).
     pub fn random() -> Self {
-        InstanceId(random_u128())
+        InstanceId(crate::random::u128())
     }
 
     /// The id as a number.

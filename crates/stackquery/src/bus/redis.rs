@@ -11,7 +11,7 @@ use redis::aio::{ConnectionManager, PubSub};
 use tokio::sync::broadcast;
 
 use super::lost::{Digest, Lost};
-use super::{random_u128, BusEvent, BusMessage, BusMessageKind, InstanceId};
+use super::{BusEvent, BusMessage, BusMessageKind, InstanceId};
 use crate::redis_conn::{
     backend, bounded, connection_manager, with_retry, DEFAULT_CONNECT_TIMEOUT, DEFAULT_NAMESPACE,
     DEFAULT_TIMEOUT,
@@ -571,20 +571,10 @@ impl Listener {
                     tracing::debug!(channel = %self.channel, %err, "stackquery bus: reconnect failed");
                 }
             }
-            tokio::time::sleep(jittered(backoff)).await;
+            // Jittered so that instances cut off together do not reconnect in lockstep.
+            tokio::time::sleep(crate::random::jittered(backoff)).await;
             // Saturating: `max_backoff` is user-given and may be `Duration::MAX`.
             backoff = backoff.saturating_mul(2).min(self.max_backoff);
         }
     }
-}
-
-/// Between half and all of `delay`, so that instances cut off together do not reconnect
-/// in lockstep.
-fn jittered(delay: Duration) -> Duration {
-    let half = delay / 2;
-    let spread = u64::try_from(half.as_micros()).unwrap_or(u64::MAX).max(1);
-    // Truncation is fine: any 64 random bits will do.
-    #[allow(clippy::cast_possible_truncation)]
-    let random = random_u128() as u64;
-    half.saturating_add(Duration::from_micros(random % spread))
 }

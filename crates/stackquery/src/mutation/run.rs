@@ -9,6 +9,7 @@ use super::listeners::StateCell;
 use super::state::Action;
 use super::{Call, MutationOptions, OnMutate};
 use crate::error::QueryError;
+use crate::retry::{run_with_retries, Step, MUTATION_RETRIES};
 use crate::user_code::{contain, contain_async};
 
 /// Where a call is, for its drop guard.
@@ -147,35 +148,31 @@ where
         }
     }
 
-    loop {
-        let vars = run.vars.clone();
-        let mutation_fn = &opts.mutation_fn;
-        let error = match contain_async("mutation_fn", move || mutation_fn(vars)).await {
-            Ok(Ok(data)) => return run.succeed(Arc::new(data)),
-            Ok(Err(e)) => QueryError::fetch(e),
-            Err(panicked) => panicked,
-        };
-        run.failures = run.failures.saturating_add(1);
-        // A panic is a bug in the mutation function, not a transient failure: no retry.
-        let retry = !matches!(error, QueryError::Panicked(_))
-            && opts.retry.should_retry(run.failures, &error);
-        if !retry {
-            tracing::warn!(%error, failures = run.failures, "mutation failed");
-            return run.fail(error);
-        }
-        if tokio::runtime::Handle::try_current().is_err() {
-            tracing::warn!(%error, "mutation not retried: no tokio runtime to time the delay");
-            return run.fail(error);
-        }
-        let delay = opts.delay(run.failures - 1);
-        tracing::debug!(%error, failures = run.failures, ?delay, "mutation retry");
-        run.cell.apply(
-            id,
-            Action::Failed {
-                count: run.failures,
-                reason: error,
-            },
-        );
-        tokio::time::sleep(delay).await;
+    let retry = opts.retry.resolve(None, MUTATION_RETRIES);
+    let result = run_with_retries(
+        "mutation_fn",
+        &retry,
+        &mut run,
+        |run| (run.opts.mutation_fn)(run.vars.clone()),
+        |run, error, failures, step| match step {
+            // Counted at once: a call dropped during the wait reports its failures.
+            Step::Failed => run.failures = failures,
+            Step::Retry(delay) => {
+                tracing::debug!(%error, failures, ?delay, "mutation retry");
+                run.cell.apply(
+                    run.id,
+                    Action::Failed {
+                        count: failures,
+                        reason: error.clone(),
+                    },
+                );
+            }
+            Step::GiveUp => tracing::warn!(%error, failures, "mutation failed"),
+        },
+    )
+    .await;
+    match result {
+        Ok(data) => run.succeed(Arc::new(data)),
+        Err(error) => run.fail(error),
     }
 }

@@ -16,7 +16,7 @@ pub const DEFAULT_DELETE_PREFIX_TIMEOUT: Duration = Duration::from_secs(5);
 /// ([`delete_prefix_timeout`](Self::delete_prefix_timeout), 5 s by default), because it may
 /// remove many entries and take many round trips. This wrapper is the one place that bounds
 /// a whole prefix delete: the backends bound their single round trips only (e.g.
-/// [`RedisStorage`](crate::storage::RedisStorage)'s per-call timeout), so a short per-call
+/// `RedisStorage`'s per-call timeout), so a short per-call
 /// deadline here never cuts a long prefix delete short, and there is no second, hidden
 /// bound on it further in.
 ///

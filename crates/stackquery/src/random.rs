@@ -1,0 +1,100 @@
+//! The crate's one source of randomness, and its one jitter.
+//!
+//! Everything random in the crate comes from here: the per-process key-hash seed, bus
+//! instance ids and lease tokens, and the jitter of retry delays and bus reconnects.
+//! Keeping one source means one place to reason about (and, one day, to swap for a real
+//! generator) instead of a `RandomState` trick per module.
+//!
+//! None of it is cryptographic: the bits are std's randomly seeded `RandomState` (keys
+//! drawn from the OS once per thread, then varied per instance) hashed over the clock,
+//! the process id and a process-wide counter. That is unpredictable enough for hash
+//! seeds, unique ids and spreading retries, without a random-number dependency.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// 64 random bits.
+pub(crate) fn u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut hasher = RandomState::new().build_hasher();
+    // The counter keeps two draws in the same clock tick apart even if the hasher keys
+    // were ever to repeat; the pid keeps forked processes apart.
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+/// 128 random bits (two draws of [`u64`]), for ids that must not collide.
+#[cfg(feature = "redis")]
+pub(crate) fn u128() -> u128 {
+    (u128::from(u64()) << 64) | u128::from(u64())
+}
+
+/// The hasher seed drawn once per process, for hashes that must agree within the process
+/// but be unpredictable from outside it (keys from request input must not be craftable to
+/// collide).
+pub(crate) fn process_seed() -> &'static RandomState {
+    static SEED: OnceLock<RandomState> = OnceLock::new();
+    SEED.get_or_init(RandomState::new)
+}
+
+/// "Equal jitter": half of `delay` kept, plus a uniformly random part of the other half,
+/// so the result is uniform in `[delay / 2, delay]`. Many clients that failed together
+/// then do not retry (or reconnect) together, while none retries sooner than half its
+/// delay. (Not "full jitter", which draws from the whole `[0, delay]`.)
+pub(crate) fn jittered(delay: Duration) -> Duration {
+    jittered_by(delay, u64())
+}
+
+/// `delay` scaled by a factor in `[0.5, 1]` drawn from the random bits `r`, saturating.
+fn jittered_by(delay: Duration, r: u64) -> Duration {
+    // The top 53 bits: exactly what an f64 in [0, 1) can hold.
+    let frac = (r >> 11) as f64 / (1u64 << 53) as f64;
+    // Not `mul_f64`: it panics when the product is past `Duration::MAX`, which a user-given
+    // `Duration::MAX` reaches whenever the factor rounds to 1.0 (`MAX` as f64 is 2^64 s).
+    Duration::try_from_secs_f64(delay.as_secs_f64() * (0.5 + 0.5 * frac))
+        .map_or(delay, |d| d.min(delay))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A user-given retry delay of `Duration::MAX` ("never retry soon") used to panic in
+    /// `mul_f64` when the random factor rounded to 1.0, killing the fetch task: jitter now
+    /// saturates, for every factor.
+    #[test]
+    fn jitter_of_duration_max_saturates() {
+        for r in [0, 1 << 40, u64::MAX - (1 << 11), u64::MAX] {
+            let d = jittered_by(Duration::MAX, r);
+            assert!(d >= Duration::MAX / 2 - Duration::from_secs(1) && d <= Duration::MAX);
+        }
+        assert_eq!(jittered_by(Duration::MAX, u64::MAX), Duration::MAX);
+        assert_eq!(
+            jittered_by(Duration::from_secs(10), 0),
+            Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_secs(10));
+            assert!(d >= Duration::from_secs(5) && d <= Duration::from_secs(10));
+        }
+    }
+
+    #[test]
+    fn draws_differ() {
+        let draws: std::collections::HashSet<u64> = (0..1000).map(|_| u64()).collect();
+        assert_eq!(draws.len(), 1000);
+    }
+}
