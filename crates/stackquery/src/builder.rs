@@ -9,8 +9,8 @@ use crate::cluster::Cluster;
 use crate::key::QueryKey;
 use crate::options::Defaults;
 use crate::retry::retry_setters;
-use crate::storage::tiered::{Tier, TierConfig};
 use crate::storage::{Codec, Storage, TimeoutStorage, DEFAULT_DELETE_PREFIX_TIMEOUT};
+use crate::tier::{Tier, TierConfig};
 
 /// Builds a [`QueryClient`] with client-wide defaults (each query may override them).
 ///

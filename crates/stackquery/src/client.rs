@@ -1,45 +1,24 @@
 //! [`QueryClient`]: the façade over the cache, the fetch engine and the gc.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::future::join_all;
 
 use crate::builder::QueryClientBuilder;
-use crate::cache::{Cache, ErasedEntry, Scope};
+use crate::cache::{ErasedEntry, Scope};
 use crate::cluster::Cluster;
+pub(crate) use crate::engine::Shared;
 use crate::entry::{Entry, Mode, Step};
 use crate::error::QueryError;
 use crate::filter::QueryFilter;
 use crate::key::QueryKey;
 use crate::options::{Defaults, QueryOptions};
-use crate::snapshot::{DehydratedState, Restored};
+use crate::snapshot::DehydratedState;
 use crate::state::QueryState;
-use crate::stats::{CacheStats, Counters};
+use crate::stats::CacheStats;
 use crate::storage::children_prefix;
-use crate::storage::tiered::{AfterWrite, Landed, Tier};
-use crate::timers::Timers;
-
-/// Everything the client's handles, fetch tasks and gc task share.
-pub(crate) struct Shared {
-    pub(crate) defaults: Defaults,
-    pub(crate) cache: Cache,
-    pub(crate) counters: Arc<Counters>,
-    /// The second tier, if the client has a storage.
-    pub(crate) tier: Option<Arc<Tier>>,
-    /// Snapshot entries restored by `hydrate` that no typed call has claimed yet.
-    pub(crate) restored: Restored,
-    /// Gc, stale notices and polls: one queue, one driver task (see `timers.rs`).
-    pub(crate) timers: Arc<Timers>,
-    /// The other instances: invalidation bus and cluster dedup (see `cluster.rs`).
-    pub(crate) cluster: Cluster,
-    /// Keys persisted whatever their queries say (see `persist_rules.rs`).
-    pub(crate) persist_rules: crate::persist_rules::PersistRules,
-    /// Scope queues of mutations (see `mutation.rs`).
-    pub(crate) mutation_scopes: crate::mutation::Scopes,
-    next_id: AtomicU64,
-}
+use crate::tier::{AfterWrite, Landed, Tier};
 
 /// How many second-tier operations [`QueryClient::delete_scope`] queues for a key-only
 /// filter.
@@ -56,13 +35,6 @@ fn publish_invalidate(shared: &Shared, key: QueryKey, exact: bool) {
 
 fn publish_remove(shared: &Shared, key: QueryKey, exact: bool) {
     shared.cluster.publish_remove(key, !exact);
-}
-
-impl Shared {
-    /// A process-unique id for an entry or an observer (timers are keyed by it).
-    pub(crate) fn fresh_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
-    }
 }
 
 /// The cache and fetch engine. Cloning is cheap (two reference-count bumps: the shared
@@ -479,7 +451,7 @@ impl QueryClient {
             send();
             return Vec::new();
         }
-        crate::storage::write_queue::after_all(n, send)
+        crate::tier::write_queue::after_all(n, send)
             .into_iter()
             .map(Some)
             .collect()
@@ -794,25 +766,7 @@ impl QueryClient {
         cluster: Cluster,
         persist_rules: crate::persist_rules::PersistRules,
     ) -> QueryClient {
-        let shared = Arc::new_cyclic(|weak| {
-            let weak = weak.clone();
-            let timers = Arc::new(Timers::new(Box::new(move |wake, running| {
-                Box::pin(crate::timer_driver::drive(weak.clone(), wake, running))
-            })));
-            let counters = Arc::new(Counters::default());
-            Shared {
-                defaults,
-                cache: Cache::new(max_queries, timers.clone(), counters.clone()),
-                timers,
-                counters,
-                tier,
-                restored: Restored::new(),
-                persist_rules,
-                mutation_scopes: crate::mutation::Scopes::default(),
-                cluster,
-                next_id: AtomicU64::new(0),
-            }
-        });
+        let shared = Shared::new(defaults, max_queries, tier, cluster, persist_rules);
         QueryClient {
             _life: Some(Arc::new(ClientLife(shared.clone()))),
             shared,

@@ -39,7 +39,7 @@ pub(crate) use disabled::*;
 mod disabled {
     use std::sync::Arc;
 
-    use crate::client::Shared;
+    use crate::engine::Shared;
     use crate::key::QueryKey;
 
     /// Without the `redis` feature there is no bus: every hook does nothing.
@@ -79,7 +79,7 @@ mod enabled {
     use crate::bus::outbox::Outbox;
     use crate::bus::{BusEvent, BusMessageKind, Incoming, LeaseToken, RedisBus, RedisLeases};
     use crate::cache::{ErasedEntry, Scope};
-    use crate::client::Shared;
+    use crate::engine::Shared;
     use crate::entry::Reload;
     use crate::key::{KeyHashBuilder, QueryKey};
     use crate::worker::{Running, Worker};

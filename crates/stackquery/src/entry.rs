@@ -20,13 +20,13 @@ mod stale;
 
 pub(crate) use erased::{AnyEntry, GcVerdict};
 
-use crate::client::Shared;
+use crate::engine::Shared;
 use crate::error::QueryError;
 use crate::flight::{FetchResult, Flight};
 use crate::key::QueryKey;
 use crate::options::QueryOptions;
 use crate::state::{reduce, Action, FetchStatus, QueryState};
-use crate::storage::tiered::{AfterWrite, PendingWrite, PersistFns};
+use crate::tier::{AfterWrite, PendingWrite, PersistFns};
 use crate::timers::{TimerKind, TimerTarget};
 
 /// A future that resolves when a started refetch settles (its outcome is in the cache).
@@ -578,10 +578,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
     /// Writes the entry's current data to the second tier now (cluster-dedup lease holder).
     /// Returns how it landed, if it did.
     #[cfg(feature = "redis")]
-    pub(crate) async fn write_now(
-        &self,
-        shared: &Shared,
-    ) -> Option<crate::storage::tiered::Landed> {
+    pub(crate) async fn write_now(&self, shared: &Shared) -> Option<crate::tier::Landed> {
         let tier = shared.tier.as_ref()?;
         let write = self.pending_write(shared, None)?;
         tier.write_now(&shared.counters, &write).await

@@ -9,16 +9,16 @@ use std::time::Duration;
 #[cfg(feature = "redis")]
 use tokio::time::Instant;
 
-use crate::client::Shared;
 #[cfg(feature = "redis")]
 use crate::cluster::Acquired;
+use crate::engine::Shared;
 use crate::entry::{Entry, Reload};
 use crate::error::QueryError;
 use crate::flight::Flight;
 use crate::options::QueryOptions;
 use crate::retry::{run_with_retries, Step};
 #[cfg(feature = "redis")]
-use crate::storage::tiered::Landed;
+use crate::tier::Landed;
 
 /// Settles the flight as cancelled if its task is dropped before finishing (aborted, or
 /// the runtime shut down), so no waiter is left hanging.

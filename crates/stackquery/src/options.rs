@@ -12,7 +12,7 @@ use futures::FutureExt;
 use crate::error::BoxError;
 use crate::key::QueryKey;
 use crate::retry::{retry_setters, Retry, RetryConfig, QUERY_RETRIES};
-use crate::storage::tiered::PersistFns;
+use crate::storage::typed::PersistFns;
 
 pub(crate) type Fetcher<T> = Arc<dyn Fn() -> BoxFuture<'static, Result<T, BoxError>> + Send + Sync>;
 

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::key::QueryKey;
-use crate::storage::tiered::PersistFns;
+use crate::storage::typed::PersistFns;
 
 /// The rules, in the order they were added (the first match wins).
 #[derive(Default)]

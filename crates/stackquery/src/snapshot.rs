@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::storage::tiered::PersistFns;
+use crate::storage::typed::PersistFns;
 use crate::storage::{Envelope, StorageError, ENVELOPE_VERSION};
 
 /// A snapshot of every persisted query in memory (JSON-friendly: data is a JSON value).

@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::client::Shared;
+use crate::engine::Shared;
 use crate::timers::{TimerKind, TimerTarget};
 use crate::worker::Running;
 

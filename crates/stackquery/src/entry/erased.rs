@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::client::Shared;
+use crate::engine::Shared;
 use crate::entry::{age_of, Entry, Reload, Settled};
 use crate::key::QueryKey;
 use crate::snapshot::DehydratedQuery;
 use crate::state::{Action, FetchStatus};
-use crate::storage::tiered::AfterWrite;
 use crate::storage::Envelope;
+use crate::tier::AfterWrite;
 
 /// What the gc does when an entry's timer fires.
 pub(crate) enum GcVerdict {

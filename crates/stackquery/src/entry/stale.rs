@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::client::Shared;
+use crate::engine::Shared;
 use crate::entry::{Entry, EntryInner};
 use crate::timers::{TimerKind, TimerTarget};
 

@@ -45,9 +45,8 @@ mod sqlite;
 #[cfg(any(test, feature = "test-util"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
-pub(crate) mod tiered;
 mod timeout;
-pub(crate) mod write_queue;
+pub(crate) mod typed;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,7 @@
-//! The glue between the memory cache (L1) and a [`Storage`] (L2): typed encode/decode
-//! functions for persisted queries, hydration reads, and a coalescing write-behind queue.
+//! The engine's glue between the memory cache (L1) and a [`Storage`] (L2): hydration
+//! reads, and the write-behind queue of what this instance owes the store
+//! (`write_queue.rs`). The typed encode/decode functions live with the storage format
+//! (`storage/typed.rs`); the `Storage` trait and its backends know nothing of this.
 //!
 //! Write-behind keeps at most one pending operation per key: a newer write replaces an
 //! older one that has not started, so a burst of updates to a few keys under a slow store
@@ -11,65 +13,15 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+pub(crate) mod write_queue;
 
-use super::{decode, encode, Codec, Envelope, Storage, StorageError};
 use crate::stats::Counters;
-use crate::storage::write_queue::{Encoder, Op, WriteQueue};
+pub(crate) use crate::storage::typed::PersistFns;
+use crate::storage::{Codec, Envelope, Storage};
 use crate::worker::Worker;
+use write_queue::{Encoder, Op, WriteQueue};
 
-pub(crate) use crate::storage::write_queue::{AfterWrite, Landed};
-use crate::user_code::contain;
-
-type EncodeFn<T> = fn(&T, SystemTime, bool, Codec) -> Result<Vec<u8>, StorageError>;
-
-/// Typed encode/decode for one persisted data type (plain function pointers: cheap to copy).
-pub(crate) struct PersistFns<T> {
-    pub(crate) encode: EncodeFn<T>,
-    pub(crate) decode: fn(&[u8]) -> Result<Envelope<T>, StorageError>,
-    pub(crate) to_json: fn(&T) -> Result<serde_json::Value, StorageError>,
-    pub(crate) from_json: fn(serde_json::Value) -> Result<T, StorageError>,
-}
-
-impl<T> Clone for PersistFns<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for PersistFns<T> {}
-
-// `Serialize` / `Deserialize` impls are user code: each call runs under the crate's panic
-// policy, here where every caller (the write-behind task, the lease holder's direct write,
-// second-tier reads, snapshots) gets it. A panic while encoding is an encode error (that
-// write is skipped, the write-behind task lives on); a panic while decoding makes the
-// stored bytes unreadable (a miss), never a dead fetch task.
-impl<T: Serialize + DeserializeOwned> PersistFns<T> {
-    pub(crate) fn new() -> Self {
-        PersistFns {
-            encode: |data, at, invalidated, codec| {
-                contain("serialize", || {
-                    encode(&Envelope::new(data, at, invalidated), codec)
-                })
-                .unwrap_or_else(|p| Err(StorageError::Encode(p.to_string())))
-            },
-            decode: |bytes| {
-                contain("deserialize", || decode::<T>(bytes))
-                    .unwrap_or_else(|p| Err(StorageError::Corrupt(p.to_string())))
-            },
-            to_json: |data| {
-                contain("serialize", || serde_json::to_value(data))
-                    .unwrap_or_else(|p| Err(serde::ser::Error::custom(p)))
-                    .map_err(|e| StorageError::Encode(e.to_string()))
-            },
-            from_json: |value| {
-                contain("deserialize", || serde_json::from_value(value))
-                    .unwrap_or_else(|p| Err(serde::de::Error::custom(p)))
-                    .map_err(|e| StorageError::Corrupt(e.to_string()))
-            },
-        }
-    }
-}
+pub(crate) use write_queue::{AfterWrite, Landed};
 
 /// One entry's data to write behind.
 pub(crate) struct PendingWrite<T> {
@@ -157,9 +109,8 @@ impl Tier {
         let queue = Arc::downgrade(&self.queue);
         let (storage, counters) = (self.storage.clone(), counters.clone());
         let wake = self.queue.wake.clone();
-        self.worker.ensure(move |running| {
-            crate::storage::write_queue::worker(queue, storage, counters, wake, running)
-        });
+        self.worker
+            .ensure(move |running| write_queue::worker(queue, storage, counters, wake, running));
     }
 
     /// Writes now (not behind): the cluster-dedup lease holder must have the data in the

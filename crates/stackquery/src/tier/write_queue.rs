@@ -25,8 +25,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::{Storage, StorageError};
 use crate::stats::Counters;
+use crate::storage::{Storage, StorageError};
 use crate::worker::Running;
 
 pub(crate) type Encoder = Box<dyn FnOnce() -> Result<Vec<u8>, StorageError> + Send>;

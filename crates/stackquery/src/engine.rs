@@ -1,0 +1,72 @@
+//! The engine's shared context: what the client's handles, fetch tasks, observers,
+//! mutations and background workers share — the cache, the timers, the second tier, the
+//! other instances, the counters and the client-wide settings. It lives below the
+//! `QueryClient` façade, which only holds an `Arc` of it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::cache::Cache;
+use crate::cluster::Cluster;
+use crate::options::Defaults;
+use crate::persist_rules::PersistRules;
+use crate::snapshot::Restored;
+use crate::stats::Counters;
+use crate::tier::Tier;
+use crate::timers::Timers;
+
+/// Everything the client's handles, fetch tasks and background work share.
+pub(crate) struct Shared {
+    pub(crate) defaults: Defaults,
+    pub(crate) cache: Cache,
+    pub(crate) counters: Arc<Counters>,
+    /// The second tier, if the client has a storage.
+    pub(crate) tier: Option<Arc<Tier>>,
+    /// Snapshot entries restored by `hydrate` that no typed call has claimed yet.
+    pub(crate) restored: Restored,
+    /// Gc, stale notices and polls: one queue, one driver task (see `timers.rs`).
+    pub(crate) timers: Arc<Timers>,
+    /// The other instances: invalidation bus and cluster dedup (see `cluster.rs`).
+    pub(crate) cluster: Cluster,
+    /// Keys persisted whatever their queries say (see `persist_rules.rs`).
+    pub(crate) persist_rules: PersistRules,
+    /// Scope queues of mutations (see `mutation.rs`).
+    pub(crate) mutation_scopes: crate::mutation::Scopes,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    /// Builds the context; its timer driver holds it weakly.
+    pub(crate) fn new(
+        defaults: Defaults,
+        max_queries: Option<usize>,
+        tier: Option<Arc<Tier>>,
+        cluster: Cluster,
+        persist_rules: PersistRules,
+    ) -> Arc<Shared> {
+        Arc::new_cyclic(|weak| {
+            let weak = weak.clone();
+            let timers = Arc::new(Timers::new(Box::new(move |wake, running| {
+                Box::pin(crate::timer_driver::drive(weak.clone(), wake, running))
+            })));
+            let counters = Arc::new(Counters::default());
+            Shared {
+                defaults,
+                cache: Cache::new(max_queries, timers.clone(), counters.clone()),
+                timers,
+                counters,
+                tier,
+                restored: Restored::new(),
+                persist_rules,
+                mutation_scopes: crate::mutation::Scopes::default(),
+                cluster,
+                next_id: AtomicU64::new(0),
+            }
+        })
+    }
+
+    /// A process-unique id for an entry or an observer (timers are keyed by it).
+    pub(crate) fn fresh_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
