@@ -305,6 +305,13 @@ async fn a_reentrant_panicking_listener_under_concurrent_changes() {
     tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(writers))
         .await
         .expect("no deadlock");
+    // The first subscriber's fetch (1 ms) may settle on a worker thread while the last
+    // write below is made; its delivery loop then carries the final state, on that thread,
+    // a moment after `set_query_data` returns here. Let it finish first, so the final
+    // write is delivered by this very call (what the assertion below reads).
+    while client.is_fetching(stackquery::QueryFilter::all()) > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     client.set_query_data(key!["obs"], 5_000_u32).unwrap();
     assert_eq!(last.load(Ordering::SeqCst), 5_000, "final state delivered");
     assert!(panics.load(Ordering::SeqCst) >= 1);
