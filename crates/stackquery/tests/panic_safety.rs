@@ -312,6 +312,8 @@ async fn a_reentrant_panicking_listener_under_concurrent_changes() {
     while client.is_fetching(stackquery::QueryFilter::all()) > 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    // (Its notification runs just after the flight is cleared: give it a moment.)
+    tokio::time::sleep(Duration::from_millis(50)).await;
     client.set_query_data(key!["obs"], 5_000_u32).unwrap();
     assert_eq!(last.load(Ordering::SeqCst), 5_000, "final state delivered");
     assert!(panics.load(Ordering::SeqCst) >= 1);
