@@ -272,10 +272,7 @@ impl QueryClient {
                 shared.defaults.stale_time,
                 shared.defaults.gc_time,
             ));
-            // Born unused, so born collectable: whatever the caller does next (fetch,
-            // observe, or nothing at all because its updater panicked), an entry that ends
-            // up unused is never left without a gc timer.
-            entry.arm_gc_if_unused(&mut entry.inner.lock(), shared);
+            entry.born(shared);
             entry
         });
         downcast(erased)
@@ -287,11 +284,7 @@ impl QueryClient {
         self.shared
             .cache
             .with(key, |e| {
-                e.as_any().downcast_ref::<Entry<T>>().and_then(|e| {
-                    let data = e.inner.lock().state.data.clone();
-                    e.touch();
-                    data
-                })
+                e.as_any().downcast_ref::<Entry<T>>().and_then(|e| e.data())
             })
             .flatten()
     }
@@ -306,10 +299,9 @@ impl QueryClient {
         self.shared
             .cache
             .with(key, |e| {
-                e.as_any().downcast_ref::<Entry<T>>().map(|e| {
-                    let g = e.inner.lock();
-                    g.snapshot(g.entry_stale_time())
-                })
+                e.as_any()
+                    .downcast_ref::<Entry<T>>()
+                    .map(|e| e.snapshot(None))
             })
             .flatten()
     }
@@ -366,10 +358,7 @@ impl QueryClient {
         let key = key.into();
         let entry = self.typed_entry::<T>(&key)?;
         loop {
-            let (old, gen) = {
-                let g = entry.inner.lock();
-                (g.state.data.clone(), g.data_gen)
-            };
+            let (old, gen) = entry.data_and_gen();
             let new = crate::user_code::contain("update_query_data", || updater(old.as_deref()))?;
             // Nothing written (or the updater panicked): an entry created just for this
             // call was armed for the gc when it was made, like every new entry.

@@ -37,55 +37,55 @@ pub(crate) struct Entry<T> {
     pub(crate) key: QueryKey,
     /// CLOCK "second chance" bit: set on use, cleared by the eviction hand.
     referenced: AtomicBool,
-    pub(crate) inner: Mutex<EntryInner<T>>,
+    inner: Mutex<EntryInner<T>>,
 }
 
 pub(crate) struct EntryInner<T> {
-    pub(crate) state: QueryState<T>,
+    state: QueryState<T>,
     /// Monotonic time of the last data write: freshness is judged on it.
-    pub(crate) updated_at: Option<Instant>,
-    pub(crate) flight: Option<Arc<Flight<T>>>,
+    updated_at: Option<Instant>,
+    flight: Option<Arc<Flight<T>>>,
     /// Bumped by manual writes and resets: an older fetch must not overwrite them.
-    pub(crate) data_gen: u64,
+    data_gen: u64,
     /// Bumped by invalidations: an older fetch's result comes back stale.
-    pub(crate) inval_gen: u64,
+    inval_gen: u64,
     /// Observers attached (enabled or not): any of them pins the entry against the gc and
     /// eviction.
-    pub(crate) observers: usize,
+    observers: usize,
     /// Observers whose query is enabled: only these make the entry *active* (bulk
     /// refetches and invalidations fetch for it, as in TanStack Query).
-    pub(crate) enabled_observers: usize,
+    enabled_observers: usize,
     /// The last options used with this key: lets bulk refetches run the fetch function.
     /// Boxed: entries only ever written by hand do not pay for them.
-    pub(crate) options: Option<Box<QueryOptions<T>>>,
+    options: Option<Box<QueryOptions<T>>>,
     /// Stale time of the last caller: judges an unobserved entry (filters, snapshots).
-    pub(crate) stale_time: Duration,
+    stale_time: Duration,
     /// The largest gc time any caller or observer asked for (as in TanStack Query: a caller
     /// with a short gc time never shortens what another asked for).
-    pub(crate) gc_time: Duration,
+    gc_time: Duration,
     /// Nobody has asked for a gc time yet: `gc_time` is the client default, and the first
     /// caller's value replaces it instead of competing with it.
     gc_time_asked: bool,
     /// When the entry's stale timer is armed (see `stale.rs`); `None`: not armed.
-    pub(crate) stale_timer_at: Option<Instant>,
+    stale_timer_at: Option<Instant>,
     /// When the gc may collect this entry (None: in use, or never).
-    pub(crate) gc_deadline: Option<Instant>,
+    gc_deadline: Option<Instant>,
     /// When the entry's gc timer fires (`None`: none armed). A timer that fires before
     /// `gc_deadline` re-arms itself, so moving the deadline later costs no timer update.
-    pub(crate) gc_timer_at: Option<Instant>,
+    gc_timer_at: Option<Instant>,
     /// Removed from the cache: nothing schedules work for it any more.
-    pub(crate) removed: bool,
+    removed: bool,
     /// Bumped on every state change; observers deliver states by version.
-    pub(crate) version: u64,
+    version: u64,
     /// Observers to tell about changes (copy-on-write: cloned to notify, outside the lock).
     /// `None` until the first observer: most entries never have one.
-    pub(crate) listeners: Option<Listeners>,
+    listeners: Option<Listeners>,
     /// The second tier was consulted for this entry (or it never needs to be).
-    pub(crate) hydrated: bool,
+    hydrated: bool,
     /// Fresh hits served by the hit path (folded into the client's counters on removal).
-    pub(crate) hits: u64,
+    hits: u64,
     /// The next fetch reads the shared tier first (another instance changed the key).
-    pub(crate) reload: Reload,
+    reload: Reload,
 }
 
 /// Whether the next fetch of an entry reads the shared tier first. (Only the `redis`
@@ -256,6 +256,43 @@ impl<T: Send + Sync + 'static> Entry<T> {
                 reload: Reload::No,
             }),
         }
+    }
+
+    /// A new entry is born unused, so born collectable: whatever its creator does next
+    /// (fetch, observe, or nothing because user code panicked), it is never left without
+    /// a gc timer.
+    pub(crate) fn born(&self, shared: &Shared) {
+        self.arm_gc_if_unused(&mut self.inner.lock(), shared);
+    }
+
+    /// The data held, fresh or stale (a plain read: not a hit, but a use for eviction).
+    pub(crate) fn data(&self) -> Option<Arc<T>> {
+        let data = self.inner.lock().state.data.clone();
+        self.touch();
+        data
+    }
+
+    /// The data held and its data generation (for a compare-and-write: `set_data_if`).
+    pub(crate) fn data_and_gen(&self) -> (Option<Arc<T>>, u64) {
+        let g = self.inner.lock();
+        (g.state.data.clone(), g.data_gen)
+    }
+
+    /// A snapshot whose staleness is judged with `stale_time`, or (`None`) with the
+    /// entry's own rule: stale for any observer, else by its last caller.
+    pub(crate) fn snapshot(&self, stale_time: Option<Duration>) -> QueryState<T> {
+        let g = self.inner.lock();
+        g.snapshot(stale_time.unwrap_or_else(|| g.entry_stale_time()))
+    }
+
+    /// Wall-clock stamp of the data held.
+    pub(crate) fn data_updated_at(&self) -> Option<SystemTime> {
+        self.inner.lock().state.data_updated_at
+    }
+
+    /// Whether the data held is fresh for `stale_time`.
+    pub(crate) fn is_fresh_for(&self, stale_time: Duration) -> bool {
+        self.inner.lock().is_fresh(stale_time)
     }
 
     /// Locks the entry; listeners are notified when the guard drops if the state changed.

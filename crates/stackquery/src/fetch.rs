@@ -236,7 +236,7 @@ async fn hydrate_flight<T: Send + Sync + 'static>(
     // A reload never clears an invalidation: after lost messages (`IfNewer`) only data
     // strictly newer than ours is taken — an equal stamp is the very copy this or another
     // instance invalidated, and taking it would serve invalidated data as fresh.
-    let current = guard.entry.inner.lock().state.data_updated_at;
+    let current = guard.entry.data_updated_at();
     let not_newer = current.is_some_and(|c| c >= at);
     if current.is_some() && (envelope.invalidated || (reload == Reload::IfNewer && not_newer)) {
         return false;
@@ -244,10 +244,9 @@ async fn hydrate_flight<T: Send + Sync + 'static>(
     guard
         .entry
         .settle_stored(&guard.shared, &guard.flight, envelope, true);
-    let stale = {
-        let g = guard.entry.inner.lock();
-        !g.is_fresh(guard.shared.defaults.stale_time(opts))
-    };
+    let stale = !guard
+        .entry
+        .is_fresh_for(guard.shared.defaults.stale_time(opts));
     if stale {
         guard.entry.refresh(&guard.shared, opts.clone());
     }

@@ -424,8 +424,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
                 },
             },
         };
-        let g = entry.inner.lock();
-        Ok(g.snapshot(stale_time))
+        Ok(entry.snapshot(Some(stale_time)))
     }
 
     fn mismatch(&self) -> QueryError {
