@@ -229,23 +229,32 @@ impl SqliteStorageBuilder {
             None => None,
         };
         let spawn_error = |e| StorageError::backend(OpenError::new(self.path.as_deref(), e));
+        let (reads, reader_thread) = match reader {
+            Some(reader) => {
+                let (reads, queue) = mpsc::sync_channel::<Job>(self.queue_capacity);
+                let thread = std::thread::Builder::new()
+                    .name("stackquery-sqlite-read".into())
+                    .spawn(move || run_worker(&reader, &queue, None))
+                    .map_err(spawn_error)?;
+                (Some(reads), Some(thread))
+            }
+            None => (None, None),
+        };
         let (jobs, queue) = mpsc::sync_channel::<Job>(self.queue_capacity);
         let purge_interval = self.purge_interval;
         std::thread::Builder::new()
             .name("stackquery-sqlite".into())
-            .spawn(move || run_worker(&conn, &queue, purge_interval))
+            .spawn(move || {
+                run_worker(&conn, &queue, purge_interval);
+                // The writer's connection closes last: the last connection to close is the
+                // one that checkpoints and removes the WAL file, and the reader's
+                // (`query_only`) cannot.
+                if let Some(thread) = reader_thread {
+                    let _ = thread.join();
+                }
+                drop(conn);
+            })
             .map_err(spawn_error)?;
-        let reads = match reader {
-            Some(reader) => {
-                let (reads, queue) = mpsc::sync_channel::<Job>(self.queue_capacity);
-                std::thread::Builder::new()
-                    .name("stackquery-sqlite-read".into())
-                    .spawn(move || run_worker(&reader, &queue, None))
-                    .map_err(spawn_error)?;
-                Some(reads)
-            }
-            None => None,
-        };
         Ok(SqliteStorage {
             jobs,
             reads,
