@@ -108,14 +108,11 @@ impl QueryClientBuilder {
     /// first use of a cold key, written behind after fetches and manual writes. Its
     /// failures never fail a query: they are logged, counted in
     /// [`stats`](QueryClient::stats), and the client goes on from memory.
+    ///
+    /// A store shared with other code is passed as its `Arc` (`Arc<S>` and
+    /// `Arc<dyn Storage>` are storages too).
     pub fn storage(mut self, storage: impl Storage) -> Self {
         self.storage = Some(Arc::new(storage));
-        self
-    }
-
-    /// A shared second tier (`Arc<dyn Storage>`).
-    pub fn storage_arc(mut self, storage: Arc<dyn Storage>) -> Self {
-        self.storage = Some(storage);
         self
     }
 

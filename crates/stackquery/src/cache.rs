@@ -19,18 +19,12 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::entry::{AnyEntry, GcVerdict};
 use crate::key::{KeyHashBuilder, QueryKey};
+use crate::scope::KeyScope;
 use crate::stats::Counters;
 use crate::timers::{TimerKind, TimerTarget, Timers};
 
 pub(crate) type ErasedEntry = Arc<dyn AnyEntry>;
 type Shard = HashMap<QueryKey, ErasedEntry, KeyHashBuilder>;
-
-/// Which keys an operation looks at (before narrowing by state).
-pub(crate) enum Scope<'a> {
-    All,
-    Prefix(&'a QueryKey),
-    Exact(&'a QueryKey),
-}
 
 #[derive(Default)]
 struct Registry {
@@ -166,24 +160,30 @@ impl Cache {
     }
 
     /// Entries in `scope`, collected under the registry lock (user predicates run later,
-    /// outside every lock).
-    pub(crate) fn matching(&self, scope: Scope<'_>) -> Vec<ErasedEntry> {
-        let reg = self.registry.lock();
+    /// outside every lock). An exact scope is one shard read, no registry lock.
+    pub(crate) fn matching(&self, scope: &KeyScope) -> Vec<ErasedEntry> {
         let lookup = |k: &QueryKey| self.get(k);
         match scope {
-            Scope::Exact(k) => self.get(k).into_iter().collect(),
-            Scope::All => reg.index.iter().filter_map(lookup).collect(),
-            Scope::Prefix(p) => reg
-                .index
-                .range((Bound::Included(p), Bound::Unbounded))
-                .take_while(|k| k.starts_with(p))
-                .filter_map(lookup)
-                .collect(),
+            KeyScope::Exact(k) => self.get(k).into_iter().collect(),
+            // The index is ordered part by part: a prefix's keys are one range from it
+            // (the empty prefix's range is the whole index).
+            KeyScope::Prefix(p) => {
+                let reg = self.registry.lock();
+                reg.index
+                    .range((Bound::Included(p), Bound::Unbounded))
+                    .take_while(|k| scope.contains(k))
+                    .filter_map(lookup)
+                    .collect()
+            }
+            KeyScope::All => {
+                let reg = self.registry.lock();
+                reg.index.iter().filter_map(lookup).collect()
+            }
         }
     }
 
     /// Removes every entry in `scope`; returns them.
-    pub(crate) fn remove_matching(&self, scope: Scope<'_>) -> Vec<ErasedEntry> {
+    pub(crate) fn remove_matching(&self, scope: &KeyScope) -> Vec<ErasedEntry> {
         let victims = self.matching(scope);
         let mut reg = self.registry.lock();
         victims
@@ -271,6 +271,6 @@ impl Cache {
     }
 
     pub(crate) fn clear(&self) -> Vec<ErasedEntry> {
-        self.remove_matching(Scope::All)
+        self.remove_matching(&KeyScope::All)
     }
 }

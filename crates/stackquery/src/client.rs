@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 
 use crate::builder::QueryClientBuilder;
-use crate::cache::{ErasedEntry, Scope};
+use crate::cache::ErasedEntry;
 use crate::cluster::Cluster;
 pub(crate) use crate::engine::Shared;
 use crate::entry::{Entry, Mode, Step};
@@ -14,27 +14,28 @@ use crate::error::QueryError;
 use crate::filter::QueryFilter;
 use crate::key::QueryKey;
 use crate::options::{Defaults, QueryOptions};
+use crate::scope::{KeyScope, StorageDelete};
 use crate::snapshot::DehydratedState;
 use crate::state::QueryState;
 use crate::stats::CacheStats;
-use crate::storage::children_prefix;
 use crate::tier::{AfterWrite, Landed, Tier};
 
-/// How many second-tier operations [`QueryClient::delete_scope`] queues for a key-only
-/// filter.
-fn scope_delete_count(filter: &QueryFilter) -> usize {
-    match filter.scope() {
-        Scope::Prefix(_) => 2,
-        Scope::All | Scope::Exact(_) => 1,
+/// The second-tier deletes of a filter's whole key scope: only a key-only filter deletes
+/// by scope (a narrowed one deletes the entries it matched).
+fn scope_deletes(filter: &QueryFilter) -> Vec<StorageDelete> {
+    if filter.is_key_only() {
+        filter.scope().storage_deletes()
+    } else {
+        Vec::new()
     }
 }
 
-fn publish_invalidate(shared: &Shared, key: QueryKey, exact: bool) {
-    shared.cluster.publish_invalidate(key, exact);
+fn publish_invalidate(shared: &Shared, scope: KeyScope) {
+    shared.cluster.publish_invalidate(scope);
 }
 
-fn publish_remove(shared: &Shared, key: QueryKey, exact: bool) {
-    shared.cluster.publish_remove(key, !exact);
+fn publish_remove(shared: &Shared, scope: KeyScope) {
+    shared.cluster.publish_remove(scope);
 }
 
 /// The cache and fetch engine. Cloning is cheap (two reference-count bumps: the shared
@@ -390,7 +391,9 @@ impl QueryClient {
                     if let Some(shared) = weak.upgrade() {
                         match landed {
                             Landed::Written => shared.cluster.publish_set(key),
-                            Landed::Deleted => shared.cluster.publish_invalidate(key, true),
+                            Landed::Deleted => {
+                                shared.cluster.publish_invalidate(KeyScope::Exact(key))
+                            }
                         }
                     }
                 })
@@ -401,7 +404,7 @@ impl QueryClient {
         };
         match &shared.tier {
             Some(tier) => tier.delete(&shared.counters, key.to_string(), hook),
-            None if bus => shared.cluster.publish_invalidate(key, true),
+            None if bus => shared.cluster.publish_invalidate(KeyScope::Exact(key)),
             None => {}
         }
     }
@@ -414,25 +417,24 @@ impl QueryClient {
         n: usize,
         filter: &QueryFilter,
         matched: &[ErasedEntry],
-        publish: fn(&Shared, QueryKey, bool),
+        publish: fn(&Shared, KeyScope),
     ) -> Vec<Option<AfterWrite>> {
         if !self.shared.cluster.has_bus() {
             return (0..n).map(|_| None).collect();
         }
-        let messages: Vec<(QueryKey, bool)> = if filter.is_key_only() {
-            vec![match filter.scope() {
-                Scope::All => (crate::key![], false),
-                Scope::Exact(k) => (k.clone(), true),
-                Scope::Prefix(p) => (p.clone(), false),
-            }]
+        let messages: Vec<KeyScope> = if filter.is_key_only() {
+            vec![filter.scope().clone()]
         } else {
-            matched.iter().map(|e| (e.key().clone(), true)).collect()
+            matched
+                .iter()
+                .map(|e| KeyScope::Exact(e.key().clone()))
+                .collect()
         };
         let weak = Arc::downgrade(&self.shared);
         let send = move || {
             if let Some(shared) = weak.upgrade() {
-                for (k, exact) in messages {
-                    publish(&shared, k, exact);
+                for scope in messages {
+                    publish(&shared, scope);
                 }
             }
         };
@@ -488,22 +490,16 @@ impl QueryClient {
             .iter()
             .filter(|e| e.is_persisted(&self.shared))
             .collect();
-        let scope_ops = if filter.is_key_only() {
-            scope_delete_count(filter)
-        } else {
-            0
-        };
+        let deletes = scope_deletes(filter);
         let mut hooks = self
             .announce_after(
-                scope_ops + persisted.len(),
+                deletes.len() + persisted.len(),
                 filter,
                 found,
                 publish_invalidate,
             )
             .into_iter();
-        if filter.is_key_only() {
-            self.delete_scope(tier, filter, &mut hooks);
-        }
+        self.delete_scope(tier, deletes, &mut hooks);
         for e in persisted {
             let hook = hooks.next().flatten();
             if let Err(hook) = e.write_state_behind(shared, hook) {
@@ -513,20 +509,19 @@ impl QueryClient {
         }
     }
 
-    /// Queues the second-tier deletes of a key-only filter's scope, one hook each.
+    /// Queues the second-tier `deletes` (see [`scope_deletes`]), one hook each.
     fn delete_scope(
         &self,
         tier: &Tier,
-        filter: &QueryFilter,
+        deletes: Vec<StorageDelete>,
         hooks: &mut impl Iterator<Item = Option<AfterWrite>>,
     ) {
         let counters = &self.shared.counters;
-        match filter.scope() {
-            Scope::All => tier.delete_prefix(counters, "[".to_string(), hooks.next().flatten()),
-            Scope::Exact(k) => tier.delete(counters, k.to_string(), hooks.next().flatten()),
-            Scope::Prefix(p) => {
-                tier.delete(counters, p.to_string(), hooks.next().flatten());
-                tier.delete_prefix(counters, children_prefix(p), hooks.next().flatten());
+        for delete in deletes {
+            let hook = hooks.next().flatten();
+            match delete {
+                StorageDelete::Key(text) => tier.delete(counters, text, hook),
+                StorageDelete::Prefix(text) => tier.delete_prefix(counters, text, hook),
             }
         }
     }
@@ -548,12 +543,20 @@ impl QueryClient {
     /// Aborts the fetches in flight for matching entries. Their waiters get
     /// [`QueryError::Cancelled`]; each entry goes back to its state before the fetch.
     /// Returns how many fetches were cancelled.
+    ///
+    /// Everything happens when the call is made; the future then waits until the
+    /// cancelled fetch tasks have actually stopped, i.e. until each fetch function's
+    /// future has been dropped (with whatever it held: connections, locks, guards). A
+    /// fetch stops at its next `.await`; one stuck in blocking code keeps this waiting
+    /// until it yields. Dropping the future early cancels the fetches all the same.
     pub async fn cancel_queries(&self, filter: impl Into<QueryFilter>) -> usize {
         let found = self.matching(&filter.into().fetching(true));
-        for e in &found {
-            e.cancel(&self.shared);
-        }
+        let stopped: Vec<_> = found
+            .iter()
+            .filter_map(|e| e.cancel(&self.shared))
+            .collect();
         self.shared.cache.evict_if_over_capacity(); // pins released (regressions.rs)
+        join_all(stopped).await;
         found.len()
     }
 
@@ -608,27 +611,21 @@ impl QueryClient {
             }
             return;
         };
-        let n = if filter.is_key_only() {
-            scope_delete_count(filter)
-        } else {
-            persisted.len()
-        };
+        let deletes = scope_deletes(filter);
+        let n = deletes.len() + persisted.len();
         let mut hooks = if announce {
             self.announce_after(n, filter, matched, publish_remove)
         } else {
             (0..n).map(|_| None).collect()
         }
         .into_iter();
-        if filter.is_key_only() {
-            self.delete_scope(tier, filter, &mut hooks);
-        } else {
-            for e in persisted {
-                tier.delete(
-                    &self.shared.counters,
-                    e.key().to_string(),
-                    hooks.next().flatten(),
-                );
-            }
+        self.delete_scope(tier, deletes, &mut hooks);
+        for e in persisted {
+            tier.delete(
+                &self.shared.counters,
+                e.key().to_string(),
+                hooks.next().flatten(),
+            );
         }
     }
 
@@ -637,7 +634,7 @@ impl QueryClient {
         let queries = self
             .shared
             .cache
-            .matching(Scope::All)
+            .matching(&KeyScope::All)
             .iter()
             .filter_map(|e| e.dehydrate(&self.shared))
             .collect();

@@ -41,6 +41,7 @@ mod disabled {
 
     use crate::engine::Shared;
     use crate::key::QueryKey;
+    use crate::scope::KeyScope;
 
     /// Without the `redis` feature there is no bus: every hook does nothing.
     #[derive(Default)]
@@ -55,9 +56,9 @@ mod disabled {
         pub(crate) fn has_bus(&self) -> bool {
             false
         }
-        pub(crate) fn publish_invalidate(&self, _key: QueryKey, _exact: bool) {}
+        pub(crate) fn publish_invalidate(&self, _scope: KeyScope) {}
         pub(crate) fn publish_set(&self, _key: QueryKey) {}
-        pub(crate) fn publish_remove(&self, _key: QueryKey, _prefix: bool) {}
+        pub(crate) fn publish_remove(&self, _scope: KeyScope) {}
         pub(crate) async fn drain(&self, _limit: std::time::Duration) -> bool {
             true
         }
@@ -78,10 +79,11 @@ mod enabled {
     use crate::bus::lost::Lost;
     use crate::bus::outbox::Outbox;
     use crate::bus::{BusEvent, BusMessageKind, Incoming, LeaseToken, RedisBus, RedisLeases};
-    use crate::cache::{ErasedEntry, Scope};
+    use crate::cache::ErasedEntry;
     use crate::engine::Shared;
     use crate::entry::Reload;
     use crate::key::{KeyHashBuilder, QueryKey};
+    use crate::scope::KeyScope;
     use crate::worker::{Running, Worker};
 
     /// The most events applied as one batch: bounds the batch's memory and how long the
@@ -184,16 +186,16 @@ mod enabled {
             }
         }
 
-        pub(crate) fn publish_invalidate(&self, key: QueryKey, exact: bool) {
-            self.publish(BusMessageKind::Invalidate { key, exact });
+        pub(crate) fn publish_invalidate(&self, scope: KeyScope) {
+            self.publish(BusMessageKind::Invalidate { scope });
         }
 
         pub(crate) fn publish_set(&self, key: QueryKey) {
             self.publish(BusMessageKind::Set { key });
         }
 
-        pub(crate) fn publish_remove(&self, key: QueryKey, prefix: bool) {
-            self.publish(BusMessageKind::Remove { key, prefix });
+        pub(crate) fn publish_remove(&self, scope: KeyScope) {
+            self.publish(BusMessageKind::Remove { scope });
         }
 
         /// The notifier woken when another instance announces new data for `key`.
@@ -343,7 +345,7 @@ mod enabled {
         everything: Option<Change>,
         prefixes: HashMap<QueryKey, Change, KeyHashBuilder>,
         exact: HashMap<QueryKey, Change, KeyHashBuilder>,
-        removals: HashSet<(QueryKey, bool)>,
+        removals: HashSet<KeyScope>,
         /// Keys another instance wrote: cluster dedup waiters to wake.
         written: Vec<QueryKey>,
     }
@@ -352,15 +354,15 @@ mod enabled {
         fn add(&mut self, incoming: Incoming) {
             match incoming {
                 Incoming::Event(BusEvent::Message(msg)) => match msg.kind {
-                    BusMessageKind::Invalidate { key, exact } => {
-                        self.scope(key, !exact, Change::INVALIDATED);
+                    BusMessageKind::Invalidate { scope } => {
+                        self.scope(scope, Change::INVALIDATED);
                     }
                     BusMessageKind::Set { key } => {
                         merge_into(&mut self.exact, key.clone(), Change::SET);
                         self.written.push(key);
                     }
-                    BusMessageKind::Remove { key, prefix } => {
-                        self.removals.insert((key, prefix));
+                    BusMessageKind::Remove { scope } => {
+                        self.removals.insert(scope.normalized());
                     }
                 },
                 // Nothing is known of what was missed.
@@ -382,7 +384,7 @@ mod enabled {
                             "bus: fell behind: entries in the lost messages' scopes may be stale"
                         );
                         for scope in scopes {
-                            self.scope(scope.key, scope.prefix, Change::MAYBE_LOST);
+                            self.scope(scope, Change::MAYBE_LOST);
                         }
                     }
                 },
@@ -393,22 +395,17 @@ mod enabled {
             self.everything = Some(self.everything.map_or(change, |c| c.merge(change)));
         }
 
-        fn scope(&mut self, key: QueryKey, prefix: bool, change: Change) {
-            match (prefix, key.is_empty()) {
-                (false, _) => merge_into(&mut self.exact, key, change),
-                (true, true) => self.everything(change),
-                (true, false) => merge_into(&mut self.prefixes, key, change),
+        fn scope(&mut self, scope: KeyScope, change: Change) {
+            match scope.normalized() {
+                KeyScope::All => self.everything(change),
+                KeyScope::Exact(key) => merge_into(&mut self.exact, key, change),
+                KeyScope::Prefix(key) => merge_into(&mut self.prefixes, key, change),
             }
         }
 
         /// Removals first, then one `remote_change` per touched entry, then the wakes.
         fn apply(self, shared: &Arc<Shared>) {
-            for (key, prefix) in &self.removals {
-                let scope = match (prefix, key.is_empty()) {
-                    (false, _) => Scope::Exact(key),
-                    (true, true) => Scope::All,
-                    (true, false) => Scope::Prefix(key),
-                };
+            for scope in &self.removals {
                 for e in shared.cache.remove_matching(scope) {
                     e.notify_removed();
                 }
@@ -426,13 +423,13 @@ mod enabled {
                 tracing::info!(
                     "bus messages may have been lost: treating the memory tier as stale"
                 );
-                for e in shared.cache.matching(Scope::All) {
+                for e in shared.cache.matching(&KeyScope::All) {
                     touch(e, change);
                 }
             }
-            for (prefix, change) in &self.prefixes {
-                for e in shared.cache.matching(Scope::Prefix(prefix)) {
-                    touch(e, *change);
+            for (prefix, change) in self.prefixes {
+                for e in shared.cache.matching(&KeyScope::Prefix(prefix)) {
+                    touch(e, change);
                 }
             }
             for (key, change) in &self.exact {

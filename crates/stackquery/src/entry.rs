@@ -785,14 +785,14 @@ impl<T: Send + Sync + 'static> Entry<T> {
         Some(settled(flight))
     }
 
-    fn typed_cancel(&self, shared: &Shared) {
-        let flight = self.inner.lock().flight.clone();
-        if let Some(f) = flight {
-            self.settle(shared, &f, Err(QueryError::Cancelled));
-            if let Some(h) = f.abort.get() {
-                h.abort();
-            }
+    /// Cancels the fetch in flight, if any; the future resolves once its task has stopped.
+    fn typed_cancel(&self, shared: &Shared) -> Option<Settled> {
+        let f = self.inner.lock().flight.clone()?;
+        self.settle(shared, &f, Err(QueryError::Cancelled));
+        if let Some(h) = f.abort.get() {
+            h.abort();
         }
+        Some(async move { f.stopped().await }.boxed())
     }
 }
 

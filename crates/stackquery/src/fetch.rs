@@ -38,7 +38,26 @@ impl<T: Send + Sync + 'static> Drop for FlightGuard<T> {
 }
 
 /// The fetch task: runs the user's function with retries, then settles the flight.
-pub(crate) async fn run_flight<T: Send + Sync + 'static>(
+///
+/// The flight hears that its task stopped ([`Flight::stopped`]) once everything the task
+/// held is dropped: the token is taken before the task is first polled (a task aborted
+/// before it ever ran stops too), and it is the task's outermost local, so it is dropped
+/// after the fetch function's future.
+pub(crate) fn run_flight<T: Send + Sync + 'static>(
+    shared: Arc<Shared>,
+    entry: Arc<Entry<T>>,
+    flight: Arc<Flight<T>>,
+    opts: QueryOptions<T>,
+    hydrate: Option<Reload>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let running = flight.running();
+    async move {
+        let _running = running;
+        fetch_task(shared, entry, flight, opts, hydrate).await;
+    }
+}
+
+async fn fetch_task<T: Send + Sync + 'static>(
     shared: Arc<Shared>,
     entry: Arc<Entry<T>>,
     flight: Arc<Flight<T>>,
@@ -78,7 +97,10 @@ pub(crate) async fn run_flight<T: Send + Sync + 'static>(
                 let key = guard.entry.key.clone();
                 match guard.entry.write_now(&guard.shared).await {
                     Some(Landed::Written) => guard.shared.cluster.publish_set(key),
-                    Some(Landed::Deleted) => guard.shared.cluster.publish_invalidate(key, true),
+                    Some(Landed::Deleted) => guard
+                        .shared
+                        .cluster
+                        .publish_invalidate(crate::KeyScope::Exact(key)),
                     None => {}
                 }
             }

@@ -3,21 +3,15 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::cache::{ErasedEntry, Scope};
+use crate::cache::ErasedEntry;
 use crate::key::QueryKey;
+use crate::scope::KeyScope;
 
 type KeyPredicate = dyn Fn(&QueryKey) -> bool + Send + Sync;
 
-#[derive(Clone, Debug)]
-enum Target {
-    All,
-    Prefix(QueryKey),
-    Exact(QueryKey),
-}
-
-/// Selects entries for bulk operations.
+/// Selects entries for bulk operations: a [`KeyScope`] narrowed by state.
 ///
-/// A key converts into a prefix filter (`["user"]` matches `["user", 1]`); narrow further
+/// A key (or a [`KeyScope`]) converts into a filter; a key is a prefix filter (`["user"]` matches `["user", 1]`); narrow further
 /// by staleness, activity (having enabled observers) or a predicate over the key.
 ///
 /// ```
@@ -29,7 +23,7 @@ enum Target {
 /// ```
 #[derive(Clone)]
 pub struct QueryFilter {
-    target: Target,
+    scope: KeyScope,
     stale: Option<bool>,
     active: Option<bool>,
     fetching: Option<bool>,
@@ -39,7 +33,7 @@ pub struct QueryFilter {
 impl fmt::Debug for QueryFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("QueryFilter")
-            .field("target", &self.target)
+            .field("scope", &self.scope)
             .field("stale", &self.stale)
             .field("active", &self.active)
             .field("fetching", &self.fetching)
@@ -49,9 +43,9 @@ impl fmt::Debug for QueryFilter {
 }
 
 impl QueryFilter {
-    fn with_target(target: Target) -> Self {
+    fn with_scope(scope: KeyScope) -> Self {
         QueryFilter {
-            target,
+            scope,
             stale: None,
             active: None,
             fetching: None,
@@ -61,17 +55,17 @@ impl QueryFilter {
 
     /// Every entry.
     pub fn all() -> Self {
-        Self::with_target(Target::All)
+        Self::with_scope(KeyScope::All)
     }
 
     /// Every entry whose key starts with `prefix` (the key itself included).
     pub fn prefix(prefix: impl Into<QueryKey>) -> Self {
-        Self::with_target(Target::Prefix(prefix.into()))
+        Self::with_scope(KeyScope::prefix(prefix))
     }
 
     /// Only the entry with exactly this key.
     pub fn exact(key: impl Into<QueryKey>) -> Self {
-        Self::with_target(Target::Exact(key.into()))
+        Self::with_scope(KeyScope::exact(key))
     }
 
     /// Keep only stale (`true`) or only fresh (`false`) entries. An observed entry is stale
@@ -105,12 +99,9 @@ impl QueryFilter {
         self
     }
 
-    pub(crate) fn scope(&self) -> Scope<'_> {
-        match &self.target {
-            Target::All => Scope::All,
-            Target::Prefix(p) => Scope::Prefix(p),
-            Target::Exact(k) => Scope::Exact(k),
-        }
+    /// The keys the filter looks at, before narrowing by state.
+    pub fn scope(&self) -> &KeyScope {
+        &self.scope
     }
 
     /// True when nothing narrows the key scope (so it can be applied to the second tier,
@@ -149,5 +140,10 @@ impl From<QueryKey> for QueryFilter {
 impl From<&QueryKey> for QueryFilter {
     fn from(key: &QueryKey) -> Self {
         QueryFilter::prefix(key.clone())
+    }
+}
+impl From<KeyScope> for QueryFilter {
+    fn from(scope: KeyScope) -> Self {
+        QueryFilter::with_scope(scope.normalized())
     }
 }

@@ -30,6 +30,18 @@ pub(crate) struct Flight<T> {
     /// The entry's invalidation generation when the fetch began; if it moved, the result
     /// is stored but stays stale.
     pub(crate) inval_gen: u64,
+    /// Resolved when the fetch task has stopped (finished, or dropped after an abort):
+    /// its fetch function's future is gone by then.
+    stopped: Slot<()>,
+}
+
+/// Held by a flight's task: dropping it (with the task's future) says the task stopped.
+pub(crate) struct Running<T>(Arc<Flight<T>>);
+
+impl<T> Drop for Running<T> {
+    fn drop(&mut self) {
+        self.0.stopped.resolve(());
+    }
 }
 
 impl<T> Flight<T> {
@@ -40,7 +52,19 @@ impl<T> Flight<T> {
             previous,
             data_gen,
             inval_gen,
+            stopped: Slot::new(),
         }
+    }
+
+    /// The token the flight's task holds while it runs (see [`stopped`](Self::stopped)).
+    pub(crate) fn running(self: &Arc<Self>) -> Running<T> {
+        Running(Arc::clone(self))
+    }
+
+    /// Waits until the flight's task has stopped and dropped everything it held (the fetch
+    /// function's future included).
+    pub(crate) async fn stopped(&self) {
+        self.stopped.wait().await;
     }
 
     /// Publishes the result (the first one wins) and wakes every waiter.

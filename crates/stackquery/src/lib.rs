@@ -76,6 +76,7 @@ mod random;
 #[cfg(feature = "redis")]
 mod redis_conn;
 mod retry;
+mod scope;
 mod snapshot;
 mod state;
 mod stats;
@@ -98,6 +99,7 @@ pub use mutation::{
 pub use observer::{ObserverStream, QueryObserver, Subscription};
 pub use options::QueryOptions;
 pub use retry::default_retry_delay;
+pub use scope::KeyScope;
 pub use snapshot::{DehydratedQuery, DehydratedState};
 pub use state::{FetchStatus, QueryState, QueryStatus};
 pub use stats::CacheStats;

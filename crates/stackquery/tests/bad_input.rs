@@ -335,7 +335,7 @@ mod redis_durations {
     use super::common::redis_server::RedisServer;
     use stackquery::bus::{BusEvent, BusMessageKind, RedisBus, RedisLeases};
     use stackquery::storage::RedisStorage;
-    use stackquery::{key, QueryClient, QueryOptions};
+    use stackquery::{key, KeyScope, QueryClient, QueryOptions};
 
     macro_rules! server_or_skip {
         ($name:expr) => {
@@ -421,8 +421,7 @@ mod redis_durations {
         let (a, b) = (connect().await.unwrap(), connect().await.unwrap());
         let mut at_b = b.subscribe();
         a.publish(BusMessageKind::Invalidate {
-            key: key!["user"],
-            exact: false,
+            scope: KeyScope::Prefix(key!["user"]),
         })
         .await
         .unwrap();

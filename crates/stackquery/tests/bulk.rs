@@ -183,6 +183,75 @@ async fn cancel_aborts_the_fetch_and_reverts_the_entry() {
     assert_eq!(calls.get(), 2);
 }
 
+/// Sets its flag when dropped: what a fetch holds (a connection, a lock…).
+struct DropFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        // A little late on purpose: the flag must be set before `cancel_queries` returns,
+        // not merely before the next yield.
+        std::thread::sleep(Duration::from_millis(20));
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `cancel_queries(..).await` returns once the cancelled fetches have stopped: what their
+/// fetch functions held has been dropped (here on a multi-threaded runtime, where the
+/// aborted task is dropped on another worker thread).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_waits_until_the_fetch_has_let_go() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let client = QueryClient::new();
+    for round in 0..20 {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let started = Arc::new(tokio::sync::Notify::new());
+        let opts = {
+            let (dropped, started) = (dropped.clone(), started.clone());
+            stackquery::QueryOptions::new(key!["held", round], move || {
+                let guard = DropFlag(dropped.clone());
+                let started = started.clone();
+                async move {
+                    let _guard = guard;
+                    started.notify_one();
+                    std::future::pending::<()>().await;
+                    Ok::<u32, String>(1)
+                }
+            })
+        };
+        let c = client.clone();
+        let waiter = tokio::spawn(async move { c.fetch_query(&opts).await });
+        started.notified().await;
+        assert!(!dropped.load(Ordering::SeqCst));
+        assert_eq!(client.cancel_queries(key!["held", round]).await, 1);
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "round {round}: the fetch function's future is dropped when cancel returns"
+        );
+        assert!(waiter.await.unwrap().unwrap_err().is_cancelled());
+    }
+    // Nothing in flight: nothing to wait for.
+    assert_eq!(client.cancel_queries(QueryFilter::all()).await, 0);
+}
+
+/// A fetch function that cancels its own query does not wait for itself: its task is
+/// dropped at that very `.await`.
+#[tokio::test(start_paused = true)]
+async fn a_fetch_that_cancels_itself_does_not_hang() {
+    let client = QueryClient::new();
+    let c = client.clone();
+    let opts = stackquery::QueryOptions::new(key!["self"], move || {
+        let c = c.clone();
+        async move {
+            c.cancel_queries(key!["self"]).await;
+            Ok::<u32, String>(1)
+        }
+    });
+    let result = tokio::time::timeout(SEC, client.fetch_query(&opts)).await;
+    assert!(result.expect("no hang").unwrap_err().is_cancelled());
+    assert_eq!(client.is_fetching(QueryFilter::all()), 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn cancel_keeps_previous_data() {
     let client = QueryClient::new();

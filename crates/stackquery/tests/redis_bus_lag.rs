@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
 use stackquery::bus::{BusMessage, BusMessageKind, InstanceId, RedisBus};
-use stackquery::{key, QueryClient, QueryKey, QueryOptions};
+use stackquery::{key, KeyScope, QueryClient, QueryKey, QueryOptions};
 
 macro_rules! server_or_skip {
     ($name:expr) => {
@@ -96,7 +96,9 @@ fn unrelated(count: i64) -> Vec<Vec<u8>> {
 fn invalidation(key: QueryKey) -> Vec<u8> {
     BusMessage::new(
         InstanceId::from(0x5eed),
-        BusMessageKind::Invalidate { key, exact: true },
+        BusMessageKind::Invalidate {
+            scope: KeyScope::Exact(key),
+        },
     )
     .encode()
 }
@@ -213,8 +215,7 @@ async fn a_burst_of_unrelated_invalidations_marks_nothing_stale_and_fetches_noth
         let published = start.elapsed();
         publisher
             .publish(BusMessageKind::Invalidate {
-                key: key!["sentinel", round],
-                exact: true,
+                scope: KeyScope::Exact(key!["sentinel", round]),
             })
             .await
             .expect("publish");

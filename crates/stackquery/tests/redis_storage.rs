@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
 use stackquery::bus::{BusEvent, BusMessageKind, BusSubscription, RedisBus, RedisLeases};
-use stackquery::key;
 use stackquery::storage::{
     children_prefix, testing, RedisStorage, Storage, StorageError, TimeoutStorage,
 };
+use stackquery::{key, KeyScope};
 
 /// Starts this test's server, or returns from the test after a loud `SKIPPED` line.
 macro_rules! server_or_skip {
@@ -270,15 +270,13 @@ async fn the_bus_carries_messages_between_instances() {
     // Every kind arrives intact, stamped with the sender's id.
     let kinds = [
         BusMessageKind::Invalidate {
-            key: key!["user"],
-            exact: false,
+            scope: KeyScope::Prefix(key!["user"]),
         },
         BusMessageKind::Set {
             key: key!["user", 1],
         },
         BusMessageKind::Remove {
-            key: key!["cart"],
-            prefix: true,
+            scope: KeyScope::Prefix(key!["cart"]),
         },
     ];
     for kind in kinds {
@@ -336,14 +334,12 @@ async fn an_instance_ignores_its_own_messages() {
     // `a` publishes first; the server delivers in order, so if `a` heard itself its first
     // event would be its own message rather than b's.
     a.publish(BusMessageKind::Invalidate {
-        key: key!["mine"],
-        exact: true,
+        scope: KeyScope::Exact(key!["mine"]),
     })
     .await
     .unwrap();
     b.publish(BusMessageKind::Invalidate {
-        key: key!["theirs"],
-        exact: true,
+        scope: KeyScope::Exact(key!["theirs"]),
     })
     .await
     .unwrap();
@@ -353,8 +349,7 @@ async fn an_instance_ignores_its_own_messages() {
             assert_eq!(
                 msg.kind,
                 BusMessageKind::Invalidate {
-                    key: key!["theirs"],
-                    exact: true
+                    scope: KeyScope::Exact(key!["theirs"]),
                 }
             );
         }
@@ -628,8 +623,7 @@ async fn sigkill_mid_load_then_restart_recovers_by_itself() {
     let resubscribed = restarted_at.elapsed();
     let bus_back = loop {
         if a.publish(BusMessageKind::Invalidate {
-            key: key!["after-outage"],
-            exact: false,
+            scope: KeyScope::Prefix(key!["after-outage"]),
         })
         .await
         .is_ok()

@@ -34,20 +34,12 @@ use std::collections::HashMap;
 use std::mem;
 
 use super::{BusEvent, BusMessageKind};
-use crate::QueryKey;
+use crate::{KeyScope, QueryKey};
 
 /// Distinct exact scopes per generation (two generations are kept).
 pub(crate) const SCOPES_PER_GENERATION: usize = 16_384;
 /// Distinct roots remembered before the digest stops narrowing at all.
 pub(crate) const MAX_ROOTS: usize = 1_024;
-
-/// A key, or every key under it (the key itself included), that a lost event may have
-/// changed.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct LostScope {
-    pub(crate) key: QueryKey,
-    pub(crate) prefix: bool,
-}
 
 /// What a lagging subscriber may have missed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,7 +47,7 @@ pub(crate) enum Lost {
     /// Anything at all: every entry may be stale.
     Everything,
     /// Only entries in these scopes may be stale.
-    Scopes(Vec<LostScope>),
+    Scopes(Vec<KeyScope>),
 }
 
 /// The scopes of recent events, by the sequence number of the last event that touched
@@ -67,14 +59,14 @@ pub(crate) struct Digest {
     /// The number of the last event that concerned everything (0: none).
     everything: u64,
     /// The current generation of exact scopes…
-    current: HashMap<LostScope, u64>,
+    current: HashMap<KeyScope, u64>,
     /// …and the previous one.
-    previous: HashMap<LostScope, u64>,
+    previous: HashMap<KeyScope, u64>,
     /// The exact level knows every event numbered above this.
     exact_floor: u64,
     /// Where the current generation began (its events are numbered above this).
     current_floor: u64,
-    roots: HashMap<LostScope, u64>,
+    roots: HashMap<KeyScope, u64>,
     /// The root level knows every event numbered above this.
     roots_floor: u64,
 }
@@ -100,7 +92,7 @@ impl Digest {
                     self.exact_floor = self.current_floor;
                     self.current_floor = seq - 1;
                 }
-                let root = root_of(&scope.key);
+                let root = root_of(&scope);
                 self.current.insert(scope, seq);
                 if self.roots.len() >= MAX_ROOTS && !self.roots.contains_key(&root) {
                     // Too many kinds of keys to tell apart: events up to here are only
@@ -119,7 +111,7 @@ impl Digest {
         if self.everything > after {
             return Lost::Everything;
         }
-        let newer = |map: &HashMap<LostScope, u64>| {
+        let newer = |map: &HashMap<KeyScope, u64>| {
             map.iter()
                 .filter(|(_, seq)| **seq > after)
                 .map(|(scope, _)| scope.clone())
@@ -146,31 +138,24 @@ impl Digest {
 }
 
 /// The scope an event may change; `None`: every entry.
-fn scope_of(event: &BusEvent) -> Option<LostScope> {
+fn scope_of(event: &BusEvent) -> Option<KeyScope> {
     let BusEvent::Message(msg) = event else {
         // A reconnection (or a lag, never sent through the channel): anything.
         return None;
     };
-    let (key, prefix) = match &msg.kind {
-        BusMessageKind::Invalidate { key, exact } => (key, !exact),
-        BusMessageKind::Set { key } => (key, false),
-        BusMessageKind::Remove { key, prefix } => (key, *prefix),
+    let scope = match &msg.kind {
+        BusMessageKind::Invalidate { scope } | BusMessageKind::Remove { scope } => {
+            scope.clone().normalized()
+        }
+        BusMessageKind::Set { key } => KeyScope::Exact(key.clone()),
     };
-    if prefix && key.is_empty() {
-        return None;
-    }
-    Some(LostScope {
-        key: key.clone(),
-        prefix,
-    })
+    (!scope.is_all()).then_some(scope)
 }
 
-/// The widest scope that holds `key`'s: every key that shares its first part.
-fn root_of(key: &QueryKey) -> LostScope {
-    LostScope {
-        key: QueryKey::new(key.parts().first().cloned()),
-        prefix: true,
-    }
+/// The widest scope that holds `scope`: every key that shares its key's first part.
+fn root_of(scope: &KeyScope) -> KeyScope {
+    let first = scope.key().and_then(|k| k.parts().first().cloned());
+    KeyScope::prefix(QueryKey::new(first))
 }
 
 #[cfg(test)]
@@ -180,17 +165,31 @@ mod tests {
     use crate::key;
 
     fn invalidate(key: QueryKey, exact: bool) -> BusEvent {
+        let scope = if exact {
+            KeyScope::Exact(key)
+        } else {
+            KeyScope::prefix(key)
+        };
         BusEvent::Message(BusMessage::new(
             InstanceId::from(1),
-            BusMessageKind::Invalidate { key, exact },
+            BusMessageKind::Invalidate { scope },
         ))
+    }
+
+    /// A scope as (key, is a prefix).
+    fn pair(scope: KeyScope) -> (QueryKey, bool) {
+        match scope {
+            KeyScope::Exact(key) => (key, false),
+            KeyScope::Prefix(key) => (key, true),
+            KeyScope::All => panic!("`All` is `Lost::Everything`"),
+        }
     }
 
     fn scopes(lost: Lost) -> Vec<(QueryKey, bool)> {
         let Lost::Scopes(scopes) = lost else {
             panic!("{lost:?}")
         };
-        let mut out: Vec<_> = scopes.into_iter().map(|s| (s.key, s.prefix)).collect();
+        let mut out: Vec<_> = scopes.into_iter().map(pair).collect();
         out.sort_by_key(|(k, p)| (k.to_string(), *p));
         out
     }
@@ -241,7 +240,7 @@ mod tests {
             panic!()
         };
         assert_eq!(exact.len(), SCOPES_PER_GENERATION);
-        assert!(exact.iter().all(|s| !s.prefix));
+        assert!(exact.into_iter().all(|s| !pair(s).1));
         for i in 0..=MAX_ROOTS {
             d.record(&invalidate(key![format!("kind{i}"), 1], true));
         }

@@ -10,10 +10,23 @@
 //! Both live under the same namespace as a [`RedisStorage`](crate::storage::RedisStorage):
 //! the bus channel is `<namespace>:bus` and a lease on `key` is `<namespace>:lease:<key>`.
 //!
-//! # Wire format
+//! # Wire format (public, stable)
 //!
-//! A message is a JSON object, stable across versions (unknown fields are ignored, unknown
-//! kinds are skipped by older receivers):
+//! [`BusMessage`], [`BusMessageKind`], [`InstanceId`] and [`BusMessage::encode`] /
+//! [`BusMessage::decode`] are public on purpose: the bus is a Redis channel that anything
+//! may publish to or listen on, and these types are its contract. [`RedisBus::publish`]
+//! lets an application (or a job that has no `QueryClient`, e.g. a batch import) tell
+//! every client that keys changed; `encode`/`decode` let a process that does not use
+//! [`RedisBus`] — another language, a script, a test — speak the same protocol through
+//! any Redis client. The format is versioned by [`WIRE_VERSION`] and changes only in
+//! compatible ways (new fields that old readers ignore, new kinds that old readers skip);
+//! an incompatible change would take a new version number and a CHANGELOG entry.
+//!
+//! A message is a JSON object (unknown fields are ignored, unknown kinds are skipped by
+//! older receivers). Keys travel as their `Display` text; a [`KeyScope`] is written as a
+//! `key` and a flag — `exact` for an invalidation, `prefix` for a removal (the two flags
+//! are opposite ways of saying the same thing, kept so that every version reads every
+//! other's messages); `All` is the empty key `[]` as a prefix:
 //!
 //! ```text
 //! {"v":1,"origin":"<32 hex digits>","kind":"invalidate","key":"[\"user\"]","exact":false}
@@ -26,7 +39,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{QueryKey, StorageError};
+use crate::{KeyScope, QueryKey, StorageError};
 
 pub(crate) mod lost;
 pub(crate) mod outbox;
@@ -117,25 +130,20 @@ pub struct BusMessage {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BusMessageKind {
-    /// `invalidate_queries`: entries under `key` (only `key` itself when `exact`) are stale.
-    /// The empty key with `exact: false` is every entry.
+    /// `invalidate_queries`: the entries in `scope` are stale.
     Invalidate {
-        /// The filter's key.
-        key: QueryKey,
-        /// Only `key` itself, not the keys under it.
-        exact: bool,
+        /// The keys invalidated (a key-only filter's scope, or one exact key per entry).
+        scope: KeyScope,
     },
     /// `set_query_data`: `key` has new data, written to the shared tier.
     Set {
         /// The entry's key.
         key: QueryKey,
     },
-    /// `remove_queries`: entries under `key` (only `key` itself unless `prefix`) are gone.
+    /// `remove_queries`: the entries in `scope` are gone.
     Remove {
-        /// The filter's key.
-        key: QueryKey,
-        /// `key` and every key under it.
-        prefix: bool,
+        /// The keys removed (a key-only filter's scope, or one exact key per entry).
+        scope: KeyScope,
     },
 }
 
@@ -149,11 +157,11 @@ impl BusMessage {
     ///
     /// ```
     /// use stackquery::bus::{BusMessage, BusMessageKind, InstanceId};
-    /// use stackquery::key;
+    /// use stackquery::{key, KeyScope};
     ///
     /// let msg = BusMessage::new(
     ///     InstanceId::from(7),
-    ///     BusMessageKind::Invalidate { key: key!["user"], exact: false },
+    ///     BusMessageKind::Invalidate { scope: KeyScope::prefix(key!["user"]) },
     /// );
     /// let bytes = msg.encode();
     /// assert_eq!(
@@ -164,17 +172,20 @@ impl BusMessage {
     /// ```
     pub fn encode(&self) -> Vec<u8> {
         let body = match &self.kind {
-            BusMessageKind::Invalidate { key, exact } => WireBody::Invalidate {
-                key: key.to_string(),
-                exact: *exact,
-            },
+            BusMessageKind::Invalidate { scope } => {
+                let (key, exact) = wire_scope(scope);
+                WireBody::Invalidate { key, exact }
+            }
             BusMessageKind::Set { key } => WireBody::Set {
                 key: key.to_string(),
             },
-            BusMessageKind::Remove { key, prefix } => WireBody::Remove {
-                key: key.to_string(),
-                prefix: *prefix,
-            },
+            BusMessageKind::Remove { scope } => {
+                let (key, exact) = wire_scope(scope);
+                WireBody::Remove {
+                    key,
+                    prefix: !exact,
+                }
+            }
         };
         let wire = Wire {
             v: WIRE_VERSION,
@@ -204,15 +215,13 @@ impl BusMessage {
         };
         let kind = match wire.body {
             WireBody::Invalidate { key, exact } => BusMessageKind::Invalidate {
-                key: parse_key(&key)?,
-                exact,
+                scope: scope_of_wire(parse_key(&key)?, exact),
             },
             WireBody::Set { key } => BusMessageKind::Set {
                 key: parse_key(&key)?,
             },
             WireBody::Remove { key, prefix } => BusMessageKind::Remove {
-                key: parse_key(&key)?,
-                prefix,
+                scope: scope_of_wire(parse_key(&key)?, !prefix),
             },
         };
         Ok(BusMessage { origin, kind })
@@ -242,6 +251,28 @@ struct Wire {
     body: WireBody,
 }
 
+/// A scope as the wire writes it: the key's text, and whether only that key is meant
+/// (`All` is the empty key, not exact).
+fn wire_scope(scope: &KeyScope) -> (String, bool) {
+    match scope {
+        KeyScope::All => ("[]".to_owned(), false),
+        KeyScope::Prefix(key) => (key.to_string(), false),
+        KeyScope::Exact(key) => (key.to_string(), true),
+    }
+}
+
+/// The scope a wire key and flag name (the empty key as a prefix is `All`).
+fn scope_of_wire(key: QueryKey, exact: bool) -> KeyScope {
+    if exact {
+        KeyScope::Exact(key)
+    } else {
+        KeyScope::prefix(key)
+    }
+}
+
+/// The body of a wire message. The flags of `invalidate` (`exact`) and `remove` (`prefix`)
+/// have opposite polarity for historical reasons; only [`wire_scope`] and
+/// [`scope_of_wire`] deal with them.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum WireBody {

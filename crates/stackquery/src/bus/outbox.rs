@@ -58,8 +58,7 @@ impl Outbox {
                     );
                     q.clear();
                     q.push_back(BusMessageKind::Invalidate {
-                        key: crate::key![],
-                        exact: false,
+                        scope: crate::KeyScope::All,
                     });
                 } else {
                     q.push_back(kind);

@@ -52,7 +52,7 @@ const DEFAULT_CAPACITY: usize = 16_384;
 ///
 /// ```no_run
 /// use stackquery::bus::{BusEvent, BusMessageKind, RedisBus};
-/// use stackquery::key;
+/// use stackquery::{key, KeyScope};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), stackquery::StorageError> {
@@ -60,7 +60,7 @@ const DEFAULT_CAPACITY: usize = 16_384;
 /// let b = RedisBus::connect("redis://127.0.0.1:6379", "myapp").await?;
 /// let mut heard_by_b = b.subscribe();
 ///
-/// a.publish(BusMessageKind::Invalidate { key: key!["user"], exact: false }).await?;
+/// a.publish(BusMessageKind::Invalidate { scope: KeyScope::Prefix(key!["user"]) }).await?;
 /// match heard_by_b.recv().await {
 ///     Some(BusEvent::Message(msg)) => assert_eq!(msg.origin, a.instance_id()),
 ///     other => panic!("{other:?}"),

@@ -8,19 +8,22 @@ fn every_kind_round_trips() {
     let origin = InstanceId::random();
     for kind in [
         BusMessageKind::Invalidate {
-            key: key!["user", 1],
-            exact: true,
+            scope: KeyScope::Exact(key!["user", 1]),
         },
         BusMessageKind::Invalidate {
-            key: key![],
-            exact: false,
+            scope: KeyScope::All,
+        },
+        BusMessageKind::Invalidate {
+            scope: KeyScope::Exact(key![]),
         },
         BusMessageKind::Set {
             key: key!["todo", "a \"quoted\" title", true],
         },
         BusMessageKind::Remove {
-            key: key!["user"],
-            prefix: true,
+            scope: KeyScope::Prefix(key!["user"]),
+        },
+        BusMessageKind::Remove {
+            scope: KeyScope::All,
         },
     ] {
         let msg = BusMessage::new(origin, kind);
@@ -33,8 +36,7 @@ fn the_wire_format_is_stable() {
     let msg = BusMessage::new(
         InstanceId::from(0xabc),
         BusMessageKind::Remove {
-            key: key!["user", 1],
-            prefix: false,
+            scope: KeyScope::Exact(key!["user", 1]),
         },
     );
     assert_eq!(
@@ -90,5 +92,43 @@ fn instance_ids_are_distinct_and_parse_back() {
     assert_eq!(
         format!("{:?}", InstanceId::from(1)),
         "InstanceId(00000000000000000000000000000001)"
+    );
+}
+
+#[test]
+fn scopes_keep_their_v1_wire_form() {
+    let origin = InstanceId::from(1);
+    let text = |kind| String::from_utf8(BusMessage::new(origin, kind).encode()).unwrap();
+    let o = r#"{"v":1,"origin":"00000000000000000000000000000001","#;
+    assert_eq!(
+        text(BusMessageKind::Invalidate {
+            scope: KeyScope::All
+        }),
+        format!(r#"{o}"kind":"invalidate","key":"[]","exact":false}}"#)
+    );
+    assert_eq!(
+        text(BusMessageKind::Remove {
+            scope: KeyScope::All
+        }),
+        format!(r#"{o}"kind":"remove","key":"[]","prefix":true}}"#)
+    );
+    assert_eq!(
+        text(BusMessageKind::Remove {
+            scope: KeyScope::Prefix(key!["a"])
+        }),
+        format!(r#"{o}"kind":"remove","key":"[\"a\"]","prefix":true}}"#)
+    );
+    // The empty key as a prefix is everything, whichever way it was built.
+    let everything = BusMessage::new(
+        origin,
+        BusMessageKind::Invalidate {
+            scope: KeyScope::Prefix(key![]),
+        },
+    );
+    assert_eq!(
+        BusMessage::decode(&everything.encode()).unwrap().kind,
+        BusMessageKind::Invalidate {
+            scope: KeyScope::All
+        }
     );
 }

@@ -46,7 +46,8 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     fn gc_timer_fired(&self, now: Instant) -> GcVerdict;
     fn invalidate(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled>;
     fn refetch(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled>;
-    fn cancel(&self, shared: &Shared);
+    /// Cancels the fetch in flight; the future resolves once its task has stopped.
+    fn cancel(&self, shared: &Shared) -> Option<Settled>;
     fn reset(&self, shared: &Shared);
     /// The entry left the cache: detach any fetch so nothing writes into it again.
     /// Called under the cache's lock, so it notifies nobody.
@@ -137,7 +138,7 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
     fn refetch(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {
         self.typed_refetch(shared)
     }
-    fn cancel(&self, shared: &Shared) {
+    fn cancel(&self, shared: &Shared) -> Option<Settled> {
         self.typed_cancel(shared)
     }
     fn reset(&self, shared: &Shared) {

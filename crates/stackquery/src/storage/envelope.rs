@@ -12,7 +12,10 @@ pub const ENVELOPE_VERSION: u32 = 1;
 
 /// A persisted query entry: the data plus what the cache needs to judge it after a restart.
 ///
-/// Encode one with [`encode`], read one back with [`decode`]. To encode data held in an
+/// A stable, public format (see [the storage module](super#the-stored-format-public-stable)):
+/// what the client writes to and reads from a [`Storage`](super::Storage), for code that
+/// works on a shared tier without a client. Encode one with [`encode`], read one back with
+/// [`decode`]. To encode data held in an
 /// `Arc<T>` without cloning it, build an `Envelope<&T>`.
 ///
 /// ```

@@ -10,6 +10,18 @@
 //! | [`MemoryStorage`] | tests, docs, examples | always |
 //! | `SqliteStorage` | one machine: an embedded file, survives restarts | `sqlite` (default) |
 //!
+//! # The stored format (public, stable)
+//!
+//! What the client writes is public on purpose: the key text ([`QueryKey`]'s `Display`,
+//! [`children_prefix`] for a key's subtree) and the value, an [`Envelope`] written by
+//! [`encode`] and read by [`decode`], versioned by [`ENVELOPE_VERSION`] (also the version
+//! of [`DehydratedState`](crate::DehydratedState) snapshots). A backend does not need
+//! them — it stores opaque bytes — but code that works on a shared tier without a
+//! `QueryClient` does: a job that pre-warms or migrates entries, a service that reads
+//! what the cache holds, a test that plants or inspects stored data. A change of this
+//! format takes a new [`ENVELOPE_VERSION`] (entries of another version are misses, never
+//! misread) and a CHANGELOG entry.
+//!
 //! Any other store (Redis, a KV service, a file per key…) plugs in by implementing
 //! [`Storage`]; wrap it in a [`TimeoutStorage`] so a store that hangs turns into an error
 //! value after a bounded wait. The conformance suite the built-in backends pass is public

@@ -160,8 +160,8 @@ pub struct SqliteStorageBuilder {
 
 impl SqliteStorageBuilder {
     /// Options for the file at `path`, with the defaults: purge every 60 s, a queue of 4096
-    /// calls, a 5 s busy timeout.
-    pub fn new(path: impl Into<PathBuf>) -> Self {
+    /// calls, a 5 s busy timeout. Public as [`SqliteStorage::builder`].
+    fn new(path: impl Into<PathBuf>) -> Self {
         SqliteStorageBuilder {
             path: Some(path.into()),
             purge_interval: Some(DEFAULT_PURGE_INTERVAL),
@@ -322,7 +322,8 @@ impl SqliteStorage {
         SqliteStorageBuilder::in_memory().open()
     }
 
-    /// Options for opening the file at `path`.
+    /// Options for opening the file at `path`, with the defaults: purge every 60 s, a
+    /// queue of 4096 calls, a 5 s busy timeout.
     pub fn builder(path: impl Into<PathBuf>) -> SqliteStorageBuilder {
         SqliteStorageBuilder::new(path)
     }
