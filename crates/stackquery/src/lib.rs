@@ -81,6 +81,7 @@ mod snapshot;
 mod state;
 mod stats;
 pub mod storage;
+mod subscription;
 mod sync;
 mod tier;
 mod timer_driver;
@@ -93,10 +94,8 @@ pub use client::QueryClient;
 pub use error::{BoxError, FetchError, QueryError};
 pub use filter::QueryFilter;
 pub use key::{KeyPart, ParseKeyError, QueryKey};
-pub use mutation::{
-    Mutation, MutationOptions, MutationState, MutationStatus, MutationSubscription,
-};
-pub use observer::{ObserverStream, QueryObserver, Subscription};
+pub use mutation::{Mutation, MutationOptions, MutationState, MutationStatus};
+pub use observer::{ObserverStream, QueryObserver};
 pub use options::QueryOptions;
 pub use retry::default_retry_delay;
 pub use scope::KeyScope;
@@ -110,6 +109,7 @@ pub use storage::RedisStorage;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use storage::SqliteStorage;
 pub use storage::{Codec, MemoryStorage, Storage, StorageError};
+pub use subscription::Subscription;
 
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

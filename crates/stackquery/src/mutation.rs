@@ -86,7 +86,6 @@ use self::listeners::StateCell;
 use self::run::execute;
 use self::scope::Ticket;
 
-pub use self::listeners::MutationSubscription;
 pub(crate) use self::scope::Scopes;
 pub use self::state::{MutationState, MutationStatus};
 
@@ -473,7 +472,7 @@ where
     }
 
     /// Calls `listener` with the current state at once, then on every change, until the
-    /// returned subscription is dropped or [`unsubscribe`](MutationSubscription::unsubscribe)d.
+    /// returned subscription is dropped or [`unsubscribe`](crate::Subscription::unsubscribe)d.
     ///
     /// Listeners run with no lock of the mutation held: a listener may call back into the
     /// mutation or the client. States arrive in order; if changes come faster than a
@@ -499,7 +498,7 @@ where
     /// assert_eq!(*seen.lock().unwrap(), [Idle, Pending, Success]);
     /// # }
     /// ```
-    pub fn subscribe<F>(&self, listener: F) -> MutationSubscription
+    pub fn subscribe<F>(&self, listener: F) -> crate::Subscription
     where
         F: Fn(&MutationState<T>) + Send + Sync + 'static,
     {

@@ -21,6 +21,7 @@ use crate::entry::{Entry, EntryListener, Mode};
 use crate::error::QueryError;
 use crate::options::QueryOptions;
 use crate::state::{FetchStatus, QueryState, QueryStatus};
+use crate::subscription::Subscription;
 use crate::user_code::contain;
 
 mod poll;
@@ -147,38 +148,6 @@ struct ObserverInner<T, R> {
     weak_self: Weak<ObserverInner<T, R>>,
 }
 
-/// Keeps a listener or stream subscribed; dropping it (or [`unsubscribe`](Self::unsubscribe))
-/// removes it, and the observer leaves its entry when no subscriber is left.
-#[must_use = "dropping a Subscription unsubscribes at once"]
-pub struct Subscription {
-    cancel: Option<Box<dyn FnOnce() + Send + Sync>>,
-}
-
-impl Subscription {
-    /// Unsubscribes now (same as dropping).
-    pub fn unsubscribe(mut self) {
-        if let Some(f) = self.cancel.take() {
-            f();
-        }
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        if let Some(f) = self.cancel.take() {
-            f();
-        }
-    }
-}
-
-impl fmt::Debug for Subscription {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Subscription")
-            .field("active", &self.cancel.is_some())
-            .finish()
-    }
-}
-
 /// Forwards entry notifications to the observer without keeping it alive.
 struct EntryHook<T, R>(Weak<ObserverInner<T, R>>);
 
@@ -287,9 +256,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
         // observer handle at once, and the subscription must still work and clean up.
         let owner = inner.clone();
         let id = slot.id;
-        let subscription = Subscription {
-            cancel: Some(Box::new(move || owner.remove_listener(id))),
-        };
+        let subscription = Subscription::new(move || owner.remove_listener(id));
         inner.activate();
         // "At once": unless the activation's own notification already reached it.
         let (version, state) = inner.compute();

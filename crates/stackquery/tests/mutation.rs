@@ -853,7 +853,7 @@ async fn listener_may_subscribe_and_unsubscribe_from_inside() {
         |n: u8| async move { Ok::<_, String>(n) },
     ));
     let inner = States::new();
-    let slot: Arc<Mutex<Vec<stackquery::MutationSubscription>>> = Arc::default();
+    let slot: Arc<Mutex<Vec<stackquery::Subscription>>> = Arc::default();
     let (h, i, sl) = (m.clone(), inner.clone(), slot.clone());
     let outer = m.subscribe(move |s| {
         if s.is_pending() {

@@ -18,13 +18,13 @@
 //! ([`crate::user_code`]): a panicking listener is logged and stays subscribed; the others
 //! still run.
 
-use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
 use super::state::{reduce, Action, MutationState};
+use crate::subscription::Subscription;
 use crate::user_code::contain;
 
 type Listener<T> = dyn Fn(&MutationState<T>) + Send + Sync;
@@ -125,7 +125,7 @@ impl<T> StateCell<T> {
 
 impl<T: Send + Sync + 'static> StateCell<T> {
     /// Adds a listener and calls it with the current state.
-    pub(crate) fn subscribe(self: &Arc<Self>, listener: Box<Listener<T>>) -> MutationSubscription {
+    pub(crate) fn subscribe(self: &Arc<Self>, listener: Box<Listener<T>>) -> Subscription {
         let slot = Arc::new(Slot {
             listener,
             seen: Mutex::new(0),
@@ -137,17 +137,15 @@ impl<T: Send + Sync + 'static> StateCell<T> {
         // is being delivered to the new slot at this moment, that thread delivers it.
         slot.pump(self);
         let cell: Weak<Self> = Arc::downgrade(self);
-        MutationSubscription {
-            detach: Some(Box::new(move || {
-                slot.active.store(false, Ordering::SeqCst);
-                if let Some(cell) = cell.upgrade() {
-                    cell.inner
-                        .lock()
-                        .listeners
-                        .retain(|s| !Arc::ptr_eq(s, &slot));
-                }
-            })),
-        }
+        Subscription::new(move || {
+            slot.active.store(false, Ordering::SeqCst);
+            if let Some(cell) = cell.upgrade() {
+                cell.inner
+                    .lock()
+                    .listeners
+                    .retain(|s| !Arc::ptr_eq(s, &slot));
+            }
+        })
     }
 }
 
@@ -172,42 +170,5 @@ impl<T> Slot<T> {
                 let _ = contain("mutation listener", || (self.listener)(&state));
             }
         }
-    }
-}
-
-/// A listener registered with [`Mutation::subscribe`](crate::Mutation::subscribe).
-///
-/// Dropping it (or calling [`unsubscribe`](Self::unsubscribe)) removes the listener; it is
-/// not called again after that returns, except for a call already running on another
-/// thread.
-#[must_use = "dropping the subscription unsubscribes at once"]
-pub struct MutationSubscription {
-    detach: Option<Box<dyn FnOnce() + Send + Sync>>,
-}
-
-impl MutationSubscription {
-    /// Removes the listener (the same as dropping the subscription).
-    pub fn unsubscribe(mut self) {
-        self.detach_now();
-    }
-
-    fn detach_now(&mut self) {
-        if let Some(detach) = self.detach.take() {
-            detach();
-        }
-    }
-}
-
-impl Drop for MutationSubscription {
-    fn drop(&mut self) {
-        self.detach_now();
-    }
-}
-
-impl fmt::Debug for MutationSubscription {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MutationSubscription")
-            .field("active", &self.detach.is_some())
-            .finish()
     }
 }
