@@ -90,15 +90,29 @@ pub(crate) struct WriteQueue {
     /// Operations queued and not attempted yet; `flush` waits for 0.
     outstanding: AtomicUsize,
     idle: Notify,
+    /// The most keys owed at once (see [`MAX_PENDING_KEYS`]).
+    max_pending: usize,
 }
+
+/// The most keys the queue owes at once. Past it (a long outage during which many distinct
+/// keys changed), everything owed collapses into one delete of the whole namespace's
+/// entries: costly for the others (they refetch), but bounded, and no stored copy can come
+/// back as fresh.
+pub(crate) const MAX_PENDING_KEYS: usize = 100_000;
 
 impl WriteQueue {
     pub(crate) fn new() -> Self {
+        Self::bounded(MAX_PENDING_KEYS)
+    }
+
+    /// A queue owing at most `max_pending` keys at once.
+    pub(crate) fn bounded(max_pending: usize) -> Self {
         WriteQueue {
             pending: Mutex::new(Pending::default()),
             wake: Arc::new(Notify::new()),
             outstanding: AtomicUsize::new(0),
             idle: Notify::new(),
+            max_pending,
         }
     }
 
@@ -124,7 +138,17 @@ impl WriteQueue {
             }
         }
         p.keys.insert(key, queued);
+        let over = p.keys.len() > self.max_pending;
         drop(p);
+        if over {
+            tracing::warn!(
+                max = self.max_pending,
+                "second tier write queue full: collapsing it into one delete of every entry"
+            );
+            // Every stored key's text starts with `[`: this drops (and inherits the hooks
+            // of) every key owed.
+            self.push_prefix("[".to_string(), None);
+        }
         self.wake.notify_one();
     }
 
@@ -478,4 +502,41 @@ pub(crate) fn after_all(n: usize, f: impl FnOnce() + Send + Sync + 'static) -> V
             after
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The story: the queue owed one operation per key changed while the store was
+    /// unreachable, without a bound; a long outage over many distinct keys grew it without
+    /// limit. Past its bound it now collapses into one delete of every entry, which still
+    /// keeps every old stored copy from being read back as fresh.
+    #[test]
+    fn the_queue_owes_a_bounded_number_of_keys() {
+        let q = WriteQueue::bounded(5);
+        let ran = Arc::new(AtomicUsize::new(0));
+        for i in 0..12 {
+            let r = ran.clone();
+            let after: AfterWrite = Box::new(move |_| {
+                r.fetch_add(1, Ordering::SeqCst);
+            });
+            q.push(format!("[\"k\",{i}]"), Op::Delete, Some(after));
+        }
+        let p = q.pending.lock();
+        assert!(p.keys.len() <= 5, "{} keys owed", p.keys.len());
+        assert_eq!(p.prefixes.len(), 1, "one delete of every entry");
+        assert_eq!(p.prefixes[0].prefix, "[");
+        let hooks =
+            p.prefixes[0].after.len() + p.keys.values().map(|q| q.after.len()).sum::<usize>();
+        drop(p);
+        assert_eq!(
+            hooks, 12,
+            "no announcement is lost: every hook waits for a delete"
+        );
+        for i in 0..12 {
+            assert!(q.owes(&format!("[\"k\",{i}]")), "key {i} is still owed");
+        }
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
+    }
 }
