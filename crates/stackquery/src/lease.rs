@@ -12,7 +12,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use crate::redis_conn::{ttl_millis, with_retry};
+use crate::storage::redis_conn::{ttl_millis, with_retry};
 use crate::storage::RedisStorage;
 use crate::StorageError;
 

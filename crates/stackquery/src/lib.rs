@@ -73,8 +73,6 @@ mod observer;
 mod options;
 mod persist_rules;
 mod random;
-#[cfg(feature = "redis")]
-mod redis_conn;
 mod retry;
 mod scope;
 mod snapshot;

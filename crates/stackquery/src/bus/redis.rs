@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 
 use super::lost::{Digest, Lost};
 use super::{BusEvent, BusMessage, BusMessageKind, InstanceId};
-use crate::redis_conn::{
+use crate::storage::redis_conn::{
     backend, bounded, connection_manager, with_retry, DEFAULT_CONNECT_TIMEOUT, DEFAULT_NAMESPACE,
     DEFAULT_TIMEOUT,
 };

@@ -52,6 +52,8 @@ mod error;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
+pub(crate) mod redis_conn;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(any(test, feature = "test-util"))]

@@ -11,7 +11,7 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::{async_trait, Storage, StorageError};
-use crate::redis_conn::{
+use crate::storage::redis_conn::{
     backend, bounded, connection_manager, ttl_millis, with_retry, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_NAMESPACE, DEFAULT_TIMEOUT,
 };

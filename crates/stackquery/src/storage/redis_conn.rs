@@ -1,8 +1,7 @@
-//! The Redis connection plumbing shared by [`RedisStorage`](crate::storage::RedisStorage),
-//! the bus ([`RedisBus`](crate::bus::RedisBus)) and the leases
-//! ([`RedisLeases`](crate::bus::RedisLeases)): opening a reconnecting connection, bounding
+//! The Redis connection plumbing shared by `RedisStorage`, the bus (`RedisBus`) and the
+//! leases (`RedisLeases`): opening a reconnecting connection, bounding
 //! a call by its deadline, sending a repeatable request once more on a fresh connection,
-//! mapping redis errors, the default settings, and random tokens.
+//! mapping redis errors, and the default settings.
 //!
 //! Private and below all three, so that none of them imports another for its plumbing.
 
@@ -11,7 +10,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::StorageError;
+use super::StorageError;
 
 /// The default deadline of one call (one round trip to the server).
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
