@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
 use common::redis_server::RedisServer;
+use common::throttled::Throttled;
 use serde::{Deserialize, Serialize};
 use stackquery::bus::{RedisBus, RedisLeases};
-use stackquery::storage::{async_trait, RedisStorage, Storage, StorageError};
+use stackquery::storage::RedisStorage;
 use stackquery::{key, QueryClient, QueryKey, QueryOptions};
 
 macro_rules! server_or_skip {
@@ -29,36 +30,6 @@ macro_rules! server_or_skip {
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// A storage that waits `delay` before every write or delete (a slow link to Redis).
-struct Slow<S> {
-    inner: S,
-    delay: Duration,
-}
-
-#[async_trait]
-impl<S: Storage> Storage for Slow<S> {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        self.inner.get(key).await
-    }
-    async fn set(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        ttl: Option<Duration>,
-    ) -> Result<(), StorageError> {
-        tokio::time::sleep(self.delay).await;
-        self.inner.set(key, value, ttl).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        tokio::time::sleep(self.delay).await;
-        self.inner.delete(key).await
-    }
-    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError> {
-        tokio::time::sleep(self.delay).await;
-        self.inner.delete_prefix(prefix).await
-    }
-}
 
 struct Opts {
     url: String,
@@ -95,10 +66,12 @@ async fn instance(o: Opts) -> QueryClient {
         .expect("bus");
     let mut b = QueryClient::builder().bus(bus);
     b = match o.slow {
-        Some(delay) => b.storage(Slow {
-            inner: storage.clone(),
-            delay,
-        }),
+        // A slow link to Redis: every write and delete waits `delay` first.
+        Some(delay) => b.storage(
+            Throttled::new(storage.clone())
+                .write_delay(delay)
+                .prefix_delay(delay),
+        ),
         None => b.storage(storage.clone()),
     };
     if let Some((lease_ttl, max_wait)) = o.dedup {

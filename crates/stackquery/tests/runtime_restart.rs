@@ -4,12 +4,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::settle;
-use stackquery::storage::{async_trait, MemoryStorage, Storage, StorageError};
+use common::throttled::Throttled;
+use stackquery::storage::Storage;
 use stackquery::{key, QueryClient, QueryOptions};
 
 const SEC: Duration = Duration::from_secs(1);
@@ -81,43 +82,13 @@ fn a_static_client_collects_garbage_under_every_runtime_that_uses_it() {
     }
 }
 
-/// A storage whose writes can be made to hang (to kill the runtime mid-write).
-#[derive(Clone, Default)]
-struct Stalling {
-    inner: MemoryStorage,
-    stall: Arc<AtomicBool>,
-    sets: Arc<AtomicU32>,
-}
-
-#[async_trait]
-impl Storage for Stalling {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        self.inner.get(key).await
-    }
-    async fn set(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        ttl: Option<Duration>,
-    ) -> Result<(), StorageError> {
-        self.sets.fetch_add(1, Ordering::SeqCst);
-        if self.stall.load(Ordering::SeqCst) {
-            futures::future::pending::<()>().await;
-        }
-        self.inner.set(key, value, ttl).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.inner.delete(key).await
-    }
-}
-
 /// The story: the write-behind task was started once and marked "started" for good. When
 /// its runtime shut down, later writes were queued for a task that no longer existed
 /// (`flush_storage` waited forever), and the write it was in the middle of was lost. Now
 /// the worker restarts on the current runtime and picks up what the dead one held.
 #[test]
 fn write_behind_resumes_on_a_new_runtime_with_the_write_the_dead_one_held() {
-    let storage = Stalling::default();
+    let storage = Throttled::default();
     let client = QueryClient::builder().storage(storage.clone()).build();
     let query = |k: &'static str, v: u32| {
         QueryOptions::new(key!["wb", k], move || async move { Ok::<_, String>(v) }).persist()

@@ -11,45 +11,17 @@
 //!
 //! Paused tokio clock: the durations are exact.
 
+mod common;
+
 use std::time::Duration;
 
-use stackquery::storage::{async_trait, MemoryStorage, Storage, StorageError, TimeoutStorage};
+use common::throttled::Throttled;
+use stackquery::storage::{Storage, StorageError, TimeoutStorage};
 use stackquery::{key, QueryClient};
 
 /// A store whose prefix deletes take `prefix_delay` (many round trips on a big tier).
-#[derive(Clone, Default)]
-struct SlowPrefixDelete {
-    inner: MemoryStorage,
-    prefix_delay: Duration,
-}
-
-#[async_trait]
-impl Storage for SlowPrefixDelete {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        self.inner.get(key).await
-    }
-    async fn set(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        ttl: Option<Duration>,
-    ) -> Result<(), StorageError> {
-        self.inner.set(key, value, ttl).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.inner.delete(key).await
-    }
-    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError> {
-        tokio::time::sleep(self.prefix_delay).await;
-        self.inner.delete_prefix(prefix).await
-    }
-}
-
-async fn filled(prefix_delay: Duration) -> SlowPrefixDelete {
-    let store = SlowPrefixDelete {
-        inner: MemoryStorage::new(),
-        prefix_delay,
-    };
+async fn filled(prefix_delay: Duration) -> Throttled {
+    let store = Throttled::default().prefix_delay(prefix_delay);
     for i in 0..10 {
         let k = key!["user", i].to_string();
         store.inner.set(&k, b"v".to_vec(), None).await.unwrap();

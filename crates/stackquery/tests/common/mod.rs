@@ -54,3 +54,4 @@ pub async fn settle() {
 }
 pub mod proxy;
 pub mod redis_server;
+pub mod throttled;
