@@ -25,7 +25,7 @@ use crate::error::QueryError;
 use crate::flight::{FetchResult, Flight};
 use crate::key::QueryKey;
 use crate::options::QueryOptions;
-use crate::state::{reduce, Action, FetchStatus, QueryState};
+use crate::state::{reduce, Action, QueryState};
 use crate::tier::{AfterWrite, PendingWrite, PersistFns};
 use crate::timers::{TimerKind, TimerTarget};
 
@@ -574,8 +574,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
                 // A manual write landed meanwhile: the newer manual data stays, and it is
                 // what this flight's callers get when it was a hydration.
                 Ok(_) => {
-                    g.state.fetch_status = FetchStatus::Idle;
-                    g.version += 1;
+                    g.apply(Action::Superseded);
                     if hydrated.is_some() {
                         if let Some(d) = g.state.data.clone() {
                             result = Ok(d);
@@ -743,7 +742,7 @@ impl<T: Send + Sync + 'static> Entry<T> {
         });
         if fetching {
             // The fetch goes on for its waiters; the entry still shows it.
-            g.state.fetch_status = FetchStatus::Fetching;
+            g.apply(Action::FetchGoesOn);
         }
         g.updated_at = Some(Instant::now());
         self.rearm_stale_timer(g, shared);

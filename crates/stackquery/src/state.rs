@@ -163,6 +163,11 @@ pub(crate) enum Action<T> {
     Revert { previous: QueryState<T> },
     /// Forget everything.
     Reset,
+    /// Data was written (by hand, or from a snapshot) while a fetch goes on for its
+    /// waiters: the entry still shows the fetch.
+    FetchGoesOn,
+    /// A fetch ended but its result was not taken (a newer manual write stands).
+    Superseded,
 }
 
 /// Applies `action` to `state`. Pure: no clocks, no I/O.
@@ -217,12 +222,37 @@ pub(crate) fn reduce<T>(state: &mut QueryState<T>, action: Action<T>) {
             state.failure_reason = previous.failure_reason;
         }
         Action::Reset => *state = QueryState::default(),
+        Action::FetchGoesOn => state.fetch_status = FetchStatus::Fetching,
+        Action::Superseded => state.fetch_status = FetchStatus::Idle,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every change of an entry's state goes through the reducer, including a write made
+    /// while a fetch goes on and a fetch whose result a newer write superseded.
+    #[test]
+    fn a_write_during_a_fetch_keeps_showing_the_fetch_until_it_is_superseded() {
+        let mut s = QueryState::<u32>::default();
+        reduce(&mut s, Action::Fetch);
+        reduce(
+            &mut s,
+            Action::Success {
+                data: Arc::new(1),
+                at: SystemTime::UNIX_EPOCH,
+                invalidated: false,
+            },
+        );
+        reduce(&mut s, Action::FetchGoesOn);
+        assert_eq!(s.fetch_status, FetchStatus::Fetching);
+        assert_eq!(s.data.as_deref(), Some(&1));
+        reduce(&mut s, Action::Superseded);
+        assert_eq!(s.fetch_status, FetchStatus::Idle);
+        assert_eq!(s.status, QueryStatus::Success);
+        assert_eq!(s.data.as_deref(), Some(&1));
+    }
 
     #[test]
     fn fetch_then_success_then_error_keeps_data() {

@@ -11,7 +11,7 @@ use crate::engine::Shared;
 use crate::entry::{age_of, Entry, Reload, Settled};
 use crate::key::QueryKey;
 use crate::snapshot::DehydratedQuery;
-use crate::state::{Action, FetchStatus};
+use crate::state::Action;
 use crate::storage::Envelope;
 use crate::tier::AfterWrite;
 
@@ -247,7 +247,7 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
             invalidated: envelope.invalidated,
         });
         if g.flight.is_some() {
-            g.state.fetch_status = FetchStatus::Fetching;
+            g.apply(Action::FetchGoesOn);
         }
         let now = Instant::now();
         g.updated_at = Some(now.checked_sub(age).unwrap_or(now));
