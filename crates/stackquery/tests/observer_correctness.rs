@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{scripted, settle, slow_counter};
+use common::{on_a_fresh_runtime, scripted, settle, slow_counter};
 use futures::FutureExt;
 use stackquery::{key, QueryClient, QueryFilter, QueryObserver, QueryState};
 
@@ -247,17 +247,6 @@ async fn listeners_are_told_when_their_data_turns_stale() {
 // ---------------------------------------------------------------------------------------
 // Bullet 6: polling survives its runtime; `Duration::MAX` never polls
 // ---------------------------------------------------------------------------------------
-
-/// One "call" of a sync wrapper: a fresh current-thread runtime on the paused clock,
-/// dropped (with every task spawned on it) when the call returns.
-fn on_a_fresh_runtime<R>(f: impl Future<Output = R>) -> R {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
 
 /// The poll loop was a task spawned on the runtime of the first subscriber; a client that
 /// outlives that runtime (in a `static` shared by several `#[tokio::test]`s, or behind a

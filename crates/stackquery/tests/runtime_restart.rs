@@ -8,23 +8,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::settle;
 use common::throttled::Throttled;
+use common::{on_a_fresh_runtime, settle};
 use stackquery::storage::Storage;
 use stackquery::{key, QueryClient, QueryOptions};
 
 const SEC: Duration = Duration::from_secs(1);
-
-/// One "call" of a sync wrapper: a fresh current-thread runtime on the paused clock,
-/// dropped (with every task spawned on it) when the call returns.
-fn on_a_fresh_runtime<R>(f: impl std::future::Future<Output = R>) -> R {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
 
 /// The story: the gc task was spawned once, on the first runtime that used the client,
 /// and died with it; every later gc timer went into a channel nobody read, so nothing was

@@ -52,6 +52,17 @@ pub async fn settle() {
         tokio::task::yield_now().await;
     }
 }
+/// One "call" of a sync wrapper: a fresh current-thread runtime on the paused clock,
+/// dropped (with every task spawned on it) when the call returns.
+pub fn on_a_fresh_runtime<R>(f: impl Future<Output = R>) -> R {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
 pub mod proxy;
 pub mod redis_server;
 pub mod throttled;
