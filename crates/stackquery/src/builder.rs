@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::client::QueryClient;
-use crate::cluster::Cluster;
+use crate::engine::cluster::Cluster;
 use crate::key::QueryKey;
 use crate::options::Defaults;
 use crate::retry::retry_setters;
@@ -175,7 +175,7 @@ impl QueryClientBuilder {
         lease_ttl: Duration,
         max_wait: Duration,
     ) -> Self {
-        self.cluster.dedup = Some(crate::cluster::Dedup {
+        self.cluster.dedup = Some(crate::engine::cluster::Dedup {
             leases,
             lease_ttl,
             max_wait,

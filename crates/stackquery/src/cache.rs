@@ -23,8 +23,7 @@ use crate::scope::KeyScope;
 use crate::stats::Counters;
 use crate::timers::{TimerKind, TimerTarget, Timers};
 
-pub(crate) type ErasedEntry = Arc<dyn AnyEntry>;
-type Shard = HashMap<QueryKey, ErasedEntry, KeyHashBuilder>;
+type Shard<E> = HashMap<QueryKey, Arc<E>, KeyHashBuilder>;
 
 #[derive(Default)]
 struct Registry {
@@ -33,8 +32,10 @@ struct Registry {
     ring: VecDeque<(u64, QueryKey)>,
 }
 
-pub(crate) struct Cache {
-    shards: Box<[CachePadded<RwLock<Shard>>]>,
+/// The entry map, over the stored entry type `E` (the engine stores its own extension of
+/// [`AnyEntry`]; the cache needs only what `AnyEntry` offers).
+pub(crate) struct Cache<E: ?Sized + AnyEntry> {
+    shards: Box<[CachePadded<RwLock<Shard<E>>>]>,
     mask: usize,
     registry: Mutex<Registry>,
     len: AtomicUsize,
@@ -47,7 +48,7 @@ pub(crate) struct Cache {
     counters: Arc<Counters>,
 }
 
-impl Cache {
+impl<E: ?Sized + AnyEntry> Cache<E> {
     pub(crate) fn new(max: Option<usize>, timers: Arc<Timers>, counters: Arc<Counters>) -> Self {
         let n = (std::thread::available_parallelism().map_or(4, |n| n.get()) * 8)
             .next_power_of_two()
@@ -67,7 +68,7 @@ impl Cache {
     }
 
     #[inline]
-    fn shard(&self, key: &QueryKey) -> &RwLock<Shard> {
+    fn shard(&self, key: &QueryKey) -> &RwLock<Shard<E>> {
         // High bits pick the shard; the map inside uses the whole hash.
         &self.shards[(key.precomputed_hash() >> 40) as usize & self.mask]
     }
@@ -83,21 +84,17 @@ impl Cache {
 
     /// Runs `f` on the entry under the shard's read lock (no reference-count traffic).
     #[inline]
-    pub(crate) fn with<R>(&self, key: &QueryKey, f: impl FnOnce(&ErasedEntry) -> R) -> Option<R> {
+    pub(crate) fn with<R>(&self, key: &QueryKey, f: impl FnOnce(&Arc<E>) -> R) -> Option<R> {
         let shard = self.shard(key).read();
         shard.get(key).map(f)
     }
 
-    pub(crate) fn get(&self, key: &QueryKey) -> Option<ErasedEntry> {
+    pub(crate) fn get(&self, key: &QueryKey) -> Option<Arc<E>> {
         self.with(key, Arc::clone)
     }
 
     /// The entry for `key`, creating it with `make` if missing.
-    pub(crate) fn get_or_insert(
-        &self,
-        key: &QueryKey,
-        make: impl FnOnce() -> ErasedEntry,
-    ) -> ErasedEntry {
+    pub(crate) fn get_or_insert(&self, key: &QueryKey, make: impl FnOnce() -> Arc<E>) -> Arc<E> {
         if let Some(e) = self.get(key) {
             return e;
         }
@@ -121,17 +118,12 @@ impl Cache {
     }
 
     /// Removes `key` (only if it is entry `id`, when given).
-    pub(crate) fn remove(&self, key: &QueryKey, id: Option<u64>) -> Option<ErasedEntry> {
+    pub(crate) fn remove(&self, key: &QueryKey, id: Option<u64>) -> Option<Arc<E>> {
         let mut reg = self.registry.lock();
         self.remove_locked(&mut reg, key, id)
     }
 
-    fn remove_locked(
-        &self,
-        reg: &mut Registry,
-        key: &QueryKey,
-        id: Option<u64>,
-    ) -> Option<ErasedEntry> {
+    fn remove_locked(&self, reg: &mut Registry, key: &QueryKey, id: Option<u64>) -> Option<Arc<E>> {
         let removed = {
             let mut shard = self.shard(key).write();
             match shard.get(key) {
@@ -161,7 +153,7 @@ impl Cache {
 
     /// Entries in `scope`, collected under the registry lock (user predicates run later,
     /// outside every lock). An exact scope is one shard read, no registry lock.
-    pub(crate) fn matching(&self, scope: &KeyScope) -> Vec<ErasedEntry> {
+    pub(crate) fn matching(&self, scope: &KeyScope) -> Vec<Arc<E>> {
         let lookup = |k: &QueryKey| self.get(k);
         match scope {
             KeyScope::Exact(k) => self.get(k).into_iter().collect(),
@@ -183,7 +175,7 @@ impl Cache {
     }
 
     /// Removes every entry in `scope`; returns them.
-    pub(crate) fn remove_matching(&self, scope: &KeyScope) -> Vec<ErasedEntry> {
+    pub(crate) fn remove_matching(&self, scope: &KeyScope) -> Vec<Arc<E>> {
         let victims = self.matching(scope);
         let mut reg = self.registry.lock();
         victims
@@ -270,7 +262,7 @@ impl Cache {
         live + self.retired_hits.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn clear(&self) -> Vec<ErasedEntry> {
+    pub(crate) fn clear(&self) -> Vec<Arc<E>> {
         self.remove_matching(&KeyScope::All)
     }
 }

@@ -6,36 +6,27 @@ use std::sync::Arc;
 use futures::future::join_all;
 
 use crate::builder::QueryClientBuilder;
-use crate::cache::ErasedEntry;
-use crate::cluster::Cluster;
+use crate::engine::cluster::Cluster;
 pub(crate) use crate::engine::Shared;
+use crate::engine::{Covered, ErasedEntry};
 use crate::entry::{Entry, Mode, Step};
 use crate::error::QueryError;
 use crate::filter::QueryFilter;
 use crate::key::QueryKey;
 use crate::options::{Defaults, QueryOptions};
-use crate::scope::{KeyScope, StorageDelete};
+use crate::scope::KeyScope;
 use crate::snapshot::DehydratedState;
 use crate::state::QueryState;
 use crate::stats::CacheStats;
-use crate::tier::{AfterWrite, Landed, Tier};
+use crate::tier::Tier;
 
-/// The second-tier deletes of a filter's whole key scope: only a key-only filter deletes
-/// by scope (a narrowed one deletes the entries it matched).
-fn scope_deletes(filter: &QueryFilter) -> Vec<StorageDelete> {
-    if filter.is_key_only() {
-        filter.scope().storage_deletes()
-    } else {
-        Vec::new()
+/// What a filter covered, for the second tier and the bus: its whole key scope when it
+/// is by key only, else just the entries it matched.
+fn covered<'a>(filter: &'a QueryFilter, matched: &'a [ErasedEntry]) -> Covered<'a> {
+    Covered {
+        scope: filter.is_key_only().then(|| filter.scope()),
+        matched,
     }
-}
-
-fn publish_invalidate(shared: &Shared, scope: KeyScope) {
-    shared.cluster.publish_invalidate(scope);
-}
-
-fn publish_remove(shared: &Shared, scope: KeyScope) {
-    shared.cluster.publish_remove(scope);
 }
 
 /// The cache and fetch engine. Cloning is cheap (two reference-count bumps: the shared
@@ -79,7 +70,7 @@ struct ClientLife(Arc<Shared>);
 impl Drop for ClientLife {
     fn drop(&mut self) {
         for e in self.0.cache.clear() {
-            e.notify_removed();
+            e.notify_removed(&self.0);
         }
     }
 }
@@ -239,14 +230,14 @@ impl QueryClient {
                 Some(e) => e,
                 None => self.typed_entry::<T>(&opts.key)?,
             };
-            match entry.step(&self.shared, opts, mode, rounds >= 3)? {
+            match self.shared.ask(&entry, opts, mode, rounds >= 3)? {
                 Some(step) => break step,
                 None => rounds += 1,
             }
         };
         match step {
-            Step::Ready(data) => Ok(data),
-            Step::Wait(flight) => flight.wait().await,
+            Step::Ready { data, .. } => Ok(data),
+            Step::Wait { flight, .. } => flight.wait().await,
         }
     }
 
@@ -265,17 +256,9 @@ impl QueryClient {
         let shared = &self.shared;
         shared.timers.ensure_driver();
         shared.cluster.start(shared);
-        let erased = shared.cache.get_or_insert(key, || {
-            let id = shared.fresh_id();
-            let entry = Arc::new(Entry::<T>::new(
-                id,
-                key.clone(),
-                shared.defaults.stale_time,
-                shared.defaults.gc_time,
-            ));
-            entry.born(shared);
-            entry
-        });
+        let erased = shared
+            .cache
+            .get_or_insert(key, || shared.new_entry::<T>(key) as ErasedEntry);
         downcast(erased)
     }
 
@@ -331,8 +314,7 @@ impl QueryClient {
     ) -> Result<(), QueryError> {
         let key = key.into();
         let entry = self.typed_entry::<T>(&key)?;
-        entry.set_data(&self.shared, data);
-        self.announce_set(&entry, key);
+        self.shared.write(&entry, data, None);
         self.shared.cache.drop_if_keeping_nothing();
         Ok(())
     }
@@ -368,84 +350,14 @@ impl QueryClient {
             };
             let new = Arc::new(new);
             // Check and write under one lock: two updaters can never both win.
-            if entry.set_data_if(&self.shared, old.as_ref(), gen, new.clone()) {
-                self.announce_set(&entry, key);
+            if self
+                .shared
+                .write(&entry, new.clone(), Some((old.as_ref(), gen)))
+            {
                 self.shared.cache.drop_if_keeping_nothing();
                 return Ok(Some(new));
             }
         }
-    }
-
-    /// A manual write goes to the second tier and only then to the other instances:
-    /// they are told `Set` once the shared tier holds the new data, or `Invalidate` when
-    /// it could not be written (the stored copy was deleted instead) or the key is not
-    /// persisted here (an older stored copy is deleted first), so that no instance
-    /// reloads an older value as fresh.
-    fn announce_set<T: Send + Sync + 'static>(&self, entry: &Entry<T>, key: QueryKey) {
-        let shared = &self.shared;
-        let bus = shared.cluster.has_bus();
-        let hook = |key: QueryKey| -> Option<AfterWrite> {
-            let weak = Arc::downgrade(shared);
-            bus.then(|| -> AfterWrite {
-                Box::new(move |landed| {
-                    if let Some(shared) = weak.upgrade() {
-                        match landed {
-                            Landed::Written => shared.cluster.publish_set(key),
-                            Landed::Deleted => {
-                                shared.cluster.publish_invalidate(KeyScope::Exact(key))
-                            }
-                        }
-                    }
-                })
-            })
-        };
-        let Err(hook) = entry.write_behind(shared, hook(key.clone())) else {
-            return;
-        };
-        match &shared.tier {
-            Some(tier) => tier.delete(&shared.counters, key.to_string(), hook),
-            None if bus => shared.cluster.publish_invalidate(KeyScope::Exact(key)),
-            None => {}
-        }
-    }
-
-    /// Hooks that publish what `filter` covered (one message for a key-only filter, else
-    /// one per matched key) once all `n` second-tier operations they are attached to have
-    /// landed. With no bus: `n` empty hooks.
-    fn announce_after(
-        &self,
-        n: usize,
-        filter: &QueryFilter,
-        matched: &[ErasedEntry],
-        publish: fn(&Shared, KeyScope),
-    ) -> Vec<Option<AfterWrite>> {
-        if !self.shared.cluster.has_bus() {
-            return (0..n).map(|_| None).collect();
-        }
-        let messages: Vec<KeyScope> = if filter.is_key_only() {
-            vec![filter.scope().clone()]
-        } else {
-            matched
-                .iter()
-                .map(|e| KeyScope::Exact(e.key().clone()))
-                .collect()
-        };
-        let weak = Arc::downgrade(&self.shared);
-        let send = move || {
-            if let Some(shared) = weak.upgrade() {
-                for scope in messages {
-                    publish(&shared, scope);
-                }
-            }
-        };
-        if n == 0 {
-            send();
-            return Vec::new();
-        }
-        crate::tier::write_queue::after_all(n, send)
-            .into_iter()
-            .map(Some)
-            .collect()
     }
 
     fn matching(&self, filter: &QueryFilter) -> Vec<ErasedEntry> {
@@ -468,62 +380,10 @@ impl QueryClient {
             .iter()
             .filter_map(|e| e.clone().invalidate(&self.shared))
             .collect();
-        self.invalidate_in_storage(&filter, &found);
+        self.shared.invalidate_in_storage(covered(&filter, &found));
         tracing::debug!(entries = n, refetching = waits.len(), "invalidated");
         join_all(waits).await;
         n
-    }
-
-    /// The invalidation reaches the second tier before the other instances hear of it:
-    /// copies of what this instance holds are rewritten with the invalidated flag (kept
-    /// for stale-while-revalidate), other stored copies under a key-only filter are
-    /// deleted (no instance can read them back as fresh); then the bus message goes out.
-    fn invalidate_in_storage(&self, filter: &QueryFilter, found: &[ErasedEntry]) {
-        let shared = &self.shared;
-        let Some(tier) = &shared.tier else {
-            for hook in self.announce_after(0, filter, found, publish_invalidate) {
-                drop(hook);
-            }
-            return;
-        };
-        let persisted: Vec<&ErasedEntry> = found
-            .iter()
-            .filter(|e| e.is_persisted(&self.shared))
-            .collect();
-        let deletes = scope_deletes(filter);
-        let mut hooks = self
-            .announce_after(
-                deletes.len() + persisted.len(),
-                filter,
-                found,
-                publish_invalidate,
-            )
-            .into_iter();
-        self.delete_scope(tier, deletes, &mut hooks);
-        for e in persisted {
-            let hook = hooks.next().flatten();
-            if let Err(hook) = e.write_state_behind(shared, hook) {
-                // No data to flag: make sure no stored copy is read back as fresh.
-                tier.delete(&shared.counters, e.key().to_string(), hook);
-            }
-        }
-    }
-
-    /// Queues the second-tier `deletes` (see [`scope_deletes`]), one hook each.
-    fn delete_scope(
-        &self,
-        tier: &Tier,
-        deletes: Vec<StorageDelete>,
-        hooks: &mut impl Iterator<Item = Option<AfterWrite>>,
-    ) {
-        let counters = &self.shared.counters;
-        for delete in deletes {
-            let hook = hooks.next().flatten();
-            match delete {
-                StorageDelete::Key(text) => tier.delete(counters, text, hook),
-                StorageDelete::Prefix(text) => tier.delete_prefix(counters, text, hook),
-            }
-        }
     }
 
     /// Refetches every matching entry whose fetch function is known (entries only ever
@@ -533,7 +393,7 @@ impl QueryClient {
         let waits: Vec<_> = self
             .matching(&filter.into())
             .into_iter()
-            .filter_map(|e| e.refetch(&self.shared))
+            .filter_map(|e| e.clone().refetch(&self.shared))
             .collect();
         let n = waits.len();
         join_all(waits).await;
@@ -553,7 +413,7 @@ impl QueryClient {
         let found = self.matching(&filter.into().fetching(true));
         let stopped: Vec<_> = found
             .iter()
-            .filter_map(|e| e.cancel(&self.shared))
+            .filter_map(|e| e.clone().cancel(&self.shared))
             .collect();
         self.shared.cache.evict_if_over_capacity(); // pins released (regressions.rs)
         join_all(stopped).await;
@@ -565,14 +425,15 @@ impl QueryClient {
     pub fn remove_queries(&self, filter: impl Into<QueryFilter>) -> usize {
         let filter = filter.into();
         let found = self.matching(&filter);
-        self.forget_in_storage(&filter, &found, true);
+        self.shared
+            .forget_in_storage(covered(&filter, &found), true);
         let removed: Vec<_> = found
             .iter()
             .filter_map(|e| self.shared.cache.remove(e.key(), Some(e.id())))
             .collect();
         // Outside the cache lock: observers hear of the removal.
         for e in &removed {
-            e.notify_removed();
+            e.clone().notify_removed(&self.shared);
         }
         removed.len()
     }
@@ -582,51 +443,16 @@ impl QueryClient {
     pub fn reset_queries(&self, filter: impl Into<QueryFilter>) -> usize {
         let filter = filter.into();
         let found = self.matching(&filter);
-        self.forget_in_storage(&filter, &found, false);
+        self.shared
+            .forget_in_storage(covered(&filter, &found), false);
         for e in &found {
-            e.reset(&self.shared);
+            e.clone().reset(&self.shared);
             if e.is_active() {
                 // Fire and forget: the refetch runs as its own task.
                 drop(e.clone().refetch(&self.shared));
             }
         }
         found.len()
-    }
-
-    /// Removed or reset data must not come back from the second tier: delete the whole key
-    /// tree when the filter is by key only, else the matched persisted entries. With
-    /// `announce`, the other instances hear of the removal once the deletes have landed.
-    fn forget_in_storage(&self, filter: &QueryFilter, matched: &[ErasedEntry], announce: bool) {
-        let persisted: Vec<&ErasedEntry> = if filter.is_key_only() {
-            Vec::new()
-        } else {
-            matched
-                .iter()
-                .filter(|e| e.is_persisted(&self.shared))
-                .collect()
-        };
-        let Some(tier) = &self.shared.tier else {
-            if announce {
-                drop(self.announce_after(0, filter, matched, publish_remove));
-            }
-            return;
-        };
-        let deletes = scope_deletes(filter);
-        let n = deletes.len() + persisted.len();
-        let mut hooks = if announce {
-            self.announce_after(n, filter, matched, publish_remove)
-        } else {
-            (0..n).map(|_| None).collect()
-        }
-        .into_iter();
-        self.delete_scope(tier, deletes, &mut hooks);
-        for e in persisted {
-            tier.delete(
-                &self.shared.counters,
-                e.key().to_string(),
-                hooks.next().flatten(),
-            );
-        }
     }
 
     /// A serializable snapshot of every persisted query in memory that has data.
@@ -732,7 +558,7 @@ impl QueryClient {
     /// Removes every entry.
     pub fn clear(&self) {
         for e in self.shared.cache.clear() {
-            e.notify_removed();
+            e.notify_removed(&self.shared);
         }
     }
 

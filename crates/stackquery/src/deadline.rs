@@ -2,7 +2,7 @@
 //! an `Instant` never panics, and `Duration::MAX` (or anything past the clock's range)
 //! means "never".
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -30,6 +30,13 @@ pub(crate) fn saturating_after(from: Instant, d: Duration) -> Instant {
     from.checked_add(d.min(NEVER))
         .or_else(|| from.checked_add(NEVER))
         .unwrap_or(from)
+}
+
+/// How long ago a wall-clock stamp was (zero for a stamp in the future: clocks differ).
+pub(crate) fn age_of(at: SystemTime) -> Duration {
+    SystemTime::now()
+        .duration_since(at)
+        .unwrap_or(Duration::ZERO)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::cache::ErasedEntry;
+use crate::engine::ErasedEntry;
 use crate::key::QueryKey;
 use crate::scope::KeyScope;
 

@@ -68,7 +68,6 @@
 
 mod listeners;
 mod run;
-mod scope;
 mod state;
 
 use std::fmt;
@@ -84,9 +83,8 @@ use crate::retry::{retry_setters, RetryConfig};
 
 use self::listeners::StateCell;
 use self::run::execute;
-use self::scope::Ticket;
+use crate::engine::mutation_scopes::Ticket;
 
-pub(crate) use self::scope::Scopes;
 pub use self::state::{MutationState, MutationStatus};
 
 type MutationFn<V, T> = Arc<dyn Fn(V) -> BoxFuture<'static, Result<T, BoxError>> + Send + Sync>;

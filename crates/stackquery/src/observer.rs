@@ -526,13 +526,17 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             Err(_) => return, // type mismatch: the state shows it
         };
         let handle: Arc<dyn EntryListener> = Arc::new(EntryHook(Arc::downgrade(&me)));
-        if !entry.attach(&self.client.shared, handle.clone(), &self.opts) {
+        if !self
+            .client
+            .shared
+            .attach(&entry, handle.clone(), &self.opts)
+        {
             return;
         }
         let mut subs = self.subs.lock();
         if subs.count() == 0 || subs.attached.is_some() {
             drop(subs);
-            entry.detach(&self.client.shared, &handle);
+            self.client.shared.detach(&entry, &handle);
             return;
         }
         subs.attached = Some(Attachment { entry, handle });
@@ -563,7 +567,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             subs.attached.take()
         };
         if let Some(a) = attachment {
-            a.entry.detach(&self.client.shared, &a.handle);
+            self.client.shared.detach(&a.entry, &a.handle);
             self.client.shared.cache.evict_if_over_capacity();
         }
     }
@@ -611,7 +615,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             None => return,
         };
         // `Swr` starts a background fetch for missing or stale data and returns at once.
-        if let Err(error) = entry.step(&self.client.shared, &self.opts, Mode::Swr, false) {
+        if let Err(error) = self.client.shared.ask(&entry, &self.opts, Mode::Swr, false) {
             tracing::debug!(key = %self.opts.key, %error, "observer fetch did not start");
         }
     }

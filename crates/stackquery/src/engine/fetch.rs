@@ -10,15 +10,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 #[cfg(feature = "redis")]
-use crate::cluster::Acquired;
-use crate::engine::Shared;
-use crate::entry::{Entry, Reload};
+use super::cluster::Acquired;
+use super::Shared;
+use crate::entry::{Entry, Event, Reload, Source};
 use crate::error::QueryError;
-use crate::flight::Flight;
+use crate::flight::{FetchResult, Flight};
 use crate::options::QueryOptions;
 use crate::retry::{run_with_retries, Step};
-#[cfg(feature = "redis")]
-use crate::tier::Landed;
 
 /// Settles the flight as cancelled if its task is dropped before finishing (aborted, or
 /// the runtime shut down), so no waiter is left hanging.
@@ -28,11 +26,43 @@ struct FlightGuard<T: Send + Sync + 'static> {
     flight: Arc<Flight<T>>,
 }
 
+impl<T: Send + Sync + 'static> FlightGuard<T> {
+    /// Settles the flight (through the entry's state machine, so its effects run in
+    /// order: the write when `write`, then notification, then the waiters). `true`: the
+    /// entry stored the data.
+    fn settle(&self, result: FetchResult<T>, source: Source, write: bool) -> bool {
+        let event = Event::Settled {
+            flight: &self.flight,
+            result,
+            source,
+            write,
+        };
+        matches!(
+            self.shared.dispatch(&self.entry, event),
+            crate::entry::Outcome::Yes
+        )
+    }
+
+    /// Settles the flight with data read from the second tier (or a restored snapshot):
+    /// its wall-clock stamp and invalidated flag are kept, and its age counts against the
+    /// stale time. Without `keep_invalidated` the flag is dropped (a fresh cluster result).
+    fn settle_stored(&self, envelope: crate::storage::Envelope<T>, keep_invalidated: bool) {
+        let at = envelope.data_updated_at();
+        let age = crate::deadline::age_of(at);
+        tracing::debug!(key = %self.entry.key, ?age, "settled from the second tier");
+        let source = Source::Stored {
+            at,
+            invalidated: keep_invalidated && envelope.invalidated,
+            age,
+        };
+        self.settle(Ok(Arc::new(envelope.data)), source, false);
+    }
+}
+
 impl<T: Send + Sync + 'static> Drop for FlightGuard<T> {
     fn drop(&mut self) {
         if !self.flight.is_resolved() {
-            self.entry
-                .settle(&self.shared, &self.flight, Err(QueryError::Cancelled));
+            self.settle(Err(QueryError::Cancelled), Source::Fetch, false);
         }
     }
 }
@@ -64,6 +94,10 @@ async fn fetch_task<T: Send + Sync + 'static>(
     opts: QueryOptions<T>,
     hydrate: Option<Reload>,
 ) {
+    // Cancelled before the task first ran: the fetch function is never called.
+    if flight.is_resolved() {
+        return;
+    }
     let guard = FlightGuard {
         shared,
         entry,
@@ -90,19 +124,10 @@ async fn fetch_task<T: Send + Sync + 'static>(
         // fetch never lets another instance take it over and fetch the key again.
         let work = async {
             let result = fetch_with_retries(&guard, &opts).await;
-            let stored = guard.entry.settle(&guard.shared, &guard.flight, result);
-            if stored.is_some() {
+            if guard.settle(result, Source::Fetch, false) {
                 // The others are waiting on the shared tier: write it now, then tell them
                 // what landed (a failed write deleted the stored copy instead: they refetch).
-                let key = guard.entry.key.clone();
-                match guard.entry.write_now(&guard.shared).await {
-                    Some(Landed::Written) => guard.shared.cluster.publish_set(key),
-                    Some(Landed::Deleted) => guard
-                        .shared
-                        .cluster
-                        .publish_invalidate(crate::KeyScope::Exact(key)),
-                    None => {}
-                }
+                guard.shared.write_now_then_announce(&guard.entry).await;
             }
         };
         guard.shared.cluster.hold_while(&token, work).await;
@@ -111,9 +136,9 @@ async fn fetch_task<T: Send + Sync + 'static>(
         return;
     }
     let result = fetch_with_retries(&guard, &opts).await;
-    guard
-        .entry
-        .settle_and_write(&guard.shared, &guard.flight, result);
+    // The second-tier write is queued before the waiters wake, so a caller that then
+    // flushes the storage finds it.
+    guard.settle(result, Source::Fetch, true);
     guard.shared.cache.evict_if_over_capacity();
 }
 
@@ -121,7 +146,7 @@ async fn fetch_task<T: Send + Sync + 'static>(
 async fn fetch_with_retries<T: Send + Sync + 'static>(
     guard: &FlightGuard<T>,
     opts: &QueryOptions<T>,
-) -> crate::flight::FetchResult<T> {
+) -> FetchResult<T> {
     let key = &guard.entry.key;
     let retry = guard.shared.defaults.retry(opts);
     let value = run_with_retries(
@@ -130,7 +155,13 @@ async fn fetch_with_retries<T: Send + Sync + 'static>(
         &mut (),
         |()| (opts.fetcher)(),
         |(), error, failures, step| match step {
-            Step::Failed => guard.entry.attempt_failed(&guard.flight, error.clone()),
+            Step::Failed => {
+                let event = Event::AttemptFailed {
+                    flight: &guard.flight,
+                    error: error.clone(),
+                };
+                guard.shared.dispatch(&guard.entry, event);
+            }
             Step::Retry(delay) => {
                 tracing::debug!(%key, %error, failures, ?delay, "fetch retry");
             }
@@ -171,11 +202,7 @@ async fn cluster_step<T: Send + Sync + 'static>(
     // "wait for the holder however long it takes", never an overflow panic.
     let deadline = crate::deadline::after(dedup.max_wait);
     let notify = cluster.waiter(&key);
-    let serve = |envelope: crate::storage::Envelope<T>| {
-        guard
-            .entry
-            .settle_stored(shared, &guard.flight, envelope, false);
-    };
+    let serve = |envelope: crate::storage::Envelope<T>| guard.settle_stored(envelope, false);
     let step = loop {
         let woken = notify.notified();
         tokio::pin!(woken);
@@ -263,14 +290,12 @@ async fn hydrate_flight<T: Send + Sync + 'static>(
     if current.is_some() && (envelope.invalidated || (reload == Reload::IfNewer && not_newer)) {
         return false;
     }
-    guard
-        .entry
-        .settle_stored(&guard.shared, &guard.flight, envelope, true);
+    guard.settle_stored(envelope, true);
     let stale = !guard
         .entry
         .is_fresh_for(guard.shared.defaults.stale_time(opts));
     if stale {
-        guard.entry.refresh(&guard.shared, opts.clone());
+        guard.shared.refresh(&guard.entry, opts.clone());
     }
     true
 }

@@ -79,7 +79,7 @@ mod enabled {
     use crate::bus::lost::Lost;
     use crate::bus::outbox::Outbox;
     use crate::bus::{BusEvent, BusMessageKind, Incoming, LeaseToken, RedisBus, RedisLeases};
-    use crate::cache::ErasedEntry;
+    use crate::engine::ErasedEntry;
     use crate::engine::Shared;
     use crate::entry::Reload;
     use crate::key::{KeyHashBuilder, QueryKey};
@@ -407,7 +407,7 @@ mod enabled {
         fn apply(self, shared: &Arc<Shared>) {
             for scope in &self.removals {
                 for e in shared.cache.remove_matching(scope) {
-                    e.notify_removed();
+                    e.notify_removed(shared);
                 }
             }
             // By entry id: an entry in several scopes changes once (a second change would

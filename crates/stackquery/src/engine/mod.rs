@@ -6,19 +6,33 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+mod announce;
+pub(crate) mod cluster;
+mod erased;
+mod fetch;
+pub(crate) mod mutation_scopes;
+mod run;
+mod timer_driver;
+
+pub(crate) use announce::Covered;
+pub(crate) use erased::EngineEntry;
+
 use crate::cache::Cache;
-use crate::cluster::Cluster;
 use crate::options::Defaults;
 use crate::persist_rules::PersistRules;
 use crate::snapshot::Restored;
 use crate::stats::Counters;
 use crate::tier::Tier;
 use crate::timers::Timers;
+use cluster::Cluster;
+
+/// An entry as the engine's cache holds it.
+pub(crate) type ErasedEntry = Arc<dyn EngineEntry>;
 
 /// Everything the client's handles, fetch tasks and background work share.
 pub(crate) struct Shared {
     pub(crate) defaults: Defaults,
-    pub(crate) cache: Cache,
+    pub(crate) cache: Cache<dyn EngineEntry>,
     pub(crate) counters: Arc<Counters>,
     /// The second tier, if the client has a storage.
     pub(crate) tier: Option<Arc<Tier>>,
@@ -31,7 +45,7 @@ pub(crate) struct Shared {
     /// Keys persisted whatever their queries say (see `persist_rules.rs`).
     pub(crate) persist_rules: PersistRules,
     /// Scope queues of mutations (see `mutation.rs`).
-    pub(crate) mutation_scopes: crate::mutation::Scopes,
+    pub(crate) mutation_scopes: mutation_scopes::Scopes,
     next_id: AtomicU64,
 }
 
@@ -47,7 +61,7 @@ impl Shared {
         Arc::new_cyclic(|weak| {
             let weak = weak.clone();
             let timers = Arc::new(Timers::new(Box::new(move |wake, running| {
-                Box::pin(crate::timer_driver::drive(weak.clone(), wake, running))
+                Box::pin(timer_driver::drive(weak.clone(), wake, running))
             })));
             let counters = Arc::new(Counters::default());
             Shared {
@@ -58,7 +72,7 @@ impl Shared {
                 tier,
                 restored: Restored::new(),
                 persist_rules,
-                mutation_scopes: crate::mutation::Scopes::default(),
+                mutation_scopes: mutation_scopes::Scopes::default(),
                 cluster,
                 next_id: AtomicU64::new(0),
             }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::engine::Shared;
+use super::Shared;
 use crate::timers::{TimerKind, TimerTarget};
 use crate::worker::Running;
 
@@ -54,5 +54,50 @@ fn fire(shared: &Arc<Shared>, id: u64, kind: TimerKind, target: TimerTarget) {
                 hook.fire();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{key, QueryClient, QueryOptions};
+
+    /// Three observers with three stale times share one entry: one `Stale` timer in the
+    /// queue (no task or timer per observer), and none once nobody observes the entry.
+    #[tokio::test(start_paused = true)]
+    async fn an_observed_entry_has_one_stale_timer_whatever_its_observers() {
+        let client = QueryClient::new();
+        let opts = QueryOptions::new(key!["k"], || async { Ok::<_, String>(2_u32) }).enabled(false);
+        let observe = |secs| {
+            let o = client.watch(&opts.clone().stale_time(Duration::from_secs(secs)));
+            o.subscribe(|_| {})
+        };
+        let mut subs = vec![observe(5)];
+        // No data yet, so no stale timer: whatever is armed now is not about staleness.
+        let before = client.shared.timers.len();
+        client.set_query_data(key!["k"], 1_u32).unwrap();
+        assert_eq!(client.shared.timers.len(), before + 1, "one stale timer");
+        subs.push(observe(20));
+        subs.push(observe(60));
+        assert_eq!(
+            client.shared.timers.len(),
+            before + 1,
+            "not one per observer"
+        );
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(
+            client.shared.timers.len(),
+            before + 1,
+            "moved on to the 60 s deadline"
+        );
+        drop(subs);
+        assert_eq!(
+            client.shared.timers.len(),
+            1,
+            "unobserved: only the gc timer"
+        );
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(client.shared.timers.len(), 0);
     }
 }

@@ -1,0 +1,175 @@
+//! The engine's type-erased view of an entry ([`EngineEntry`]): the bulk operations
+//! (invalidate, refetch, cancel, reset, remote changes, snapshots) that filters, the bus
+//! and the timer driver run on entries whose data type they do not know. Each one is an
+//! event dispatched through [`Shared::dispatch`], so its effects run in the usual order.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use super::Shared;
+use crate::entry::{AnyEntry, Entry, Event, Outcome, Reload};
+use crate::flight::Flight;
+use crate::snapshot::DehydratedQuery;
+use crate::storage::Envelope;
+use crate::tier::AfterWrite;
+
+use super::run::can_spawn;
+
+/// A future that resolves when a started refetch settles (its outcome is in the cache).
+pub(crate) type Settled = BoxFuture<'static, ()>;
+
+/// An entry as the engine stores it: the cache's view plus the engine's bulk operations.
+pub(crate) trait EngineEntry: AnyEntry {
+    fn invalidate(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled>;
+    fn refetch(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled>;
+    /// Cancels the fetch in flight; the future resolves once its task has stopped.
+    fn cancel(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled>;
+    fn reset(self: Arc<Self>, shared: &Arc<Shared>);
+    /// Tells the observers of a removed entry (called with no lock held).
+    fn notify_removed(self: Arc<Self>, shared: &Arc<Shared>);
+    /// Whether the query is persisted (its options or a client rule say so).
+    fn is_persisted(&self, shared: &Shared) -> bool;
+    /// Queues a second-tier write of the entry's current state (data and invalidated
+    /// flag), if persisted and holding data; `after` runs once it has landed. Returns
+    /// `after` back when nothing was queued.
+    fn write_state_behind(
+        &self,
+        shared: &Shared,
+        after: Option<AfterWrite>,
+    ) -> Result<(), Option<AfterWrite>>;
+    /// Another instance changed this key: mark it stale; with `reload`, the next fetch
+    /// reads the shared tier first. Active entries fetch at once when `refetch_now`;
+    /// otherwise the call returns whether the entry is one that should refetch (active,
+    /// idle), and the caller schedules it (a lag spreads its refetches out).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    fn remote_change(
+        self: Arc<Self>,
+        shared: &Arc<Shared>,
+        reload: Reload,
+        refetch_now: bool,
+    ) -> bool;
+    /// The entry's `Stale` timer fired: its data crossed an observer's stale time, so
+    /// observers recompute their state (called by the timer driver, no lock held).
+    fn on_stale_timer(self: Arc<Self>, shared: &Arc<Shared>);
+    /// The entry as a snapshot item, if it is persisted and has data.
+    fn dehydrate(&self, shared: &Shared) -> Option<DehydratedQuery>;
+    /// Applies a snapshot item if the entry can decode it; gives it back otherwise.
+    fn restore(
+        self: Arc<Self>,
+        shared: &Arc<Shared>,
+        q: DehydratedQuery,
+    ) -> Result<(), DehydratedQuery>;
+}
+
+fn settled<T: Send + Sync + 'static>(flight: Arc<Flight<T>>) -> Settled {
+    async move {
+        let _ = flight.wait().await;
+    }
+    .boxed()
+}
+
+impl<T: Send + Sync + 'static> EngineEntry for Entry<T> {
+    fn invalidate(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {
+        // (The client writes the invalidated flag to the second tier, then announces it.)
+        let event = Event::Invalidate {
+            can_spawn: can_spawn(),
+        };
+        match shared.dispatch(&self, event) {
+            Outcome::Flight(f) => Some(settled(f)),
+            _ => None,
+        }
+    }
+    fn refetch(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {
+        let event = Event::Refetch {
+            can_spawn: can_spawn(),
+        };
+        match shared.dispatch(&self, event) {
+            Outcome::Flight(f) => Some(settled(f)),
+            _ => None,
+        }
+    }
+    fn cancel(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {
+        let Outcome::Flight(f) = shared.dispatch(&self, Event::Cancel) else {
+            return None;
+        };
+        if let Some(h) = f.abort.get() {
+            h.abort();
+        }
+        Some(async move { f.stopped().await }.boxed())
+    }
+    fn reset(self: Arc<Self>, shared: &Arc<Shared>) {
+        shared.dispatch(&self, Event::Reset);
+    }
+    fn notify_removed(self: Arc<Self>, shared: &Arc<Shared>) {
+        shared.dispatch(&self, Event::TellRemoved);
+    }
+    fn is_persisted(&self, shared: &Shared) -> bool {
+        shared.persist_fns(self).is_some()
+    }
+    fn write_state_behind(
+        &self,
+        shared: &Shared,
+        after: Option<AfterWrite>,
+    ) -> Result<(), Option<AfterWrite>> {
+        shared.write_behind(self, after)
+    }
+    fn remote_change(
+        self: Arc<Self>,
+        shared: &Arc<Shared>,
+        reload: Reload,
+        refetch_now: bool,
+    ) -> bool {
+        let event = Event::RemoteChange {
+            reload,
+            refetch_now,
+            can_spawn: can_spawn(),
+        };
+        matches!(shared.dispatch(&self, event), Outcome::Yes)
+    }
+    fn on_stale_timer(self: Arc<Self>, shared: &Arc<Shared>) {
+        shared.dispatch(&self, Event::StaleTimerFired);
+    }
+    fn dehydrate(&self, shared: &Shared) -> Option<DehydratedQuery> {
+        let fns = shared.persist_fns(self)?;
+        let p = self.persisted()?;
+        let envelope = Envelope::new((), p.at, p.invalidated);
+        match (fns.to_json)(&p.data) {
+            Ok(json) => Some(DehydratedQuery {
+                key: self.key.to_string(),
+                data: json,
+                data_updated_at_ms: envelope.data_updated_at_ms,
+                invalidated: p.invalidated,
+            }),
+            Err(error) => {
+                tracing::warn!(key = %self.key, %error, "not dehydrated: data does not encode");
+                None
+            }
+        }
+    }
+    fn restore(
+        self: Arc<Self>,
+        shared: &Arc<Shared>,
+        q: DehydratedQuery,
+    ) -> Result<(), DehydratedQuery> {
+        let Some(fns) = shared.persist_fns(&self) else {
+            return Err(q);
+        };
+        let envelope = match q.decode(fns) {
+            Ok(e) => e,
+            Err(error) => {
+                tracing::warn!(key = %self.key, %error, "snapshot entry does not decode: ignored");
+                return Ok(());
+            }
+        };
+        let at = envelope.data_updated_at();
+        let event = Event::Restore {
+            data: Arc::new(envelope.data),
+            at,
+            invalidated: envelope.invalidated,
+        };
+        shared.dispatch(&self, event);
+        Ok(())
+    }
+}

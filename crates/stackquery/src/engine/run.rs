@@ -1,0 +1,255 @@
+//! The one place where entry transitions happen and their effects run.
+//!
+//! [`Shared::dispatch`] hands an [`Event`] to the entry's state machine and then runs the
+//! [`Effects`] it returned, always in this order, with no lock held:
+//!
+//! 1. start the fetch (spawn its task);
+//! 2. write the entry behind to the second tier;
+//! 3. announce the write to the other instances, once it has landed;
+//! 4. notify the observers (user code may run here);
+//! 5. wake the waiters of a settled flight.
+//!
+//! Writing before waking means a caller that flushes the storage after its fetch returns
+//! finds the write queued; notifying before waking means a caller that reads an observer
+//! after its fetch returns sees the delivered state.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::Shared;
+use crate::entry::{Effects, Entry, Event, Outcome, StartFetch, Step, Timer, TimerSink, Watcher};
+use crate::entry::{EntryListener, Mode};
+use crate::error::QueryError;
+use crate::key::QueryKey;
+use crate::options::QueryOptions;
+use crate::timers::{TimerKind, TimerTarget, Timers};
+
+/// The client's timer queue, seen from one entry.
+struct EntryTimers<'a> {
+    timers: &'a Timers,
+    id: u64,
+    key: &'a QueryKey,
+}
+
+impl TimerSink for EntryTimers<'_> {
+    fn arm(&self, timer: Timer, at: Instant) {
+        let target = TimerTarget::Entry(self.key.clone());
+        self.timers.arm(self.id, kind(timer), at, target);
+    }
+    fn disarm(&self, timer: Timer) {
+        self.timers.disarm(self.id, kind(timer));
+    }
+}
+
+fn kind(timer: Timer) -> TimerKind {
+    match timer {
+        Timer::Gc => TimerKind::Gc,
+        Timer::Stale => TimerKind::Stale,
+    }
+}
+
+/// A fetch task can be spawned here (a tokio runtime is current).
+pub(crate) fn can_spawn() -> bool {
+    tokio::runtime::Handle::try_current().is_ok()
+}
+
+impl Shared {
+    /// Applies `event` to `entry`, runs its effects, and returns the machine's answer.
+    pub(crate) fn dispatch<T: Send + Sync + 'static>(
+        self: &Arc<Self>,
+        entry: &Arc<Entry<T>>,
+        event: Event<'_, T>,
+    ) -> Outcome<T> {
+        let sink = EntryTimers {
+            timers: &self.timers,
+            id: entry.id,
+            key: &entry.key,
+        };
+        let (fx, outcome) = entry.transition(event, &sink);
+        self.run(entry, fx);
+        outcome
+    }
+
+    fn run<T: Send + Sync + 'static>(self: &Arc<Self>, entry: &Arc<Entry<T>>, fx: Effects<T>) {
+        if let Some(start) = fx.fetch {
+            self.spawn_fetch(entry, start);
+        }
+        if fx.write || fx.announce {
+            self.write_and_announce(entry, fx.announce);
+        }
+        for w in fx.notify.iter().flat_map(|l| l.iter()) {
+            w.listener.changed();
+        }
+        for w in fx.removed.iter().flat_map(|l| l.iter()) {
+            w.listener.removed();
+        }
+        if let Some((flight, result)) = fx.resolve {
+            flight.resolve(result);
+        }
+    }
+
+    fn spawn_fetch<T: Send + Sync + 'static>(
+        self: &Arc<Self>,
+        entry: &Arc<Entry<T>>,
+        start: StartFetch<T>,
+    ) {
+        let StartFetch {
+            flight,
+            mut opts,
+            hydrate,
+        } = start;
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            // Checked before the transition (`can_spawn`), so this is not expected.
+            let event = Event::Settled {
+                flight: &flight,
+                result: Err(QueryError::NoRuntime),
+                source: crate::entry::Source::Fetch,
+                write: false,
+            };
+            self.dispatch(entry, event);
+            return;
+        };
+        // A client rule can persist a key whose query does not say `.persist()`.
+        if opts.persist.is_none() {
+            opts.persist = self.persist_rules.find::<T>(&entry.key);
+        }
+        // The first fetch of a cold persisted key reads the second tier first (or a
+        // restored snapshot).
+        let hydrate = hydrate.filter(|_| {
+            opts.persist.is_some() && (self.tier.is_some() || !self.restored.is_empty())
+        });
+        self.counters.fetches.incr();
+        tracing::debug!(key = %entry.key, "fetch start");
+        let task =
+            super::fetch::run_flight(self.clone(), entry.clone(), flight.clone(), opts, hydrate);
+        let join = handle.spawn(task);
+        let _ = flight.abort.set(join.abort_handle());
+    }
+
+    /// A new entry for `key`, born collectable: whatever its creator does next (fetch,
+    /// observe, or nothing because user code panicked), it is never left without a gc
+    /// timer.
+    pub(crate) fn new_entry<T: Send + Sync + 'static>(
+        self: &Arc<Self>,
+        key: &QueryKey,
+    ) -> Arc<Entry<T>> {
+        let entry = Arc::new(Entry::<T>::new(
+            self.fresh_id(),
+            key.clone(),
+            self.defaults.stale_time,
+            self.defaults.gc_time,
+        ));
+        self.dispatch(&entry, Event::Born);
+        entry
+    }
+
+    /// Decides what a typed call gets, starting a fetch if one is needed. `None`: the
+    /// entry was removed from the cache before anything started (the caller looks the key
+    /// up again), unless `even_if_removed`.
+    pub(crate) fn ask<T: Send + Sync + 'static>(
+        self: &Arc<Self>,
+        entry: &Arc<Entry<T>>,
+        opts: &QueryOptions<T>,
+        mode: Mode,
+        even_if_removed: bool,
+    ) -> Result<Option<Step<T>>, QueryError> {
+        let event = Event::Ask {
+            opts,
+            stale_time: self.defaults.stale_time(opts),
+            gc_time: self.defaults.gc_time(opts),
+            mode,
+            even_if_removed,
+            can_spawn: can_spawn(),
+        };
+        let counters = &self.counters;
+        match self.dispatch(entry, event) {
+            Outcome::Step(step) => {
+                match &step {
+                    Step::Ready { fresh: true, .. } => {
+                        counters.hits.incr();
+                        tracing::trace!(key = %entry.key, "cache hit");
+                    }
+                    Step::Ready { fresh: false, .. } => {
+                        counters.stale_hits.incr();
+                        tracing::trace!(key = %entry.key, "stale hit");
+                    }
+                    Step::Wait { joined, .. } => {
+                        if mode != Mode::Force {
+                            counters.misses.incr();
+                            tracing::trace!(key = %entry.key, "cache miss");
+                        }
+                        if *joined {
+                            counters.dedup_joins.incr();
+                        }
+                    }
+                }
+                Ok(Some(step))
+            }
+            Outcome::Failed(error) => {
+                if mode != Mode::Force {
+                    counters.misses.incr();
+                }
+                Err(error)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Adds an observer of `opts`. `false` if the entry has left the cache.
+    pub(crate) fn attach<T: Send + Sync + 'static>(
+        self: &Arc<Self>,
+        entry: &Arc<Entry<T>>,
+        listener: Arc<dyn EntryListener>,
+        opts: &QueryOptions<T>,
+    ) -> bool {
+        let watcher = Watcher {
+            listener,
+            enabled: opts.enabled,
+            stale_time: self.defaults.stale_time(opts),
+        };
+        let event = Event::Attach {
+            watcher,
+            opts,
+            gc_time: self.defaults.gc_time(opts),
+        };
+        matches!(self.dispatch(entry, event), Outcome::Yes)
+    }
+
+    /// Removes an observer; the gc deadline starts when the last one leaves.
+    pub(crate) fn detach<T: Send + Sync + 'static>(
+        self: &Arc<Self>,
+        entry: &Arc<Entry<T>>,
+        listener: &Arc<dyn EntryListener>,
+    ) {
+        self.dispatch(entry, Event::Detach { listener });
+    }
+
+    /// Writes data by hand (with `expect`: only if the entry still holds that data at that
+    /// data generation). The write wins over any fetch that started before it; it goes to
+    /// the second tier, and then to the other instances. `false`: someone wrote in between.
+    pub(crate) fn write<T: Send + Sync + 'static>(
+        self: &Arc<Self>,
+        entry: &Arc<Entry<T>>,
+        data: Arc<T>,
+        expect: Option<(Option<&Arc<T>>, u64)>,
+    ) -> bool {
+        matches!(
+            self.dispatch(entry, Event::Write { data, expect }),
+            Outcome::Yes
+        )
+    }
+
+    /// Starts a background fetch unless one is in flight (after a stale hydration).
+    pub(crate) fn refresh<T: Send + Sync + 'static>(
+        self: &Arc<Self>,
+        entry: &Arc<Entry<T>>,
+        opts: QueryOptions<T>,
+    ) {
+        let can_spawn = can_spawn();
+        if !can_spawn {
+            tracing::debug!(key = %entry.key, "background refresh did not start: no runtime");
+        }
+        self.dispatch(entry, Event::Refresh { opts, can_spawn });
+    }
+}
