@@ -63,6 +63,9 @@ mod entry;
 mod error;
 mod filter;
 mod flight;
+#[cfg(test)]
+#[path = "flight/tests.rs"]
+mod flight_tests;
 mod key;
 #[cfg(feature = "redis")]
 mod lease;

@@ -410,6 +410,13 @@ impl<T> Machine<T> {
         !(self.state.data.is_some() && self.is_fresh(self.entry_stale_time()))
     }
 
+    /// Bumped on every state change (the model checker compares the versions an
+    /// observer saw with the entry's last).
+    #[allow(dead_code)]
+    pub(crate) fn version(&self) -> u64 {
+        self.version
+    }
+
     pub(crate) fn hits(&self) -> u64 {
         self.hits
     }

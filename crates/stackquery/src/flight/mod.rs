@@ -3,7 +3,9 @@
 //! The result is written once and then every waiter is woken; the one-shot cell that does
 //! it ([`slot::Slot`]) registers a waiter *and* checks the result under one lock, so a
 //! wake-up can never be lost between the check and the wait, and a waiter that is dropped
-//! unregisters itself. The cell is model-checked under shuttle (`tests/shuttle_flight.rs`).
+//! unregisters itself. The cell is model-checked under shuttle (`tests/shuttle_flight.rs`),
+//! which compiles this file too: its unit tests live in `tests.rs`, declared from
+//! `lib.rs`, so they stay out of the shuttle build.
 
 use std::sync::{Arc, OnceLock};
 
@@ -76,52 +78,14 @@ impl<T> Flight<T> {
         self.result.is_resolved()
     }
 
+    /// Waiters registered now (the unit tests check that abandoned ones leave nothing).
+    #[cfg(test)]
+    pub(crate) fn waiters(&self) -> usize {
+        self.result.waiters()
+    }
+
     /// Waits for the result. Dropping this future leaves nothing behind.
     pub(crate) async fn wait(&self) -> FetchResult<T> {
         self.result.wait().await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use futures::FutureExt;
-
-    #[tokio::test]
-    async fn every_waiter_gets_the_first_result() {
-        let f = Arc::new(Flight::<u32>::new(QueryState::default(), 0, 0));
-        let waiters: Vec<_> = (0..10)
-            .map(|_| {
-                let f = f.clone();
-                tokio::spawn(async move { f.wait().await })
-            })
-            .collect();
-        tokio::task::yield_now().await;
-        f.resolve(Ok(Arc::new(1)));
-        f.resolve(Ok(Arc::new(2)));
-        for w in waiters {
-            assert_eq!(*w.await.unwrap().unwrap(), 1);
-        }
-        assert_eq!(*f.wait().await.unwrap(), 1, "a late waiter gets it at once");
-    }
-
-    #[test]
-    fn a_dropped_waiter_unregisters_and_its_slot_is_reused() {
-        let f = Flight::<u32>::new(QueryState::default(), 0, 0);
-        let mut a = Box::pin(f.wait());
-        assert!(a.as_mut().now_or_never().is_none());
-        assert_eq!(f.result.waiters(), 1);
-        drop(a);
-        assert_eq!(f.result.waiters(), 0);
-        for _ in 0..100 {
-            let mut w = Box::pin(f.wait());
-            assert!(w.as_mut().now_or_never().is_none());
-        }
-        assert_eq!(
-            f.result.waiters(),
-            0,
-            "abandoned waiters leave nothing behind"
-        );
-        assert!(!f.is_resolved());
     }
 }
