@@ -46,16 +46,17 @@ impl<T> Entry<T> {
     pub(crate) fn transition(
         &self,
         event: Event<'_, T>,
+        fx: &mut Effects<T>,
         timers: &dyn TimerSink,
-    ) -> (Effects<T>, Outcome<T>) {
-        let (fx, outcome) = self.cell.transition(event, timers);
+    ) -> Outcome<T> {
+        let outcome = self.cell.transition(event, fx, timers);
         if fx.used {
             self.touch();
         }
-        (fx, outcome)
+        outcome
     }
 
-    #[inline]
+    #[inline(always)]
     fn touch(&self) {
         // Load first: an already-set bit costs no write, so hot keys do not bounce lines.
         if !self.referenced.load(Ordering::Relaxed) {
@@ -64,7 +65,7 @@ impl<T> Entry<T> {
     }
 
     /// The hit path: fresh data or nothing.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn fresh_data(&self, stale_time: Duration) -> Option<Arc<T>> {
         // Counted under the lock taken anyway: no shared counter on the hit path.
         let data = self.cell.hit(stale_time)?;
@@ -103,6 +104,11 @@ impl<T> Entry<T> {
     /// Whether the entry's last options say the query is persisted, and with what.
     pub(crate) fn persist_option(&self) -> Option<crate::storage::typed::PersistFns<T>> {
         self.cell.read(|m| m.options().and_then(|o| o.persist))
+    }
+
+    /// Has observers (cheaper than a transition: most removed entries have none).
+    pub(crate) fn has_listeners(&self) -> bool {
+        self.cell.read(Machine::has_listeners)
     }
 
     /// What a second-tier write of the entry carries now (`None`: no data).
@@ -182,12 +188,16 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         self.cell.read(Machine::is_stale)
     }
     fn gc_timer_fired(&self, now: Instant) -> GcVerdict {
-        match self.transition(Event::GcTimerFired { now }, &NoTimers).1 {
+        match self.transition(
+            Event::GcTimerFired { now },
+            &mut Effects::default(),
+            &NoTimers,
+        ) {
             Outcome::Gc(verdict) => verdict,
             _ => GcVerdict::Keep,
         }
     }
     fn mark_removed(&self) {
-        let _ = self.transition(Event::Remove, &NoTimers);
+        self.transition(Event::Remove, &mut Effects::default(), &NoTimers);
     }
 }

@@ -274,7 +274,8 @@ impl Harness {
         let is_write = matches!(event, Event::Write { .. });
         let (fx, outcome, seq) = {
             let mut history = self.history.lock().unwrap();
-            let (fx, outcome) = self.cell.transition(event, &NoTimers);
+            let mut fx = machine::Effects::default();
+            let outcome = self.cell.transition(event, &mut fx, &NoTimers);
             let seq = history.steps;
             history.steps += 1;
             if is_write {

@@ -103,7 +103,11 @@ impl<T: Send + Sync + 'static> EngineEntry for Entry<T> {
         shared.dispatch(&self, Event::Reset);
     }
     fn notify_removed(self: Arc<Self>, shared: &Arc<Shared>) {
-        shared.dispatch(&self, Event::TellRemoved);
+        // Most removed entries have no observer: no transition for them (a cleared
+        // cache of a million entries tells nobody).
+        if self.has_listeners() {
+            shared.dispatch(&self, Event::TellRemoved);
+        }
     }
     fn is_persisted(&self, shared: &Shared) -> bool {
         shared.persist_fns(self).is_some()

@@ -295,7 +295,7 @@ async fn hydrate_flight<T: Send + Sync + 'static>(
         .entry
         .is_fresh_for(guard.shared.defaults.stale_time(opts));
     if stale {
-        guard.shared.refresh(&guard.entry, opts.clone());
+        guard.shared.refresh(&guard.entry, opts);
     }
     true
 }

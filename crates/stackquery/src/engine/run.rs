@@ -66,14 +66,15 @@ impl Shared {
             id: entry.id,
             key: &entry.key,
         };
-        let (fx, outcome) = entry.transition(event, &sink);
+        let mut fx = Effects::default();
+        let outcome = entry.transition(event, &mut fx, &sink);
         self.run(entry, fx);
         outcome
     }
 
     fn run<T: Send + Sync + 'static>(self: &Arc<Self>, entry: &Arc<Entry<T>>, fx: Effects<T>) {
         if let Some(start) = fx.fetch {
-            self.spawn_fetch(entry, start);
+            self.spawn_fetch(entry, *start);
         }
         if fx.write || fx.announce {
             self.write_and_announce(entry, fx.announce);
@@ -244,7 +245,7 @@ impl Shared {
     pub(crate) fn refresh<T: Send + Sync + 'static>(
         self: &Arc<Self>,
         entry: &Arc<Entry<T>>,
-        opts: QueryOptions<T>,
+        opts: &QueryOptions<T>,
     ) {
         let can_spawn = can_spawn();
         if !can_spawn {

@@ -97,7 +97,7 @@ pub(crate) enum Event<'a, T> {
     },
     /// A background refresh after a stale hydration (unless a fetch is in flight).
     Refresh {
-        opts: QueryOptions<T>,
+        opts: &'a QueryOptions<T>,
         can_spawn: bool,
     },
     /// An observer joins.
@@ -227,7 +227,8 @@ pub(crate) trait TimerSink {
 pub(crate) struct Effects<T> {
     /// Timer changes (applied by [`Cell::transition`] under the lock).
     timers: [Option<(Timer, Option<Instant>)>; 2],
-    pub(crate) fetch: Option<StartFetch<T>>,
+    /// Boxed: most transitions start no fetch, and the effects are moved around.
+    pub(crate) fetch: Option<Box<StartFetch<T>>>,
     /// Write the entry's state to the second tier.
     pub(crate) write: bool,
     /// Tell the other instances what the write did (a manual write: `Set`).
@@ -345,7 +346,7 @@ impl<T> Machine<T> {
 
     // ---- reads -------------------------------------------------------------------------
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn is_fresh(&self, stale_time: Duration) -> bool {
         if self.state.is_invalidated || stale_time.is_zero() {
             return false;
@@ -362,7 +363,7 @@ impl<T> Machine<T> {
     /// The hit path: fresh data, counted as a hit, or nothing. An entry that has never
     /// seen a query's options (created by a manual write) takes the slow path once, which
     /// records them.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn hit(&mut self, stale_time: Duration) -> Option<Arc<T>> {
         match &self.state.data {
             Some(d) if self.options.is_some() && self.is_fresh(stale_time) => {
@@ -421,6 +422,11 @@ impl<T> Machine<T> {
         self.hits
     }
 
+    /// Has observers to tell about changes (or about its removal).
+    pub(crate) fn has_listeners(&self) -> bool {
+        self.listeners.is_some()
+    }
+
     /// Observed or fetching: never evicted or collected.
     pub(crate) fn is_pinned(&self) -> bool {
         self.observers > 0 || self.flight.is_some()
@@ -463,11 +469,11 @@ impl<T> Machine<T> {
 
     // ---- the transition ----------------------------------------------------------------
 
-    /// Applies `event`: the one place an entry changes. Returns the effects to run and the
-    /// answer for the caller.
-    pub(crate) fn transition(&mut self, event: Event<'_, T>) -> (Effects<T>, Outcome<T>) {
+    /// Applies `event`: the one place an entry changes. Fills in `fx` (empty on entry)
+    /// with the effects to run, and returns the answer for the caller. (An out-parameter:
+    /// the effects are large, and returning them by value costs a copy per transition.)
+    pub(crate) fn transition(&mut self, event: Event<'_, T>, fx: &mut Effects<T>) -> Outcome<T> {
         let version = self.version;
-        let mut fx = Effects::default();
         let outcome = match event {
             Event::Born => {
                 fx.arm_gc = true;
@@ -481,7 +487,7 @@ impl<T> Machine<T> {
                 even_if_removed,
                 can_spawn,
             } => self.ask(
-                &mut fx,
+                fx,
                 opts,
                 stale_time,
                 gc_time,
@@ -491,7 +497,7 @@ impl<T> Machine<T> {
             ),
             Event::Refresh { opts, can_spawn } => {
                 if self.flight.is_none() && !self.removed && can_spawn {
-                    self.begin_fetch(&mut fx, opts);
+                    self.begin_fetch(fx, opts.clone());
                 }
                 Outcome::Done
             }
@@ -517,7 +523,7 @@ impl<T> Machine<T> {
                 source,
                 write,
             } => {
-                let outcome = self.settle(&mut fx, flight, result, source);
+                let outcome = self.settle(fx, flight, result, source);
                 fx.write = write && matches!(outcome, Outcome::Yes);
                 outcome
             }
@@ -531,7 +537,7 @@ impl<T> Machine<T> {
                         }
                 });
                 if !unchanged {
-                    return (fx, Outcome::No);
+                    return Outcome::No;
                 }
                 // Overwriting data is a use; the first write is the insertion itself.
                 fx.used = self.state.data.is_some();
@@ -569,7 +575,7 @@ impl<T> Machine<T> {
                 // one replaces it (its own waiters still get its result).
                 match self.options.as_deref().cloned() {
                     Some(opts) if self.enabled_observers > 0 && !self.removed && can_spawn => {
-                        Outcome::Flight(self.begin_fetch(&mut fx, opts))
+                        Outcome::Flight(self.begin_fetch(fx, opts))
                     }
                     _ => Outcome::Done,
                 }
@@ -583,14 +589,14 @@ impl<T> Machine<T> {
                     (Some(f), _) => Outcome::Flight(f.clone()),
                     (None, Some(opts)) if can_spawn => {
                         let opts = opts.clone();
-                        Outcome::Flight(self.begin_fetch(&mut fx, opts))
+                        Outcome::Flight(self.begin_fetch(fx, opts))
                     }
                     _ => Outcome::Done,
                 }
             }
             Event::Cancel => match self.flight.clone() {
                 Some(f) => {
-                    self.settle(&mut fx, &f, Err(QueryError::Cancelled), Source::Fetch);
+                    self.settle(fx, &f, Err(QueryError::Cancelled), Source::Fetch);
                     Outcome::Flight(f)
                 }
                 None => Outcome::Done,
@@ -622,7 +628,7 @@ impl<T> Machine<T> {
                 can_spawn,
             } => {
                 if self.removed {
-                    return (fx, Outcome::No);
+                    return Outcome::No;
                 }
                 self.inval_gen += 1;
                 self.apply(Action::Invalidate);
@@ -637,7 +643,7 @@ impl<T> Machine<T> {
                     }
                 } else {
                     if let Some(opts) = self.options.as_deref().cloned().filter(|_| can_spawn) {
-                        self.begin_fetch(&mut fx, opts);
+                        self.begin_fetch(fx, opts);
                     }
                     Outcome::No
                 }
@@ -659,14 +665,14 @@ impl<T> Machine<T> {
                     _ => GcVerdict::Keep,
                 };
                 // The caller arms the timer again (or collects): no timer effect here.
-                return (fx, Outcome::Gc(verdict));
+                return Outcome::Gc(verdict);
             }
         };
-        self.bookkeeping(&mut fx);
+        self.bookkeeping(fx);
         if self.version != version && fx.notify.is_none() {
             fx.notify = self.listeners.clone();
         }
-        (fx, outcome)
+        outcome
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -737,11 +743,11 @@ impl<T> Machine<T> {
         self.reload = Reload::No;
         self.apply(Action::Fetch);
         self.flight = Some(flight.clone());
-        fx.fetch = Some(StartFetch {
+        fx.fetch = Some(Box::new(StartFetch {
             flight: flight.clone(),
             opts,
             hydrate: hydrate.then_some(reload),
-        });
+        }));
         flight
     }
 
@@ -939,14 +945,15 @@ impl<T> Cell<T> {
     }
 
     /// Runs `event` through the machine under the lock, applies the timer changes to
-    /// `timers` before releasing it, and returns the rest of the effects.
+    /// `timers` before releasing it, and leaves the rest of the effects in `fx`.
     pub(crate) fn transition(
         &self,
         event: Event<'_, T>,
+        fx: &mut Effects<T>,
         timers: &dyn TimerSink,
-    ) -> (Effects<T>, Outcome<T>) {
+    ) -> Outcome<T> {
         let mut m = self.machine.lock();
-        let (mut fx, outcome) = m.transition(event);
+        let outcome = m.transition(event, fx);
         for (timer, at) in fx.timers.iter_mut().filter_map(Option::take) {
             match at {
                 Some(at) => timers.arm(timer, at),
@@ -954,7 +961,7 @@ impl<T> Cell<T> {
             }
         }
         drop(m);
-        (fx, outcome)
+        outcome
     }
 
     /// Reads the machine under the lock.
@@ -964,7 +971,7 @@ impl<T> Cell<T> {
     }
 
     /// The hit path: [`Machine::hit`] under the lock.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn hit(&self, stale_time: Duration) -> Option<Arc<T>> {
         self.machine.lock().hit(stale_time)
     }
