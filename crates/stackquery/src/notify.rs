@@ -289,11 +289,11 @@ impl<V> Listener<V> {
 /// under the owner's lock, which must be released by now).
 ///
 /// `latest` returns the current version and value (a value, or anything that borrows as
-/// one). It runs once per listener round, possibly later than this call and on behalf of
-/// a change from another thread, so it must read the state as it is *then* — or the
-/// caller must guarantee that any later change is delivered by a later call (the observer
-/// passes the value of its current round: its own drain runs another round for any
-/// change).
+/// one). It runs once per listener round, and a round may also be on behalf of a change
+/// made meanwhile by another thread (or re-entrantly) that found the listener busy here
+/// and left it to us. So it must read the state as it is when called — or the caller must
+/// guarantee that any later change is delivered by a later call (the observer passes the
+/// value of its current round: its own drain runs another round for any change).
 ///
 /// Every listener is marked first, then each is delivered to in turn: a listener that is
 /// busy (on another thread, or up the stack of this one) is left to its holder, which
