@@ -10,8 +10,8 @@
 //!    registered, no deadlock.
 //! 2. **A replica of the entry protocol** around it (`entry.rs`: `step` / `begin_flight` /
 //!    `settle` / `typed_cancel` / `typed_invalidate` / `set_data`, and `EntryGuard`'s
-//!    notify-after-unlock; the observer's `deliver` drain loop — `notify.rs`'s `Drain` —
-//!    with its `pending` flag and `try_lock`ed delivery slot), built on the real cell. Properties: exactly one fetch
+//!    notify-after-unlock; `observer.rs`: the `deliver` drain loop with its `pending` flag
+//!    and `try_lock`ed delivery slot), built on the real cell. Properties: exactly one fetch
 //!    per generation, every caller returns, every flight settles, no deadlock (a listener
 //!    reads the entry back, which would deadlock if notification ran under the lock), and
 //!    no lost final state (the observer's last delivered version is the entry's last).
