@@ -70,6 +70,7 @@ mod key;
 #[cfg(feature = "redis")]
 mod lease;
 mod mutation;
+mod notify;
 mod observer;
 mod options;
 mod persist_rules;

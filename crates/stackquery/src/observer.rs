@@ -1,15 +1,17 @@
 //! Reactive observers: [`QueryObserver`] watches one key, notifies listeners and streams,
 //! polls while observed, and can transform the data with `select`.
 //!
-//! Delivery works like a drain loop: a change marks the observer "pending"; whoever holds
-//! the delivery slot computes the newest state (select runs once per change, not per
-//! listener) and hands it to every listener; a change that arrives meanwhile (even from a
-//! listener calling back into the client) is picked up by the same loop before the slot is
-//! released. So states arrive in order, the final state is never lost, and no internal lock
-//! is held while user code runs.
+//! Delivery uses the crate's one notification primitive ([`crate::notify`]) twice. Entry →
+//! observer: an entry change marks the observer's [`Drain`] pending, and whoever holds its
+//! delivery slot computes the newest state (select runs once per change, not per
+//! listener); a change that arrives meanwhile (even from a listener calling back into the
+//! client) is picked up by the same loop before the slot is released. Observer →
+//! listeners: each round hands its state to every listener by latest-value delivery. So
+//! states arrive in order, the final state is never lost, a listener is never called
+//! re-entrantly, and no internal lock is held while user code runs.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use futures::stream::{BoxStream, Stream, StreamExt};
@@ -19,6 +21,7 @@ use tokio::sync::watch;
 use crate::client::QueryClient;
 use crate::entry::{Entry, EntryListener, Mode};
 use crate::error::QueryError;
+use crate::notify::{deliver, CowList, Drain, Listener, Versioned};
 use crate::options::QueryOptions;
 use crate::state::{FetchStatus, QueryState, QueryStatus};
 use crate::subscription::Subscription;
@@ -28,7 +31,6 @@ mod poll;
 
 type Selector<R, T> = dyn Fn(&Arc<R>) -> Arc<T> + Send + Sync;
 type DataEq<T> = dyn Fn(&T, &T) -> bool + Send + Sync;
-type Listener<T> = dyn Fn(&QueryState<T>) + Send + Sync;
 type SelectMemo<R, T> = Option<(Arc<R>, Result<Arc<T>, QueryError>)>;
 
 /// Watches one query and tells listeners and streams about every change.
@@ -93,20 +95,13 @@ impl<T, R> fmt::Debug for QueryObserver<T, R> {
     }
 }
 
-struct ListenerSlot<T> {
-    id: u64,
-    f: Box<Listener<T>>,
-    /// Version of the last state this listener received (deliveries only move forward).
-    seen: AtomicU64,
-}
-
 struct Attachment<R> {
     entry: Arc<Entry<R>>,
     handle: Arc<dyn EntryListener>,
 }
 
 struct Subscribers<T, R> {
-    listeners: Vec<Arc<ListenerSlot<T>>>,
+    listeners: CowList<Arc<Listener<QueryState<T>>>>,
     /// Streams alive (they count as subscribers).
     streams: usize,
     attached: Option<Attachment<R>>,
@@ -123,11 +118,6 @@ impl<T, R> Subscribers<T, R> {
     }
 }
 
-struct Delivered<T> {
-    version: u64,
-    state: QueryState<T>,
-}
-
 struct ObserverInner<T, R> {
     client: QueryClient,
     opts: QueryOptions<R>,
@@ -137,12 +127,11 @@ struct ObserverInner<T, R> {
     subs: Mutex<Subscribers<T, R>>,
     /// Select memo: the raw data last seen and what it selected to.
     memo: Mutex<SelectMemo<R, T>>,
-    /// Set while someone runs the drain loop (see the module docs). A flag, not a lock:
-    /// nobody ever waits for it, a re-entrant delivery just leaves `pending` for the holder.
-    delivering: AtomicBool,
-    pending: AtomicBool,
-    last: Mutex<Option<Delivered<T>>>,
-    next_id: AtomicU64,
+    /// Entry → observer: rounds of computing the state and handing it on (see the module
+    /// docs).
+    delivery: Drain,
+    /// The state last computed, and its version (`None`: not computed yet).
+    last: Mutex<Versioned<Option<QueryState<T>>>>,
     /// Id of this observer's `Poll` timer on the client's timer queue.
     poll_id: u64,
     weak_self: Weak<ObserverInner<T, R>>,
@@ -192,17 +181,15 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
                 data_eq,
                 paused: AtomicBool::new(false),
                 subs: Mutex::new(Subscribers {
-                    listeners: Vec::new(),
+                    listeners: CowList::default(),
                     streams: 0,
                     attached: None,
                     polling: false,
                     stream_tx: None,
                 }),
                 memo: Mutex::new(None),
-                delivering: AtomicBool::new(false),
-                pending: AtomicBool::new(false),
-                last: Mutex::new(None),
-                next_id: AtomicU64::new(1),
+                delivery: Drain::new(),
+                last: Mutex::new(Versioned::new(None)),
                 poll_id,
                 weak_self: weak.clone(),
             }),
@@ -244,25 +231,19 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
     ) -> Subscription {
         let inner = &self.inner;
         inner.ensure_timers();
-        let slot = Arc::new(ListenerSlot {
-            id: inner.next_id.fetch_add(1, Ordering::Relaxed),
-            f: Box::new(listener),
-            seen: AtomicU64::new(0),
-        });
-        inner.subs.lock().listeners.push(slot.clone());
+        // A panicking listener is contained (logged) by the notification primitive.
+        let listener = Listener::new("listener", Box::new(listener));
+        inner.subs.lock().listeners.push(listener.clone());
         // The subscription exists before any user code runs, so a listener that panics
         // on its first call still leaves a subscription that cleans up on drop.
         // The subscription holds the observer: `client.watch(&o).subscribe(f)` drops the
         // observer handle at once, and the subscription must still work and clean up.
         let owner = inner.clone();
-        let id = slot.id;
-        let subscription = Subscription::new(move || owner.remove_listener(id));
+        let l = listener.clone();
+        let subscription = Subscription::new(move || owner.remove_listener(&l));
         inner.activate();
         // "At once": unless the activation's own notification already reached it.
-        let (version, state) = inner.compute();
-        if slot.seen.fetch_max(version, Ordering::AcqRel) < version {
-            call_listener(&slot, &state);
-        }
+        listener.offer(|| inner.compute());
         subscription
     }
 
@@ -331,11 +312,6 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
     }
 }
 
-fn call_listener<T>(slot: &ListenerSlot<T>, state: &QueryState<T>) {
-    // Contained: a panicking listener is logged, and the others still run.
-    let _ = contain("listener", || (slot.f)(state));
-}
-
 impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
     /// Polls and stale notices run on the client's timer driver; if the runtime it ran on
     /// has shut down, start it again on the current one (one atomic load otherwise).
@@ -351,26 +327,18 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
         let raw = self.raw_state();
         let state = self.view(raw);
         loop {
-            let last = self
-                .last
-                .lock()
-                .as_ref()
-                .map(|d| (d.version, d.state.clone()));
-            if let Some((version, seen)) = &last {
-                if self.same(seen, &state) {
-                    return (*version, seen.clone());
+            let (version, last) = self.last.lock().latest();
+            if let Some(last) = last {
+                if self.same(&last, &state) {
+                    return (version, last);
                 }
             }
             let mut slot = self.last.lock();
-            let current = slot.as_ref().map(|d| d.version);
-            if current != last.as_ref().map(|(v, _)| *v) {
+            if slot.version() != version {
                 continue; // replaced while we compared: compare with the newer one
             }
-            let version = current.map_or(1, |v| v + 1);
-            let replaced = slot.replace(Delivered {
-                version,
-                state: state.clone(),
-            });
+            let replaced = slot.replace(Some(state.clone()));
+            let version = slot.version();
             drop(slot);
             drop(replaced); // user data is dropped outside the lock too
             return (version, state);
@@ -485,28 +453,16 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             }
     }
 
-    /// The drain loop (see the module docs).
+    /// Something changed: compute the newest state and hand it to listeners and streams
+    /// (see the module docs). A round's listeners get its state as is: any later change
+    /// runs another round.
     fn deliver(&self) {
-        self.pending.store(true, Ordering::SeqCst);
-        loop {
-            let Some(slot) = DeliverySlot::take(&self.delivering) else {
-                return; // the holder will see `pending`
-            };
-            while self.pending.swap(false, Ordering::SeqCst) {
-                let (version, state) = self.compute();
-                let listeners = self.subs.lock().listeners.clone();
-                for l in &listeners {
-                    if l.seen.fetch_max(version, Ordering::AcqRel) < version {
-                        call_listener(l, &state);
-                    }
-                }
-                self.publish_to_streams(&state);
-            }
-            drop(slot);
-            if !self.pending.load(Ordering::SeqCst) {
-                return;
-            }
-        }
+        self.delivery.run(|| {
+            let (version, state) = self.compute();
+            let listeners = self.subs.lock().listeners.snapshot();
+            deliver(&listeners, || (version, &state));
+            self.publish_to_streams(&state);
+        });
     }
 
     fn publish_to_streams(&self, state: &QueryState<T>) {
@@ -572,11 +528,9 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
         }
     }
 
-    fn remove_listener(&self, id: u64) {
-        {
-            let mut subs = self.subs.lock();
-            subs.listeners.retain(|l| l.id != id);
-        }
+    fn remove_listener(&self, listener: &Arc<Listener<QueryState<T>>>) {
+        listener.end();
+        self.subs.lock().listeners.remove(listener);
         self.detach();
     }
 
@@ -618,23 +572,6 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
         if let Err(error) = self.client.shared.ask(&entry, &self.opts, Mode::Swr, false) {
             tracing::debug!(key = %self.opts.key, %error, "observer fetch did not start");
         }
-    }
-}
-
-/// The right to run the drain loop; released on drop (even if user code panics through).
-struct DeliverySlot<'a>(&'a AtomicBool);
-
-impl<'a> DeliverySlot<'a> {
-    fn take(flag: &'a AtomicBool) -> Option<Self> {
-        flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .ok()
-            .map(|_| DeliverySlot(flag))
-    }
-}
-
-impl Drop for DeliverySlot<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
     }
 }
 

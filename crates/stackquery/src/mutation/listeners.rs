@@ -1,33 +1,23 @@
 //! The state cell of one `Mutation` and the delivery of its states to listeners.
 //!
-//! A state change happens under the cell's lock (through the reducer) and bumps a version
-//! counter; the lock is released and then each listener is "pumped": it is called with
-//! the cell's *current* state if that is newer than the last version it saw. Each
-//! listener has its own delivery lock (taken with `try_lock`) and a `pending` flag:
-//!
-//! - a state change sets `pending` on every listener, then tries to deliver;
-//! - whoever holds a listener's delivery lock re-checks `pending` after releasing it, so a
-//!   change that arrived while the listener was running (on this thread — a listener that
-//!   calls `reset()` — or on another) is delivered right after, never lost;
-//! - versions delivered to one listener only grow, so states arrive in order. Under
-//!   concurrent changes a listener may skip an intermediate state, never the final one
-//!   (latest-value semantics, like `tokio::sync::watch`).
-//!
-//! No lock of the cell is held while a listener runs, so a listener may call back into
-//! the mutation or the client. A listener runs under the crate's panic policy
-//! ([`crate::user_code`]): a panicking listener is logged and stays subscribed; the others
-//! still run.
+//! A state change happens under the cell's lock (through the reducer) and moves the
+//! state's version; the lock is released and then the listeners are notified with the
+//! crate's one notification primitive ([`crate::notify`]): latest-value delivery, each
+//! listener called with the cell's *current* state if it is newer than the last one it
+//! saw. So a change that arrives while a listener runs (on this thread — a listener that
+//! calls `reset()` — or on another) is delivered to it right after, states arrive in
+//! order, and under concurrent changes a listener may skip an intermediate state, never
+//! the final one. No lock of the cell is held while a listener runs (it may call back into
+//! the mutation or the client), and a panicking listener is logged and stays subscribed.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
-use parking_lot::Mutex;
-
 use super::state::{reduce, Action, MutationState};
+use crate::notify::{deliver, Callback, CowList, Listener, Versioned};
 use crate::subscription::Subscription;
-use crate::user_code::contain;
+use crate::sync::Mutex;
 
-type Listener<T> = dyn Fn(&MutationState<T>) + Send + Sync;
+type Listeners<T> = CowList<Arc<Listener<MutationState<T>>>>;
 
 /// The shared state of a `Mutation` and its listeners.
 pub(crate) struct StateCell<T> {
@@ -35,35 +25,22 @@ pub(crate) struct StateCell<T> {
 }
 
 struct Inner<T> {
-    state: MutationState<T>,
-    /// Bumped on every change; listeners remember the last one they saw.
-    version: u64,
+    state: Versioned<MutationState<T>>,
     /// The call whose state is shown: changes from older calls are ignored.
     shown: u64,
     /// The id the next `mutate` call gets.
     next_call: u64,
-    listeners: Vec<Arc<Slot<T>>>,
-}
-
-struct Slot<T> {
-    listener: Box<Listener<T>>,
-    /// The delivery lock, holding the last version delivered.
-    seen: Mutex<u64>,
-    /// A change may not have been delivered yet.
-    pending: AtomicBool,
-    /// Cleared by unsubscribe: no further calls.
-    active: AtomicBool,
+    listeners: Listeners<T>,
 }
 
 impl<T> StateCell<T> {
     pub(crate) fn new() -> Self {
         StateCell {
             inner: Mutex::new(Inner {
-                state: MutationState::default(),
-                version: 1,
+                state: Versioned::new(MutationState::default()),
                 shown: 0,
                 next_call: 0,
-                listeners: Vec::new(),
+                listeners: CowList::default(),
             }),
         }
     }
@@ -77,98 +54,59 @@ impl<T> StateCell<T> {
     }
 
     pub(crate) fn snapshot(&self) -> MutationState<T> {
-        self.inner.lock().state.clone()
+        self.inner.lock().state.get().clone()
     }
 
-    fn current(&self) -> (MutationState<T>, u64) {
-        let g = self.inner.lock();
-        (g.state.clone(), g.version)
+    fn latest(&self) -> (u64, MutationState<T>) {
+        self.inner.lock().state.latest()
     }
 
     /// Applies `action` from call `call`, unless a newer call (or a reset) has taken over
     /// the displayed state; then notifies the listeners, outside the lock.
     pub(crate) fn apply(&self, call: u64, action: Action<T>) {
-        let listeners = {
+        let (listeners, old) = {
             let mut g = self.inner.lock();
             if call < g.shown {
                 return;
             }
             g.shown = call;
-            g.state = reduce(&g.state, action);
-            g.version += 1;
-            g.listeners.clone()
+            let next = reduce(g.state.get(), action);
+            (g.listeners.snapshot(), g.state.replace(next))
         };
-        self.notify(&listeners);
+        drop(old); // user data is dropped outside the lock
+        deliver(&listeners, || self.latest());
     }
 
     /// Back to `Idle`; calls already started no longer change the displayed state.
     pub(crate) fn reset(&self) {
-        let listeners = {
+        let (listeners, old) = {
             let mut g = self.inner.lock();
             g.shown = g.next_call;
-            g.state = reduce(&g.state, Action::Reset);
-            g.version += 1;
-            g.listeners.clone()
+            let next = reduce(g.state.get(), Action::Reset);
+            (g.listeners.snapshot(), g.state.replace(next))
         };
-        self.notify(&listeners);
-    }
-
-    fn notify(&self, listeners: &[Arc<Slot<T>>]) {
-        for slot in listeners {
-            slot.pending.store(true, Ordering::SeqCst);
-        }
-        for slot in listeners {
-            slot.pump(self);
-        }
+        drop(old);
+        deliver(&listeners, || self.latest());
     }
 }
 
 impl<T: Send + Sync + 'static> StateCell<T> {
     /// Adds a listener and calls it with the current state.
-    pub(crate) fn subscribe(self: &Arc<Self>, listener: Box<Listener<T>>) -> Subscription {
-        let slot = Arc::new(Slot {
-            listener,
-            seen: Mutex::new(0),
-            pending: AtomicBool::new(true),
-            active: AtomicBool::new(true),
-        });
-        self.inner.lock().listeners.push(slot.clone());
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        listener: Callback<MutationState<T>>,
+    ) -> Subscription {
+        let listener = Listener::new("mutation listener", listener);
+        self.inner.lock().listeners.push(listener.clone());
         // Uncontended, this delivers the current state now. If another thread's change
-        // is being delivered to the new slot at this moment, that thread delivers it.
-        slot.pump(self);
+        // is being delivered to the new listener at this moment, that thread delivers it.
+        listener.offer(|| self.latest());
         let cell: Weak<Self> = Arc::downgrade(self);
         Subscription::new(move || {
-            slot.active.store(false, Ordering::SeqCst);
+            listener.end();
             if let Some(cell) = cell.upgrade() {
-                cell.inner
-                    .lock()
-                    .listeners
-                    .retain(|s| !Arc::ptr_eq(s, &slot));
+                cell.inner.lock().listeners.remove(&listener);
             }
         })
-    }
-}
-
-impl<T> Slot<T> {
-    fn pump(&self, cell: &StateCell<T>) {
-        // On a thread that is already unwinding the panic policy skips user code; checking
-        // here first (rather than letting `contain` skip the call) also leaves `pending`
-        // set and `seen` untouched, so the next change still delivers this state.
-        while self.pending.load(Ordering::SeqCst) && !std::thread::panicking() {
-            let Some(mut seen) = self.seen.try_lock() else {
-                // The holder re-checks `pending` after releasing the lock.
-                return;
-            };
-            self.pending.store(false, Ordering::SeqCst);
-            if !self.active.load(Ordering::SeqCst) {
-                return;
-            }
-            let (state, version) = cell.current();
-            if version > *seen {
-                *seen = version;
-                // A panicking listener is logged by the policy and stays subscribed.
-                let _ = contain("mutation listener", || (self.listener)(&state));
-            }
-        }
     }
 }
