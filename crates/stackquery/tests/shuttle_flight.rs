@@ -48,6 +48,9 @@ mod sync {
 // shuttle-backed `crate::sync` above. Only the query options are a stand-in: the machine
 // stores them and compares them (`same_as`), nothing more.
 #[allow(dead_code, unreachable_pub)]
+#[path = "../src/notify/cow_list.rs"]
+mod cow_list;
+#[allow(dead_code, unreachable_pub)]
 #[path = "../src/deadline.rs"]
 mod deadline;
 #[allow(dead_code, unreachable_pub)]
@@ -62,6 +65,11 @@ mod machine;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../src/state.rs"]
 mod state;
+/// The part of `src/notify/` the machine uses: its copy-on-write listener list (the real
+/// file, above).
+mod notify {
+    pub(crate) use super::cow_list::{CowList, Snapshot};
+}
 
 /// Stand-in for `src/options.rs` (which pulls in retries, keys and storage): the machine
 /// only clones the options it is given and compares them with `same_as`.

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::error::QueryError;
 use crate::flight::{FetchResult, Flight};
+use crate::notify::{CowList, Snapshot};
 use crate::options::QueryOptions;
 use crate::state::{reduce, Action, QueryState};
 
@@ -54,8 +55,9 @@ pub(crate) struct Watcher {
     pub(crate) stale_time: Duration,
 }
 
-/// The observers of an entry, copy-on-write: cloned to notify, outside the lock.
-pub(crate) type Listeners = Arc<Vec<Watcher>>;
+/// The observers of an entry as they were when a change happened (notified outside the
+/// lock: the entry keeps them in the notification primitive's copy-on-write list).
+pub(crate) type Listeners = Snapshot<Watcher>;
 
 /// How a typed call treats cached data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -308,8 +310,9 @@ pub(crate) struct Machine<T> {
     removed: bool,
     /// Bumped on every state change; observers deliver states by version.
     version: u64,
-    /// Observers to tell about changes. `None` until the first: most entries never have one.
-    listeners: Option<Listeners>,
+    /// Observers to tell about changes (copy-on-write; empty, it allocates nothing: most
+    /// entries never have one).
+    listeners: CowList<Watcher>,
     /// The second tier was consulted for this entry (or it never needs to be).
     hydrated: bool,
     /// Fresh hits served by the hit path (folded into the client's counters on removal).
@@ -337,7 +340,7 @@ impl<T> Machine<T> {
             gc_timer_at: None,
             removed: false,
             version: 0,
-            listeners: None,
+            listeners: CowList::default(),
             hydrated: false,
             hits: 0,
             reload: Reload::No,
@@ -424,7 +427,7 @@ impl<T> Machine<T> {
 
     /// Has observers to tell about changes (or about its removal).
     pub(crate) fn has_listeners(&self) -> bool {
-        self.listeners.is_some()
+        !self.listeners.is_empty()
     }
 
     /// Observed or fetching: never evicted or collected.
@@ -456,7 +459,12 @@ impl<T> Machine<T> {
     }
 
     fn watchers(&self) -> impl Iterator<Item = &Watcher> {
-        self.listeners.iter().flat_map(|l| l.iter())
+        self.listeners.iter()
+    }
+
+    /// The observers to notify of a change (`None`: nobody, no clone).
+    fn observers_to_tell(&self) -> Option<Listeners> {
+        (!self.listeners.is_empty()).then(|| self.listeners.snapshot())
     }
 
     fn unused(&self) -> bool {
@@ -619,7 +627,7 @@ impl<T> Machine<T> {
                 Outcome::Done
             }
             Event::TellRemoved => {
-                fx.removed = self.listeners.take();
+                fx.removed = Some(std::mem::take(&mut self.listeners).snapshot());
                 Outcome::Done
             }
             Event::RemoteChange {
@@ -651,7 +659,7 @@ impl<T> Machine<T> {
             Event::StaleTimerFired => {
                 self.stale_timer_at = None; // the queue no longer holds it
                                             // Nothing in the state changed, but an observer's view did: it recomputes.
-                fx.notify = self.listeners.clone();
+                fx.notify = self.observers_to_tell();
                 Outcome::Done
             }
             Event::GcTimerFired { now } => {
@@ -670,7 +678,7 @@ impl<T> Machine<T> {
         };
         self.bookkeeping(fx);
         if self.version != version && fx.notify.is_none() {
-            fx.notify = self.listeners.clone();
+            fx.notify = self.observers_to_tell();
         }
         outcome
     }
@@ -770,27 +778,20 @@ impl<T> Machine<T> {
         if self.options.is_none() {
             self.options = Some(Box::new(opts.clone()));
         }
-        Arc::make_mut(self.listeners.get_or_insert_with(Default::default)).push(watcher);
+        self.listeners.push(watcher);
         Outcome::Yes
     }
 
     fn detach(&mut self, listener: &Arc<dyn EntryListener>) {
         let target = Arc::as_ptr(listener).cast::<u8>();
-        let Some(list) = self.listeners.as_mut().map(Arc::make_mut) else {
-            return;
-        };
-        if let Some(i) = list
-            .iter()
-            .position(|w| Arc::as_ptr(&w.listener).cast::<u8>() == target)
-        {
-            let gone = list.remove(i);
+        let gone = self
+            .listeners
+            .remove_where(|w| Arc::as_ptr(&w.listener).cast::<u8>() == target);
+        if let Some(gone) = gone {
             self.observers = self.observers.saturating_sub(1);
             if gone.enabled {
                 self.enabled_observers = self.enabled_observers.saturating_sub(1);
             }
-        }
-        if list.is_empty() {
-            self.listeners = None;
         }
     }
 
@@ -888,7 +889,7 @@ impl<T> Machine<T> {
     /// observer, a fetch that could not start).
     fn bookkeeping(&mut self, fx: &mut Effects<T>) {
         // An unobserved entry without a stale timer has none to move: no clock read.
-        if self.listeners.is_some() || self.stale_timer_at.is_some() {
+        if !self.listeners.is_empty() || self.stale_timer_at.is_some() {
             let next = self.next_stale_deadline(Instant::now());
             if next != self.stale_timer_at {
                 self.stale_timer_at = next;
