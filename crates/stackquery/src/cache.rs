@@ -20,7 +20,6 @@ use parking_lot::{Mutex, RwLock};
 use crate::entry::{AnyEntry, GcVerdict};
 use crate::key::{KeyHashBuilder, QueryKey};
 use crate::scope::KeyScope;
-use crate::stats::Counters;
 use crate::timers::{TimerKind, TimerTarget, Timers};
 
 type Shard<E> = HashMap<QueryKey, Arc<E>, KeyHashBuilder>;
@@ -44,12 +43,14 @@ pub(crate) struct Cache<E: ?Sized + AnyEntry> {
     retired_hits: AtomicU64,
     /// An entry's timers leave with it, so nothing is kept for entries that are gone.
     timers: Arc<Timers>,
-    /// Evictions and collections are counted here (the rest of the client's counters too).
-    counters: Arc<Counters>,
+    /// Entries evicted for `max_queries`, and collected by the gc (the cache reports its
+    /// own removals: it knows nothing of the client's other counters).
+    evicted: AtomicU64,
+    collected: AtomicU64,
 }
 
 impl<E: ?Sized + AnyEntry> Cache<E> {
-    pub(crate) fn new(max: Option<usize>, timers: Arc<Timers>, counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(max: Option<usize>, timers: Arc<Timers>) -> Self {
         let n = (std::thread::available_parallelism().map_or(4, |n| n.get()) * 8)
             .next_power_of_two()
             .max(16);
@@ -63,7 +64,8 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
             max,
             retired_hits: AtomicU64::new(0),
             timers,
-            counters,
+            evicted: AtomicU64::new(0),
+            collected: AtomicU64::new(0),
         }
     }
 
@@ -194,7 +196,7 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
         match verdict {
             Some(GcVerdict::Collect) => {
                 if self.remove_locked(&mut reg, key, Some(id)).is_some() {
-                    self.counters.gc_collections.incr();
+                    self.collected.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%key, "gc collected");
                 }
             }
@@ -245,7 +247,7 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
                 continue;
             }
             if self.remove_locked(reg, &key, Some(id)).is_some() {
-                self.counters.evictions.incr();
+                self.evicted.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%key, "evicted");
                 n -= 1;
             }
@@ -260,6 +262,14 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
             .map(|s| s.read().values().map(|e| e.hits()).sum::<u64>())
             .sum();
         live + self.retired_hits.load(Ordering::Relaxed)
+    }
+
+    /// Entries evicted for `max_queries` so far, and collected by the gc.
+    pub(crate) fn removals(&self) -> (u64, u64) {
+        (
+            self.evicted.load(Ordering::Relaxed),
+            self.collected.load(Ordering::Relaxed),
+        )
     }
 
     pub(crate) fn clear(&self) -> Vec<Arc<E>> {

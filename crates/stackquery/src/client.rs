@@ -9,10 +9,12 @@ use crate::builder::QueryClientBuilder;
 use crate::engine::cluster::Cluster;
 pub(crate) use crate::engine::Shared;
 use crate::engine::{Covered, ErasedEntry};
-use crate::entry::{Entry, Mode, Step};
+use crate::entry::{Entry, Mode};
 use crate::error::QueryError;
 use crate::filter::QueryFilter;
 use crate::key::QueryKey;
+use crate::mutation::{Mutation, MutationOptions};
+use crate::observer::QueryObserver;
 use crate::options::{Defaults, QueryOptions};
 use crate::scope::KeyScope;
 use crate::snapshot::DehydratedState;
@@ -90,25 +92,6 @@ impl Default for QueryClient {
     }
 }
 
-fn mismatch(entry: &ErasedEntry, requested: &'static str) -> QueryError {
-    QueryError::TypeMismatch {
-        key: entry.key().to_string(),
-        stored: entry.type_name(),
-        requested,
-    }
-}
-
-fn downcast<T: Send + Sync + 'static>(entry: ErasedEntry) -> Result<Arc<Entry<T>>, QueryError> {
-    // The error (which formats the key) is built only when the types differ.
-    if entry.as_any().is::<Entry<T>>() {
-        if let Ok(e) = entry.into_any().downcast::<Entry<T>>() {
-            return Ok(e);
-        }
-        unreachable!("checked with `is` above");
-    }
-    Err(mismatch(&entry, std::any::type_name::<T>()))
-}
-
 impl QueryClient {
     /// A client with the built-in defaults and no size bound.
     pub fn new() -> Self {
@@ -150,7 +133,7 @@ impl QueryClient {
                     // Not fresh: keep the entry, so the slow path need not look it up again.
                     None => Ok(Err(e.clone())),
                 },
-                None => Err(mismatch(e, std::any::type_name::<T>())),
+                None => Err(crate::engine::mismatch(e, std::any::type_name::<T>())),
             }
         });
         match probe {
@@ -161,9 +144,13 @@ impl QueryClient {
             Some(Err(e)) => Err(e),
             // Boxed so the hit path's future stays small.
             Some(Ok(Err(entry))) => {
-                Box::pin(self.run_on(downcast(entry).ok(), opts, Mode::Swr)).await
+                Box::pin(
+                    self.shared
+                        .run_on(crate::engine::downcast(entry).ok(), opts, Mode::Swr),
+                )
+                .await
             }
-            None => Box::pin(self.run_on(None, opts, Mode::Swr)).await,
+            None => Box::pin(self.shared.run_on(None, opts, Mode::Swr)).await,
         }
     }
 
@@ -192,7 +179,7 @@ impl QueryClient {
         &self,
         opts: &QueryOptions<T>,
     ) -> Result<Arc<T>, QueryError> {
-        self.run(opts, Mode::Ensure).await
+        self.shared.run(opts, Mode::Ensure).await
     }
 
     /// Fetches now even if the data is fresh (joining a fetch already in flight) and
@@ -204,62 +191,36 @@ impl QueryClient {
         &self,
         opts: &QueryOptions<T>,
     ) -> Result<Arc<T>, QueryError> {
-        self.run(opts, Mode::Force).await
+        self.shared.run(opts, Mode::Force).await
     }
 
-    pub(crate) async fn run<T: Send + Sync + 'static>(
-        &self,
-        opts: &QueryOptions<T>,
-        mode: Mode,
-    ) -> Result<Arc<T>, QueryError> {
-        self.run_on(None, opts, mode).await
+    /// An observer of `opts`'s key. It does nothing until it has a subscriber.
+    pub fn watch<T: Send + Sync + 'static>(&self, opts: &QueryOptions<T>) -> QueryObserver<T> {
+        QueryObserver::new(self.shared.clone(), opts)
     }
 
-    /// [`run`](Self::run), starting from an entry the caller already found.
-    async fn run_on<T: Send + Sync + 'static>(
-        &self,
-        mut found: Option<Arc<Entry<T>>>,
-        opts: &QueryOptions<T>,
-        mode: Mode,
-    ) -> Result<Arc<T>, QueryError> {
-        // An entry evicted between its creation and its first fetch is created again;
-        // the loop is bounded (the last round fetches on the removed entry regardless).
-        let mut rounds = 0;
-        let step = loop {
-            let entry = match found.take() {
-                Some(e) => e,
-                None => self.typed_entry::<T>(&opts.key)?,
-            };
-            match self.shared.ask(&entry, opts, mode, rounds >= 3)? {
-                Some(step) => break step,
-                None => rounds += 1,
-            }
-        };
-        match step {
-            Step::Ready { data, .. } => Ok(data),
-            Step::Wait { flight, .. } => flight.wait().await,
-        }
-    }
-
-    /// A handle for internal holders (observers): it does not keep the cache alive.
-    pub(crate) fn internal(&self) -> QueryClient {
-        QueryClient {
-            shared: self.shared.clone(),
-            _life: None,
-        }
-    }
-
-    pub(crate) fn typed_entry<T: Send + Sync + 'static>(
-        &self,
-        key: &QueryKey,
-    ) -> Result<Arc<Entry<T>>, QueryError> {
-        let shared = &self.shared;
-        shared.timers.ensure_driver();
-        shared.cluster.start(shared);
-        let erased = shared
-            .cache
-            .get_or_insert(key, || shared.new_entry::<T>(key) as ErasedEntry);
-        downcast(erased)
+    /// A [`Mutation`] running `opts` on this client (its scope queue is this client's).
+    ///
+    /// ```
+    /// use stackquery::{MutationOptions, QueryClient};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stackquery::QueryError> {
+    /// let client = QueryClient::new();
+    /// let double = client.mutation(MutationOptions::new(|n: u32| async move {
+    ///     Ok::<_, std::io::Error>(n * 2)
+    /// }));
+    /// assert_eq!(*double.mutate(21).await?, 42);
+    /// assert!(double.state().is_success());
+    /// # Ok(()) }
+    /// ```
+    pub fn mutation<V, T, C>(&self, opts: MutationOptions<V, T, C>) -> Mutation<V, T>
+    where
+        V: Clone + Send + 'static,
+        T: Send + Sync + 'static,
+        C: Send + 'static,
+    {
+        Mutation::new(self.shared.clone(), opts)
     }
 
     /// The cached data for `key`, fresh or stale. `None` when there is none, or when the
@@ -313,7 +274,7 @@ impl QueryClient {
         data: Arc<T>,
     ) -> Result<(), QueryError> {
         let key = key.into();
-        let entry = self.typed_entry::<T>(&key)?;
+        let entry = self.shared.typed_entry::<T>(&key)?;
         self.shared.write(&entry, data, None);
         self.shared.cache.drop_if_keeping_nothing();
         Ok(())
@@ -339,7 +300,7 @@ impl QueryClient {
         F: Fn(Option<&T>) -> Option<T>,
     {
         let key = key.into();
-        let entry = self.typed_entry::<T>(&key)?;
+        let entry = self.shared.typed_entry::<T>(&key)?;
         loop {
             let (old, gen) = entry.data_and_gen();
             let new = crate::user_code::contain("update_query_data", || updater(old.as_deref()))?;
@@ -566,6 +527,7 @@ impl QueryClient {
     /// (so the hit path touches no shared counter), which makes this call O(entries).
     pub fn stats(&self) -> CacheStats {
         let mut stats = self.shared.counters.snapshot(self.shared.cache.len());
+        (stats.evictions, stats.gc_collections) = self.shared.cache.removals();
         stats.hits += self.shared.cache.hits();
         stats
     }

@@ -15,8 +15,8 @@ use tokio::time::Instant;
 pub(crate) mod machine;
 
 pub(crate) use machine::{
-    Effects, EntryListener, Event, GcVerdict, Mode, Outcome, Persisted, Reload, Source, StartFetch,
-    Step, Timer, TimerSink, Watcher,
+    Ask, Effects, EntryListener, Event, GcVerdict, Mode, Outcome, Persisted, Reload, Source,
+    StartFetch, Step, Timer, TimerSink, Watcher,
 };
 
 use crate::key::QueryKey;

@@ -2,7 +2,7 @@
 //! and an observable state.
 //!
 //! A [`MutationOptions`] holds the async mutation function and its callbacks;
-//! [`QueryClient::mutation`] turns it into a [`Mutation`] handle whose
+//! [`QueryClient::mutation`](crate::QueryClient::mutation) turns it into a [`Mutation`] handle whose
 //! [`mutate`](Mutation::mutate) runs one call:
 //!
 //! 1. the state becomes `Pending` (`submitted_at` is stamped);
@@ -77,7 +77,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use crate::client::{QueryClient, Shared};
+use crate::engine::Shared;
 use crate::error::{BoxError, QueryError};
 use crate::retry::{retry_setters, RetryConfig};
 
@@ -308,7 +308,7 @@ impl<V, T, C> MutationOptions<V, T, C> {
     }
 }
 
-/// A handle on a mutation made by [`QueryClient::mutation`]: run it with
+/// A handle on a mutation made by [`QueryClient::mutation`](crate::QueryClient::mutation): run it with
 /// [`mutate`](Self::mutate), watch its state with [`state`](Self::state) and
 /// [`subscribe`](Self::subscribe).
 ///
@@ -349,34 +349,22 @@ impl<V, T> fmt::Debug for Mutation<V, T> {
     }
 }
 
-impl QueryClient {
-    /// A [`Mutation`] running `opts` on this client (its scope queue is this client's).
-    ///
-    /// ```
-    /// use stackquery::{MutationOptions, QueryClient};
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), stackquery::QueryError> {
-    /// let client = QueryClient::new();
-    /// let double = client.mutation(MutationOptions::new(|n: u32| async move {
-    ///     Ok::<_, std::io::Error>(n * 2)
-    /// }));
-    /// assert_eq!(*double.mutate(21).await?, 42);
-    /// assert!(double.state().is_success());
-    /// # Ok(()) }
-    /// ```
-    pub fn mutation<V, T, C>(&self, opts: MutationOptions<V, T, C>) -> Mutation<V, T>
-    where
-        V: Clone + Send + 'static,
-        T: Send + Sync + 'static,
-        C: Send + 'static,
-    {
+impl<V, T> Mutation<V, T>
+where
+    V: Clone + Send + 'static,
+    T: Send + Sync + 'static,
+{
+    /// A mutation running `opts` on the engine `shared` (see [`QueryClient::mutation`](crate::QueryClient::mutation)).
+    pub(crate) fn new<C: Send + 'static>(
+        shared: Arc<Shared>,
+        opts: MutationOptions<V, T, C>,
+    ) -> Self {
         let scope = opts.scope.clone();
         let opts = Arc::new(opts);
         let exec: Exec<V, T> = Arc::new(move |call| execute(opts.clone(), call).boxed());
         Mutation {
             inner: Arc::new(Inner {
-                shared: self.shared.clone(),
+                shared,
                 cell: Arc::new(StateCell::new()),
                 exec,
                 scope,

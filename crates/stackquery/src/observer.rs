@@ -18,7 +18,7 @@ use futures::stream::{BoxStream, Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::client::QueryClient;
+use crate::engine::Shared;
 use crate::entry::{Entry, EntryListener, Mode};
 use crate::error::QueryError;
 use crate::notify::{deliver, CowList, Drain, Listener, Versioned};
@@ -119,7 +119,7 @@ impl<T, R> Subscribers<T, R> {
 }
 
 struct ObserverInner<T, R> {
-    client: QueryClient,
+    shared: Arc<Shared>,
     opts: QueryOptions<R>,
     select: Arc<Selector<R, T>>,
     data_eq: Arc<DataEq<T>>,
@@ -153,11 +153,13 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> EntryListener for Entry
     }
 }
 
-impl QueryClient {
-    /// An observer of `opts`'s key. It does nothing until it has a subscriber.
-    pub fn watch<T: Send + Sync + 'static>(&self, opts: &QueryOptions<T>) -> QueryObserver<T> {
+impl<T: Send + Sync + 'static> QueryObserver<T> {
+    /// An observer of `opts`'s key on the engine `shared` (see [`QueryClient::watch`]).
+    ///
+    /// [`QueryClient::watch`]: crate::QueryClient::watch
+    pub(crate) fn new(shared: Arc<Shared>, opts: &QueryOptions<T>) -> Self {
         QueryObserver::build(
-            self.internal(),
+            shared,
             opts.clone(),
             Arc::new(|raw: &Arc<T>| raw.clone()),
             Arc::new(|a: &T, b: &T| std::ptr::eq(a, b)),
@@ -167,15 +169,15 @@ impl QueryClient {
 
 impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
     fn build(
-        client: QueryClient,
+        shared: Arc<Shared>,
         opts: QueryOptions<R>,
         select: Arc<Selector<R, T>>,
         data_eq: Arc<DataEq<T>>,
     ) -> Self {
-        let poll_id = client.shared.fresh_id();
+        let poll_id = shared.fresh_id();
         QueryObserver {
             inner: Arc::new_cyclic(|weak| ObserverInner {
-                client,
+                shared,
                 opts,
                 select,
                 data_eq,
@@ -207,7 +209,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
     {
         let inner = self.inner.select.clone();
         QueryObserver::build(
-            self.inner.client.clone(),
+            self.inner.shared.clone(),
             self.inner.opts.clone(),
             Arc::new(move |raw: &Arc<R>| Arc::new(f(&inner(raw)))),
             Arc::new(|a: &S, b: &S| a == b),
@@ -285,7 +287,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
     /// The fetch's error, as for [`QueryClient::fetch_query`].
     pub async fn refetch(&self) -> Result<QueryState<T>, QueryError> {
         self.inner.activate();
-        self.inner.client.run(&self.inner.opts, Mode::Force).await?;
+        self.inner.shared.run(&self.inner.opts, Mode::Force).await?;
         Ok(self.state())
     }
 
@@ -316,7 +318,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
     /// Polls and stale notices run on the client's timer driver; if the runtime it ran on
     /// has shut down, start it again on the current one (one atomic load otherwise).
     fn ensure_timers(&self) {
-        self.client.shared.timers.ensure_driver();
+        self.shared.timers.ensure_driver();
     }
 
     /// Computes the observer's view and its version (bumped when the view changes).
@@ -347,7 +349,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
 
     fn raw_state(&self) -> Result<QueryState<R>, QueryError> {
         let attached = self.subs.lock().attached.as_ref().map(|a| a.entry.clone());
-        let shared = &self.client.shared;
+        let shared = &self.shared;
         let stale_time = shared.defaults.stale_time(&self.opts);
         let entry = match attached {
             Some(e) => e,
@@ -364,7 +366,6 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
 
     fn mismatch(&self) -> QueryError {
         let stored = self
-            .client
             .shared
             .cache
             .get(&self.opts.key)
@@ -477,22 +478,18 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
         let Some(me) = self.weak_self.upgrade() else {
             return;
         };
-        let entry = match self.client.typed_entry::<R>(&self.opts.key) {
+        let entry = match self.shared.typed_entry::<R>(&self.opts.key) {
             Ok(e) => e,
             Err(_) => return, // type mismatch: the state shows it
         };
         let handle: Arc<dyn EntryListener> = Arc::new(EntryHook(Arc::downgrade(&me)));
-        if !self
-            .client
-            .shared
-            .attach(&entry, handle.clone(), &self.opts)
-        {
+        if !self.shared.attach(&entry, handle.clone(), &self.opts) {
             return;
         }
         let mut subs = self.subs.lock();
         if subs.count() == 0 || subs.attached.is_some() {
             drop(subs);
-            self.client.shared.detach(&entry, &handle);
+            self.shared.detach(&entry, &handle);
             return;
         }
         subs.attached = Some(Attachment { entry, handle });
@@ -523,8 +520,8 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             subs.attached.take()
         };
         if let Some(a) = attachment {
-            self.client.shared.detach(&a.entry, &a.handle);
-            self.client.shared.cache.evict_if_over_capacity();
+            self.shared.detach(&a.entry, &a.handle);
+            self.shared.cache.evict_if_over_capacity();
         }
     }
 
@@ -569,7 +566,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             None => return,
         };
         // `Swr` starts a background fetch for missing or stale data and returns at once.
-        if let Err(error) = self.client.shared.ask(&entry, &self.opts, Mode::Swr, false) {
+        if let Err(error) = self.shared.ask(&entry, &self.opts, Mode::Swr, false) {
             tracing::debug!(key = %self.opts.key, %error, "observer fetch did not start");
         }
     }

@@ -222,7 +222,8 @@ fn slot_waiters_dropping_and_rejoining_are_never_lost() {
 // ---------------------------------------------------------------------------------------
 
 use machine::{
-    Cell, EntryListener, Event, Machine, Mode, Outcome, Source, Step, Timer, TimerSink, Watcher,
+    Ask, Cell, EntryListener, Event, Machine, Mode, Outcome, Source, Step, Timer, TimerSink,
+    Watcher,
 };
 use std::time::Duration;
 
@@ -327,14 +328,14 @@ impl Harness {
     /// `fetch_query`: stale-while-revalidate (with an infinite stale time, fresh means
     /// "not invalidated").
     async fn fetch(self: &Arc<Self>) -> Result<Value, error::QueryError> {
-        let event = Event::Ask {
+        let event = Event::Ask(Ask {
             opts: &self.opts,
             stale_time: Duration::MAX,
             gc_time: Duration::MAX,
             mode: Mode::Swr,
             even_if_removed: false,
             can_spawn: true,
-        };
+        });
         match self.dispatch(event) {
             Outcome::Step(Step::Ready { data, .. }) => Ok(*data),
             Outcome::Step(Step::Wait { flight, .. }) => flight.wait().await.map(|v| *v),

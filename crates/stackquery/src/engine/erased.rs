@@ -10,7 +10,6 @@ use futures::FutureExt;
 
 use super::Shared;
 use crate::entry::{AnyEntry, Entry, Event, Outcome, Reload};
-use crate::flight::Flight;
 use crate::snapshot::DehydratedQuery;
 use crate::storage::Envelope;
 use crate::tier::AfterWrite;
@@ -63,32 +62,28 @@ pub(crate) trait EngineEntry: AnyEntry {
     ) -> Result<(), DehydratedQuery>;
 }
 
-fn settled<T: Send + Sync + 'static>(flight: Arc<Flight<T>>) -> Settled {
-    async move {
-        let _ = flight.wait().await;
-    }
-    .boxed()
+/// The settlement of the flight a bulk operation started or joined, if any.
+fn settled<T: Send + Sync + 'static>(outcome: Outcome<T>) -> Option<Settled> {
+    let Outcome::Flight(flight) = outcome else {
+        return None;
+    };
+    Some(
+        async move {
+            let _ = flight.wait().await;
+        }
+        .boxed(),
+    )
 }
 
 impl<T: Send + Sync + 'static> EngineEntry for Entry<T> {
     fn invalidate(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {
         // (The client writes the invalidated flag to the second tier, then announces it.)
-        let event = Event::Invalidate {
-            can_spawn: can_spawn(),
-        };
-        match shared.dispatch(&self, event) {
-            Outcome::Flight(f) => Some(settled(f)),
-            _ => None,
-        }
+        let can_spawn = can_spawn();
+        settled(shared.dispatch(&self, Event::Invalidate { can_spawn }))
     }
     fn refetch(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {
-        let event = Event::Refetch {
-            can_spawn: can_spawn(),
-        };
-        match shared.dispatch(&self, event) {
-            Outcome::Flight(f) => Some(settled(f)),
-            _ => None,
-        }
+        let can_spawn = can_spawn();
+        settled(shared.dispatch(&self, Event::Refetch { can_spawn }))
     }
     fn cancel(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {
         let Outcome::Flight(f) = shared.dispatch(&self, Event::Cancel) else {

@@ -13,9 +13,11 @@ mod fetch;
 pub(crate) mod mutation_scopes;
 mod run;
 mod timer_driver;
+mod typed;
 
 pub(crate) use announce::Covered;
 pub(crate) use erased::EngineEntry;
+pub(crate) use typed::{downcast, mismatch};
 
 use crate::cache::Cache;
 use crate::options::Defaults;
@@ -66,7 +68,7 @@ impl Shared {
             let counters = Arc::new(Counters::default());
             Shared {
                 defaults,
-                cache: Cache::new(max_queries, timers.clone(), counters.clone()),
+                cache: Cache::new(max_queries, timers.clone()),
                 timers,
                 counters,
                 tier,

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::Shared;
-use crate::entry::{Effects, Entry, Event, Outcome, StartFetch, Step, Timer, TimerSink, Watcher};
+use crate::entry::{
+    Ask, Effects, Entry, Event, Outcome, StartFetch, Step, Timer, TimerSink, Watcher,
+};
 use crate::entry::{EntryListener, Mode};
 use crate::error::QueryError;
 use crate::key::QueryKey;
@@ -68,11 +70,15 @@ impl Shared {
         };
         let mut fx = Effects::default();
         let outcome = entry.transition(event, &mut fx, &sink);
-        self.run(entry, fx);
+        self.run_effects(entry, fx);
         outcome
     }
 
-    fn run<T: Send + Sync + 'static>(self: &Arc<Self>, entry: &Arc<Entry<T>>, fx: Effects<T>) {
+    fn run_effects<T: Send + Sync + 'static>(
+        self: &Arc<Self>,
+        entry: &Arc<Entry<T>>,
+        fx: Effects<T>,
+    ) {
         if let Some(start) = fx.fetch {
             self.spawn_fetch(entry, *start);
         }
@@ -155,14 +161,14 @@ impl Shared {
         mode: Mode,
         even_if_removed: bool,
     ) -> Result<Option<Step<T>>, QueryError> {
-        let event = Event::Ask {
+        let event = Event::Ask(Ask {
             opts,
             stale_time: self.defaults.stale_time(opts),
             gc_time: self.defaults.gc_time(opts),
             mode,
             even_if_removed,
             can_spawn: can_spawn(),
-        };
+        });
         let counters = &self.counters;
         match self.dispatch(entry, event) {
             Outcome::Step(step) => {

@@ -87,16 +87,7 @@ pub(crate) enum Event<'a, T> {
     /// A new entry: born unused, so born collectable.
     Born,
     /// A typed call (`fetch_query` and friends, an observer's first fetch) asks for data.
-    Ask {
-        opts: &'a QueryOptions<T>,
-        stale_time: Duration,
-        gc_time: Duration,
-        mode: Mode,
-        /// Go on even if the entry left the cache (the caller gave up looking it up again).
-        even_if_removed: bool,
-        /// A fetch can be spawned (a runtime is present).
-        can_spawn: bool,
-    },
+    Ask(Ask<'a, T>),
     /// A background refresh after a stale hydration (unless a fetch is in flight).
     Refresh {
         opts: &'a QueryOptions<T>,
@@ -161,6 +152,18 @@ pub(crate) enum Event<'a, T> {
     StaleTimerFired,
     /// The gc timer fired at `now`.
     GcTimerFired { now: Instant },
+}
+
+/// What a typed call asks of an entry.
+pub(crate) struct Ask<'a, T> {
+    pub(crate) opts: &'a QueryOptions<T>,
+    pub(crate) stale_time: Duration,
+    pub(crate) gc_time: Duration,
+    pub(crate) mode: Mode,
+    /// Go on even if the entry left the cache (the caller gave up looking it up again).
+    pub(crate) even_if_removed: bool,
+    /// A fetch can be spawned (a runtime is present).
+    pub(crate) can_spawn: bool,
 }
 
 /// What a typed call got.
@@ -487,22 +490,7 @@ impl<T> Machine<T> {
                 fx.arm_gc = true;
                 Outcome::Done
             }
-            Event::Ask {
-                opts,
-                stale_time,
-                gc_time,
-                mode,
-                even_if_removed,
-                can_spawn,
-            } => self.ask(
-                fx,
-                opts,
-                stale_time,
-                gc_time,
-                mode,
-                even_if_removed,
-                can_spawn,
-            ),
+            Event::Ask(ask) => self.ask(fx, ask),
             Event::Refresh { opts, can_spawn } => {
                 if self.flight.is_none() && !self.removed && can_spawn {
                     self.begin_fetch(fx, opts.clone());
@@ -683,17 +671,15 @@ impl<T> Machine<T> {
         outcome
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn ask(
-        &mut self,
-        fx: &mut Effects<T>,
-        opts: &QueryOptions<T>,
-        stale_time: Duration,
-        gc_time: Duration,
-        mode: Mode,
-        even_if_removed: bool,
-        can_spawn: bool,
-    ) -> Outcome<T> {
+    fn ask(&mut self, fx: &mut Effects<T>, ask: Ask<'_, T>) -> Outcome<T> {
+        let Ask {
+            opts,
+            stale_time,
+            gc_time,
+            mode,
+            even_if_removed,
+            can_spawn,
+        } = ask;
         fx.used = self.state.data.is_some();
         if self.removed && !even_if_removed {
             return Outcome::Removed;

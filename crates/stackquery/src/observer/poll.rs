@@ -68,10 +68,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
     /// flight finishes, but arms nothing.
     pub(super) fn stop_polling_locked(&self, subs: &mut Subscribers<T, R>) {
         subs.polling = false;
-        self.client
-            .shared
-            .timers
-            .disarm(self.poll_id, TimerKind::Poll);
+        self.shared.timers.disarm(self.poll_id, TimerKind::Poll);
     }
 
     /// Arms the next poll one interval from now, if still polling.
@@ -90,8 +87,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             return;
         };
         let hook: Weak<dyn TimerHook> = self.weak_self.clone();
-        self.client
-            .shared
+        self.shared
             .timers
             .arm(self.poll_id, TimerKind::Poll, at, TimerTarget::Hook(hook));
     }
@@ -109,13 +105,13 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let client = self.client.clone();
+        let shared = self.shared.clone();
         let opts = self.opts.clone();
         runtime.spawn(async move {
             let _next = next;
             // Joins a fetch in flight, so polls never overlap; a failed poll is logged and
             // the next one tries again.
-            if let Err(error) = client.run(&opts, Mode::Force).await {
+            if let Err(error) = shared.run(&opts, Mode::Force).await {
                 tracing::debug!(key = %opts.key, %error, "poll failed");
             }
         });
