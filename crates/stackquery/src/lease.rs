@@ -1,6 +1,6 @@
 //! [`RedisLeases`]: cluster-wide leases for deduplicating a fetch across instances.
 //!
-//! Beside the cluster code that uses them (`cluster.rs`), public as
+//! Beside the cluster code that uses them (`engine/cluster.rs`), public as
 //! `stackquery::bus::RedisLeases`. Built on a [`RedisStorage`]'s connection and namespace,
 //! through the shared plumbing in `redis_conn`: the storage layer knows nothing of leases.
 

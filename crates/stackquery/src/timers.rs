@@ -63,7 +63,7 @@ struct Queue {
 }
 
 /// Makes the driver task (given the wake-up notifier and the worker's guard). The queue
-/// does not know what firing a timer does: the engine (`timer_driver.rs`) does.
+/// does not know what firing a timer does: the engine (`engine/timer_driver.rs`) does.
 pub(crate) type MakeDriver =
     Box<dyn Fn(Arc<Notify>, Running) -> BoxFuture<'static, ()> + Send + Sync>;
 

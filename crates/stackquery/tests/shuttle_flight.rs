@@ -8,7 +8,7 @@
 //!    scheduler can preempt at every lock. Properties: exactly one `resolve` wins, every
 //!    waiter is woken with that one result, a waiter dropped at any point leaves nothing
 //!    registered, no deadlock.
-//! 2. **The real entry state machine**, `src/entry/machine.rs` (with the real
+//! 2. **The real entry state machine**, `src/entry/machine/` (with the real
 //!    `flight.rs`, `state.rs`, `error.rs` and `deadline.rs` it is built from): its `Cell`
 //!    takes the shuttle lock, so every transition — ask, settle, cancel, invalidate, manual
 //!    write, attach — can be preempted anywhere. The harness plays the engine's part
@@ -60,7 +60,7 @@ mod error;
 #[path = "../src/flight/mod.rs"]
 mod flight;
 #[allow(dead_code, unreachable_pub)]
-#[path = "../src/entry/machine.rs"]
+#[path = "../src/entry/machine/mod.rs"]
 mod machine;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../src/state.rs"]

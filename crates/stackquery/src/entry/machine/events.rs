@@ -1,0 +1,262 @@
+//! The vocabulary of the entry's state machine: the events it takes, the answers and the
+//! effects it gives back, and the small types they carry.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::error::QueryError;
+use crate::flight::{FetchResult, Flight};
+use crate::notify::Snapshot;
+use crate::options::QueryOptions;
+
+/// Whether the next fetch of an entry reads the shared tier first. (Only the `redis`
+/// feature's bus ever asks for a reload.)
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Reload {
+    No,
+    /// Messages may have been lost: take stored data only if it is newer than ours.
+    IfNewer,
+    /// Another instance announced that the shared tier holds the newest data (clocks of
+    /// different machines may disagree, so stamps are not compared).
+    Trust,
+}
+
+/// Told about changes to an entry, after its lock is released.
+pub(crate) trait EntryListener: Send + Sync {
+    /// The entry's state changed (its version moved), or its data just turned stale.
+    fn changed(&self);
+    /// The entry left the cache.
+    fn removed(&self);
+}
+
+/// One observer of an entry, with the settings the entry decides by for it.
+#[derive(Clone)]
+pub(crate) struct Watcher {
+    pub(crate) listener: Arc<dyn EntryListener>,
+    /// Its query is enabled (counts towards `enabled_observers`).
+    pub(crate) enabled: bool,
+    /// Its own stale time: freshness is judged per observer.
+    pub(crate) stale_time: Duration,
+}
+
+/// The observers of an entry as they were when a change happened (notified outside the
+/// lock: the entry keeps them in the notification primitive's copy-on-write list).
+pub(crate) type Listeners = Snapshot<Watcher>;
+
+/// How a typed call treats cached data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Fresh: return. Stale: return and refresh in the background. None: fetch.
+    Swr,
+    /// Any data: return (no refresh). None: fetch.
+    Ensure,
+    /// Always fetch (joining a fetch in flight), return the fetched value.
+    Force,
+}
+
+/// Where settled data came from.
+pub(crate) enum Source {
+    /// The entry's own fetch: stamped now, stale if an invalidation came meanwhile.
+    Fetch,
+    /// The second tier, a peer's result or a snapshot: its stamp and age are kept.
+    Stored {
+        at: SystemTime,
+        invalidated: bool,
+        age: Duration,
+    },
+}
+
+/// Something that happens to an entry.
+pub(crate) enum Event<'a, T> {
+    /// A new entry: born unused, so born collectable.
+    Born,
+    /// A typed call (`fetch_query` and friends, an observer's first fetch) asks for data.
+    Ask(Ask<'a, T>),
+    /// A background refresh after a stale hydration (unless a fetch is in flight).
+    Refresh {
+        opts: &'a QueryOptions<T>,
+        can_spawn: bool,
+    },
+    /// An observer joins.
+    Attach {
+        watcher: Watcher,
+        opts: &'a QueryOptions<T>,
+        gc_time: Duration,
+    },
+    /// An observer leaves.
+    Detach {
+        listener: &'a Arc<dyn EntryListener>,
+    },
+    /// One attempt of `flight` failed (a retry may follow).
+    AttemptFailed {
+        flight: &'a Arc<Flight<T>>,
+        error: QueryError,
+    },
+    /// `flight` ended with `result`, from `source`; stored data is written behind when
+    /// `write` (a fetch's own result; the cluster's lease holder writes it itself).
+    Settled {
+        flight: &'a Arc<Flight<T>>,
+        result: FetchResult<T>,
+        source: Source,
+        write: bool,
+    },
+    /// A manual write; with `expect`, only if the entry still holds that data at that data
+    /// generation (a compare-and-write).
+    Write {
+        data: Arc<T>,
+        expect: Option<(Option<&'a Arc<T>>, u64)>,
+    },
+    /// A snapshot item: taken only if newer than the data held.
+    Restore {
+        data: Arc<T>,
+        at: SystemTime,
+        invalidated: bool,
+    },
+    /// `invalidate_queries`: stale now; an active entry refetches.
+    Invalidate { can_spawn: bool },
+    /// `refetch_queries`: refetch unless disabled (joining a fetch in flight).
+    Refetch { can_spawn: bool },
+    /// `cancel_queries`: the fetch in flight ends as cancelled.
+    Cancel,
+    /// `reset_queries`: back to the initial state.
+    Reset,
+    /// The entry left the cache: nothing writes into it or schedules work for it again.
+    /// (Called under the cache's lock: it tells nobody.)
+    Remove,
+    /// After `Remove`, with no lock held: the observers hear that the entry is gone.
+    TellRemoved,
+    /// Another instance changed the key: stale, maybe reload from the shared tier, and an
+    /// active idle entry refetches now (`refetch_now`) or is reported for a later refetch.
+    RemoteChange {
+        reload: Reload,
+        refetch_now: bool,
+        can_spawn: bool,
+    },
+    /// The stale timer fired: observers recompute, the timer moves on.
+    StaleTimerFired,
+    /// The gc timer fired at `now`.
+    GcTimerFired { now: Instant },
+}
+
+/// What a typed call asks of an entry.
+pub(crate) struct Ask<'a, T> {
+    pub(crate) opts: &'a QueryOptions<T>,
+    pub(crate) stale_time: Duration,
+    pub(crate) gc_time: Duration,
+    pub(crate) mode: Mode,
+    /// Go on even if the entry left the cache (the caller gave up looking it up again).
+    pub(crate) even_if_removed: bool,
+    /// A fetch can be spawned (a runtime is present).
+    pub(crate) can_spawn: bool,
+}
+
+/// What a typed call got.
+pub(crate) enum Step<T> {
+    /// Data from the cache: `fresh` is false for a stale hit.
+    Ready { data: Arc<T>, fresh: bool },
+    /// Wait for a flight (`joined`: one already in flight).
+    Wait {
+        flight: Arc<Flight<T>>,
+        joined: bool,
+    },
+}
+
+/// What the gc does when an entry's timer fires.
+pub(crate) enum GcVerdict {
+    Collect,
+    Rearm(Instant),
+    Keep,
+}
+
+/// The answer of a transition to its caller (the effects are separate).
+pub(crate) enum Outcome<T> {
+    /// Nothing to report.
+    Done,
+    /// The entry has left the cache (an `Ask` without `even_if_removed`).
+    Removed,
+    Step(Step<T>),
+    /// A fetch could not start: `Ask` fails with it.
+    Failed(QueryError),
+    /// A flight to wait on (`Invalidate`, `Refetch`, `Cancel`).
+    Flight(Arc<Flight<T>>),
+    /// `Attach`: joined; `Write`: written; `Settled`: data stored; `RemoteChange` without
+    /// `refetch_now`: the entry should refetch later.
+    Yes,
+    /// The opposite of `Yes`.
+    No,
+    Gc(GcVerdict),
+}
+
+/// A fetch to start (the engine spawns its task).
+pub(crate) struct StartFetch<T> {
+    pub(crate) flight: Arc<Flight<T>>,
+    pub(crate) opts: QueryOptions<T>,
+    /// Read the second tier first, with this reload rule, if the query is persisted and
+    /// something can be read (`None`: go straight to the fetch function).
+    pub(crate) hydrate: Option<Reload>,
+}
+
+/// An entry's deadline timers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Timer {
+    /// When the gc may collect the entry.
+    Gc,
+    /// When its data turns stale for one of its observers.
+    Stale,
+}
+
+/// Where a cell applies its timer changes (the client's timer queue, keyed by entry).
+pub(crate) trait TimerSink {
+    fn arm(&self, timer: Timer, at: Instant);
+    fn disarm(&self, timer: Timer);
+}
+
+/// What the engine runs after a transition, in this order: start the fetch, write behind,
+/// announce, notify, wake the settled flight's waiters.
+pub(crate) struct Effects<T> {
+    /// Timer changes (applied by [`Cell::transition`] under the lock).
+    pub(super) timers: [Option<(Timer, Option<Instant>)>; 2],
+    /// Boxed: most transitions start no fetch, and the effects are moved around.
+    pub(crate) fetch: Option<Box<StartFetch<T>>>,
+    /// Write the entry's state to the second tier.
+    pub(crate) write: bool,
+    /// Tell the other instances what the write did (a manual write: `Set`).
+    pub(crate) announce: bool,
+    /// Observers to tell that the state changed.
+    pub(crate) notify: Option<Listeners>,
+    /// Observers to tell that the entry left the cache.
+    pub(crate) removed: Option<Listeners>,
+    /// Wake the waiters of a settled (or cancelled) flight with its result.
+    pub(crate) resolve: Option<(Arc<Flight<T>>, FetchResult<T>)>,
+    /// The entry's data was used (a read or an overwrite): a second chance for eviction.
+    pub(crate) used: bool,
+    /// The gc deadline restarts if nothing uses the entry (internal to the transition).
+    pub(super) arm_gc: bool,
+}
+
+impl<T> Default for Effects<T> {
+    fn default() -> Self {
+        Effects {
+            timers: [None, None],
+            fetch: None,
+            write: false,
+            announce: false,
+            notify: None,
+            removed: None,
+            resolve: None,
+            used: false,
+            arm_gc: false,
+        }
+    }
+}
+
+/// What a persisted write of the entry carries (read by the engine after a transition).
+pub(crate) struct Persisted<T> {
+    pub(crate) data: Arc<T>,
+    pub(crate) at: SystemTime,
+    pub(crate) invalidated: bool,
+    pub(crate) gc_time: Duration,
+}
