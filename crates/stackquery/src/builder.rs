@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use crate::client::QueryClient;
 use crate::engine::cluster::Cluster;
+use crate::engine::tier::{Tier, TierConfig};
 use crate::key::QueryKey;
 use crate::options::Defaults;
 use crate::retry::retry_setters;
 use crate::storage::{Codec, Storage, TimeoutStorage, DEFAULT_DELETE_PREFIX_TIMEOUT};
-use crate::tier::{Tier, TierConfig};
 
 /// Builds a [`QueryClient`] with client-wide defaults (each query may override them).
 ///

@@ -7,6 +7,7 @@ use futures::future::join_all;
 
 use crate::builder::QueryClientBuilder;
 use crate::engine::cluster::Cluster;
+use crate::engine::tier::Tier;
 pub(crate) use crate::engine::Shared;
 use crate::engine::{Covered, ErasedEntry};
 use crate::entry::{Entry, Mode};
@@ -20,7 +21,6 @@ use crate::scope::KeyScope;
 use crate::snapshot::DehydratedState;
 use crate::state::QueryState;
 use crate::stats::CacheStats;
-use crate::tier::Tier;
 
 /// What a filter covered, for the second tier and the bus: its whole key scope when it
 /// is by key only, else just the entries it matched.

@@ -83,7 +83,6 @@ mod stats;
 pub mod storage;
 mod subscription;
 mod sync;
-mod tier;
 mod timers;
 mod user_code;
 mod worker;

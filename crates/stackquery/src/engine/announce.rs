@@ -6,10 +6,10 @@
 use std::sync::Arc;
 
 use super::{ErasedEntry, Shared};
+use crate::engine::tier::{AfterWrite, Landed, PendingWrite, PersistFns, Tier};
 use crate::entry::Entry;
 use crate::key::QueryKey;
 use crate::scope::{KeyScope, StorageDelete};
-use crate::tier::{AfterWrite, Landed, PendingWrite, PersistFns, Tier};
 
 /// Which bus message a bulk operation sends once its second-tier work has landed.
 #[derive(Clone, Copy)]
@@ -261,7 +261,7 @@ impl Shared {
             send();
             return Vec::new();
         }
-        crate::tier::write_queue::after_all(n, send)
+        crate::engine::tier::write_queue::after_all(n, send)
             .into_iter()
             .map(Some)
             .collect()

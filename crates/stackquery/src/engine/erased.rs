@@ -9,10 +9,10 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use super::Shared;
+use crate::engine::tier::AfterWrite;
 use crate::entry::{AnyEntry, Entry, Event, Outcome, Reload};
 use crate::snapshot::DehydratedQuery;
 use crate::storage::Envelope;
-use crate::tier::AfterWrite;
 
 use super::run::can_spawn;
 

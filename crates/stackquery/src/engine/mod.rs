@@ -12,6 +12,7 @@ mod erased;
 mod fetch;
 pub(crate) mod mutation_scopes;
 mod run;
+pub(crate) mod tier;
 mod timer_driver;
 mod typed;
 
@@ -24,9 +25,9 @@ use crate::options::Defaults;
 use crate::persist_rules::PersistRules;
 use crate::snapshot::Restored;
 use crate::stats::Counters;
-use crate::tier::Tier;
 use crate::timers::Timers;
 use cluster::Cluster;
+use tier::Tier;
 
 /// An entry as the engine's cache holds it.
 pub(crate) type ErasedEntry = Arc<dyn EngineEntry>;
