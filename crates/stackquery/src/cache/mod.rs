@@ -2,32 +2,36 @@
 //!
 //! * Reads (the hit path) take one shard's read lock and nothing else.
 //! * Structural changes (insert, remove, evict) take the registry lock, then a shard's
-//!   write lock — always in that order — so the ordered prefix index and the eviction ring
-//!   always agree with the map.
-//! * Prefix matching walks the ordered index (a `BTreeSet` of keys sorted part by part),
-//!   so its cost grows with the number of matches, not the size of the cache.
+//!   write lock — always in that order — so the prefix index and the eviction ring always
+//!   agree with the map.
+//! * Prefix matching asks the prefix index (`prefix_index.rs`: keys filed under the hash of
+//!   each of their proper prefixes), so its cost grows with the number of matches, not the
+//!   size of the cache; the matches are returned sorted by key.
 //! * Eviction is CLOCK (second chance), a close approximation of LRU whose hit path is a
 //!   single relaxed store: entries that are observed or fetching are skipped.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::ops::Bound;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, RwLock};
 
+mod prefix_index;
+
 use crate::entry::{AnyEntry, GcVerdict};
 use crate::key::{KeyHashBuilder, QueryKey};
 use crate::scope::KeyScope;
 use crate::timers::{TimerKind, TimerTarget, Timers};
+use prefix_index::PrefixIndex;
 
 type Shard<E> = HashMap<QueryKey, Arc<E>, KeyHashBuilder>;
 
 #[derive(Default)]
 struct Registry {
-    index: BTreeSet<QueryKey>,
+    index: PrefixIndex,
     /// CLOCK ring of (entry id, key); ids tell a live slot from one left by a removed entry.
+    /// Kept only under `max_queries`: an unbounded cache never evicts.
     ring: VecDeque<(u64, QueryKey)>,
 }
 
@@ -114,8 +118,10 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
         let entry = make();
         self.shard(key).write().insert(key.clone(), entry.clone());
         self.len.fetch_add(1, Ordering::Relaxed);
-        reg.index.insert(key.clone());
-        reg.ring.push_back((entry.id(), key.clone()));
+        reg.index.insert(key);
+        if self.max.is_some() {
+            reg.ring.push_back((entry.id(), key.clone()));
+        }
         entry
     }
 
@@ -154,31 +160,41 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
     }
 
     /// Entries in `scope`, collected under the registry lock (user predicates run later,
-    /// outside every lock). An exact scope is one shard read, no registry lock.
+    /// outside every lock), sorted by key. An exact scope is one shard read, no registry
+    /// lock.
     pub(crate) fn matching(&self, scope: &KeyScope) -> Vec<Arc<E>> {
-        let lookup = |k: &QueryKey| self.get(k);
+        let mut found = self.matching_unsorted(scope);
+        if found.len() > 1 {
+            found.sort_unstable_by(|a, b| a.key().cmp(b.key()));
+        }
+        found
+    }
+
+    fn matching_unsorted(&self, scope: &KeyScope) -> Vec<Arc<E>> {
         match scope {
             KeyScope::Exact(k) => self.get(k).into_iter().collect(),
-            // The index is ordered part by part: a prefix's keys are one range from it
-            // (the empty prefix's range is the whole index).
-            KeyScope::Prefix(p) => {
+            KeyScope::Prefix(p) if !p.is_empty() => {
                 let reg = self.registry.lock();
-                reg.index
-                    .range((Bound::Included(p), Bound::Unbounded))
-                    .take_while(|k| scope.contains(k))
-                    .filter_map(lookup)
+                self.get(p)
+                    .into_iter()
+                    .chain(reg.index.longer_than(p).filter_map(|k| self.get(k)))
                     .collect()
             }
-            KeyScope::All => {
-                let reg = self.registry.lock();
-                reg.index.iter().filter_map(lookup).collect()
+            // The empty prefix is everything.
+            KeyScope::Prefix(_) | KeyScope::All => {
+                let _reg = self.registry.lock();
+                let mut all = Vec::with_capacity(self.len());
+                for shard in self.shards.iter() {
+                    all.extend(shard.read().values().cloned());
+                }
+                all
             }
         }
     }
 
-    /// Removes every entry in `scope`; returns them.
+    /// Removes every entry in `scope`; returns them (in no particular order).
     pub(crate) fn remove_matching(&self, scope: &KeyScope) -> Vec<Arc<E>> {
-        let victims = self.matching(scope);
+        let victims = self.matching_unsorted(scope);
         let mut reg = self.registry.lock();
         victims
             .iter()
