@@ -122,8 +122,8 @@ impl<T> Entry<T> {
 struct NoTimers;
 
 impl TimerSink for NoTimers {
-    fn arm(&self, _: Timer, _: Instant) {}
-    fn disarm(&self, _: Timer) {}
+    fn arm(&self, _: Timer, _: Option<Instant>, _: Instant) {}
+    fn disarm(&self, _: Timer, _: Instant) {}
 }
 
 /// What the cache needs from an entry without knowing its data type.
@@ -147,10 +147,11 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     /// is still unused; `Rearm(at)` when it is unused but its deadline moved later (the
     /// caller arms the timer at `at`); `Keep` when it is in use (it arms a timer again when
     /// it becomes unused).
-    fn gc_timer_fired(&self, now: Instant) -> GcVerdict;
+    fn gc_timer_fired(&self, fired_at: Instant, now: Instant) -> GcVerdict;
     /// The entry left the cache: detach any fetch so nothing writes into it again.
     /// Called under the cache's lock, so it notifies nobody (see `Event::TellRemoved`).
-    fn mark_removed(&self);
+    /// Returns the deadlines of its gc and stale timers, for the caller to drop.
+    fn mark_removed(&self) -> [Option<Instant>; 2];
 }
 
 impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
@@ -187,9 +188,9 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
     fn is_stale(&self) -> bool {
         self.cell.read(Machine::is_stale)
     }
-    fn gc_timer_fired(&self, now: Instant) -> GcVerdict {
+    fn gc_timer_fired(&self, fired_at: Instant, now: Instant) -> GcVerdict {
         match self.transition(
-            Event::GcTimerFired { now },
+            Event::GcTimerFired { fired_at, now },
             &mut Effects::default(),
             &NoTimers,
         ) {
@@ -197,7 +198,10 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
             _ => GcVerdict::Keep,
         }
     }
-    fn mark_removed(&self) {
-        self.transition(Event::Remove, &mut Effects::default(), &NoTimers);
+    fn mark_removed(&self) -> [Option<Instant>; 2] {
+        match self.transition(Event::Remove, &mut Effects::default(), &NoTimers) {
+            Outcome::Deadlines { gc, stale } => [gc, stale],
+            _ => [None, None],
+        }
     }
 }

@@ -53,8 +53,10 @@ type TimerId = (u64, TimerKind);
 
 #[derive(Default)]
 struct Queue {
-    /// Deadline of each armed timer.
-    deadlines: HashMap<TimerId, Instant>,
+    /// Deadline of each armed hook timer (an observer's poll). An entry's timers are not
+    /// in it: the entry's state machine records their deadlines and names the previous one
+    /// on every change, so a million entries cost no map slot each.
+    hooks: HashMap<TimerId, Instant>,
     /// Armed timers in deadline order.
     order: BTreeMap<(Instant, TimerId), TimerTarget>,
     /// What the driver sleeps until (`None`: no timer, or it is not sleeping on one): an
@@ -85,11 +87,23 @@ impl Timers {
         }
     }
 
-    /// Arms (or re-arms, replacing the previous deadline) timer `(id, kind)` at `at`.
-    pub(crate) fn arm(&self, id: u64, kind: TimerKind, at: Instant, target: TimerTarget) {
+    /// Arms (or re-arms) timer `(id, kind)` at `at`. `previous`: the deadline it is armed at
+    /// now, if any, which this replaces (for a hook, the queue looks it up itself).
+    pub(crate) fn arm(
+        &self,
+        id: u64,
+        kind: TimerKind,
+        previous: Option<Instant>,
+        at: Instant,
+        target: TimerTarget,
+    ) {
         let wake = {
             let mut q = self.queue.lock();
-            if let Some(old) = q.deadlines.insert((id, kind), at) {
+            let previous = match target {
+                TimerTarget::Hook(_) => q.hooks.insert((id, kind), at),
+                TimerTarget::Entry(_) => previous,
+            };
+            if let Some(old) = previous {
                 q.order.remove(&(old, (id, kind)));
             }
             q.order.insert((at, (id, kind)), target);
@@ -105,19 +119,20 @@ impl Timers {
         self.ensure_driver();
     }
 
-    /// Disarms timer `(id, kind)` if armed.
-    pub(crate) fn disarm(&self, id: u64, kind: TimerKind) {
+    /// Disarms timer `(id, kind)`, armed at `previous` (`None`: a hook's, looked up here).
+    pub(crate) fn disarm(&self, id: u64, kind: TimerKind, previous: Option<Instant>) {
         let mut q = self.queue.lock();
-        if let Some(at) = q.deadlines.remove(&(id, kind)) {
+        let previous = previous.or_else(|| q.hooks.remove(&(id, kind)));
+        if let Some(at) = previous {
             q.order.remove(&(at, (id, kind)));
         }
     }
 
-    /// Disarms every timer of entry `id` (it left the cache).
-    pub(crate) fn disarm_entry(&self, id: u64) {
+    /// Disarms the timers of entry `id`, armed at `gc` and `stale` (it left the cache).
+    pub(crate) fn disarm_entry(&self, id: u64, gc: Option<Instant>, stale: Option<Instant>) {
         let mut q = self.queue.lock();
-        for kind in [TimerKind::Gc, TimerKind::Stale] {
-            if let Some(at) = q.deadlines.remove(&(id, kind)) {
+        for (kind, at) in [(TimerKind::Gc, gc), (TimerKind::Stale, stale)] {
+            if let Some(at) = at {
                 q.order.remove(&(at, (id, kind)));
             }
         }
@@ -126,7 +141,7 @@ impl Timers {
     /// How many timers are armed (for tests and memory checks).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.queue.lock().deadlines.len()
+        self.queue.lock().order.len()
     }
 
     /// Starts the driver on the current runtime if it is not running (first use, or its
@@ -139,7 +154,13 @@ impl Timers {
 
     /// Takes the timers due at `now` out of the queue, and records what the driver will
     /// sleep until next.
-    pub(crate) fn take_due(&self, now: Instant) -> (Vec<(TimerId, TimerTarget)>, Option<Instant>) {
+    /// Each due timer comes with the deadline it was armed at (an entry's machine forgets
+    /// its recorded deadline only if it is the one that fired).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn take_due(
+        &self,
+        now: Instant,
+    ) -> (Vec<(Instant, TimerId, TimerTarget)>, Option<Instant>) {
         let mut q = self.queue.lock();
         let mut due = Vec::new();
         while let Some(entry) = q.order.first_entry() {
@@ -148,8 +169,10 @@ impl Timers {
                 break;
             }
             let target = entry.remove();
-            q.deadlines.remove(&id);
-            due.push((id, target));
+            if matches!(target, TimerTarget::Hook(_)) {
+                q.hooks.remove(&id);
+            }
+            due.push((at, id, target));
         }
         let next = q.order.keys().next().map(|(at, _)| *at);
         q.driver_wakes_at = next;

@@ -254,13 +254,26 @@ async fn a_burst_of_unrelated_invalidations_marks_nothing_stale_and_fetches_noth
         0,
         "entries marked stale by unrelated messages"
     );
+    // A reconnection of B's listener is no lag: its health ping can time out when the
+    // machine is loaded far past this test's own spinners (it failed once that way at a
+    // load average of 5.7: 4,000 fetches, 0 lags, every observed entry refetched once).
+    // Messages may have been lost across a reconnection, so by design it refetches every
+    // observed entry once; what must never happen is a refetch caused by the unrelated
+    // messages themselves.
+    let reconnects = u32::try_from(b_bus.reconnect_count()).expect("few reconnects");
+    if reconnects > 0 {
+        println!("B's listener reconnected {reconnects} times (a loaded machine)");
+    }
     assert_eq!(
         calls.load(Ordering::SeqCst),
-        2_000,
+        2_000 * (1 + reconnects),
         "upstream fetches caused by unrelated messages"
     );
     // Not even the sentinels refetched (they are not observed).
-    assert_eq!(b.stats().fetches, fetches_before);
+    assert_eq!(
+        b.stats().fetches,
+        fetches_before + u64::from(2_000 * reconnects)
+    );
     drop(observers);
 }
 

@@ -231,8 +231,8 @@ use std::time::Duration;
 struct NoTimers;
 
 impl TimerSink for NoTimers {
-    fn arm(&self, _: Timer, _: tokio::time::Instant) {}
-    fn disarm(&self, _: Timer) {}
+    fn arm(&self, _: Timer, _: Option<tokio::time::Instant>, _: tokio::time::Instant) {}
+    fn disarm(&self, _: Timer, _: tokio::time::Instant) {}
 }
 
 type Value = u64;

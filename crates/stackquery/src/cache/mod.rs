@@ -141,8 +141,8 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
         }?;
         self.len.fetch_sub(1, Ordering::Relaxed);
         reg.index.remove(key);
-        removed.mark_removed();
-        self.timers.disarm_entry(removed.id());
+        let [gc, stale] = removed.mark_removed();
+        self.timers.disarm_entry(removed.id(), gc, stale);
         self.retired_hits
             .fetch_add(removed.hits(), Ordering::Relaxed);
         // Ring slots of removed entries are dropped lazily; compact when they pile up.
@@ -203,11 +203,14 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
     }
 
     /// Gc: removes entry `id` at `key` if its deadline has passed and it is unused.
-    pub(crate) fn collect(&self, key: &QueryKey, id: u64) {
+    /// `fired_at`: the deadline the fired timer was armed at.
+    pub(crate) fn collect(&self, key: &QueryKey, id: u64, fired_at: tokio::time::Instant) {
         let now = tokio::time::Instant::now();
         let mut reg = self.registry.lock();
         let verdict = self
-            .with(key, |e| (e.id() == id).then(|| e.gc_timer_fired(now)))
+            .with(key, |e| {
+                (e.id() == id).then(|| e.gc_timer_fired(fired_at, now))
+            })
             .flatten();
         match verdict {
             Some(GcVerdict::Collect) => {
@@ -218,7 +221,8 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
             }
             Some(GcVerdict::Rearm(at)) => {
                 let target = TimerTarget::Entry(key.clone());
-                self.timers.arm(id, TimerKind::Gc, at, target);
+                // The timer that fired left the queue: nothing to move.
+                self.timers.arm(id, TimerKind::Gc, None, at, target);
             }
             Some(GcVerdict::Keep) | None => {}
         }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use tokio::time::Instant;
 
 use super::Shared;
 use crate::engine::tier::AfterWrite;
@@ -51,7 +52,7 @@ pub(crate) trait EngineEntry: AnyEntry {
     ) -> bool;
     /// The entry's `Stale` timer fired: its data crossed an observer's stale time, so
     /// observers recompute their state (called by the timer driver, no lock held).
-    fn on_stale_timer(self: Arc<Self>, shared: &Arc<Shared>);
+    fn on_stale_timer(self: Arc<Self>, shared: &Arc<Shared>, at: Instant);
     /// The entry as a snapshot item, if it is persisted and has data.
     fn dehydrate(&self, shared: &Shared) -> Option<DehydratedQuery>;
     /// Applies a snapshot item if the entry can decode it; gives it back otherwise.
@@ -127,8 +128,8 @@ impl<T: Send + Sync + 'static> EngineEntry for Entry<T> {
         };
         matches!(shared.dispatch(&self, event), Outcome::Yes)
     }
-    fn on_stale_timer(self: Arc<Self>, shared: &Arc<Shared>) {
-        shared.dispatch(&self, Event::StaleTimerFired);
+    fn on_stale_timer(self: Arc<Self>, shared: &Arc<Shared>, at: Instant) {
+        shared.dispatch(&self, Event::StaleTimerFired { at });
     }
     fn dehydrate(&self, shared: &Shared) -> Option<DehydratedQuery> {
         let fns = shared.persist_fns(self)?;

@@ -35,12 +35,12 @@ struct EntryTimers<'a> {
 }
 
 impl TimerSink for EntryTimers<'_> {
-    fn arm(&self, timer: Timer, at: Instant) {
+    fn arm(&self, timer: Timer, previous: Option<Instant>, at: Instant) {
         let target = TimerTarget::Entry(self.key.clone());
-        self.timers.arm(self.id, kind(timer), at, target);
+        self.timers.arm(self.id, kind(timer), previous, at, target);
     }
-    fn disarm(&self, timer: Timer) {
-        self.timers.disarm(self.id, kind(timer));
+    fn disarm(&self, timer: Timer, previous: Instant) {
+        self.timers.disarm(self.id, kind(timer), Some(previous));
     }
 }
 

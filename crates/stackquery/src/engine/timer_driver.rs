@@ -20,8 +20,8 @@ pub(crate) async fn drive(shared: Weak<Shared>, wake: Arc<Notify>, _running: Run
                 return; // the client is gone
             };
             let (due, next) = shared.timers.take_due(Instant::now());
-            for ((id, kind), target) in due {
-                fire(&shared, id, kind, target);
+            for (at, (id, kind), target) in due {
+                fire(&shared, at, id, kind, target);
             }
             next
         };
@@ -37,16 +37,16 @@ pub(crate) async fn drive(shared: Weak<Shared>, wake: Arc<Notify>, _running: Run
     }
 }
 
-fn fire(shared: &Arc<Shared>, id: u64, kind: TimerKind, target: TimerTarget) {
+fn fire(shared: &Arc<Shared>, at: Instant, id: u64, kind: TimerKind, target: TimerTarget) {
     match (kind, target) {
-        (TimerKind::Gc, TimerTarget::Entry(key)) => shared.cache.collect(&key, id),
+        (TimerKind::Gc, TimerTarget::Entry(key)) => shared.cache.collect(&key, id, at),
         (_, TimerTarget::Entry(key)) => {
             let entry = shared
                 .cache
                 .with(&key, |e| (e.id() == id).then(|| e.clone()))
                 .flatten();
             if let Some(entry) = entry {
-                entry.on_stale_timer(shared);
+                entry.on_stale_timer(shared, at);
             }
         }
         (_, TimerTarget::Hook(hook)) => {

@@ -68,7 +68,9 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
     /// flight finishes, but arms nothing.
     pub(super) fn stop_polling_locked(&self, subs: &mut Subscribers<T, R>) {
         subs.polling = false;
-        self.shared.timers.disarm(self.poll_id, TimerKind::Poll);
+        self.shared
+            .timers
+            .disarm(self.poll_id, TimerKind::Poll, None);
     }
 
     /// Arms the next poll one interval from now, if still polling.
@@ -87,9 +89,13 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             return;
         };
         let hook: Weak<dyn TimerHook> = self.weak_self.clone();
-        self.shared
-            .timers
-            .arm(self.poll_id, TimerKind::Poll, at, TimerTarget::Hook(hook));
+        self.shared.timers.arm(
+            self.poll_id,
+            TimerKind::Poll,
+            None,
+            at,
+            TimerTarget::Hook(hook),
+        );
     }
 
     /// The poll timer fired (on the timer driver, which must not block): spawn the refetch.

@@ -136,9 +136,9 @@ pub(crate) enum Event<'a, T> {
         can_spawn: bool,
     },
     /// The stale timer fired: observers recompute, the timer moves on.
-    StaleTimerFired,
+    StaleTimerFired { at: Instant },
     /// The gc timer fired at `now`.
-    GcTimerFired { now: Instant },
+    GcTimerFired { fired_at: Instant, now: Instant },
 }
 
 /// What a typed call asks of an entry.
@@ -188,6 +188,11 @@ pub(crate) enum Outcome<T> {
     /// The opposite of `Yes`.
     No,
     Gc(GcVerdict),
+    /// `Remove`: the timers the entry had armed (the caller drops them from the queue).
+    Deadlines {
+        gc: Option<Instant>,
+        stale: Option<Instant>,
+    },
 }
 
 /// A fetch to start (the engine spawns its task).
@@ -208,17 +213,23 @@ pub(crate) enum Timer {
     Stale,
 }
 
+/// A timer moved: (which, armed before at, armed now at); `None` now disarms.
+pub(super) type TimerChange = (Timer, Option<Instant>, Option<Instant>);
+
 /// Where a cell applies its timer changes (the client's timer queue, keyed by entry).
+///
+/// Each call names the deadline the timer was armed at before (`previous`): the machine
+/// records it, so the queue needs no map from timer to deadline to move or drop it.
 pub(crate) trait TimerSink {
-    fn arm(&self, timer: Timer, at: Instant);
-    fn disarm(&self, timer: Timer);
+    fn arm(&self, timer: Timer, previous: Option<Instant>, at: Instant);
+    fn disarm(&self, timer: Timer, previous: Instant);
 }
 
 /// What the engine runs after a transition, in this order: start the fetch, write behind,
 /// announce, notify, wake the settled flight's waiters.
 pub(crate) struct Effects<T> {
     /// Timer changes (applied by [`Cell::transition`] under the lock).
-    pub(super) timers: [Option<(Timer, Option<Instant>)>; 2],
+    pub(super) timers: [Option<TimerChange>; 2],
     /// Boxed: most transitions start no fetch, and the effects are moved around.
     pub(crate) fetch: Option<Box<StartFetch<T>>>,
     /// Write the entry's state to the second tier.

@@ -239,8 +239,10 @@ impl<T> Machine<T> {
                 self.removed = true;
                 self.flight = None;
                 self.gc_deadline = None;
-                self.gc_timer_at = None;
-                Outcome::Done
+                // The cache drops these timers from the queue (it holds the queue).
+                let gc = self.gc_timer_at.take();
+                let stale = self.stale_timer_at.take();
+                Outcome::Deadlines { gc, stale }
             }
             Event::TellRemoved => {
                 fx.removed = Some(std::mem::take(&mut self.listeners).snapshot());
@@ -272,17 +274,23 @@ impl<T> Machine<T> {
                     Outcome::No
                 }
             }
-            Event::StaleTimerFired => {
-                self.stale_timer_at = None; // the queue no longer holds it
-                                            // Nothing in the state changed, but an observer's view did: it recomputes.
+            Event::StaleTimerFired { at } => {
+                // The queue no longer holds the timer that fired; one armed since stays.
+                if self.stale_timer_at == Some(at) {
+                    self.stale_timer_at = None;
+                }
+                // Nothing in the state changed, but an observer's view did: it recomputes.
                 fx.notify = self.observers_to_tell();
                 Outcome::Done
             }
-            Event::GcTimerFired { now } => {
-                self.gc_timer_at = None;
+            Event::GcTimerFired { fired_at, now } => {
+                if self.gc_timer_at == Some(fired_at) {
+                    self.gc_timer_at = None;
+                }
                 let verdict = match self.gc_deadline {
                     Some(d) if self.unused() && d <= now => GcVerdict::Collect,
-                    Some(d) if self.unused() => {
+                    // (Unless a timer armed since will see to it.)
+                    Some(d) if self.unused() && self.gc_timer_at.is_none() => {
                         self.gc_timer_at = Some(d);
                         GcVerdict::Rearm(d)
                     }
@@ -322,10 +330,11 @@ impl<T> Cell<T> {
     ) -> Outcome<T> {
         let mut m = self.machine.lock();
         let outcome = m.transition(event, fx);
-        for (timer, at) in fx.timers.iter_mut().filter_map(Option::take) {
-            match at {
-                Some(at) => timers.arm(timer, at),
-                None => timers.disarm(timer),
+        for (timer, previous, at) in fx.timers.iter_mut().filter_map(Option::take) {
+            match (previous, at) {
+                (previous, Some(at)) => timers.arm(timer, previous, at),
+                (Some(previous), None) => timers.disarm(timer, previous),
+                (None, None) => {}
             }
         }
         drop(m);

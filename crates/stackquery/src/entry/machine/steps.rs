@@ -234,8 +234,8 @@ impl<T> Machine<T> {
         if !self.listeners.is_empty() || self.stale_timer_at.is_some() {
             let next = self.next_stale_deadline(Instant::now());
             if next != self.stale_timer_at {
-                self.stale_timer_at = next;
-                fx.timers[0] = Some((Timer::Stale, next));
+                let previous = std::mem::replace(&mut self.stale_timer_at, next);
+                fx.timers[0] = Some((Timer::Stale, previous, next));
             }
         }
         if !self.unused() {
@@ -252,8 +252,8 @@ impl<T> Machine<T> {
                 // it fires (`GcTimerFired`): the common case (a deadline that only moves
                 // later) touches no shared timer queue.
                 if self.gc_timer_at.is_none_or(|t| t > at) {
-                    self.gc_timer_at = Some(at);
-                    fx.timers[1] = Some((Timer::Gc, Some(at)));
+                    let previous = self.gc_timer_at.replace(at);
+                    fx.timers[1] = Some((Timer::Gc, previous, Some(at)));
                 }
             }
             None => self.gc_deadline = None, // gc_time "forever"
