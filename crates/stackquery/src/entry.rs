@@ -73,6 +73,17 @@ impl<T> Entry<T> {
         Some(data)
     }
 
+    /// A flight in flight this caller can join with no transition (see
+    /// [`Machine::joinable`]).
+    pub(crate) fn joinable(
+        &self,
+        opts: &crate::options::QueryOptions<T>,
+        stale_time: Duration,
+        gc_time: Duration,
+    ) -> Option<Arc<crate::flight::Flight<T>>> {
+        self.cell.read(|m| m.joinable(opts, stale_time, gc_time))
+    }
+
     /// The data held, fresh or stale (a plain read: not a hit, but a use for eviction).
     pub(crate) fn data(&self) -> Option<Arc<T>> {
         let data = self.cell.read(|m| m.data().cloned());

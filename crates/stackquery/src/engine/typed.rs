@@ -50,6 +50,18 @@ impl Shared {
         opts: &QueryOptions<T>,
         mode: Mode,
     ) -> Result<Arc<T>, QueryError> {
+        // The join path: most callers of a cold key find its flight already in flight, and
+        // asking would change nothing: they wait on it with no transition.
+        if let (Some(entry), true) = (&found, mode != Mode::Force) {
+            let stale_time = self.defaults.stale_time(opts);
+            let gc_time = self.defaults.gc_time(opts);
+            if let Some(flight) = entry.joinable(opts, stale_time, gc_time) {
+                self.counters.misses.incr();
+                self.counters.dedup_joins.incr();
+                tracing::trace!(key = %opts.key, "cache miss: joined the fetch in flight");
+                return flight.wait().await;
+            }
+        }
         // An entry evicted between its creation and its first fetch is created again;
         // the loop is bounded (the last round fetches on the removed entry regardless).
         let mut rounds = 0;
@@ -82,5 +94,53 @@ impl Shared {
             .cache
             .get_or_insert(key, || shared.new_entry::<T>(key) as ErasedEntry);
         downcast(erased)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::{key, QueryClient, QueryOptions};
+
+    fn slow(calls: &Arc<AtomicU32>, gc_secs: u64) -> QueryOptions<u32> {
+        let calls = calls.clone();
+        let fetcher = move || {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok::<_, String>(7)
+            }
+        };
+        QueryOptions::new(key!["k"], fetcher).gc_time(Duration::from_secs(gc_secs))
+    }
+
+    /// Joining a flight without a transition must not skip what asking would record: a
+    /// joiner with a longer gc time than the flight's starter still extends the entry's
+    /// life (the largest gc time asked for wins), so it takes the asking path.
+    #[tokio::test(start_paused = true)]
+    async fn a_joiner_with_a_longer_gc_time_still_extends_the_entry() {
+        let client = QueryClient::new();
+        let calls = Arc::new(AtomicU32::new(0));
+        let short = slow(&calls, 2);
+        let long = short.clone().gc_time(Duration::from_secs(60));
+        let (a, b, c) = tokio::join!(
+            client.fetch_query(&short),
+            client.fetch_query(&short),
+            client.fetch_query(&long),
+        );
+        assert_eq!((*a.unwrap(), *b.unwrap(), *c.unwrap()), (7, 7, 7));
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one fetch");
+        assert_eq!(client.stats().dedup_joins, 2);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(
+            client.get_query_data::<u32>(&key!["k"]).is_some(),
+            "collected after the starter's 2 s, not the joiner's 60 s"
+        );
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(client.get_query_data::<u32>(&key!["k"]).is_none());
     }
 }

@@ -42,6 +42,25 @@ impl<T> Machine<T> {
         }
     }
 
+    /// The flight a caller can join without changing anything: one is in flight, there is
+    /// no data to serve instead, and the caller's options, stale time and gc time are the
+    /// ones the entry already has (so `Event::Ask` would only answer "wait"). `None`: ask.
+    pub(crate) fn joinable(
+        &self,
+        opts: &QueryOptions<T>,
+        stale_time: Duration,
+        gc_time: Duration,
+    ) -> Option<Arc<Flight<T>>> {
+        let flight = self.flight.as_ref()?;
+        let unchanged = !self.removed
+            && self.state.data.is_none()
+            && self.stale_time == stale_time
+            && self.gc_time_asked
+            && self.gc_time >= gc_time
+            && self.options.as_ref().is_some_and(|o| o.same_as(opts));
+        unchanged.then(|| flight.clone())
+    }
+
     pub(crate) fn data(&self) -> Option<&Arc<T>> {
         self.state.data.as_ref()
     }
