@@ -5,11 +5,12 @@
 //! cargo run --release -p stackquery-bench -- --quick     # under a minute
 //! cargo run --release -p stackquery-bench                # full mode
 //! cargo run --release -p stackquery-bench -- --only hit  # one workload (hit, dedup,
-//!                                                        # fill, zipf, invalidate, memory)
+//!                                                        # fill, zipf, invalidate, memory,
+//!                                                        # hydration, scaling)
 //! ```
 //!
-//! Prints a markdown comparison table, and writes it with an SVG plot of hit latency and
-//! dedup overhead to `crates/stackquery-bench/results/` (or `--out DIR`). Memory is
+//! Prints a markdown comparison table, and writes it with an SVG plot of hit latency,
+//! dedup overhead and their scaling over 1, 2 and 4 threads to `crates/stackquery-bench/results/` (or `--out DIR`). Memory is
 //! measured in child processes of this binary (`--memory <contender> --entries N`), one
 //! per contender, so resident-set deltas never mix. `--profile <loop>` runs one of
 //! stackquery's loops alone, for `perf` or `callgrind`.
@@ -103,7 +104,7 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: stackquery-bench [--quick] [--only hit|dedup|fill|zipf|invalidate|memory] [--out DIR]\n\
+        "usage: stackquery-bench [--quick] [--only hit|dedup|fill|zipf|invalidate|memory|hydration|scaling] [--out DIR]\n\
          \x20      stackquery-bench --memory <contender> [--entries N]   (child process)\n\
          \x20      stackquery-bench --profile <loop> [--ops N]   (stackquery alone, for perf/callgrind; loops: {})",
         profile::LOOPS.join(", ")
@@ -214,6 +215,13 @@ fn main() {
     if wants("hydration") {
         step("cold hydration from SQLite", &mut || {
             vec![workloads::hydration::run(&cfg)]
+        });
+    }
+    if wants("scaling") {
+        step("scaling over 1, 2, 4 threads", &mut || {
+            let mut s = workloads::hit::scaling(&cfg);
+            s.extend(workloads::dedup::scaling(&cfg));
+            s
         });
     }
 

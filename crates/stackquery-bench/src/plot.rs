@@ -1,5 +1,6 @@
-//! The SVG plot: fresh-hit latency and cold-key dedup overhead, as grouped horizontal
-//! bars (one group per contender, one bar per variant of the workload).
+//! The SVG plot: fresh-hit latency, cold-key dedup overhead and their scaling over 1, 2
+//! and 4 threads, as grouped horizontal bars (one group per contender, one bar per variant
+//! of the workload).
 
 use std::error::Error;
 use std::path::Path;
@@ -12,14 +13,15 @@ use crate::report::{fmt_num, Section};
 struct Panel {
     title: &'static str,
     unit: &'static str,
-    series: [(&'static str, &'static str); 2],
+    /// Section id and legend label of each bar of a group.
+    series: &'static [(&'static str, &'static str)],
 }
 
-const PANELS: [Panel; 2] = [
+const PANELS: [Panel; 4] = [
     Panel {
         title: "Fresh-hit latency (median; lower is better)",
         unit: "ns per operation",
-        series: [
+        series: &[
             ("hit_1task", "1 task"),
             ("hit_2threads", "2 OS threads, 8 hot keys (per thread)"),
         ],
@@ -27,9 +29,28 @@ const PANELS: [Panel; 2] = [
     Panel {
         title: "Cold-key dedup overhead per caller, 10 ms fetch (median; lower is better)",
         unit: "ns per caller beyond the fetch",
-        series: [
+        series: &[
             ("dedup_1k", "1,000 callers"),
             ("dedup_100k", "100,000 callers"),
+        ],
+    },
+    Panel {
+        title: "Hit throughput on 8 hot keys by OS threads, 2 cores (median; higher is better)",
+        unit: "M ops/s, all threads together",
+        series: &[
+            ("scaling_hit_1", "1 thread"),
+            ("scaling_hit_2", "2 threads"),
+            ("scaling_hit_4", "4 threads"),
+        ],
+    },
+    Panel {
+        title:
+            "Dedup overhead, 1,000 callers, by worker threads, 2 cores (median; lower is better)",
+        unit: "ns per caller beyond the fetch",
+        series: &[
+            ("scaling_dedup_1", "1 worker"),
+            ("scaling_dedup_2", "2 workers"),
+            ("scaling_dedup_4", "4 workers"),
         ],
     },
 ];
@@ -50,7 +71,7 @@ pub(crate) fn write(path: &Path, sections: &[Section]) -> Result<bool, Box<dyn E
     for (area, panel) in areas.iter().zip(panels) {
         // Contenders in the order of the first section that has them.
         let mut names: Vec<String> = Vec::new();
-        for (id, _) in &panel.series {
+        for (id, _) in panel.series {
             for row in find(id).map(|s| s.rows.as_slice()).unwrap_or_default() {
                 if row.median().is_some() && !names.contains(&row.contender) {
                     names.push(row.contender.clone());
@@ -92,9 +113,12 @@ pub(crate) fn write(path: &Path, sections: &[Section]) -> Result<bool, Box<dyn E
             .draw()?;
         let value_style =
             TextStyle::from(("sans-serif", 11).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+        // The k bars of a group share 0.76 of a row, the first on top.
+        let k = panel.series.len() as f64;
+        let half = 0.34 / k;
         for (si, (id, series_label)) in panel.series.iter().enumerate() {
             let color = Palette99::pick(si * 3).to_rgba();
-            let offset = if si == 0 { 0.19 } else { -0.19 };
+            let offset = 0.38 - (2 * si + 1) as f64 * 0.38 / k;
             let bars: Vec<(f64, f64)> = names
                 .iter()
                 .enumerate()
@@ -102,7 +126,7 @@ pub(crate) fn write(path: &Path, sections: &[Section]) -> Result<bool, Box<dyn E
                 .collect();
             chart
                 .draw_series(bars.iter().map(|&(y, v)| {
-                    Rectangle::new([(0.0, y - 0.17), (v, y + 0.17)], color.filled())
+                    Rectangle::new([(0.0, y - half), (v, y + half)], color.filled())
                 }))?
                 .label(*series_label)
                 .legend(move |(x, y)| {

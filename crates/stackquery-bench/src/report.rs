@@ -172,6 +172,39 @@ impl Section {
     }
 }
 
+/// One workload measured at several settings (thread counts, say), one section each: a
+/// markdown table with a row per contender (in the first section's order), the median of
+/// each section under its label, and the last median over the first.
+pub(crate) fn curve(sections: &[Section], labels: &[String]) -> String {
+    let mut s = String::new();
+    let (Some(first), Some(last)) = (labels.first(), labels.last()) else {
+        return s;
+    };
+    let _ = writeln!(
+        s,
+        "| contender | {} | {last} ÷ {first} |",
+        labels.join(" | ")
+    );
+    let _ = writeln!(s, "|---|{}---:|", "---:|".repeat(labels.len()));
+    for row in sections
+        .first()
+        .map(|x| x.rows.as_slice())
+        .unwrap_or_default()
+    {
+        let medians: Vec<Option<f64>> = sections.iter().map(|x| x.median(&row.contender)).collect();
+        let cells: Vec<String> = medians
+            .iter()
+            .map(|m| m.map_or_else(|| "—".to_string(), fmt_num))
+            .collect();
+        let ratio = match (medians.first(), medians.last()) {
+            (Some(Some(a)), Some(Some(b))) if *a > 0.0 => format!("{:.2}", b / a),
+            _ => "—".to_string(),
+        };
+        let _ = writeln!(s, "| {} | {} | {ratio} |", row.contender, cells.join(" | "));
+    }
+    s
+}
+
 /// Compact number formatting: 3 significant digits below 100, thousands separators
 /// above, and `M` for millions.
 pub(crate) fn fmt_num(v: f64) -> String {
@@ -219,6 +252,17 @@ mod tests {
         assert_eq!(fmt_num(49.04), "49.0");
         assert_eq!(fmt_num(1.234), "1.23");
         assert_eq!(fmt_num(421_000.0), "421,000");
+    }
+
+    #[test]
+    fn curve_has_a_column_per_section() {
+        let mut one = Section::new("a", "a", "M ops/s", Better::Higher);
+        one.push(Row::new("sq", vec![10.0]));
+        let mut four = Section::new("b", "b", "M ops/s", Better::Higher);
+        four.push(Row::new("sq", vec![15.0]));
+        let t = curve(&[one, four], &["1".into(), "4".into()]);
+        assert!(t.contains("| contender | 1 | 4 | 4 ÷ 1 |"), "{t}");
+        assert!(t.contains("| sq | 10.0 | 15.0 | 1.50 |"), "{t}");
     }
 
     #[test]

@@ -47,9 +47,29 @@ pub fn max(samples: &[f64]) -> f64 {
 pub async fn ns_per_op<F, Fut, R>(
     reps: usize,
     batch: usize,
+    before_batch: impl FnMut(),
+    op: F,
+) -> Vec<f64>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = R>,
+{
+    batch_spans(reps, batch, before_batch, op)
+        .await
+        .into_iter()
+        .map(|(start, end)| (end - start).as_nanos() as f64 / batch as f64)
+        .collect()
+}
+
+/// [`ns_per_op`]'s loop, returning when each timed batch started and ended: threads that
+/// run batches side by side can then be timed together, from the first start to the last
+/// end.
+pub async fn batch_spans<F, Fut, R>(
+    reps: usize,
+    batch: usize,
     mut before_batch: impl FnMut(),
     mut op: F,
-) -> Vec<f64>
+) -> Vec<(Instant, Instant)>
 where
     F: FnMut(usize) -> Fut,
     Fut: Future<Output = R>,
@@ -59,7 +79,7 @@ where
         black_box(op(i).await);
         i = i.wrapping_add(1);
     }
-    let mut samples = Vec::with_capacity(reps);
+    let mut spans = Vec::with_capacity(reps);
     for _ in 0..reps {
         before_batch();
         let start = Instant::now();
@@ -67,9 +87,9 @@ where
             black_box(op(i).await);
             i = i.wrapping_add(1);
         }
-        samples.push(start.elapsed().as_nanos() as f64 / batch as f64);
+        spans.push((start, Instant::now()));
     }
-    samples
+    spans
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 //! fetch once. The figure is the wall time from the first spawn until every caller has
 //! its value, minus the fetch's own measured duration, divided by N: what each extra
 //! caller costs beyond the 10 ms.
+//!
+//! [`scaling`] runs the 1,000-caller case on 1, 2 and 4 workers (`--only scaling`).
 
 use std::future::Future;
 use std::hint::black_box;
@@ -16,9 +18,10 @@ use stackquery_bench::contenders::SingleFlight;
 use stackquery_bench::stats::median;
 
 use super::{
-    multi_thread, on_worker, Never, FRESH_FOR, HAND, MOKA_GET_WITH, MOKA_TRY_GET_WITH, SQ_FETCH,
+    multi_thread_with, on_worker, Never, FRESH_FOR, HAND, MOKA_GET_WITH, MOKA_TRY_GET_WITH,
+    SCALING, SQ_FETCH,
 };
-use crate::report::{fmt_count, fmt_num, Better, Row, Section};
+use crate::report::{curve, fmt_count, fmt_num, Better, Row, Section};
 use crate::Cfg;
 
 const FETCH: Duration = Duration::from_millis(10);
@@ -134,23 +137,18 @@ async fn rep_hand(n: usize) -> Rep {
     }
 }
 
-fn section(n: usize, reps: usize) -> Section {
-    let id = if n >= 100_000 {
-        "dedup_100k"
-    } else {
-        "dedup_1k"
-    };
-    let mut s = Section::new(
-        id,
-        format!(
-            "Cold-key deduplication, {} concurrent callers, 10 ms fetch",
-            fmt_num(n as f64)
-        ),
-        "ns/caller",
-        Better::Lower,
-    );
+/// `n` callers per run, `reps` runs of each of `contenders` on a runtime of `workers`.
+fn section(
+    id: &'static str,
+    title: String,
+    n: usize,
+    reps: usize,
+    workers: usize,
+    contenders: &[&str],
+) -> Section {
+    let mut s = Section::new(id, title, "ns/caller", Better::Lower);
     s.reference(SQ_FETCH);
-    let rt = multi_thread();
+    let rt = multi_thread_with(workers);
     let mut run = |name: &str, make: &dyn Fn() -> Rep| {
         let mut overhead = Vec::with_capacity(reps);
         let mut totals = Vec::with_capacity(reps);
@@ -191,12 +189,17 @@ fn section(n: usize, reps: usize) -> Section {
             median(&totals)
         )));
     };
-    run(SQ_FETCH, &|| on_worker(&rt, rep_stackquery(n)));
-    run(MOKA_GET_WITH, &|| on_worker(&rt, rep_moka(n, false)));
-    run(MOKA_TRY_GET_WITH, &|| on_worker(&rt, rep_moka(n, true)));
-    run(HAND, &|| on_worker(&rt, rep_hand(n)));
+    for &name in contenders {
+        match name {
+            SQ_FETCH => run(name, &|| on_worker(&rt, rep_stackquery(n))),
+            MOKA_GET_WITH => run(name, &|| on_worker(&rt, rep_moka(n, false))),
+            MOKA_TRY_GET_WITH => run(name, &|| on_worker(&rt, rep_moka(n, true))),
+            HAND => run(name, &|| on_worker(&rt, rep_hand(n))),
+            other => unreachable!("no dedup run for {other}"),
+        }
+    }
     s.note(format!(
-        "Callers are tasks spawned by one driver task on a 2-worker runtime; overhead = \
+        "Callers are tasks spawned by one driver task on a {workers}-worker runtime; overhead = \
          (wall time − the fetch's measured sleep) / {n}. Spawning and joining a task is \
          included for every contender alike. {reps} runs each. When spawning the callers \
          takes longer than the 10 ms fetch (100,000 callers), the late callers find the \
@@ -206,9 +209,64 @@ fn section(n: usize, reps: usize) -> Section {
     s
 }
 
+fn title(n: usize) -> String {
+    format!(
+        "Cold-key deduplication, {} concurrent callers, 10 ms fetch",
+        fmt_num(n as f64)
+    )
+}
+
 pub(crate) fn run(cfg: &Cfg) -> Vec<Section> {
+    let all = [SQ_FETCH, MOKA_GET_WITH, MOKA_TRY_GET_WITH, HAND];
     vec![
-        section(1_000, cfg.dedup_small_reps),
-        section(100_000, cfg.dedup_large_reps),
+        section(
+            "dedup_1k",
+            title(1_000),
+            1_000,
+            cfg.dedup_small_reps,
+            2,
+            &all,
+        ),
+        section(
+            "dedup_100k",
+            title(100_000),
+            100_000,
+            cfg.dedup_large_reps,
+            2,
+            &all,
+        ),
     ]
+}
+
+/// Dedup scaling: the 1,000-caller run (every caller joins the flight) on runtimes of 1, 2
+/// and 4 workers, one section per worker count; stackquery, moka `get_with` and the
+/// hand-written map.
+pub(crate) fn scaling(cfg: &Cfg) -> Vec<Section> {
+    const N: usize = 1_000;
+    let mut out: Vec<Section> = SCALING
+        .iter()
+        .map(|&(workers, _, id)| {
+            section(
+                id,
+                format!(
+                    "Dedup scaling: {} callers on {workers} worker thread{}, 10 ms fetch",
+                    fmt_num(N as f64),
+                    if workers == 1 { "" } else { "s" }
+                ),
+                N,
+                cfg.dedup_small_reps,
+                workers,
+                &[SQ_FETCH, MOKA_GET_WITH, HAND],
+            )
+        })
+        .collect();
+    let labels: Vec<String> = SCALING.iter().map(|(w, _, _)| w.to_string()).collect();
+    let table = curve(&out, &labels);
+    if let Some(last) = out.last_mut() {
+        last.note(format!(
+            "This machine has 2 cores: 4 workers time-share them.\n\nThe curve (median \
+             ns/caller by worker count; lower is better):\n\n{table}"
+        ));
+    }
+    out
 }

@@ -3,19 +3,22 @@
 //! read the same 8 hot keys at once, each on its own current-thread runtime.
 //!
 //! Each operation returns the cached `Arc` (cloned) and drops it, for every contender.
+//!
+//! [`scaling`] runs the hot-key loop on 1, 2 and 4 threads (`--only scaling`).
 
 use std::sync::{Arc, Barrier};
+use std::time::Instant;
 
 use moka::future::Cache as MokaCache;
 use stackquery::{key, QueryClient, QueryKey, QueryOptions};
 use stackquery_bench::contenders::{Floor, FloorPrehashed, SingleFlight};
-use stackquery_bench::stats::{median, ns_per_op};
+use stackquery_bench::stats::{batch_spans, median, ns_per_op};
 
 use super::{
-    current_thread, Never, FLOOR, FLOOR_PRE, FRESH_FOR, HAND, MOKA_GET, MOKA_GET_WITH, SQ_FETCH,
-    SQ_GET,
+    current_thread, Never, FLOOR, FLOOR_PRE, FRESH_FOR, HAND, MOKA_GET, MOKA_GET_WITH, SCALING,
+    SQ_FETCH, SQ_GET,
 };
-use crate::report::{Better, Row, Section};
+use crate::report::{curve, fmt_num, Better, Row, Section};
 use crate::Cfg;
 
 const KEYS: usize = 1024;
@@ -78,7 +81,8 @@ fn fixture() -> Fixture {
 
 /// Runs the same hit loop on `threads` OS threads at once (each with its own
 /// current-thread runtime); every thread's batch starts at a shared barrier. `$i` is the
-/// call counter of the thread and `$body` the async operation.
+/// call counter of the thread and `$body` the async operation. Returns the start and end
+/// of each timed batch, per thread.
 macro_rules! threads {
     ($cfg:expr, $threads:expr, |$i:ident| $body:expr) => {{
         let cfg: &Cfg = $cfg;
@@ -90,7 +94,7 @@ macro_rules! threads {
                     let barrier = &barrier;
                     s.spawn(move || {
                         let rt = current_thread();
-                        rt.block_on(ns_per_op(
+                        rt.block_on(batch_spans(
                             cfg.hit_reps,
                             cfg.hit_batch,
                             || {
@@ -108,7 +112,7 @@ macro_rules! threads {
             handles
                 .into_iter()
                 .map(|h| h.join().expect("bench thread panicked"))
-                .collect::<Vec<Vec<f64>>>()
+                .collect::<Vec<Vec<(Instant, Instant)>>>()
         })
     }};
 }
@@ -217,9 +221,18 @@ pub(crate) fn run(cfg: &Cfg) -> Vec<Section> {
         Better::Lower,
     );
     two.reference(SQ_FETCH);
-    let mut both = |name: &str, per_thread: Vec<Vec<f64>>| {
+    let batch = cfg.hit_batch as f64;
+    let mut both = |name: &str, spans: Vec<Vec<(Instant, Instant)>>| {
         // Sample r: the two threads' batches r ran side by side; ns/op per thread is
         // their mean, and the aggregate throughput 2 / that.
+        let per_thread: Vec<Vec<f64>> = spans
+            .iter()
+            .map(|t| {
+                t.iter()
+                    .map(|(a, b)| (*b - *a).as_nanos() as f64 / batch)
+                    .collect()
+            })
+            .collect();
         let reps = per_thread[0].len();
         let samples: Vec<f64> = (0..reps)
             .map(|r| per_thread.iter().map(|t| t[r]).sum::<f64>() / per_thread.len() as f64)
@@ -284,4 +297,88 @@ pub(crate) fn run(cfg: &Cfg) -> Vec<Section> {
          (the mean of the two threads' batch times).",
     );
     vec![one, two]
+}
+
+/// Hit scaling: the hot-key loop of the 2-thread section on 1, 2 and 4 OS threads (each
+/// with its own current-thread runtime), one section per thread count. The figure is the
+/// total throughput of a repetition: threads × batch ops over the wall time from the
+/// first thread's start to the last thread's end (all are released by one barrier, so
+/// time a thread spends waiting for a core counts).
+pub(crate) fn scaling(cfg: &Cfg) -> Vec<Section> {
+    let fx = fixture();
+    let (c, o, k) = (&fx.client, &fx.opts, &fx.keys);
+    let (m, h, f) = (&fx.moka, &fx.hand, &fx.floor);
+    let fetches_before = c.stats().fetches;
+    let mut out = Vec::new();
+    for (threads, id, _) in SCALING {
+        let mut s = Section::new(
+            id,
+            format!(
+                "Hit scaling: {threads} OS thread{} on 8 hot keys (total throughput)",
+                if threads == 1 { "" } else { "s" }
+            ),
+            "M ops/s",
+            Better::Higher,
+        );
+        s.reference(SQ_FETCH);
+        let ops = (threads * cfg.hit_batch) as f64;
+        let mut add = |name: &str, spans: Vec<Vec<(Instant, Instant)>>| {
+            let reps = spans[0].len();
+            let wall: Vec<f64> = (0..reps)
+                .map(|r| {
+                    let first = spans.iter().map(|t| t[r].0).min().expect("a thread");
+                    let last = spans.iter().map(|t| t[r].1).max().expect("a thread");
+                    (last - first).as_nanos() as f64
+                })
+                .collect();
+            let total: Vec<f64> = wall.iter().map(|ns| ops * 1e3 / ns).collect();
+            s.push(Row::new(name, total).note(format!(
+                "wall time {} µs per repetition (median)",
+                fmt_num(median(&wall) / 1e3)
+            )));
+        };
+        add(
+            SQ_FETCH,
+            threads!(cfg, threads, |i| c
+                .fetch_query(&o[i % HOT])
+                .await
+                .expect("hit")),
+        );
+        add(
+            SQ_GET,
+            threads!(cfg, threads, |i| c
+                .get_query_data::<String>(&k[i % HOT])
+                .expect("hit")),
+        );
+        add(
+            MOKA_GET,
+            threads!(cfg, threads, |i| m.get(&k[i % HOT]).await.expect("hit")),
+        );
+        add(
+            HAND,
+            threads!(cfg, threads, |i| h
+                .get_or_fetch(&k[i % HOT], || async { Arc::new(value()) })
+                .await),
+        );
+        add(
+            FLOOR,
+            threads!(cfg, threads, |i| f.get(&k[i % HOT]).expect("hit")),
+        );
+        out.push(s);
+    }
+    assert_eq!(
+        c.stats().fetches,
+        fetches_before,
+        "stackquery fetched on a hit"
+    );
+    let labels: Vec<String> = SCALING.iter().map(|(t, _, _)| t.to_string()).collect();
+    let table = curve(&out, &labels);
+    if let Some(last) = out.last_mut() {
+        last.note(format!(
+            "All threads read the same 8 keys; each has its own current-thread runtime. This \
+             machine has 2 cores: 4 threads time-share them.\n\nThe curve (median total M \
+             ops/s by thread count; higher is better):\n\n{table}"
+        ));
+    }
+    out
 }

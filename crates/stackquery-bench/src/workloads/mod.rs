@@ -39,12 +39,25 @@ pub(crate) fn current_thread() -> Runtime {
 
 /// A runtime with one worker per core of this 2-core machine (2 workers).
 pub(crate) fn multi_thread() -> Runtime {
+    multi_thread_with(2)
+}
+
+/// A runtime with `workers` worker threads.
+pub(crate) fn multi_thread_with(workers: usize) -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("tokio runtime")
 }
+
+/// Thread counts of the scaling workload (`--only scaling`), each with the ids of its
+/// hit and dedup sections.
+pub(crate) const SCALING: [(usize, &str, &str); 3] = [
+    (1, "scaling_hit_1", "scaling_dedup_1"),
+    (2, "scaling_hit_2", "scaling_dedup_2"),
+    (4, "scaling_hit_4", "scaling_dedup_4"),
+];
 
 /// Runs `f` as a task on one of `rt`'s workers (like a request handler in an
 /// application), so background tasks of the cache run on the other worker meanwhile.
