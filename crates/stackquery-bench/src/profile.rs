@@ -7,13 +7,16 @@
 //! perf record -g -- target/release/stackquery-bench --profile hit
 //! valgrind --tool=callgrind target/release/stackquery-bench --profile hit --ops 200000
 //! ```
+//!
+//! Per-op instruction counts: run callgrind at two `--ops` and divide the difference of
+//! the totals by the difference of the ops (setup cancels out).
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
 use stackquery::{key, QueryClient, QueryKey, QueryOptions};
-use stackquery_bench::contenders::SingleFlight;
+use stackquery_bench::contenders::{Floor, SingleFlight};
 
 use crate::workloads::{current_thread, multi_thread, on_worker, Never, FRESH_FOR};
 
@@ -23,12 +26,30 @@ use crate::workloads::{current_thread, multi_thread, on_worker, Never, FRESH_FOR
 /// 1,000 callers with a 300 ms fetch (`join`: long enough that every caller joins the
 /// flight even under valgrind, where spawning is ~50× slower).
 /// `join-hand` is `join` on the hand-written single-flight map, for comparison.
-pub(crate) const LOOPS: &[&str] = &["hit", "get", "fill", "set", "dedup", "join", "join-hand"];
+/// `hit-new-opts` is `hit` with the options built for every call
+/// (`QueryOptions::new(key!["user", id], move || load(id))`, issue 13), and
+/// `floor-key-clone` its reference: the `RwLock<HashMap>` floor, the key cloned per lookup
+/// (`floor-key-built`: the key built per lookup with `key!`, as the options are).
+pub(crate) const LOOPS: &[&str] = &[
+    "hit",
+    "get",
+    "hit-new-opts",
+    "floor-key-clone",
+    "floor-key-built",
+    "fill",
+    "set",
+    "dedup",
+    "join",
+    "join-hand",
+];
 
 pub(crate) fn run(what: &str, ops: Option<usize>) {
     let t = Instant::now();
     let ops = match what {
         "hit" | "get" => hits(what == "hit", ops.unwrap_or(50_000_000)),
+        "hit-new-opts" => hits_new_opts(ops.unwrap_or(20_000_000)),
+        "floor-key-clone" => floor_key(false, ops.unwrap_or(50_000_000)),
+        "floor-key-built" => floor_key(true, ops.unwrap_or(50_000_000)),
         "fill" | "set" => fill(what == "fill", ops.unwrap_or(2_000_000)),
         "dedup" => dedup(ops.unwrap_or(1_000_000), 100_000, 10),
         "join" => dedup(ops.unwrap_or(10_000), 1_000, 300),
@@ -71,6 +92,47 @@ fn hits(fetch: bool, ops: usize) -> usize {
             }
         }
     });
+    ops
+}
+
+/// Fresh hits through `fetch_query` with the options built for every call (and dropped
+/// after it), on the keys `hits` uses.
+fn hits_new_opts(ops: usize) -> usize {
+    let rt = current_thread();
+    let client = QueryClient::new();
+    rt.block_on(async {
+        for i in 0..1024 {
+            client
+                .fetch_query(&crate::workloads::hit::opts_for(i))
+                .await
+                .expect("prime");
+        }
+        for i in 0..ops {
+            let opts = crate::workloads::hit::opts_for(black_box(i & 1023));
+            black_box(client.fetch_query(&opts).await.expect("hit"));
+        }
+    });
+    assert_eq!(client.stats().fetches, 1024, "a fetch during the hit loop");
+    ops
+}
+
+/// The floors of `hit-new-opts`: a read-locked `HashMap` lookup with the key cloned out of
+/// the key table first, or built with `key!` (`build`).
+fn floor_key(build: bool, ops: usize) -> usize {
+    let keys: Vec<QueryKey> = (0..1024).map(|i| key!["user", i]).collect();
+    let floor: Floor<QueryKey, Arc<String>> = Floor::new();
+    let value = Arc::new("a user record".to_string());
+    for k in &keys {
+        floor.insert(k.clone(), value.clone());
+    }
+    for i in 0..ops {
+        let key = if build {
+            key!["user", black_box(i & 1023)]
+        } else {
+            black_box(&keys[i & 1023]).clone()
+        };
+        black_box(floor.get(&key).expect("hit"));
+    }
     ops
 }
 

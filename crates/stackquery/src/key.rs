@@ -4,10 +4,18 @@
 //! computed once, when the key is built, so a cache hit never re-hashes the parts; cloning
 //! is one reference-count bump. The hash is keyed with a random per-process seed (see
 //! `hash_parts`), so it resists hash flooding.
+//!
+//! Building a key is one allocation: the parts live in one `Arc<[KeyPart]>` (the hash sits
+//! beside the pointer, in the handle), and a string part of up to
+//! [`KeyStr::INLINE_CAPACITY`] bytes is stored inside its part, not behind a pointer of
+//! its own. `key!["user", id]` built for every call therefore costs one allocation and a
+//! short foldhash; comparing it with the stored key compares the two hashes, then the
+//! parts (inline strings byte for byte).
 
 use std::cmp::Ordering;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -21,8 +29,202 @@ pub enum KeyPart {
     /// An unsigned integer above `i64::MAX`; smaller unsigned values are always `Int`, so
     /// `1_u64` and `1_i64` make the same key.
     UInt(u64),
-    /// A string part.
-    Str(Arc<str>),
+    /// A string part (short strings are stored inline: see [`KeyStr`]).
+    Str(KeyStr),
+}
+
+/// The text of a [`KeyPart::Str`]: a string of up to [`INLINE_CAPACITY`](Self::INLINE_CAPACITY)
+/// bytes is stored inline (no allocation), a longer one in a shared `Arc<str>`.
+///
+/// It behaves as its text: it dereferences to `str`, and equality, ordering (byte-wise,
+/// like `str`), hashing (the same writes as `str`'s `Hash`), `Display`, `Debug` and serde
+/// are those of the text, whichever way it is stored.
+///
+/// ```
+/// use stackquery::{KeyPart, KeyStr};
+/// let short = KeyStr::from("user");
+/// assert_eq!(short.as_str(), "user");
+/// assert_eq!(short, KeyStr::from(String::from("user")));
+/// assert!(matches!(KeyPart::from("user"), KeyPart::Str(s) if &*s == "user"));
+/// ```
+#[derive(Clone)]
+pub struct KeyStr(StrRepr);
+
+/// Invariant: a text of up to `INLINE_CAPACITY` bytes is always `Inline` (zero-padded
+/// past `len`), a longer one always `Heap`. Each text thus has one representation, so the
+/// derived equality (length and padded bytes, or the `Arc`'s text) is the text's.
+#[derive(Clone, PartialEq, Eq)]
+enum StrRepr {
+    Inline {
+        len: u8,
+        bytes: [u8; KeyStr::INLINE_CAPACITY],
+    },
+    Heap(Arc<str>),
+}
+
+impl KeyStr {
+    /// The longest text stored inline, in bytes (UTF-8); a [`KeyPart`] stays three words.
+    pub const INLINE_CAPACITY: usize = 22;
+
+    /// `s` stored inline, if it fits.
+    #[inline]
+    fn inline(s: &str) -> Option<Self> {
+        let src = s.as_bytes();
+        if src.len() > Self::INLINE_CAPACITY {
+            return None;
+        }
+        let mut bytes = [0_u8; Self::INLINE_CAPACITY];
+        bytes[..src.len()].copy_from_slice(src);
+        let len = u8::try_from(src.len()).ok()?;
+        Some(KeyStr(StrRepr::Inline { len, bytes }))
+    }
+
+    /// The text.
+    #[inline]
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            StrRepr::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)])
+                .expect("the inline bytes were copied from a str, at its length"),
+            StrRepr::Heap(s) => s,
+        }
+    }
+
+    /// The text's bytes (no UTF-8 check: what equality, ordering and hashing use).
+    #[inline]
+    fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            StrRepr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            StrRepr::Heap(s) => s.as_bytes(),
+        }
+    }
+}
+
+impl Deref for KeyStr {
+    type Target = str;
+    #[inline]
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for KeyStr {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&str> for KeyStr {
+    #[inline]
+    fn from(s: &str) -> Self {
+        KeyStr::inline(s).unwrap_or_else(|| KeyStr(StrRepr::Heap(Arc::from(s))))
+    }
+}
+impl From<String> for KeyStr {
+    fn from(s: String) -> Self {
+        KeyStr::inline(&s).unwrap_or_else(|| KeyStr(StrRepr::Heap(Arc::from(s))))
+    }
+}
+impl From<&String> for KeyStr {
+    fn from(s: &String) -> Self {
+        KeyStr::from(s.as_str())
+    }
+}
+/// A short text is copied inline (the `Arc` is dropped); a long one keeps the `Arc`.
+impl From<Arc<str>> for KeyStr {
+    fn from(s: Arc<str>) -> Self {
+        KeyStr::inline(&s).unwrap_or(KeyStr(StrRepr::Heap(s)))
+    }
+}
+impl From<KeyStr> for Arc<str> {
+    fn from(s: KeyStr) -> Self {
+        match s.0 {
+            StrRepr::Heap(s) => s,
+            StrRepr::Inline { .. } => Arc::from(s.as_str()),
+        }
+    }
+}
+impl From<KeyStr> for String {
+    fn from(s: KeyStr) -> Self {
+        s.as_str().to_owned()
+    }
+}
+
+impl PartialEq for KeyStr {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        // One representation per text (see `StrRepr`).
+        self.0 == other.0
+    }
+}
+impl Eq for KeyStr {}
+impl PartialEq<str> for KeyStr {
+    fn eq(&self, other: &str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+impl PartialEq<&str> for KeyStr {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl PartialOrd for KeyStr {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+/// Byte-wise, which is `str`'s order.
+impl Ord for KeyStr {
+    #[inline]
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+/// The writes of `str`'s `Hash` (the bytes, then `0xff`), so a `KeyStr` hashes as its text.
+impl Hash for KeyStr {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(self.as_bytes());
+        state.write_u8(0xff);
+    }
+}
+
+impl fmt::Display for KeyStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self.as_str(), f)
+    }
+}
+impl fmt::Debug for KeyStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// A string, as `Arc<str>` serialises.
+impl serde::Serialize for KeyStr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+/// From a string, as `Arc<str>` deserialises.
+impl<'de> serde::Deserialize<'de> for KeyStr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = KeyStr;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<KeyStr, E> {
+                Ok(KeyStr::from(v))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<KeyStr, E> {
+                Ok(KeyStr::from(v))
+            }
+        }
+        deserializer.deserialize_str(Text)
+    }
 }
 
 macro_rules! int_part {
@@ -46,22 +248,28 @@ impl From<bool> for KeyPart {
     }
 }
 impl From<&str> for KeyPart {
+    #[inline]
     fn from(v: &str) -> Self {
-        KeyPart::Str(Arc::from(v))
+        KeyPart::Str(KeyStr::from(v))
     }
 }
 impl From<String> for KeyPart {
     fn from(v: String) -> Self {
-        KeyPart::Str(Arc::from(v))
+        KeyPart::Str(KeyStr::from(v))
     }
 }
 impl From<&String> for KeyPart {
     fn from(v: &String) -> Self {
-        KeyPart::Str(Arc::from(v.as_str()))
+        KeyPart::Str(KeyStr::from(v.as_str()))
     }
 }
 impl From<Arc<str>> for KeyPart {
     fn from(v: Arc<str>) -> Self {
+        KeyPart::Str(KeyStr::from(v))
+    }
+}
+impl From<KeyStr> for KeyPart {
+    fn from(v: KeyStr) -> Self {
         KeyPart::Str(v)
     }
 }
@@ -73,17 +281,12 @@ impl fmt::Display for KeyPart {
             KeyPart::Int(i) => write!(f, "{i}"),
             KeyPart::UInt(u) => write!(f, "{u}"),
             // serde_json gives us correct, stable JSON string escaping.
-            KeyPart::Str(s) => match serde_json::to_string(&**s) {
+            KeyPart::Str(s) => match serde_json::to_string(s.as_str()) {
                 Ok(quoted) => f.write_str(&quoted),
                 Err(_) => Err(fmt::Error),
             },
         }
     }
-}
-
-struct KeyInner {
-    hash: u64,
-    parts: Box<[KeyPart]>,
 }
 
 /// A hierarchical cache key such as `["user", 123]`.
@@ -104,54 +307,101 @@ struct KeyInner {
 /// assert_eq!(k.to_string().parse::<QueryKey>().unwrap(), k);
 /// ```
 #[derive(Clone)]
-pub struct QueryKey(Arc<KeyInner>);
+pub struct QueryKey {
+    /// Computed once, from the parts (`hash_parts`).
+    hash: u64,
+    /// The key's one allocation.
+    parts: Arc<[KeyPart]>,
+}
 
-/// Hashes a key's parts with SipHash-1-3 under a random per-process seed.
+/// Hashes a key's parts (foldhash, under a random per-process seed: `random::key_hasher`):
+/// one seeded folded multiply per number or boolean (its kind in the high half), one
+/// foldhash of the bytes per string (the length goes into it too).
 ///
 /// Keys are often built from request input and the cache's maps trust this hash (they look
 /// keys up through a pass-through hasher), so a fixed, public seed would let a client craft
 /// thousands of colliding keys and turn every lookup into a linear scan (hash flooding).
 /// The seed is drawn once per process, not per key, so equal keys always hash equal within
-/// the process; the hash is never persisted nor sent to another process (storage and the
-/// bus name entries by the key's `Display` text), so it need not be stable across them.
+/// the process (on every thread); the hash is never persisted nor sent to another process
+/// (storage and the bus name entries by the key's `Display` text), so it need not be
+/// stable across them. Equal keys have equal parts (`new` normalises the one part type
+/// with two forms), and equal parts write the same bytes, so they hash equal.
+#[inline]
 fn hash_parts(parts: &[KeyPart]) -> u64 {
-    crate::random::process_seed().hash_one(parts)
+    const BOOL: u128 = 1 << 64;
+    const INT: u128 = 2 << 64;
+    const UINT: u128 = 3 << 64;
+    let mut hasher = crate::random::key_hasher();
+    for part in parts {
+        match part {
+            KeyPart::Bool(b) => hasher.write_u128(BOOL | u128::from(*b)),
+            KeyPart::Int(i) => hasher.write_u128(INT | u128::from(*i as u64)),
+            KeyPart::UInt(u) => hasher.write_u128(UINT | u128::from(*u)),
+            KeyPart::Str(s) => hasher.write(s.as_bytes()),
+        }
+    }
+    hasher.finish()
+}
+
+/// `KeyPart` is public, so `UInt(5)` can be built directly: it becomes `Int(5)`, or it
+/// would be a different key with the same `Display` (the storage name).
+///
+/// In place, writing only a part it changes: a part that is moved as a whole right after
+/// its bytes were written piecemeal (an inline string) stalls the CPU's store forwarding,
+/// which made an `array.map(..)` here a third of the cost of building a key.
+#[inline]
+fn normalize(part: &mut KeyPart) {
+    if let KeyPart::UInt(u) = *part {
+        if let Ok(i) = i64::try_from(u) {
+            *part = KeyPart::Int(i);
+        }
+    }
 }
 
 impl QueryKey {
     /// Builds a key from its parts.
+    ///
+    /// One allocation when the iterator knows its exact length (arrays, as `key!` passes,
+    /// `Vec`s, slices' cloning iterators); otherwise the parts are collected first.
+    #[inline]
     pub fn new(parts: impl IntoIterator<Item = KeyPart>) -> Self {
-        // `KeyPart` is public, so `UInt(5)` can be built directly: normalise it to `Int(5)`,
-        // or it would be a different key with the same `Display` (the storage name).
-        let parts: Box<[KeyPart]> = parts
-            .into_iter()
-            .map(|p| match p {
-                KeyPart::UInt(u) => i64::try_from(u).map_or(KeyPart::UInt(u), KeyPart::Int),
-                other => other,
-            })
-            .collect();
-        let hash = hash_parts(&parts);
-        QueryKey(Arc::new(KeyInner { hash, parts }))
+        Self::from_arc(
+            parts
+                .into_iter()
+                .map(|mut p| {
+                    normalize(&mut p);
+                    p
+                })
+                .collect(),
+        )
+    }
+
+    #[inline(always)]
+    fn from_arc(parts: Arc<[KeyPart]>) -> Self {
+        QueryKey {
+            hash: hash_parts(&parts),
+            parts,
+        }
     }
 
     /// The key's parts, in order.
     pub fn parts(&self) -> &[KeyPart] {
-        &self.0.parts
+        &self.parts
     }
 
     /// Number of parts.
     pub fn len(&self) -> usize {
-        self.0.parts.len()
+        self.parts.len()
     }
 
     /// True for the empty key `[]`, which is a prefix of every key.
     pub fn is_empty(&self) -> bool {
-        self.0.parts.is_empty()
+        self.parts.is_empty()
     }
 
     /// True when `prefix`'s parts are the first parts of this key (a key starts with itself).
     pub fn starts_with(&self, prefix: &QueryKey) -> bool {
-        self.0.parts.starts_with(&prefix.0.parts)
+        self.parts.starts_with(&prefix.parts)
     }
 
     /// The hash computed when the key was built.
@@ -160,22 +410,27 @@ impl QueryKey {
     /// crafted to collide): equal keys hash equal within a process, but the value differs
     /// from one process to the next. Never persist it or compare it across processes; use
     /// the key's `Display` text for that.
+    #[inline]
     pub fn precomputed_hash(&self) -> u64 {
-        self.0.hash
+        self.hash
     }
 }
 
+/// The hashes first (keys that differ almost always differ there), then the same
+/// allocation, then the parts.
 impl PartialEq for QueryKey {
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-            || (self.0.hash == other.0.hash && self.0.parts == other.0.parts)
+        self.hash == other.hash
+            && (Arc::ptr_eq(&self.parts, &other.parts) || self.parts[..] == other.parts[..])
     }
 }
 impl Eq for QueryKey {}
 
 impl Hash for QueryKey {
+    #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.0.hash);
+        state.write_u64(self.hash);
     }
 }
 
@@ -187,14 +442,14 @@ impl PartialOrd for QueryKey {
 /// Lexicographic over parts, so every key under a prefix sits in one contiguous range.
 impl Ord for QueryKey {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.0.parts.cmp(&other.0.parts)
+        self.parts[..].cmp(&other.parts[..])
     }
 }
 
 impl fmt::Display for QueryKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[")?;
-        for (i, p) in self.0.parts.iter().enumerate() {
+        for (i, p) in self.parts.iter().enumerate() {
             if i > 0 {
                 f.write_str(",")?;
             }
@@ -262,6 +517,14 @@ impl From<Vec<String>> for QueryKey {
         QueryKey::new(parts.into_iter().map(KeyPart::from))
     }
 }
+/// What `key!` builds with: the array moves into the key's one allocation as it is.
+impl<const N: usize> From<[KeyPart; N]> for QueryKey {
+    #[inline(always)]
+    fn from(mut parts: [KeyPart; N]) -> Self {
+        parts.iter_mut().for_each(normalize);
+        QueryKey::from_arc(Arc::new(parts))
+    }
+}
 impl From<Vec<KeyPart>> for QueryKey {
     fn from(parts: Vec<KeyPart>) -> Self {
         QueryKey::new(parts)
@@ -286,7 +549,7 @@ impl From<&QueryKey> for QueryKey {
 macro_rules! key {
     () => { $crate::QueryKey::new(::std::iter::empty()) };
     ($($part:expr),+ $(,)?) => {
-        $crate::QueryKey::new([$($crate::KeyPart::from($part)),+])
+        $crate::QueryKey::from([$($crate::KeyPart::from($part)),+])
     };
 }
 
@@ -362,6 +625,263 @@ mod tests {
         let first = keys.iter().position(|k| k.starts_with(&p)).unwrap();
         let n = keys.iter().filter(|k| k.starts_with(&p)).count();
         assert!(keys[first..first + n].iter().all(|k| k.starts_with(&p)));
+    }
+
+    /// The key before this representation (issue 13): parts in a `Box`, strings in their
+    /// own `Arc<str>`, every comparison derived. The new key must agree with it.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    enum OldPart {
+        Bool(bool),
+        Int(i64),
+        UInt(u64),
+        Str(Arc<str>),
+    }
+
+    impl OldPart {
+        fn new(p: &KeyPart) -> Self {
+            match p {
+                KeyPart::Bool(b) => OldPart::Bool(*b),
+                KeyPart::Int(i) => OldPart::Int(*i),
+                KeyPart::UInt(u) => i64::try_from(*u).map_or(OldPart::UInt(*u), OldPart::Int),
+                KeyPart::Str(s) => OldPart::Str(Arc::from(s.as_str())),
+            }
+        }
+    }
+
+    fn text(len: usize, unit: &str) -> String {
+        unit.repeat(len)
+    }
+
+    /// Short and long strings on both sides of the inline capacity (in bytes, with
+    /// multi-byte characters straddling it), unicode, the empty string, numbers at the
+    /// `Int`/`UInt` boundary.
+    fn sample_parts() -> Vec<KeyPart> {
+        let cap = KeyStr::INLINE_CAPACITY;
+        let mut parts = vec![
+            KeyPart::from(false),
+            KeyPart::from(true),
+            KeyPart::from(i64::MIN),
+            KeyPart::from(-1),
+            KeyPart::from(0),
+            KeyPart::from(1_u8),
+            KeyPart::from(i64::MAX),
+            KeyPart::UInt(5),
+            KeyPart::from(i64::MAX as u64 + 1),
+            KeyPart::from(u64::MAX),
+            KeyPart::from(""),
+            KeyPart::from("a"),
+            KeyPart::from("user"),
+            KeyPart::from("users"),
+            KeyPart::from("ü"),
+            KeyPart::from("日本語"),
+            KeyPart::from("🦀 crab"),
+            KeyPart::from("a\"b,]["),
+        ];
+        for len in [cap - 1, cap, cap + 1, 2 * cap] {
+            parts.push(KeyPart::from(text(len, "x")));
+            parts.push(KeyPart::from(format!("{}y", text(len - 1, "x"))));
+        }
+        // 'é' is 2 bytes: 20 + 2 = 22 fits inline, 21 + 2 = 23 does not.
+        parts.push(KeyPart::from(format!("{}é", text(cap - 2, "x"))));
+        parts.push(KeyPart::from(format!("{}é", text(cap - 1, "x"))));
+        parts.push(KeyPart::from(text(cap / 3, "€")));
+        parts.push(KeyPart::from(text(cap / 3 + 1, "€")));
+        parts
+    }
+
+    fn hash_with<T: Hash + ?Sized>(v: &T) -> u64 {
+        use std::hash::BuildHasher;
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(v)
+    }
+
+    #[test]
+    fn key_part_stays_three_words() {
+        assert_eq!(
+            std::mem::size_of::<KeyPart>(),
+            3 * std::mem::size_of::<usize>()
+        );
+        assert_eq!(
+            std::mem::size_of::<KeyStr>(),
+            3 * std::mem::size_of::<usize>()
+        );
+    }
+
+    #[test]
+    fn key_str_is_inline_up_to_its_capacity_and_behaves_as_its_text() {
+        let cap = KeyStr::INLINE_CAPACITY;
+        for len in 0..=2 * cap {
+            for unit in ["x", "é", "日", "🦀"] {
+                let owned: String = text(len, unit).chars().take(len).collect();
+                let s = owned.as_str();
+                let a = KeyStr::from(s);
+                let b = KeyStr::from(owned.clone());
+                let c = KeyStr::from(Arc::<str>::from(s));
+                assert_eq!(
+                    matches!(a.0, StrRepr::Inline { .. }),
+                    s.len() <= cap,
+                    "{s:?}"
+                );
+                for k in [&a, &b, &c] {
+                    assert_eq!(k.as_str(), s);
+                    assert_eq!(&**k, s);
+                    assert_eq!(*k, a);
+                    assert_eq!(k, &s);
+                    assert_eq!(k.to_string(), s);
+                    assert_eq!(format!("{k:?}"), format!("{s:?}"));
+                    assert_eq!(hash_with(k), hash_with(s), "hashes as its text");
+                    assert_eq!(String::from(k.clone()), s);
+                    assert_eq!(&*Arc::<str>::from(k.clone()), s);
+                }
+            }
+        }
+        // A long `Arc<str>` is kept, not copied.
+        let long: Arc<str> = Arc::from(text(cap + 1, "x"));
+        let kept = Arc::<str>::from(KeyStr::from(long.clone()));
+        assert!(Arc::ptr_eq(&long, &kept));
+    }
+
+    #[test]
+    fn key_str_orders_as_str() {
+        let texts: Vec<String> = sample_parts()
+            .into_iter()
+            .filter_map(|p| match p {
+                KeyPart::Str(s) => Some(s.as_str().to_owned()),
+                _ => None,
+            })
+            .collect();
+        for a in &texts {
+            for b in &texts {
+                let (ka, kb) = (KeyStr::from(a.as_str()), KeyStr::from(b.as_str()));
+                assert_eq!(ka.cmp(&kb), a.cmp(b), "{a:?} vs {b:?}");
+                assert_eq!(ka == kb, a == b);
+            }
+        }
+    }
+
+    #[test]
+    fn key_str_serde_is_a_string() {
+        let short = KeyStr::from("user");
+        let long = KeyStr::from(text(40, "é"));
+        for k in [short, long] {
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(
+                json,
+                serde_json::to_string(&Arc::<str>::from(k.as_str())).unwrap()
+            );
+            assert_eq!(serde_json::from_str::<KeyStr>(&json).unwrap(), k);
+        }
+        assert!(serde_json::from_str::<KeyStr>("1").is_err());
+    }
+
+    /// Every pair of keys built from the sample parts (one and two parts, in every
+    /// combination) compares, orders, prefixes and displays as the old representation did,
+    /// and equal keys hash equal.
+    #[test]
+    fn keys_agree_with_the_old_representation() {
+        let parts = sample_parts();
+        let mut keys: Vec<Vec<KeyPart>> = vec![vec![]];
+        for a in &parts {
+            keys.push(vec![a.clone()]);
+            for b in parts.iter().step_by(3) {
+                keys.push(vec![a.clone(), b.clone()]);
+            }
+        }
+        let built: Vec<(QueryKey, Vec<OldPart>)> = keys
+            .iter()
+            .map(|k| {
+                (
+                    QueryKey::new(k.iter().cloned()),
+                    k.iter().map(OldPart::new).collect(),
+                )
+            })
+            .collect();
+        for (a, old_a) in &built {
+            let old_text = format!(
+                "[{}]",
+                old_a
+                    .iter()
+                    .map(|p| match p {
+                        OldPart::Bool(b) => b.to_string(),
+                        OldPart::Int(i) => i.to_string(),
+                        OldPart::UInt(u) => u.to_string(),
+                        OldPart::Str(s) => serde_json::to_string(&**s).unwrap(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            assert_eq!(a.to_string(), old_text);
+            assert_eq!(old_text.parse::<QueryKey>().unwrap(), *a);
+            for (b, old_b) in &built {
+                assert_eq!(a == b, old_a == old_b, "{a} == {b}");
+                assert_eq!(a.cmp(b), old_a.cmp(old_b), "{a} cmp {b}");
+                assert_eq!(
+                    a.starts_with(b),
+                    old_a.starts_with(old_b),
+                    "{a} starts with {b}"
+                );
+                if a == b {
+                    assert_eq!(a.precomputed_hash(), b.precomputed_hash(), "{a}");
+                }
+            }
+        }
+        // Distinct keys hash apart (the seeded hash is not degenerate on this set).
+        let mut hashes: Vec<u64> = built.iter().map(|(k, _)| k.precomputed_hash()).collect();
+        let mut distinct: Vec<&QueryKey> = built.iter().map(|(k, _)| k).collect();
+        distinct.sort();
+        distinct.dedup();
+        hashes.sort_unstable();
+        hashes.dedup();
+        assert_eq!(hashes.len(), distinct.len());
+    }
+
+    /// However a key is built (`key!`'s array, `QueryKey::new` from an exact-size or an
+    /// unknown-size iterator, a `Vec`, parsed text, on another thread), equal keys are
+    /// equal and hash equal.
+    #[test]
+    fn every_way_of_building_a_key_agrees() {
+        let long = text(30, "ü");
+        let expected = key!["user", 7_u8, long.as_str(), true];
+        let ways = [
+            key!["user", 7_i64, long.clone(), true],
+            QueryKey::new([
+                KeyPart::from("user"),
+                KeyPart::UInt(7),
+                KeyPart::from(long.as_str()),
+                KeyPart::from(true),
+            ]),
+            QueryKey::new(expected.parts().iter().filter(|_| true).cloned()),
+            QueryKey::from(expected.parts().to_vec()),
+            expected.to_string().parse().unwrap(),
+            std::thread::spawn({
+                let long = long.clone();
+                move || key!["user", 7, long, true]
+            })
+            .join()
+            .unwrap(),
+        ];
+        for k in &ways {
+            assert_eq!(*k, expected);
+            assert_eq!(k.precomputed_hash(), expected.precomputed_hash());
+            assert_eq!(k.parts(), expected.parts());
+        }
+        assert_eq!(expected.parts()[1], KeyPart::Int(7));
+    }
+
+    /// `key!` builds through `From<[KeyPart; N]>`, a second way into a key beside
+    /// `QueryKey::new`: it must normalise a small `UInt` built directly to its `Int` form
+    /// too (see `tests/regressions.rs`, `a_small_uint_part_built_directly_…`), or
+    /// `key![KeyPart::UInt(5)]` would be a different key from `key![5]` with the same
+    /// storage name.
+    #[test]
+    fn key_macro_normalises_a_small_uint_part() {
+        let direct = key!["a", KeyPart::UInt(5)];
+        assert_eq!(direct.parts()[1], KeyPart::Int(5));
+        assert_eq!(direct, key!["a", 5]);
+        assert_eq!(direct.precomputed_hash(), key!["a", 5].precomputed_hash());
+        let big = key!["a", KeyPart::UInt(u64::MAX)];
+        assert_eq!(big.parts()[1], KeyPart::UInt(u64::MAX));
+        assert_eq!(big, key!["a", u64::MAX]);
     }
 
     #[test]

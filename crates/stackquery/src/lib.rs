@@ -91,7 +91,7 @@ pub use builder::QueryClientBuilder;
 pub use client::QueryClient;
 pub use error::{BoxError, FetchError, QueryError};
 pub use filter::QueryFilter;
-pub use key::{KeyPart, ParseKeyError, QueryKey};
+pub use key::{KeyPart, KeyStr, ParseKeyError, QueryKey};
 pub use mutation::{Mutation, MutationOptions, MutationState, MutationStatus};
 pub use observer::{ObserverStream, QueryObserver};
 pub use options::QueryOptions;

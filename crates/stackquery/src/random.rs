@@ -12,6 +12,9 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
+
+use foldhash::fast::{FoldHasher, SeedableRandomState};
+use foldhash::SharedSeed;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -38,12 +41,28 @@ pub(crate) fn u128() -> u128 {
     (u128::from(u64()) << 64) | u128::from(u64())
 }
 
-/// The hasher seed drawn once per process, for hashes that must agree within the process
-/// but be unpredictable from outside it (keys from request input must not be craftable to
-/// collide).
-pub(crate) fn process_seed() -> &'static RandomState {
-    static SEED: OnceLock<RandomState> = OnceLock::new();
-    SEED.get_or_init(RandomState::new)
+/// The hasher seeded once per process, for hashes that must agree within the process (on
+/// every thread) but be unpredictable from outside it: keys from request input must not be
+/// craftable to collide. Query keys are hashed with it once, when built
+/// (`key::hash_parts`), and the cache's prefix index hashes key prefixes with it.
+///
+/// foldhash, hashbrown's default hasher: a folded multiply keyed by 128 random bits (its
+/// per-hasher seed, and its shared seeds expanded from a second draw), about a tenth of
+/// SipHash's instructions on a short key. Without the seeds, nobody can aim keys at one
+/// bucket.
+pub(crate) fn process_seed() -> &'static SeedableRandomState {
+    static SHARED: OnceLock<SharedSeed> = OnceLock::new();
+    static STATE: OnceLock<SeedableRandomState> = OnceLock::new();
+    STATE.get_or_init(|| {
+        let shared = SHARED.get_or_init(|| SharedSeed::from_u64(u64()));
+        SeedableRandomState::with_seed(u64(), shared)
+    })
+}
+
+/// A hasher for one query key ([`process_seed`]'s).
+#[inline]
+pub(crate) fn key_hasher() -> FoldHasher {
+    process_seed().build_hasher()
 }
 
 /// "Equal jitter": half of `delay` kept, plus a uniformly random part of the other half,
@@ -90,6 +109,33 @@ mod tests {
             let d = jittered(Duration::from_secs(10));
             assert!(d >= Duration::from_secs(5) && d <= Duration::from_secs(10));
         }
+    }
+
+    /// The key hasher is seeded once per process: two hashers agree on the same input
+    /// (whatever the thread), and the seed is not foldhash's fixed one. The prefix index's
+    /// `process_seed().hash_one(..)` agrees across threads too.
+    #[test]
+    fn key_hasher_is_stable_within_the_process_and_not_fixed() {
+        let hash = |h: &mut FoldHasher| {
+            h.write(b"user");
+            h.write_u64(42);
+            h.finish()
+        };
+        let here = hash(&mut key_hasher());
+        assert_eq!(here, hash(&mut key_hasher()));
+        let there = std::thread::spawn(move || hash(&mut key_hasher()))
+            .join()
+            .unwrap();
+        assert_eq!(here, there);
+        let fixed = hash(&mut foldhash::fast::FixedState::default().build_hasher());
+        assert_ne!(here, fixed);
+        let parts = [1_u64, 2, 3];
+        assert_eq!(
+            process_seed().hash_one(parts),
+            std::thread::spawn(move || process_seed().hash_one(parts))
+                .join()
+                .unwrap()
+        );
     }
 
     #[test]

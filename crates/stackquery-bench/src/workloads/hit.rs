@@ -4,6 +4,10 @@
 //!
 //! Each operation returns the cached `Arc` (cloned) and drops it, for every contender.
 //!
+//! A third section (issue 13) times the hit with `QueryOptions::new(key!["user", id], f)`
+//! built for every call, as the README writes it, next to the same hit with held options
+//! and the floor with the key cloned for every call.
+//!
 //! [`scaling`] runs the hot-key loop on 1, 2 and 4 threads (`--only scaling`).
 
 use std::sync::{Arc, Barrier};
@@ -15,8 +19,8 @@ use stackquery_bench::contenders::{Floor, FloorPrehashed, SingleFlight};
 use stackquery_bench::stats::{batch_spans, median, ns_per_op};
 
 use super::{
-    current_thread, Never, FLOOR, FLOOR_PRE, FRESH_FOR, HAND, MOKA_GET, MOKA_GET_WITH, SCALING,
-    SQ_FETCH, SQ_GET,
+    current_thread, Never, FLOOR, FLOOR_KEY_BUILT, FLOOR_KEY_CLONE, FLOOR_PRE, FRESH_FOR, HAND,
+    MOKA_GET, MOKA_GET_WITH, SCALING, SQ_FETCH, SQ_FETCH_NEW_OPTS, SQ_GET,
 };
 use crate::report::{curve, fmt_num, Better, Row, Section};
 use crate::Cfg;
@@ -40,6 +44,18 @@ struct Fixture {
 
 fn value() -> String {
     "a user record".to_string()
+}
+
+/// The fetch function of the options built per call (never called: every read is a hit).
+async fn load_user(_id: usize) -> Result<String, Never> {
+    Ok(value())
+}
+
+/// The options an application builds for every call: a fresh key and a closure that
+/// captures the id (the README's pattern).
+#[inline(never)]
+pub(crate) fn opts_for(id: usize) -> QueryOptions<String> {
+    QueryOptions::new(key!["user", id], move || load_user(id)).stale_time(FRESH_FOR)
 }
 
 fn fixture() -> Fixture {
@@ -275,6 +291,86 @@ pub(crate) fn run(cfg: &Cfg) -> Vec<Section> {
         threads!(cfg, 2, |i| fp.get(&k[i % HOT]).expect("hit")),
     );
 
+    // --- 1 task, options built per call (issue 13) ---------------------------------------
+    let mut per_call = Section::new(
+        "hit_new_opts",
+        "Fresh-hit latency with options built per call, 1 task (1,024 keys round-robin)",
+        "ns/op",
+        Better::Lower,
+    );
+    per_call.reference(SQ_FETCH_NEW_OPTS);
+    let rt = current_thread();
+    single(
+        &mut per_call,
+        SQ_FETCH_NEW_OPTS,
+        rt.block_on(ns_per_op(
+            cfg.hit_reps,
+            cfg.hit_batch,
+            || {},
+            move |i| async move { c.fetch_query(&opts_for(i & MASK)).await.expect("hit") },
+        )),
+    );
+    single(
+        &mut per_call,
+        FLOOR_KEY_CLONE,
+        rt.block_on(ns_per_op(
+            cfg.hit_reps,
+            cfg.hit_batch,
+            || {},
+            move |i| async move {
+                let key = k[i & MASK].clone();
+                f.get(&key).expect("hit")
+            },
+        )),
+    );
+    single(
+        &mut per_call,
+        FLOOR_KEY_BUILT,
+        rt.block_on(ns_per_op(
+            cfg.hit_reps,
+            cfg.hit_batch,
+            || {},
+            move |i| async move {
+                let key = key!["user", i & MASK];
+                f.get(&key).expect("hit")
+            },
+        )),
+    );
+    single(
+        &mut per_call,
+        SQ_FETCH,
+        rt.block_on(ns_per_op(
+            cfg.hit_reps,
+            cfg.hit_batch,
+            || {},
+            move |i| async move { c.fetch_query(&o[i & MASK]).await.expect("hit") },
+        )),
+    );
+    single(
+        &mut per_call,
+        FLOOR,
+        rt.block_on(ns_per_op(
+            cfg.hit_reps,
+            cfg.hit_batch,
+            || {},
+            move |i| async move { f.get(&k[i & MASK]).expect("hit") },
+        )),
+    );
+    drop(rt);
+    let ratio = |floor: &str| match (per_call.median(SQ_FETCH_NEW_OPTS), per_call.median(floor)) {
+        (Some(sq), Some(fl)) => format!("{:.2}×", sq / fl),
+        _ => "—".into(),
+    };
+    let (to_clone, to_built) = (ratio(FLOOR_KEY_CLONE), ratio(FLOOR_KEY_BUILT));
+    per_call.note(format!(
+        "`{SQ_FETCH_NEW_OPTS}` builds `QueryOptions::new(key![\"user\", id], move || \
+         load_user(id)).stale_time(1 h)` for every call and drops it after the hit (the \
+         README's pattern); the floors look the same key up in the `RwLock<HashMap>` floor \
+         after cloning it out of the key table, or after building it with `key!`. Options \
+         built per call against the floor with a key clone: {to_clone} (issue 13 target: \
+         ≤ 1.2×); against the floor with the key built per call: {to_built}."
+    ));
+
     // Every read above must have been a hit.
     let st = c.stats();
     assert_eq!(
@@ -296,7 +392,7 @@ pub(crate) fn run(cfg: &Cfg) -> Vec<Section> {
         "Both threads read the same 8 keys; the figure is ns per op seen by one thread \
          (the mean of the two threads' batch times).",
     );
-    vec![one, two]
+    vec![one, two, per_call]
 }
 
 /// Hit scaling: the hot-key loop of the 2-thread section on 1, 2 and 4 OS threads (each

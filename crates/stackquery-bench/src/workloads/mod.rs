@@ -25,6 +25,11 @@ pub(crate) const MOKA_INSERT: &str = "moka insert";
 pub(crate) const HAND: &str = "hand-written single-flight";
 pub(crate) const FLOOR: &str = "floor RwLock+HashMap";
 pub(crate) const FLOOR_PRE: &str = "floor, precomputed hash";
+/// `fetch_query` with `QueryOptions::new(key![..], f)` built for every call (the README's
+/// pattern), against the same floor with the key cloned for every call.
+pub(crate) const SQ_FETCH_NEW_OPTS: &str = "stackquery fetch_query, options built per call";
+pub(crate) const FLOOR_KEY_CLONE: &str = "floor RwLock+HashMap, key cloned per call";
+pub(crate) const FLOOR_KEY_BUILT: &str = "floor RwLock+HashMap, key built per call";
 
 /// Data stays fresh for the whole run.
 pub(crate) const FRESH_FOR: Duration = Duration::from_secs(3600);
