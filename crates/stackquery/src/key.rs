@@ -522,7 +522,13 @@ impl<const N: usize> From<[KeyPart; N]> for QueryKey {
     #[inline(always)]
     fn from(mut parts: [KeyPart; N]) -> Self {
         parts.iter_mut().for_each(normalize);
-        QueryKey::from_arc(Arc::new(parts))
+        // Hashed where the parts were just written, before they move to the heap: the
+        // move loads them wider than they were stored, which stalls, and the hash need not
+        // wait for it.
+        QueryKey {
+            hash: hash_parts(&parts),
+            parts: Arc::new(parts),
+        }
     }
 }
 impl From<Vec<KeyPart>> for QueryKey {
