@@ -6,7 +6,7 @@
 //!
 //! A third section (issue 13) times the hit with `QueryOptions::new(key!["user", id], f)`
 //! built for every call, as the README writes it, next to the same hit with held options
-//! and the floor with the key cloned for every call.
+//! and the floor with the key cloned, or built with `key!`, for every call.
 //!
 //! [`scaling`] runs the hot-key loop on 1, 2 and 4 threads (`--only scaling`).
 
@@ -52,7 +52,8 @@ async fn load_user(_id: usize) -> Result<String, Never> {
 }
 
 /// The options an application builds for every call: a fresh key and a closure that
-/// captures the id (the README's pattern).
+/// captures the id (the README's pattern). Not inlined, so that no loop folds the building
+/// into its own code, and `--profile hit-new-opts` shows the building as one function.
 #[inline(never)]
 pub(crate) fn opts_for(id: usize) -> QueryOptions<String> {
     QueryOptions::new(key!["user", id], move || load_user(id)).stale_time(FRESH_FOR)
