@@ -421,8 +421,9 @@ fn normalize(part: &mut KeyPart) {
 impl QueryKey {
     /// Builds a key from its parts.
     ///
-    /// One allocation when the iterator knows its exact length (arrays, as `key!` passes,
-    /// `Vec`s, slices' cloning iterators); otherwise the parts are collected first.
+    /// One allocation when the iterator knows its exact length (arrays, `Vec`s, slices'
+    /// cloning iterators); otherwise the parts are collected first. (`key!` goes through
+    /// `From<[KeyPart; N]>`, which hashes the parts before moving them.)
     #[inline]
     pub fn new(parts: impl IntoIterator<Item = KeyPart>) -> Self {
         Self::from_arc(
