@@ -253,10 +253,10 @@ impl Shared {
         entry: &Arc<Entry<T>>,
         opts: &QueryOptions<T>,
     ) {
-        let can_spawn = can_spawn();
-        if !can_spawn {
+        if !can_spawn() {
             tracing::debug!(key = %entry.key, "background refresh did not start: no runtime");
+            return;
         }
-        self.dispatch(entry, Event::Refresh { opts, can_spawn });
+        self.dispatch(entry, Event::Refresh { opts });
     }
 }

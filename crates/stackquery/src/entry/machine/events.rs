@@ -75,11 +75,9 @@ pub(crate) enum Event<'a, T> {
     Born,
     /// A typed call (`fetch_query` and friends, an observer's first fetch) asks for data.
     Ask(Ask<'a, T>),
-    /// A background refresh after a stale hydration (unless a fetch is in flight).
-    Refresh {
-        opts: &'a QueryOptions<T>,
-        can_spawn: bool,
-    },
+    /// A background refresh after a stale hydration (unless a fetch is in flight). Sent
+    /// only where a fetch can be spawned.
+    Refresh { opts: &'a QueryOptions<T> },
     /// An observer joins.
     Attach {
         watcher: Watcher,

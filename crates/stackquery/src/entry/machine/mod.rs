@@ -119,8 +119,8 @@ impl<T> Machine<T> {
                 Outcome::Done
             }
             Event::Ask(ask) => self.ask(fx, ask),
-            Event::Refresh { opts, can_spawn } => {
-                if self.flight.is_none() && !self.removed && can_spawn {
+            Event::Refresh { opts } => {
+                if self.flight.is_none() && !self.removed {
                     self.begin_fetch(fx, opts.clone());
                 }
                 Outcome::Done
