@@ -216,3 +216,26 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    use std::mem::size_of;
+    use std::sync::Arc;
+
+    use super::{Entry, Machine};
+    use crate::error::QueryError;
+    use crate::state::QueryState;
+
+    /// Memory per entry is an issue-13 target: the sizes of what every entry carries are
+    /// pinned here, so a field that grows them shows up in review. (The error type was 56 B
+    /// while one rare variant held a `String` and two `&str` inline; boxing that variant made
+    /// each of the state's two error slots 24 B.)
+    #[test]
+    fn entry_parts_stay_small() {
+        assert!(size_of::<Option<QueryError>>() <= 24);
+        assert!(size_of::<QueryState<Arc<u64>>>() <= 104);
+        // Before this test: 344 and 376.
+        assert!(size_of::<Machine<Arc<u64>>>() <= 272);
+        assert!(size_of::<Entry<Arc<u64>>>() <= 320);
+    }
+}

@@ -21,15 +21,10 @@ pub enum QueryError {
     #[error("the query was cancelled")]
     Cancelled,
     /// The key already holds data of another type.
-    #[error("key {key} holds {stored}, but {requested} was requested")]
-    TypeMismatch {
-        /// The key used with two types.
-        key: String,
-        /// The type already stored under the key.
-        stored: &'static str,
-        /// The type this call asked for.
-        requested: &'static str,
-    },
+    /// (Boxed behind an `Arc`: it is rare, and keeping it small keeps every entry's two
+    /// error slots small.)
+    #[error("key {} holds {}, but {} was requested", .0.key, .0.stored, .0.requested)]
+    TypeMismatch(Arc<TypeMismatch>),
     /// The fetch function (or a user callback) panicked; the message is the panic payload.
     #[error("user code panicked: {0}")]
     Panicked(Arc<str>),
@@ -56,6 +51,32 @@ impl QueryError {
             QueryError::Fetch(e) => Some(&*e.0),
             _ => None,
         }
+    }
+}
+
+/// Which two types met on one key (see [`QueryError::TypeMismatch`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TypeMismatch {
+    /// The key used with two types.
+    pub key: String,
+    /// The type already stored under the key.
+    pub stored: &'static str,
+    /// The type this call asked for.
+    pub requested: &'static str,
+}
+
+impl QueryError {
+    /// The error of a typed call on `key`, which holds `stored` data, asking for `requested`.
+    pub(crate) fn type_mismatch(
+        key: String,
+        stored: &'static str,
+        requested: &'static str,
+    ) -> Self {
+        QueryError::TypeMismatch(Arc::new(TypeMismatch {
+            key,
+            stored,
+            requested,
+        }))
     }
 }
 

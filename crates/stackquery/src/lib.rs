@@ -89,7 +89,7 @@ mod worker;
 
 pub use builder::QueryClientBuilder;
 pub use client::QueryClient;
-pub use error::{BoxError, FetchError, QueryError};
+pub use error::{BoxError, FetchError, QueryError, TypeMismatch};
 pub use filter::QueryFilter;
 pub use key::{KeyPart, KeyStr, ParseKeyError, QueryKey};
 pub use mutation::{Mutation, MutationOptions, MutationState, MutationStatus};

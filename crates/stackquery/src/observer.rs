@@ -370,11 +370,11 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             .cache
             .get(&self.opts.key)
             .map_or("?", |e| e.type_name());
-        QueryError::TypeMismatch {
-            key: self.opts.key.to_string(),
+        QueryError::type_mismatch(
+            self.opts.key.to_string(),
             stored,
-            requested: std::any::type_name::<R>(),
-        }
+            std::any::type_name::<R>(),
+        )
     }
 
     /// Raw entry state → what this observer shows (select, placeholder, pause).

@@ -201,20 +201,16 @@ async fn one_key_with_two_types_is_a_type_mismatch_error() {
     let other = QueryOptions::new(key!["k"], || async { Ok::<_, String>("text".to_string()) });
     let err = client.fetch_query(&other).await.unwrap_err();
     match &err {
-        QueryError::TypeMismatch {
-            key,
-            stored,
-            requested,
-        } => {
-            assert_eq!(key, r#"["k"]"#);
-            assert!(stored.contains("u32"));
-            assert!(requested.contains("String"));
+        QueryError::TypeMismatch(m) => {
+            assert_eq!(m.key, r#"["k"]"#);
+            assert!(m.stored.contains("u32"));
+            assert!(m.requested.contains("String"));
         }
         e => panic!("unexpected {e:?}"),
     }
     assert!(matches!(
         client.set_query_data(key!["k"], "x".to_string()),
-        Err(QueryError::TypeMismatch { .. })
+        Err(QueryError::TypeMismatch(_))
     ));
     assert!(client.get_query_data::<String>(&key!["k"]).is_none());
     assert_eq!(*client.get_query_data::<u32>(&key!["k"]).unwrap(), 1);

@@ -484,7 +484,7 @@ async fn watching_a_key_of_another_type_shows_a_type_mismatch() {
     let (log, f) = recorder();
     let _s = observer.subscribe(f);
     let st = log.lock().unwrap()[0].clone();
-    assert!(matches!(st.error, Some(QueryError::TypeMismatch { .. })));
+    assert!(matches!(st.error, Some(QueryError::TypeMismatch(_))));
 }
 
 #[tokio::test(start_paused = true)]

@@ -11,11 +11,7 @@ use crate::options::QueryOptions;
 
 /// The error of a typed call on a key that holds another type.
 pub(crate) fn mismatch(entry: &ErasedEntry, requested: &'static str) -> QueryError {
-    QueryError::TypeMismatch {
-        key: entry.key().to_string(),
-        stored: entry.type_name(),
-        requested,
-    }
+    QueryError::type_mismatch(entry.key().to_string(), entry.type_name(), requested)
 }
 
 /// `entry` as `Entry<T>`, or a type-mismatch error naming both types.

@@ -45,10 +45,10 @@ pub(crate) struct Machine<T> {
     inval_gen: u64,
     /// Observers attached (enabled or not): any of them pins the entry against the gc and
     /// eviction.
-    observers: usize,
+    observers: u32,
     /// Observers whose query is enabled: only these make the entry *active* (bulk
     /// refetches and invalidations fetch for it, as in TanStack Query).
-    enabled_observers: usize,
+    enabled_observers: u32,
     /// The last options used with this key: lets bulk refetches run the fetch function.
     /// Boxed: entries only ever written by hand do not pay for them.
     options: Option<Box<QueryOptions<T>>>,

@@ -104,9 +104,9 @@ impl<T> Machine<T> {
         if self.removed {
             return Outcome::No;
         }
-        self.observers += 1;
+        self.observers = self.observers.saturating_add(1);
         if watcher.enabled {
-            self.enabled_observers += 1;
+            self.enabled_observers = self.enabled_observers.saturating_add(1);
         }
         self.ask_gc_time(gc_time);
         // An entry written only by hand learns how to fetch from its first observer, so
