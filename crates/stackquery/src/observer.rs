@@ -566,7 +566,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             None => return,
         };
         // `Swr` starts a background fetch for missing or stale data and returns at once.
-        if let Err(error) = self.shared.ask(&entry, &self.opts, Mode::Swr, false) {
+        if let Err(error) = self.shared.ask(&entry, &self.opts, Mode::Swr, false, None) {
             tracing::debug!(key = %self.opts.key, %error, "observer fetch did not start");
         }
     }

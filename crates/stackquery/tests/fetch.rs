@@ -301,3 +301,103 @@ async fn refetch_query_fetches_even_when_fresh() {
     let data: Arc<u32> = client.get_query_data(&key!["k"]).unwrap();
     assert_eq!(*data, 2);
 }
+
+/// Where each call of a fetch function ran: the task before its first wait, and after.
+type Seen = Arc<std::sync::Mutex<Vec<(Option<tokio::task::Id>, Option<tokio::task::Id>)>>>;
+
+/// A fetch function that records its task before and after waiting `wait` (no wait when
+/// zero), and returns how many times it was called.
+fn task_recorder(key: stackquery::QueryKey, wait: Duration) -> (QueryOptions<u32>, Seen) {
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    let opts = QueryOptions::new(key, move || {
+        let s = s.clone();
+        async move {
+            let before = tokio::task::try_id();
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            let mut seen = s.lock().unwrap();
+            seen.push((before, tokio::task::try_id()));
+            Ok::<_, String>(seen.len() as u32)
+        }
+    });
+    (opts, seen)
+}
+
+/// Issue 13 (fill as fast as a hand-written map): a fetch that is ready at once runs in
+/// the caller's own task, with no task spawned for it, and the caller gets its value.
+#[tokio::test(start_paused = true)]
+async fn a_ready_fetch_runs_in_its_callers_own_task() {
+    let client = QueryClient::new();
+    let (opts, seen) = task_recorder(key!["ready"], Duration::ZERO);
+    let caller = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let value = client.fetch_query(&opts).await.unwrap();
+            (*value, tokio::task::id())
+        }
+    });
+    let (value, caller_id) = caller.await.unwrap();
+    assert_eq!(value, 1);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, vec![(Some(caller_id), Some(caller_id))]);
+    assert_eq!(client.stats().fetches, 1);
+}
+
+/// The other half of the same design: a fetch that has to wait leaves its caller's task
+/// at its first wait and finishes in a task of its own, so the caller that started it
+/// can go away (here it is aborted while the fetch sleeps) and a caller that joined
+/// still gets the value, from the one fetch.
+#[tokio::test(start_paused = true)]
+async fn a_slow_fetch_leaves_its_callers_task_at_its_first_wait() {
+    let client = QueryClient::new();
+    let (opts, seen) = task_recorder(key!["slow"], SEC);
+    let starter = tokio::spawn({
+        let (client, opts) = (client.clone(), opts.clone());
+        async move { client.fetch_query(&opts).await }
+    });
+    settle().await;
+    let starter_id = starter.id();
+    let joiner = tokio::spawn({
+        let (client, opts) = (client.clone(), opts.clone());
+        async move { client.fetch_query(&opts).await }
+    });
+    settle().await;
+    starter.abort();
+    assert_eq!(*joiner.await.unwrap().unwrap(), 1);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "one fetch");
+    let (before, after) = seen[0];
+    assert_eq!(before, Some(starter_id), "started in the caller's task");
+    assert!(
+        after.is_some() && after != before,
+        "finished in a task of its own"
+    );
+}
+
+/// A caller served stale data does not wait for the refresh behind it, so the refresh
+/// never runs in the caller's task, even when it is ready at once.
+#[tokio::test(start_paused = true)]
+async fn a_background_refresh_never_runs_in_the_callers_task() {
+    let client = QueryClient::new();
+    let (opts, seen) = task_recorder(key!["swr"], Duration::ZERO);
+    let opts = opts.stale_time(SEC);
+    let caller = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client.fetch_query(&opts).await.unwrap();
+            tokio::time::sleep(2 * SEC).await;
+            let stale = client.fetch_query(&opts).await.unwrap();
+            (*stale, tokio::task::id())
+        }
+    });
+    let (stale, caller_id) = caller.await.unwrap();
+    assert_eq!(stale, 1, "the stale value, at once");
+    settle().await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "one refresh ran");
+    assert_eq!(seen[0].0, Some(caller_id));
+    assert!(seen[1].0.is_some() && seen[1].0 != Some(caller_id));
+    assert_eq!(*client.get_query_data::<u32>(&key!["swr"]).unwrap(), 2);
+}

@@ -90,9 +90,7 @@ impl<T: Send + Sync + 'static> EngineEntry for Entry<T> {
         let Outcome::Flight(f) = shared.dispatch(&self, Event::Cancel) else {
             return None;
         };
-        if let Some(h) = f.abort.get() {
-            h.abort();
-        }
+        f.abort_task();
         Some(async move { f.stopped().await }.boxed())
     }
     fn reset(self: Arc<Self>, shared: &Arc<Shared>) {

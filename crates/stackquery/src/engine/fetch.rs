@@ -1,6 +1,8 @@
 //! The fetch task of one flight: hydration from the second tier, cluster-wide dedup, the
-//! user's fetch function with retries, and settling the entry. It runs as its own tokio
-//! task, so a caller that drops its future cancels nothing for the others.
+//! user's fetch function with retries, and settling the entry. The caller that started it
+//! runs it until it first has to wait, then it runs as its own tokio task
+//! ([`Shared::lead_fetch`]), so a caller that drops its future cancels nothing for the
+//! others; a fetch nobody waits for (a background refresh) is a task from the start.
 
 use std::sync::Arc;
 #[cfg(feature = "redis")]

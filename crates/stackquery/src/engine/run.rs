@@ -3,7 +3,9 @@
 //! [`Shared::dispatch`] hands an [`Event`] to the entry's state machine and then runs the
 //! [`Effects`] it returned, always in this order, with no lock held:
 //!
-//! 1. start the fetch (spawn its task);
+//! 1. start the fetch (spawn its task; or, for a caller that waits for it, hand it to the
+//!    caller, which runs it in its own task after the other effects: see
+//!    [`Shared::lead_fetch`]);
 //! 2. write the entry behind to the second tier;
 //! 3. announce the write to the other instances, once it has landed;
 //! 4. notify the observers (user code may run here);
@@ -63,6 +65,18 @@ impl Shared {
         entry: &Arc<Entry<T>>,
         event: Event<'_, T>,
     ) -> Outcome<T> {
+        self.dispatch_leading(entry, event, None)
+    }
+
+    /// [`dispatch`](Self::dispatch), where a fetch the event starts goes into `lead`
+    /// instead of a task when the caller passes one: the caller will wait for it, and
+    /// runs it in its own task first (see [`lead_fetch`](Self::lead_fetch)).
+    fn dispatch_leading<T: Send + Sync + 'static>(
+        self: &Arc<Self>,
+        entry: &Arc<Entry<T>>,
+        event: Event<'_, T>,
+        lead: Option<&mut Option<StartFetch<T>>>,
+    ) -> Outcome<T> {
         let sink = EntryTimers {
             timers: &self.timers,
             id: entry.id,
@@ -70,7 +84,7 @@ impl Shared {
         };
         let mut fx = Effects::default();
         let outcome = entry.transition(event, &mut fx, &sink);
-        self.run_effects(entry, fx);
+        self.run_effects(entry, fx, lead);
         outcome
     }
 
@@ -78,9 +92,13 @@ impl Shared {
         self: &Arc<Self>,
         entry: &Arc<Entry<T>>,
         fx: Effects<T>,
+        lead: Option<&mut Option<StartFetch<T>>>,
     ) {
         if let Some(start) = fx.fetch {
-            self.spawn_fetch(entry, *start);
+            match lead {
+                Some(lead) => *lead = Some(*start),
+                None => self.spawn_fetch(entry, *start),
+            }
         }
         if fx.write || fx.announce {
             self.write_and_announce(entry, fx.announce);
@@ -101,6 +119,49 @@ impl Shared {
         entry: &Arc<Entry<T>>,
         start: StartFetch<T>,
     ) {
+        if let Some((handle, flight, task)) = self.fetch_task(entry, start) {
+            flight.hand_to_task(handle.spawn(task).abort_handle());
+        }
+    }
+
+    /// Runs a fetch its caller started and will wait for, in the caller's own task, until
+    /// the fetch first has to wait; then hands what is left of it to a task of its own.
+    /// A fetch that is ready at once (a cache in front of a cache, a computed value) so
+    /// costs no task, no scheduling and no wake-up; a slow one still runs apart from its
+    /// caller, so a caller that goes away (dropped, timed out) cancels nothing for the
+    /// others. (User code runs here with no lock held, like in the task.)
+    pub(crate) async fn lead_fetch<T: Send + Sync + 'static>(
+        self: &Arc<Self>,
+        entry: &Arc<Entry<T>>,
+        start: StartFetch<T>,
+    ) {
+        let Some((handle, flight, task)) = self.fetch_task(entry, start) else {
+            return;
+        };
+        let mut task = Box::pin(task);
+        let finished = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(task.as_mut(), cx).is_ready())
+        })
+        .await;
+        if !finished {
+            // Even a flight that is settled already may have work left (the shared-tier
+            // write of a lease holder): the task finishes it. A cancel that landed during
+            // the first poll aborts the task as it is handed over.
+            flight.hand_to_task(handle.spawn(task).abort_handle());
+        }
+    }
+
+    /// The fetch `start` asks for, ready to run: the runtime to hand it to, its flight,
+    /// and the future. `None`: no runtime (the flight is settled with that error).
+    fn fetch_task<T: Send + Sync + 'static>(
+        self: &Arc<Self>,
+        entry: &Arc<Entry<T>>,
+        start: StartFetch<T>,
+    ) -> Option<(
+        tokio::runtime::Handle,
+        Arc<crate::flight::Flight<T>>,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    )> {
         let StartFetch {
             flight,
             mut opts,
@@ -115,7 +176,7 @@ impl Shared {
                 write: false,
             };
             self.dispatch(entry, event);
-            return;
+            return None;
         };
         // A client rule can persist a key whose query does not say `.persist()`.
         if opts.persist.is_none() {
@@ -130,8 +191,7 @@ impl Shared {
         tracing::debug!(key = %entry.key, "fetch start");
         let task =
             super::fetch::run_flight(self.clone(), entry.clone(), flight.clone(), opts, hydrate);
-        let join = handle.spawn(task);
-        let _ = flight.abort.set(join.abort_handle());
+        Some((handle, flight, task))
     }
 
     /// A new entry for `key`, born collectable: whatever its creator does next (fetch,
@@ -154,12 +214,17 @@ impl Shared {
     /// Decides what a typed call gets, starting a fetch if one is needed. `None`: the
     /// entry was removed from the cache before anything started (the caller looks the key
     /// up again), unless `even_if_removed`.
+    ///
+    /// With `lead`, a fetch that the caller is told to wait for is left in it for the
+    /// caller to run ([`lead_fetch`](Self::lead_fetch)); any other fetch (a background
+    /// refresh behind served data) still gets its own task.
     pub(crate) fn ask<T: Send + Sync + 'static>(
         self: &Arc<Self>,
         entry: &Arc<Entry<T>>,
         opts: &QueryOptions<T>,
         mode: Mode,
         even_if_removed: bool,
+        mut lead: Option<&mut Option<StartFetch<T>>>,
     ) -> Result<Option<Step<T>>, QueryError> {
         let event = Event::Ask(Ask {
             opts,
@@ -170,7 +235,13 @@ impl Shared {
             can_spawn: can_spawn(),
         });
         let counters = &self.counters;
-        match self.dispatch(entry, event) {
+        let outcome = self.dispatch_leading(entry, event, lead.as_deref_mut());
+        if !matches!(outcome, Outcome::Step(Step::Wait { .. })) {
+            if let Some(start) = lead.and_then(Option::take) {
+                self.spawn_fetch(entry, start);
+            }
+        }
+        match outcome {
             Outcome::Step(step) => {
                 match &step {
                     Step::Ready { fresh: true, .. } => {

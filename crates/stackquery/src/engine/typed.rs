@@ -61,19 +61,26 @@ impl Shared {
         // An entry evicted between its creation and its first fetch is created again;
         // the loop is bounded (the last round fetches on the removed entry regardless).
         let mut rounds = 0;
-        let step = loop {
+        let mut lead = None;
+        let (entry, step) = loop {
             let entry = match found.take() {
                 Some(e) => e,
                 None => self.typed_entry::<T>(&opts.key)?,
             };
-            match self.ask(&entry, opts, mode, rounds >= 3)? {
-                Some(step) => break step,
+            match self.ask(&entry, opts, mode, rounds >= 3, Some(&mut lead))? {
+                Some(step) => break (entry, step),
                 None => rounds += 1,
             }
         };
         match step {
             Step::Ready { data, .. } => Ok(data),
-            Step::Wait { flight, .. } => flight.wait().await,
+            Step::Wait { flight, .. } => {
+                // This caller started the fetch: it runs it until it first waits.
+                if let Some(start) = lead {
+                    self.lead_fetch(&entry, start).await;
+                }
+                flight.wait().await
+            }
         }
     }
 

@@ -7,12 +7,13 @@
 //! which compiles this file too: its unit tests live in `tests.rs`, declared from
 //! `lib.rs`, so they stay out of the shuttle build.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use tokio::task::AbortHandle;
 
 use crate::error::QueryError;
 use crate::state::QueryState;
+use crate::sync::Mutex;
 
 pub(crate) mod slot;
 
@@ -23,7 +24,9 @@ pub(crate) type FetchResult<T> = Result<Arc<T>, QueryError>;
 
 pub(crate) struct Flight<T> {
     result: Slot<FetchResult<T>>,
-    pub(crate) abort: OnceLock<AbortHandle>,
+    /// The task that runs the fetch, once it has one (a ready fetch never does), and
+    /// whether a cancel asked to stop it (see [`hand_to_task`](Self::hand_to_task)).
+    task: Mutex<Task>,
     /// The entry's state when the fetch began: what a cancel goes back to.
     pub(crate) previous: QueryState<T>,
     /// The entry's data generation when the fetch began; a manual write bumps it, and
@@ -35,6 +38,13 @@ pub(crate) struct Flight<T> {
     /// Resolved when the fetch task has stopped (finished, or dropped after an abort):
     /// its fetch function's future is gone by then.
     stopped: Slot<()>,
+}
+
+/// The fetch's task as far as cancelling it goes.
+#[derive(Default)]
+struct Task {
+    abort: Option<AbortHandle>,
+    cancelled: bool,
 }
 
 /// Held by a flight's task: dropping it (with the task's future) says the task stopped.
@@ -50,11 +60,32 @@ impl<T> Flight<T> {
     pub(crate) fn new(previous: QueryState<T>, data_gen: u64, inval_gen: u64) -> Self {
         Flight {
             result: Slot::new(),
-            abort: OnceLock::new(),
+            task: Mutex::new(Task::default()),
             previous,
             data_gen,
             inval_gen,
             stopped: Slot::new(),
+        }
+    }
+
+    /// Records the task that now runs the fetch. A cancel that came first (while the
+    /// fetch ran in its caller's task, or between the spawn and this call) aborts it at
+    /// once: a cancel never waits for a fetch it could not reach.
+    pub(crate) fn hand_to_task(&self, abort: AbortHandle) {
+        let mut task = self.task.lock();
+        if task.cancelled {
+            abort.abort();
+        } else {
+            task.abort = Some(abort);
+        }
+    }
+
+    /// Stops the fetch's task, now if it has one, else as soon as it is handed one.
+    pub(crate) fn abort_task(&self) {
+        let mut task = self.task.lock();
+        task.cancelled = true;
+        if let Some(abort) = task.abort.take() {
+            abort.abort();
         }
     }
 
