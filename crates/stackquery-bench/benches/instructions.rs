@@ -268,7 +268,7 @@ mod paths {
         }
     }
 
-    /// `fetch_query` on each new key (a miss: the fetch runs as its own task).
+    /// `fetch_query` on each new key (a miss: the fetch, ready at once, runs in the caller's task).
     pub(super) fn fill_fetch(fx: Fill) -> Fill {
         fx.rt.block_on(async {
             for o in &fx.opts {
