@@ -1,0 +1,33 @@
+"""stackquery: async data fetching and caching on a Rust engine.
+
+A drop-in replacement for PyStackQuery 1.0.2 is being built on the Rust library's
+engine (see ``DESIGN.md`` in the ``stackquery-py`` crate for the design and for what is
+done). This release provides the key helpers, implemented in Rust:
+
+- :func:`hash_key`: a key's canonical text, shared with Rust clients (the storage name of
+  the key in the SQLite and Redis tiers);
+- :func:`partial_match`: prefix matching of keys (a filter may be a list);
+- :func:`default_retry_delay`: the retry schedule, ``min(2 ** attempt, 30)`` seconds.
+
+Keys are tuples of ``str``, ``int`` and ``bool`` parts; anything else raises
+``TypeError`` naming the offending part.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+from ._native import default_retry_delay, hash_key, key_parts, partial_match
+
+QueryKey: TypeAlias = tuple[str | int | bool, ...]
+"""A query key: a tuple of ``str``, ``int`` and ``bool`` parts, e.g. ``("users", "7")``."""
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "QueryKey",
+    "default_retry_delay",
+    "hash_key",
+    "key_parts",
+    "partial_match",
+]

@@ -1,0 +1,129 @@
+//! Python query keys as the core's [`QueryKey`].
+//!
+//! A key is a tuple of `str`, `int` and `bool` parts, as in PyStackQuery (whose keys are
+//! `tuple[str, ...]`); each part becomes the core's [`KeyPart`], so `("user", "7")`
+//! from Python and `key!["user", "7"]` from Rust are one key: equal, with the same hash
+//! and the same storage name. Anything else is refused with a `TypeError` that names the
+//! offending part, where PyStackQuery would fail later, or silently (its keys were
+//! compared as `str(key)`: a list never matched a tuple, and `("1",)` and `(1,)` were
+//! different keys with the same storage name only by accident).
+//!
+//! Filters (the first argument of [`partial_match`], and later of invalidation) may also
+//! be lists: a filter names a prefix, it is never stored.
+
+use pyo3::exceptions::{PyOverflowError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyInt, PyList, PyString, PyTuple};
+use stackquery::{KeyPart, QueryKey};
+
+/// What a Python object is being converted for (it decides whether a list is accepted,
+/// and names the argument in errors).
+#[derive(Clone, Copy)]
+pub(crate) enum Role {
+    /// A query key: a tuple.
+    Key,
+    /// A filter: a tuple or a list.
+    Filter,
+}
+
+/// `obj` as a core key, or a `TypeError` that says what was wrong.
+pub(crate) fn to_key(obj: &Bound<'_, PyAny>, role: Role) -> PyResult<QueryKey> {
+    let what = match role {
+        Role::Key => "a query key",
+        Role::Filter => "a key filter",
+    };
+    let items: Vec<Bound<'_, PyAny>> = if let Ok(t) = obj.cast::<PyTuple>() {
+        t.iter().collect()
+    } else if let (Role::Filter, Ok(l)) = (role, obj.cast::<PyList>()) {
+        l.iter().collect()
+    } else {
+        let expected = match role {
+            Role::Key => "a tuple",
+            Role::Filter => "a tuple or a list",
+        };
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be {expected} of str, int or bool parts, got {}",
+            type_name(obj)
+        )));
+    };
+    let mut parts = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        parts.push(to_part(item).map_err(|e| {
+            PyTypeError::new_err(format!("{what}: part {i} ({}): {e}", type_name(item)))
+        })?);
+    }
+    Ok(QueryKey::new(parts))
+}
+
+fn to_part(item: &Bound<'_, PyAny>) -> Result<KeyPart, String> {
+    // `bool` first: in Python it is a subclass of `int`.
+    if let Ok(b) = item.cast::<PyBool>() {
+        return Ok(KeyPart::Bool(b.is_true()));
+    }
+    if let Ok(s) = item.cast::<PyString>() {
+        let s = s.to_str().map_err(|e| e.to_string())?;
+        return Ok(KeyPart::from(s));
+    }
+    if item.cast::<PyInt>().is_ok() {
+        if let Ok(i) = item.extract::<i64>() {
+            return Ok(KeyPart::from(i));
+        }
+        if let Ok(u) = item.extract::<u64>() {
+            return Ok(KeyPart::from(u));
+        }
+        return Err("an int part must fit in 64 bits".into());
+    }
+    Err("parts must be str, int or bool".into())
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The key's canonical text: its storage name in the SQLite and Redis tiers, the same
+/// text a Rust client prints for the same key (`["users","7"]`).
+///
+/// PyStackQuery returned `str(key)` (`"('users', '7')"`); this is the one deliberate
+/// difference of `hash_key`: the text is shared with Rust and stable across Python
+/// versions.
+#[pyfunction]
+pub(crate) fn hash_key(key: &Bound<'_, PyAny>) -> PyResult<String> {
+    Ok(to_key(key, Role::Key)?.to_string())
+}
+
+/// `True` when `filter_key` is a prefix of `target_key` (every key is a prefix of
+/// itself; the empty filter matches every key). The filter may be a list.
+#[pyfunction]
+pub(crate) fn partial_match(
+    filter_key: &Bound<'_, PyAny>,
+    target_key: &Bound<'_, PyAny>,
+) -> PyResult<bool> {
+    let filter = to_key(filter_key, Role::Filter)?;
+    let target = to_key(target_key, Role::Key)?;
+    Ok(target.starts_with(&filter))
+}
+
+/// The key's parts as the engine stores them (a tuple; `bool`, `int` and `str` parts
+/// come back as the same Python types). Raises like any key conversion.
+#[pyfunction]
+pub(crate) fn key_parts<'py>(
+    py: Python<'py>,
+    key: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let key = to_key(key, Role::Key)?;
+    let mut out: Vec<Bound<'py, PyAny>> = Vec::with_capacity(key.parts().len());
+    for part in key.parts() {
+        out.push(match part {
+            KeyPart::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+            KeyPart::Int(i) => i.into_pyobject(py)?.into_any(),
+            KeyPart::UInt(u) => u.into_pyobject(py)?.into_any(),
+            KeyPart::Str(s) => PyString::new(py, s).into_any(),
+            #[allow(unreachable_patterns)]
+            _ => return Err(PyOverflowError::new_err("unknown key part")),
+        });
+    }
+    PyTuple::new(py, out)
+}
