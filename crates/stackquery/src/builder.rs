@@ -35,6 +35,7 @@ pub struct QueryClientBuilder {
     tier: TierConfig,
     cluster: Cluster,
     persist_rules: crate::persist_rules::PersistRules,
+    runtime: crate::host::Runtime,
 }
 
 impl Default for QueryClientBuilder {
@@ -51,6 +52,7 @@ impl Default for QueryClientBuilder {
             },
             cluster: Cluster::default(),
             persist_rules: Default::default(),
+            runtime: Default::default(),
         }
     }
 }
@@ -92,6 +94,16 @@ impl QueryClientBuilder {
         note: "The client's default, for every query that does not set its own.";
         // `QueryClientBuilder` itself is `#[must_use]`.
         each: ;
+    }
+
+    /// Runs the engine on `host` instead of tokio: its clock judges freshness and gc, its
+    /// tasks run fetches that outlive their first caller and the timer driver, and its
+    /// sleeps time the retries (see [`Host`](crate::Host)). For embedding the engine in
+    /// another event loop, such as the Python package's asyncio driver. The second tier
+    /// and the bus still need a tokio runtime.
+    pub fn host(mut self, host: std::sync::Arc<dyn crate::Host>) -> Self {
+        self.runtime = crate::host::Runtime::Custom(host);
+        self
     }
 
     /// Bound on the number of entries in memory. When full, the least recently used
@@ -224,6 +236,7 @@ impl QueryClientBuilder {
             tier,
             self.cluster,
             self.persist_rules,
+            self.runtime,
         )
     }
 }

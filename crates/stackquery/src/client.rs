@@ -128,7 +128,7 @@ impl QueryClient {
         let stale_time = self.shared.defaults.stale_time(opts);
         let probe = self.shared.cache.with(&opts.key, |e| {
             match e.as_any().downcast_ref::<Entry<T>>() {
-                Some(entry) => match entry.fresh_data(stale_time) {
+                Some(entry) => match entry.fresh_data(stale_time, || self.shared.runtime.now()) {
                     Some(data) => Ok(Ok(data)),
                     // Not fresh: keep the entry, so the slow path need not look it up again.
                     None => Ok(Err(e.clone())),
@@ -246,7 +246,7 @@ impl QueryClient {
             .with(key, |e| {
                 e.as_any()
                     .downcast_ref::<Entry<T>>()
-                    .map(|e| e.snapshot(None))
+                    .map(|e| e.snapshot(None, self.shared.runtime.now()))
             })
             .flatten()
     }
@@ -539,8 +539,9 @@ impl QueryClient {
         tier: Option<Arc<Tier>>,
         cluster: Cluster,
         persist_rules: crate::persist_rules::PersistRules,
+        runtime: crate::host::Runtime,
     ) -> QueryClient {
-        let shared = Shared::new(defaults, max_queries, tier, cluster, persist_rules);
+        let shared = Shared::new(defaults, max_queries, tier, cluster, persist_rules, runtime);
         QueryClient {
             _life: Some(Arc::new(ClientLife(shared.clone()))),
             shared,

@@ -8,7 +8,6 @@ use tokio::time::Instant;
 
 /// How far ahead "never" is put when a caller needs a concrete `Instant` (about 30 years:
 /// far past any process's life, and well inside every platform's `Instant` range).
-#[allow(dead_code)]
 const NEVER: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
 
 /// `from + d`, or `None` when that is past the clock's range ("never").
@@ -21,9 +20,40 @@ pub(crate) fn after(d: Duration) -> Option<Instant> {
     checked_after(Instant::now(), d)
 }
 
-// Not used on this branch yet (the observer's poll task is its first user); kept so every
-// caller needing a concrete `Instant` saturates the same way.
-#[allow(dead_code)]
+/// The time as one entry transition sees it. The machine never reads a clock itself: its
+/// host passes the clock in (the tokio engine passes tokio's, so the paused clock drives
+/// tests exactly; another host, such as an asyncio driver, passes its loop's). The clock
+/// is read on first use only, and the same instant serves the rest of the transition, so
+/// every deadline one transition computes starts from one moment, and a transition that
+/// needs no time reads no clock.
+pub(crate) struct Now<'c> {
+    clock: &'c dyn Fn() -> Instant,
+    at: std::cell::Cell<Option<Instant>>,
+}
+
+impl<'c> Now<'c> {
+    /// The time from `clock`, read when first asked for.
+    pub(crate) fn new(clock: &'c dyn Fn() -> Instant) -> Self {
+        Now {
+            clock,
+            at: std::cell::Cell::new(None),
+        }
+    }
+
+    /// The transition's instant.
+    #[inline]
+    pub(crate) fn get(&self) -> Instant {
+        match self.at.get() {
+            Some(at) => at,
+            None => {
+                let at = (self.clock)();
+                self.at.set(Some(at));
+                at
+            }
+        }
+    }
+}
+
 /// `from + d`, saturated to a far-future instant when it would overflow (for APIs that
 /// need an `Instant`, such as `sleep_until`).
 pub(crate) fn saturating_after(from: Instant, d: Duration) -> Instant {

@@ -19,6 +19,7 @@ pub(crate) use machine::{
     StartFetch, Step, Timer, TimerSink, Watcher,
 };
 
+use crate::deadline::Now;
 use crate::key::QueryKey;
 use crate::state::QueryState;
 use machine::{Cell, Machine};
@@ -46,10 +47,11 @@ impl<T> Entry<T> {
     pub(crate) fn transition(
         &self,
         event: Event<'_, T>,
+        now: &Now<'_>,
         fx: &mut Effects<T>,
         timers: &dyn TimerSink,
     ) -> Outcome<T> {
-        let outcome = self.cell.transition(event, fx, timers);
+        let outcome = self.cell.transition(event, now, fx, timers);
         if fx.used {
             self.touch();
         }
@@ -66,9 +68,13 @@ impl<T> Entry<T> {
 
     /// The hit path: fresh data or nothing.
     #[inline(always)]
-    pub(crate) fn fresh_data(&self, stale_time: Duration) -> Option<Arc<T>> {
+    pub(crate) fn fresh_data(
+        &self,
+        stale_time: Duration,
+        now: impl FnOnce() -> Instant,
+    ) -> Option<Arc<T>> {
         // Counted under the lock taken anyway: no shared counter on the hit path.
-        let data = self.cell.hit(stale_time)?;
+        let data = self.cell.hit(stale_time, now)?;
         self.touch();
         Some(data)
     }
@@ -98,8 +104,8 @@ impl<T> Entry<T> {
 
     /// A snapshot whose staleness is judged with `stale_time`, or (`None`) with the
     /// entry's own rule: stale for any observer, else by its last caller.
-    pub(crate) fn snapshot(&self, stale_time: Option<Duration>) -> QueryState<T> {
-        self.cell.read(|m| m.snapshot(stale_time))
+    pub(crate) fn snapshot(&self, stale_time: Option<Duration>, now: Instant) -> QueryState<T> {
+        self.cell.read(|m| m.snapshot(stale_time, now))
     }
 
     /// Wall-clock stamp of the data held.
@@ -108,8 +114,8 @@ impl<T> Entry<T> {
     }
 
     /// Whether the data held is fresh for `stale_time`.
-    pub(crate) fn is_fresh_for(&self, stale_time: Duration) -> bool {
-        self.cell.read(|m| m.is_fresh(stale_time))
+    pub(crate) fn is_fresh_for(&self, stale_time: Duration, now: Instant) -> bool {
+        self.cell.read(|m| m.is_fresh(stale_time, now))
     }
 
     /// Whether the entry's last options say the query is persisted, and with what.
@@ -153,7 +159,7 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     /// Has at least one enabled observer.
     fn is_active(&self) -> bool;
     fn is_fetching(&self) -> bool;
-    fn is_stale(&self) -> bool;
+    fn is_stale(&self, now: Instant) -> bool;
     /// The entry's gc timer fired at `now`: `Collect` when its deadline has passed and it
     /// is still unused; `Rearm(at)` when it is unused but its deadline moved later (the
     /// caller arms the timer at `at`); `Keep` when it is in use (it arms a timer again when
@@ -196,12 +202,14 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
     fn is_fetching(&self) -> bool {
         self.cell.read(Machine::is_fetching)
     }
-    fn is_stale(&self) -> bool {
-        self.cell.read(Machine::is_stale)
+    fn is_stale(&self, now: Instant) -> bool {
+        self.cell.read(|m| m.is_stale(now))
     }
     fn gc_timer_fired(&self, fired_at: Instant, now: Instant) -> GcVerdict {
+        let clock = move || now;
         match self.transition(
             Event::GcTimerFired { fired_at, now },
+            &Now::new(&clock),
             &mut Effects::default(),
             &NoTimers,
         ) {
@@ -210,7 +218,14 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         }
     }
     fn mark_removed(&self) -> [Option<Instant>; 2] {
-        match self.transition(Event::Remove, &mut Effects::default(), &NoTimers) {
+        // A removal computes no deadline (it clears them): the clock is never read.
+        let clock = Instant::now;
+        match self.transition(
+            Event::Remove,
+            &Now::new(&clock),
+            &mut Effects::default(),
+            &NoTimers,
+        ) {
             Outcome::Deadlines { gc, stale } => [gc, stale],
             _ => [None, None],
         }
@@ -237,5 +252,76 @@ mod size_tests {
         // Before this test: 344 and 376.
         assert!(size_of::<Machine<Arc<u64>>>() <= 272);
         assert!(size_of::<Entry<Arc<u64>>>() <= 320);
+    }
+}
+
+#[cfg(test)]
+mod host_clock_tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::machine::{Cell, Effects, Event, Machine, Timer, TimerSink};
+    use crate::deadline::Now;
+
+    /// Records the timers a transition arms.
+    #[derive(Default)]
+    struct Armed(Mutex<Vec<(Timer, Instant)>>);
+
+    impl TimerSink for Armed {
+        fn arm(&self, timer: Timer, _: Option<Instant>, at: Instant) {
+            self.0.lock().unwrap().push((timer, at));
+        }
+        fn disarm(&self, _: Timer, _: Instant) {}
+    }
+
+    /// (Here, not beside the machine: `tests/shuttle_flight.rs` compiles the machine's files,
+    /// whose lock is shuttle's there.)
+    ///
+    /// The Python package (issue 14) drives entries from an asyncio loop, whose clock
+    /// (virtual under `looptime`) is not tokio's. So the machine must judge every time
+    /// by the clock its host passes in, and read none itself. Here the host's clock is an
+    /// hour ahead of the real one, with no tokio runtime at all: the gc deadline, the
+    /// freshness of written data and its end are all counted from the host's instants.
+    #[test]
+    fn the_machine_keeps_time_by_its_hosts_clock_only() {
+        let start = Instant::now() + Duration::from_secs(3600);
+        let cell = Cell::new(Machine::<u32>::new(
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        ));
+        let armed = Armed::default();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+
+        let clock = move || at(0);
+        let mut fx = Effects::default();
+        cell.transition(Event::Born, &Now::new(&clock), &mut fx, &armed);
+        assert_eq!(armed.0.lock().unwrap().as_slice(), &[(Timer::Gc, at(60))]);
+
+        let clock = move || at(5);
+        let mut fx = Effects::default();
+        let write = Event::Write {
+            data: Arc::new(7),
+            expect: None,
+        };
+        cell.transition(write, &Now::new(&clock), &mut fx, &armed);
+
+        let stale_time = Duration::from_secs(10);
+        assert!(cell.read(|m| m.is_fresh(stale_time, at(14))));
+        assert!(
+            !cell.read(|m| m.is_fresh(stale_time, at(15))),
+            "stale 10 s after the write"
+        );
+        assert_eq!(
+            cell.hit(stale_time, || at(14)).as_deref(),
+            None,
+            "no options: slow path"
+        );
+        let snapshot = cell.read(|m| m.snapshot(Some(stale_time), at(16)));
+        assert_eq!((snapshot.data.as_deref(), snapshot.stale), (Some(&7), true));
+        // The real clock is an hour behind the host's: judged by it, the data would still
+        // be fresh (an hour "before" the write).
+        assert!(cell.read(|m| m.is_fresh(stale_time, Instant::now() + Duration::from_secs(3605))));
     }
 }

@@ -115,7 +115,9 @@ impl QueryFilter {
 
     /// The narrowing part; called outside every lock (it may run user code).
     pub(crate) fn accepts(&self, e: &ErasedEntry) -> bool {
-        if self.stale.is_some_and(|s| e.is_stale() != s)
+        if self
+            .stale
+            .is_some_and(|s| e.is_stale(tokio::time::Instant::now()) != s)
             || self.active.is_some_and(|a| e.is_active() != a)
             || self.fetching.is_some_and(|f| e.is_fetching() != f)
         {

@@ -66,6 +66,7 @@ mod flight;
 #[cfg(test)]
 #[path = "flight/tests.rs"]
 mod flight_tests;
+mod host;
 mod key;
 #[cfg(feature = "redis")]
 mod lease;
@@ -91,6 +92,7 @@ pub use builder::QueryClientBuilder;
 pub use client::QueryClient;
 pub use error::{BoxError, FetchError, QueryError, TypeMismatch};
 pub use filter::QueryFilter;
+pub use host::{Host, HostFuture, TaskHandle};
 pub use key::{KeyPart, KeyStr, ParseKeyError, QueryKey};
 pub use mutation::{Mutation, MutationOptions, MutationState, MutationStatus};
 pub use observer::{ObserverStream, QueryObserver};

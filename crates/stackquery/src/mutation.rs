@@ -361,7 +361,9 @@ where
     ) -> Self {
         let scope = opts.scope.clone();
         let opts = Arc::new(opts);
-        let exec: Exec<V, T> = Arc::new(move |call| execute(opts.clone(), call).boxed());
+        let runtime = shared.runtime.clone();
+        let exec: Exec<V, T> =
+            Arc::new(move |call| execute(runtime.clone(), opts.clone(), call).boxed());
         Mutation {
             inner: Arc::new(Inner {
                 shared,

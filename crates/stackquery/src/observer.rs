@@ -361,7 +361,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
                 },
             },
         };
-        Ok(entry.snapshot(Some(stale_time)))
+        Ok(entry.snapshot(Some(stale_time), self.shared.runtime.now()))
     }
 
     fn mismatch(&self) -> QueryError {

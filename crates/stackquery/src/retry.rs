@@ -269,8 +269,9 @@ pub(crate) enum Step {
 /// `Sync`). Each attempt runs under the crate's panic policy (`what` names it in the log);
 /// `report` does the caller's bookkeeping and logging for each failure (see [`Step`]).
 /// A panic is never retried: it is a bug in the user's function, not a transient failure.
-/// Nor is anything retried off a tokio runtime, which is needed to time the wait.
+/// Nor is anything retried where the host cannot time the wait (tokio: off a runtime).
 pub(crate) async fn run_with_retries<C, T, Fut>(
+    runtime: &crate::host::Runtime,
     what: &'static str,
     retry: &Retry<'_>,
     ctx: &mut C,
@@ -293,12 +294,12 @@ where
         // function, not a transient failure.
         let again = !matches!(error, QueryError::Panicked(_))
             && retry.policy.should_retry(failures, &error);
-        if again && tokio::runtime::Handle::try_current().is_err() {
-            tracing::warn!(what, %error, "not retried: no tokio runtime to time the delay");
+        if again && !runtime.can_spawn() {
+            tracing::warn!(what, %error, "not retried: no runtime to time the delay");
         } else if again {
             let delay = retry.delay(failures - 1);
             report(ctx, &error, failures, Step::Retry(delay));
-            tokio::time::sleep(delay).await;
+            runtime.sleep(delay).await;
             continue;
         }
         report(ctx, &error, failures, Step::GiveUp);
@@ -370,6 +371,7 @@ mod tests {
         let calls = AtomicU32::new(0);
         let mut steps = Vec::new();
         let result: Result<(), _> = run_with_retries(
+            &crate::host::Runtime::Tokio,
             "test",
             &retry,
             &mut steps,
@@ -407,6 +409,7 @@ mod tests {
         let retry = config.resolve(None, 0);
         let calls = AtomicU32::new(0);
         let result: Result<(), _> = futures::executor::block_on(run_with_retries(
+            &crate::host::Runtime::Tokio,
             "test",
             &retry,
             &mut (),

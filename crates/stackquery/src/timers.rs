@@ -75,15 +75,18 @@ pub(crate) struct Timers {
     wake: Arc<Notify>,
     driver: Worker,
     make_driver: MakeDriver,
+    /// Where the driver runs (the client's host).
+    runtime: crate::host::Runtime,
 }
 
 impl Timers {
-    pub(crate) fn new(make_driver: MakeDriver) -> Self {
+    pub(crate) fn new(make_driver: MakeDriver, runtime: crate::host::Runtime) -> Self {
         Timers {
             queue: Mutex::new(Queue::default()),
             wake: Arc::new(Notify::new()),
             driver: Worker::default(),
             make_driver,
+            runtime,
         }
     }
 
@@ -148,8 +151,9 @@ impl Timers {
     /// runtime died). One atomic load when it runs.
     pub(crate) fn ensure_driver(&self) {
         let wake = self.wake.clone();
-        self.driver
-            .ensure(move |running| (self.make_driver)(wake, running));
+        self.driver.ensure_on(&self.runtime, move |running| {
+            (self.make_driver)(wake, running)
+        });
     }
 
     /// Takes the timers due at `now` out of the queue, and records what the driver will

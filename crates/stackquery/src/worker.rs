@@ -12,12 +12,14 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::host::Runtime;
+
 /// One restartable background task.
 #[derive(Default)]
 pub(crate) struct Worker {
     running: Arc<AtomicBool>,
     /// The task's abort handle, for owners that stop it when they are dropped.
-    task: parking_lot::Mutex<Option<tokio::task::AbortHandle>>,
+    task: parking_lot::Mutex<Option<crate::host::TaskHandle>>,
 }
 
 /// Held by the worker's task; dropping it (task finished, aborted, or dropped with its
@@ -39,19 +41,28 @@ impl Worker {
         F: FnOnce(Running) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.ensure_on(&Runtime::Tokio, make);
+    }
+
+    /// [`ensure`](Self::ensure) on `runtime` (the client's host).
+    pub(crate) fn ensure_on<F, Fut>(&self, runtime: &Runtime, make: F)
+    where
+        F: FnOnce(Running) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         if self.running.load(Ordering::Acquire) {
             return;
         }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        if !runtime.can_spawn() {
             return;
-        };
+        }
         if self.running.swap(true, Ordering::AcqRel) {
             return;
         }
         // If the runtime is shutting down, the task is dropped at once with its guard, so
         // the flag goes back to false and a later call tries again.
-        let task = handle.spawn(make(Running(self.running.clone())));
-        *self.task.lock() = Some(task.abort_handle());
+        let task = runtime.spawn(make(Running(self.running.clone())));
+        *self.task.lock() = task;
     }
 
     /// Stops the task if it runs (its owner is going away).

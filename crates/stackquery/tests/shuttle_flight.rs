@@ -60,6 +60,9 @@ mod error;
 #[path = "../src/flight/mod.rs"]
 mod flight;
 #[allow(dead_code, unreachable_pub)]
+#[path = "../src/host.rs"]
+mod host;
+#[allow(dead_code, unreachable_pub)]
 #[path = "../src/entry/machine/mod.rs"]
 mod machine;
 #[allow(dead_code, unreachable_pub)]
@@ -284,7 +287,9 @@ impl Harness {
         let (fx, outcome, seq) = {
             let mut history = self.history.lock().unwrap();
             let mut fx = machine::Effects::default();
-            let outcome = self.cell.transition(event, &mut fx, &NoTimers);
+            let clock = tokio::time::Instant::now;
+            let now = deadline::Now::new(&clock);
+            let outcome = self.cell.transition(event, &now, &mut fx, &NoTimers);
             let seq = history.steps;
             history.steps += 1;
             if is_write {
@@ -376,7 +381,7 @@ impl Harness {
 
     fn seen(&self) -> Seen {
         self.cell.read(|m| {
-            let s = m.snapshot(None);
+            let s = m.snapshot(None, tokio::time::Instant::now());
             Seen {
                 version: m.version(),
                 data: s.data.as_deref().copied(),

@@ -204,8 +204,13 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
 
     /// Gc: removes entry `id` at `key` if its deadline has passed and it is unused.
     /// `fired_at`: the deadline the fired timer was armed at.
-    pub(crate) fn collect(&self, key: &QueryKey, id: u64, fired_at: tokio::time::Instant) {
-        let now = tokio::time::Instant::now();
+    pub(crate) fn collect(
+        &self,
+        key: &QueryKey,
+        id: u64,
+        fired_at: tokio::time::Instant,
+        now: tokio::time::Instant,
+    ) {
         let mut reg = self.registry.lock();
         let verdict = self
             .with(key, |e| {

@@ -486,7 +486,7 @@ mod enabled {
                 let Some(shared) = weak.upgrade() else {
                     return;
                 };
-                if !e.is_active() || !e.is_stale() || e.is_fetching() {
+                if !e.is_active() || !e.is_stale(shared.runtime.now()) || e.is_fetching() {
                     continue;
                 }
                 if let Some(settled) = e.refetch(&shared) {

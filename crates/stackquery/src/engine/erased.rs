@@ -15,8 +15,6 @@ use crate::entry::{AnyEntry, Entry, Event, Outcome, Reload};
 use crate::snapshot::DehydratedQuery;
 use crate::storage::Envelope;
 
-use super::run::can_spawn;
-
 /// A future that resolves when a started refetch settles (its outcome is in the cache).
 pub(crate) type Settled = BoxFuture<'static, ()>;
 
@@ -79,11 +77,11 @@ fn settled<T: Send + Sync + 'static>(outcome: Outcome<T>) -> Option<Settled> {
 impl<T: Send + Sync + 'static> EngineEntry for Entry<T> {
     fn invalidate(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {
         // (The client writes the invalidated flag to the second tier, then announces it.)
-        let can_spawn = can_spawn();
+        let can_spawn = shared.runtime.can_spawn();
         settled(shared.dispatch(&self, Event::Invalidate { can_spawn }))
     }
     fn refetch(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {
-        let can_spawn = can_spawn();
+        let can_spawn = shared.runtime.can_spawn();
         settled(shared.dispatch(&self, Event::Refetch { can_spawn }))
     }
     fn cancel(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {
@@ -122,7 +120,7 @@ impl<T: Send + Sync + 'static> EngineEntry for Entry<T> {
         let event = Event::RemoteChange {
             reload,
             refetch_now,
-            can_spawn: can_spawn(),
+            can_spawn: shared.runtime.can_spawn(),
         };
         matches!(shared.dispatch(&self, event), Outcome::Yes)
     }

@@ -152,6 +152,7 @@ async fn fetch_with_retries<T: Send + Sync + 'static>(
     let key = &guard.entry.key;
     let retry = guard.shared.defaults.retry(opts);
     let value = run_with_retries(
+        &guard.shared.runtime,
         "fetch",
         &retry,
         &mut (),
@@ -293,9 +294,10 @@ async fn hydrate_flight<T: Send + Sync + 'static>(
         return false;
     }
     guard.settle_stored(envelope, true);
-    let stale = !guard
-        .entry
-        .is_fresh_for(guard.shared.defaults.stale_time(opts));
+    let stale = !guard.entry.is_fresh_for(
+        guard.shared.defaults.stale_time(opts),
+        guard.shared.runtime.now(),
+    );
     if stale {
         guard.shared.refresh(&guard.entry, opts);
     }

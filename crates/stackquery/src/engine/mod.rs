@@ -21,6 +21,7 @@ pub(crate) use erased::EngineEntry;
 pub(crate) use typed::{downcast, mismatch};
 
 use crate::cache::Cache;
+use crate::host::Runtime;
 use crate::options::Defaults;
 use crate::persist_rules::PersistRules;
 use crate::snapshot::Restored;
@@ -49,6 +50,9 @@ pub(crate) struct Shared {
     pub(crate) persist_rules: PersistRules,
     /// Scope queues of mutations (see `mutation.rs`).
     pub(crate) mutation_scopes: mutation_scopes::Scopes,
+    /// Where the engine runs: its clock, tasks and sleeps (tokio unless the client was
+    /// built with another [`Host`](crate::Host)).
+    pub(crate) runtime: Runtime,
     next_id: AtomicU64,
 }
 
@@ -60,12 +64,16 @@ impl Shared {
         tier: Option<Arc<Tier>>,
         cluster: Cluster,
         persist_rules: PersistRules,
+        runtime: Runtime,
     ) -> Arc<Shared> {
         Arc::new_cyclic(|weak| {
             let weak = weak.clone();
-            let timers = Arc::new(Timers::new(Box::new(move |wake, running| {
-                Box::pin(timer_driver::drive(weak.clone(), wake, running))
-            })));
+            let timers = Arc::new(Timers::new(
+                Box::new(move |wake, running| {
+                    Box::pin(timer_driver::drive(weak.clone(), wake, running))
+                }),
+                runtime.clone(),
+            ));
             let counters = Arc::new(Counters::default());
             Shared {
                 defaults,
@@ -77,6 +85,7 @@ impl Shared {
                 persist_rules,
                 mutation_scopes: mutation_scopes::Scopes::default(),
                 cluster,
+                runtime,
                 next_id: AtomicU64::new(0),
             }
         })

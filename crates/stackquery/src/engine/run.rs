@@ -20,6 +20,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::Shared;
+use crate::deadline::Now;
 use crate::entry::{
     Ask, Effects, Entry, Event, Outcome, StartFetch, Step, Timer, TimerSink, Watcher,
 };
@@ -53,11 +54,6 @@ fn kind(timer: Timer) -> TimerKind {
     }
 }
 
-/// A fetch task can be spawned here (a tokio runtime is current).
-pub(crate) fn can_spawn() -> bool {
-    tokio::runtime::Handle::try_current().is_ok()
-}
-
 impl Shared {
     /// Applies `event` to `entry`, runs its effects, and returns the machine's answer.
     pub(crate) fn dispatch<T: Send + Sync + 'static>(
@@ -83,7 +79,9 @@ impl Shared {
             key: &entry.key,
         };
         let mut fx = Effects::default();
-        let outcome = entry.transition(event, &mut fx, &sink);
+        // The host's clock (tokio's by default, whose paused clock drives tests exactly).
+        let clock = || self.runtime.now();
+        let outcome = entry.transition(event, &Now::new(&clock), &mut fx, &sink);
         self.run_effects(entry, fx, lead);
         outcome
     }
@@ -119,8 +117,10 @@ impl Shared {
         entry: &Arc<Entry<T>>,
         start: StartFetch<T>,
     ) {
-        if let Some((handle, flight, task)) = self.fetch_task(entry, start) {
-            flight.hand_to_task(handle.spawn(task).abort_handle());
+        if let Some((flight, task)) = self.fetch_task(entry, start) {
+            if let Some(handle) = self.runtime.spawn(task) {
+                flight.hand_to_task(handle);
+            }
         }
     }
 
@@ -135,7 +135,7 @@ impl Shared {
         entry: &Arc<Entry<T>>,
         start: StartFetch<T>,
     ) {
-        let Some((handle, flight, task)) = self.fetch_task(entry, start) else {
+        let Some((flight, task)) = self.fetch_task(entry, start) else {
             return;
         };
         let mut task = Box::pin(task);
@@ -147,18 +147,20 @@ impl Shared {
             // Even a flight that is settled already may have work left (the shared-tier
             // write of a lease holder): the task finishes it. A cancel that landed during
             // the first poll aborts the task as it is handed over.
-            flight.hand_to_task(handle.spawn(task).abort_handle());
+            if let Some(handle) = self.runtime.spawn(task) {
+                flight.hand_to_task(handle);
+            }
         }
     }
 
-    /// The fetch `start` asks for, ready to run: the runtime to hand it to, its flight,
-    /// and the future. `None`: no runtime (the flight is settled with that error).
+    /// The fetch `start` asks for, ready to run: its flight and the future. `None`: the
+    /// host cannot run tasks now (the flight is settled with `NoRuntime`). A task the host
+    /// then fails to start is dropped, and its guard settles the flight as cancelled.
     fn fetch_task<T: Send + Sync + 'static>(
         self: &Arc<Self>,
         entry: &Arc<Entry<T>>,
         start: StartFetch<T>,
     ) -> Option<(
-        tokio::runtime::Handle,
         Arc<crate::flight::Flight<T>>,
         impl std::future::Future<Output = ()> + Send + 'static,
     )> {
@@ -167,7 +169,7 @@ impl Shared {
             mut opts,
             hydrate,
         } = start;
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        if !self.runtime.can_spawn() {
             // Checked before the transition (`can_spawn`), so this is not expected.
             let event = Event::Settled {
                 flight: &flight,
@@ -177,7 +179,7 @@ impl Shared {
             };
             self.dispatch(entry, event);
             return None;
-        };
+        }
         // A client rule can persist a key whose query does not say `.persist()`.
         if opts.persist.is_none() {
             opts.persist = self.persist_rules.find::<T>(&entry.key);
@@ -191,7 +193,7 @@ impl Shared {
         tracing::debug!(key = %entry.key, "fetch start");
         let task =
             super::fetch::run_flight(self.clone(), entry.clone(), flight.clone(), opts, hydrate);
-        Some((handle, flight, task))
+        Some((flight, task))
     }
 
     /// A new entry for `key`, born collectable: whatever its creator does next (fetch,
@@ -232,7 +234,7 @@ impl Shared {
             gc_time: self.defaults.gc_time(opts),
             mode,
             even_if_removed,
-            can_spawn: can_spawn(),
+            can_spawn: self.runtime.can_spawn(),
         });
         let counters = &self.counters;
         let outcome = self.dispatch_leading(entry, event, lead.as_deref_mut());
@@ -324,7 +326,7 @@ impl Shared {
         entry: &Arc<Entry<T>>,
         opts: &QueryOptions<T>,
     ) {
-        if !can_spawn() {
+        if !self.runtime.can_spawn() {
             tracing::debug!(key = %entry.key, "background refresh did not start: no runtime");
             return;
         }

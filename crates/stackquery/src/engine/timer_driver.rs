@@ -19,16 +19,17 @@ pub(crate) async fn drive(shared: Weak<Shared>, wake: Arc<Notify>, _running: Run
             let Some(shared) = shared.upgrade() else {
                 return; // the client is gone
             };
-            let (due, next) = shared.timers.take_due(Instant::now());
+            let now = shared.runtime.now();
+            let (due, next) = shared.timers.take_due(now);
             for (at, (id, kind), target) in due {
-                fire(&shared, at, id, kind, target);
+                fire(&shared, at, now, id, kind, target);
             }
-            next
+            next.map(|at| (at, shared.runtime.clone()))
         };
         match next {
-            Some(at) => {
+            Some((at, runtime)) => {
                 tokio::select! {
-                    () = tokio::time::sleep_until(at) => {}
+                    () = runtime.sleep_until(at) => {}
                     () = wake.notified() => {}
                 }
             }
@@ -37,9 +38,16 @@ pub(crate) async fn drive(shared: Weak<Shared>, wake: Arc<Notify>, _running: Run
     }
 }
 
-fn fire(shared: &Arc<Shared>, at: Instant, id: u64, kind: TimerKind, target: TimerTarget) {
+fn fire(
+    shared: &Arc<Shared>,
+    at: Instant,
+    now: Instant,
+    id: u64,
+    kind: TimerKind,
+    target: TimerTarget,
+) {
     match (kind, target) {
-        (TimerKind::Gc, TimerTarget::Entry(key)) => shared.cache.collect(&key, id, at),
+        (TimerKind::Gc, TimerTarget::Entry(key)) => shared.cache.collect(&key, id, at, now),
         (_, TimerTarget::Entry(key)) => {
             let entry = shared
                 .cache

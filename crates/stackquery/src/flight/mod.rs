@@ -9,9 +9,8 @@
 
 use std::sync::Arc;
 
-use tokio::task::AbortHandle;
-
 use crate::error::QueryError;
+use crate::host::TaskHandle;
 use crate::state::QueryState;
 use crate::sync::Mutex;
 
@@ -43,7 +42,7 @@ pub(crate) struct Flight<T> {
 /// The fetch's task as far as cancelling it goes.
 #[derive(Default)]
 struct Task {
-    abort: Option<AbortHandle>,
+    abort: Option<TaskHandle>,
     cancelled: bool,
 }
 
@@ -71,7 +70,7 @@ impl<T> Flight<T> {
     /// Records the task that now runs the fetch. A cancel that came first (while the
     /// fetch ran in its caller's task, or between the spawn and this call) aborts it at
     /// once: a cancel never waits for a fetch it could not reach.
-    pub(crate) fn hand_to_task(&self, abort: AbortHandle) {
+    pub(crate) fn hand_to_task(&self, abort: TaskHandle) {
         let mut task = self.task.lock();
         if task.cancelled {
             abort.abort();

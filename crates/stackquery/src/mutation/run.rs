@@ -96,6 +96,7 @@ impl<V, T, C> Drop for Run<V, T, C> {
 }
 
 pub(crate) async fn execute<V, T, C>(
+    runtime: crate::host::Runtime,
     opts: Arc<MutationOptions<V, T, C>>,
     call: Call<V, T>,
 ) -> Result<Arc<T>, QueryError>
@@ -150,6 +151,7 @@ where
 
     let retry = opts.retry.resolve(None, MUTATION_RETRIES);
     let result = run_with_retries(
+        &runtime,
         "mutation_fn",
         &retry,
         &mut run,

@@ -85,7 +85,11 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
     /// undone by a late arm). `Duration::MAX`, or any interval past the clock's range,
     /// never polls.
     fn arm_poll_locked(&self) {
-        let Some(at) = self.poll_interval().and_then(crate::deadline::after) else {
+        let now = self.shared.runtime.now();
+        let Some(at) = self
+            .poll_interval()
+            .and_then(|d| crate::deadline::checked_after(now, d))
+        else {
             return;
         };
         let hook: Weak<dyn TimerHook> = self.weak_self.clone();
@@ -108,12 +112,12 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
         if self.paused.load(std::sync::atomic::Ordering::SeqCst) {
             return; // `next` arms the next poll
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let shared = self.shared.clone();
         let opts = self.opts.clone();
-        runtime.spawn(async move {
+        // On the client's host (tokio by default). Without one, `next` is dropped at once
+        // and arms the next poll: the beat goes on, as when the fetch fails.
+        let runtime = shared.runtime.clone();
+        let _ = runtime.spawn(async move {
             let _next = next;
             // Joins a fetch in flight, so polls never overlap; a failed poll is logged and
             // the next one tries again.

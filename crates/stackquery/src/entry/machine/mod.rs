@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use crate::deadline::Now;
 use crate::error::QueryError;
 use crate::flight::Flight;
 use crate::notify::CowList;
@@ -111,14 +112,21 @@ impl<T> Machine<T> {
     /// Applies `event`: the one place an entry changes. Fills in `fx` (empty on entry)
     /// with the effects to run, and returns the answer for the caller. (An out-parameter:
     /// the effects are large, and returning them by value costs a copy per transition.)
-    pub(crate) fn transition(&mut self, event: Event<'_, T>, fx: &mut Effects<T>) -> Outcome<T> {
+    ///
+    /// The machine reads no clock: `now` is its host's (see [`Now`]).
+    pub(crate) fn transition(
+        &mut self,
+        event: Event<'_, T>,
+        now: &Now<'_>,
+        fx: &mut Effects<T>,
+    ) -> Outcome<T> {
         let version = self.version;
         let outcome = match event {
             Event::Born => {
                 fx.arm_gc = true;
                 Outcome::Done
             }
-            Event::Ask(ask) => self.ask(fx, ask),
+            Event::Ask(ask) => self.ask(fx, ask, now),
             Event::Refresh { opts } => {
                 if self.flight.is_none() && !self.removed {
                     self.begin_fetch(fx, opts.clone());
@@ -147,7 +155,7 @@ impl<T> Machine<T> {
                 source,
                 write,
             } => {
-                let outcome = self.settle(fx, flight, result, source);
+                let outcome = self.settle(fx, flight, result, source, now);
                 fx.write = write && matches!(outcome, Outcome::Yes);
                 outcome
             }
@@ -168,7 +176,7 @@ impl<T> Machine<T> {
                 fx.arm_gc = true;
                 self.hydrated = true;
                 self.data_gen += 1;
-                self.take_data(data, SystemTime::now(), false, Duration::ZERO);
+                self.take_data(data, SystemTime::now(), false, Duration::ZERO, now);
                 fx.write = true;
                 fx.announce = true;
                 Outcome::Yes
@@ -186,7 +194,7 @@ impl<T> Machine<T> {
                 {
                     self.hydrated = true;
                     let age = crate::deadline::age_of(at);
-                    self.take_data(data, at, invalidated, age);
+                    self.take_data(data, at, invalidated, age, now);
                 }
                 Outcome::Done
             }
@@ -220,7 +228,7 @@ impl<T> Machine<T> {
             }
             Event::Cancel => match self.flight.clone() {
                 Some(f) => {
-                    self.settle(fx, &f, Err(QueryError::Cancelled), Source::Fetch);
+                    self.settle(fx, &f, Err(QueryError::Cancelled), Source::Fetch, now);
                     Outcome::Flight(f)
                 }
                 None => Outcome::Done,
@@ -300,7 +308,7 @@ impl<T> Machine<T> {
                 return Outcome::Gc(verdict);
             }
         };
-        self.bookkeeping(fx);
+        self.bookkeeping(fx, now);
         if self.version != version && fx.notify.is_none() {
             fx.notify = self.observers_to_tell();
         }
@@ -325,11 +333,12 @@ impl<T> Cell<T> {
     pub(crate) fn transition(
         &self,
         event: Event<'_, T>,
+        now: &Now<'_>,
         fx: &mut Effects<T>,
         timers: &dyn TimerSink,
     ) -> Outcome<T> {
         let mut m = self.machine.lock();
-        let outcome = m.transition(event, fx);
+        let outcome = m.transition(event, now, fx);
         for (timer, previous, at) in fx.timers.iter_mut().filter_map(Option::take) {
             match (previous, at) {
                 (previous, Some(at)) => timers.arm(timer, previous, at),
@@ -349,7 +358,11 @@ impl<T> Cell<T> {
 
     /// The hit path: [`Machine::hit`] under the lock.
     #[inline(always)]
-    pub(crate) fn hit(&self, stale_time: Duration) -> Option<Arc<T>> {
-        self.machine.lock().hit(stale_time)
+    pub(crate) fn hit(
+        &self,
+        stale_time: Duration,
+        now: impl FnOnce() -> Instant,
+    ) -> Option<Arc<T>> {
+        self.machine.lock().hit(stale_time, now)
     }
 }

@@ -14,14 +14,21 @@ use crate::state::QueryState;
 
 impl<T> Machine<T> {
     #[inline(always)]
-    pub(crate) fn is_fresh(&self, stale_time: Duration) -> bool {
+    pub(crate) fn is_fresh(&self, stale_time: Duration, now: Instant) -> bool {
+        self.is_fresh_with(stale_time, || now)
+    }
+
+    /// [`is_fresh`](Self::is_fresh), reading the time with `now` only when the answer
+    /// depends on it (not for invalidated data, a zero or endless stale time, no data).
+    #[inline(always)]
+    fn is_fresh_with(&self, stale_time: Duration, now: impl FnOnce() -> Instant) -> bool {
         if self.state.is_invalidated || stale_time.is_zero() {
             return false;
         }
         match self.updated_at {
             None => false,
             Some(at) => match at.checked_add(stale_time) {
-                Some(deadline) => Instant::now() < deadline,
+                Some(deadline) => now() < deadline,
                 None => true, // "forever" (Duration::MAX)
             },
         }
@@ -31,9 +38,13 @@ impl<T> Machine<T> {
     /// seen a query's options (created by a manual write) takes the slow path once, which
     /// records them.
     #[inline(always)]
-    pub(crate) fn hit(&mut self, stale_time: Duration) -> Option<Arc<T>> {
+    pub(crate) fn hit(
+        &mut self,
+        stale_time: Duration,
+        now: impl FnOnce() -> Instant,
+    ) -> Option<Arc<T>> {
         match &self.state.data {
-            Some(d) if self.options.is_some() && self.is_fresh(stale_time) => {
+            Some(d) if self.options.is_some() && self.is_fresh_with(stale_time, now) => {
                 let d = d.clone();
                 self.hits += 1;
                 Some(d)
@@ -76,10 +87,10 @@ impl<T> Machine<T> {
 
     /// A snapshot whose staleness is judged with `stale_time`, or (`None`) with the
     /// entry's own rule.
-    pub(crate) fn snapshot(&self, stale_time: Option<Duration>) -> QueryState<T> {
+    pub(crate) fn snapshot(&self, stale_time: Option<Duration>, now: Instant) -> QueryState<T> {
         let stale_time = stale_time.unwrap_or_else(|| self.entry_stale_time());
         let mut s = self.state.clone();
-        s.stale = !(s.data.is_some() && self.is_fresh(stale_time));
+        s.stale = !(s.data.is_some() && self.is_fresh(stale_time, now));
         s
     }
 
@@ -93,8 +104,8 @@ impl<T> Machine<T> {
             .unwrap_or(self.stale_time)
     }
 
-    pub(crate) fn is_stale(&self) -> bool {
-        !(self.state.data.is_some() && self.is_fresh(self.entry_stale_time()))
+    pub(crate) fn is_stale(&self, now: Instant) -> bool {
+        !(self.state.data.is_some() && self.is_fresh(self.entry_stale_time(), now))
     }
 
     /// Bumped on every state change (the model checker compares the versions an

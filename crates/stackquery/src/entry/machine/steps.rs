@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use crate::deadline::Now;
+
 use super::{
     Ask, Effects, EntryListener, Machine, Mode, Outcome, Reload, Source, StartFetch, Step, Timer,
     Watcher,
@@ -17,7 +19,12 @@ use crate::options::QueryOptions;
 use crate::state::{reduce, Action};
 
 impl<T> Machine<T> {
-    pub(super) fn ask(&mut self, fx: &mut Effects<T>, ask: Ask<'_, T>) -> Outcome<T> {
+    pub(super) fn ask(
+        &mut self,
+        fx: &mut Effects<T>,
+        ask: Ask<'_, T>,
+        now: &Now<'_>,
+    ) -> Outcome<T> {
         let Ask {
             opts,
             stale_time,
@@ -39,7 +46,7 @@ impl<T> Machine<T> {
         self.ask_gc_time(gc_time);
         if mode != Mode::Force {
             if let Some(data) = self.state.data.clone() {
-                let fresh = self.is_fresh(stale_time);
+                let fresh = self.is_fresh(stale_time, now.get());
                 // A failed start (no runtime) still serves the stale data.
                 if !fresh && mode == Mode::Swr && self.flight.is_none() {
                     if can_spawn {
@@ -139,6 +146,7 @@ impl<T> Machine<T> {
         flight: &Arc<Flight<T>>,
         mut result: FetchResult<T>,
         source: Source,
+        now: &Now<'_>,
     ) -> Outcome<T> {
         let mut stored = false;
         if self.is_current(flight) {
@@ -158,7 +166,7 @@ impl<T> Machine<T> {
                             Duration::ZERO,
                         ),
                     };
-                    self.take_data(data.clone(), at, invalidated, age);
+                    self.take_data(data.clone(), at, invalidated, age, now);
                     stored = self.state.data_updated_at.is_some();
                 }
                 // A manual write landed meanwhile: the newer manual data stays, and it is
@@ -197,6 +205,7 @@ impl<T> Machine<T> {
         at: SystemTime,
         invalidated: bool,
         age: Duration,
+        now: &Now<'_>,
     ) {
         self.apply(Action::Success {
             data,
@@ -206,7 +215,7 @@ impl<T> Machine<T> {
         if self.flight.is_some() {
             self.apply(Action::FetchGoesOn);
         }
-        let now = Instant::now();
+        let now = now.get();
         self.updated_at = Some(now.checked_sub(age).unwrap_or(now));
     }
 
@@ -229,10 +238,10 @@ impl<T> Machine<T> {
     /// deadline ends while something uses the entry, and restarts after the transitions
     /// that can leave it unused (birth, a settled fetch, a write, a reset, a departing
     /// observer, a fetch that could not start).
-    pub(super) fn bookkeeping(&mut self, fx: &mut Effects<T>) {
+    pub(super) fn bookkeeping(&mut self, fx: &mut Effects<T>, now: &Now<'_>) {
         // An unobserved entry without a stale timer has none to move: no clock read.
         if !self.listeners.is_empty() || self.stale_timer_at.is_some() {
-            let next = self.next_stale_deadline(Instant::now());
+            let next = self.next_stale_deadline(now.get());
             if next != self.stale_timer_at {
                 let previous = std::mem::replace(&mut self.stale_timer_at, next);
                 fx.timers[0] = Some((Timer::Stale, previous, next));
@@ -245,7 +254,7 @@ impl<T> Machine<T> {
         if !fx.arm_gc {
             return;
         }
-        match crate::deadline::after(self.gc_time) {
+        match crate::deadline::checked_after(now.get(), self.gc_time) {
             Some(at) => {
                 self.gc_deadline = Some(at);
                 // A timer armed to fire no later re-arms itself for the new deadline when
