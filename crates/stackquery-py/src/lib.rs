@@ -9,7 +9,11 @@
 
 use pyo3::prelude::*;
 
+mod awaitable;
+mod client;
+mod coro;
 mod keys;
+mod pyhost;
 
 /// The native module, imported by the package as `stackquery._native`.
 #[pymodule]
@@ -18,6 +22,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(keys::partial_match, m)?)?;
     m.add_function(wrap_pyfunction!(keys::key_parts, m)?)?;
     m.add_function(wrap_pyfunction!(default_retry_delay, m)?)?;
+    m.add_class::<client::NativeClient>()?;
+    m.add_class::<awaitable::RustAwaitable>()?;
     Ok(())
 }
 

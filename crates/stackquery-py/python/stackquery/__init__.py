@@ -2,7 +2,10 @@
 
 A drop-in replacement for PyStackQuery 1.0.2 is being built on the Rust library's
 engine (see ``DESIGN.md`` in the ``stackquery-py`` crate for the design and for what is
-done). This release provides the key helpers, implemented in Rust:
+done). This release provides ``QueryClient`` (its fetch path: ``fetch_query``,
+``prefetch_query``, ``get_query_data``, ``set_query_data``, ``invalidate_queries``,
+``clear``), ``QueryClientConfig``, ``QueryOptions``, and the key helpers, implemented in
+Rust:
 
 - :func:`hash_key`: a key's canonical text, shared with Rust clients (the storage name of
   the key in the SQLite and Redis tiers);
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
+from ._client import QueryClient, QueryClientConfig, QueryOptions
 from ._native import default_retry_delay, hash_key, key_parts, partial_match
 
 QueryKey: TypeAlias = tuple[str | int | bool, ...]
@@ -25,7 +29,10 @@ QueryKey: TypeAlias = tuple[str | int | bool, ...]
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "QueryClient",
+    "QueryClientConfig",
     "QueryKey",
+    "QueryOptions",
     "default_retry_delay",
     "hash_key",
     "key_parts",

@@ -1,0 +1,152 @@
+"""``QueryClient``, ``QueryClientConfig`` and ``QueryOptions``: PyStackQuery's signatures
+over the Rust engine (``stackquery._native.NativeClient``).
+
+In progress (issue 14): this module has the fetch path (``fetch_query``,
+``prefetch_query``), ``get_query_data``, ``set_query_data``, ``invalidate_queries`` and
+``clear``. Observers, mutations, storage and the other methods come next (see
+``DESIGN.md``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from ._native import NativeClient, default_retry_delay, hash_key
+
+T = TypeVar("T")
+
+logger = logging.getLogger("stackquery")
+
+
+class _Default(float):
+    """A default that equals PyStackQuery's value but is told apart from the same value
+    given explicitly (weak spot 27: a per-query ``stale_time=0`` must win over a client
+    default of 60, where PyStackQuery took the 0 for "unset")."""
+
+    __slots__ = ()
+
+
+class _DefaultInt(int):
+    """``_Default`` for integers (``retry``)."""
+
+    __slots__ = ()
+
+
+_STALE_TIME = _Default(0.0)
+_GC_TIME = _Default(300.0)
+_RETRY = _DefaultInt(3)
+
+
+def _is_default(value: object) -> bool:
+    return isinstance(value, (_Default, _DefaultInt))
+
+
+@dataclass
+class QueryClientConfig:
+    """Client-wide defaults; each query may override them (same fields as PyStackQuery)."""
+
+    stale_time: float = 0.0
+    gc_time: float = 300.0
+    retry: int = 3
+    retry_delay: Callable[[int], float] = field(default_factory=lambda: default_retry_delay)
+    cache_max_size: int = 1000
+    storage: Any = None
+
+
+@dataclass
+class QueryOptions(Generic[T]):
+    """What to fetch and how (same fields, order and defaults as PyStackQuery).
+
+    ``query_key`` is checked at once: a key that is not a tuple of ``str``, ``int`` and
+    ``bool`` parts raises ``TypeError`` here, not at the first fetch.
+    """
+
+    query_key: tuple[Any, ...]
+    query_fn: Callable[[], Awaitable[T]]
+    stale_time: float = _STALE_TIME
+    gc_time: float = _GC_TIME
+    refetch_interval: float | None = None
+    retry: int = _RETRY
+    retry_delay: Callable[[int], float] | None = None
+    enabled: bool = True
+    on_success: Callable[[T], object] | None = None
+    on_error: Callable[[Exception], object] | None = None
+    on_settled: Callable[[T | None, Exception | None], object] | None = None
+    select: Callable[[T], object] | None = None
+    placeholder_data: T | None = None
+    _key_hash: str = field(default="", init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._key_hash = hash_key(self.query_key)
+        if not callable(self.query_fn):
+            raise TypeError(
+                f"query_fn must be an async function, got {type(self.query_fn).__name__}"
+            )
+
+    def get_key_hash(self) -> str:
+        """The key's canonical text (the Rust library's; PyStackQuery used ``str(key)``)."""
+        return self._key_hash
+
+
+class QueryClient:
+    """The entry point: a cache of queries on the Rust engine.
+
+    One client runs on one event loop: the loop it is first used on.
+    """
+
+    __slots__ = ("_config", "_native")
+
+    def __init__(self, config: QueryClientConfig | None = None) -> None:
+        self._config = config or QueryClientConfig()
+        size = self._config.cache_max_size
+        if size is not None and size < 0:
+            raise ValueError(f"cache_max_size must be >= 0, got {size}")
+        self._native = NativeClient(size)
+
+    def _settings(self, options: QueryOptions[Any]) -> tuple[float, float, int, Any]:
+        cfg = self._config
+        stale = cfg.stale_time if _is_default(options.stale_time) else options.stale_time
+        gc = cfg.gc_time if _is_default(options.gc_time) else options.gc_time
+        retry = cfg.retry if _is_default(options.retry) else options.retry
+        delay = options.retry_delay or cfg.retry_delay
+        return float(stale), float(gc), int(retry), delay
+
+    def fetch_query(self, options: QueryOptions[T]) -> Awaitable[T]:
+        """The data of ``options.query_key``: fresh from the cache at once, stale from the
+        cache with one refetch in the background, or fetched (one fetch however many
+        callers wait). Awaitable; a fresh hit completes without a task switch."""
+        stale, gc, retry, delay = self._settings(options)
+        return self._native.fetch_query(
+            options.query_key, options.query_fn, stale, gc, retry, delay
+        )
+
+    async def prefetch_query(self, options: QueryOptions[Any]) -> None:
+        """Warms the cache; failures are logged, never raised."""
+        try:
+            await self.fetch_query(options)
+        except Exception:  # noqa: BLE001 - a prefetch never raises
+            logger.debug("prefetch of %s failed", options.query_key, exc_info=True)
+
+    def get_query_data(self, key: tuple[Any, ...]) -> Any:
+        """The cached data of ``key`` (fresh or stale), or ``None``."""
+        return self._native.get_query_data(key)
+
+    def set_query_data(self, key: tuple[Any, ...], data: Any) -> None:
+        """Writes ``data`` under ``key``, creating the entry if there is none (weak spot
+        15: PyStackQuery ignored writes to unknown keys)."""
+        self._native.set_query_data(key, data)
+
+    async def invalidate_queries(
+        self, filter_key: tuple[Any, ...] | list[Any] | None = None, *, refetch: bool = True
+    ) -> None:
+        """Marks the queries under ``filter_key`` (all when ``None``) stale; observed ones
+        refetch. A list filter matches tuple keys."""
+        del refetch  # observed queries always refetch, as in TanStack Query
+        await self._native.invalidate_queries(filter_key)
+
+    def clear(self) -> None:
+        """Empties the cache."""
+        self._native.clear()

@@ -1,0 +1,225 @@
+//! The native side of `stackquery.QueryClient`: the core's client, hosted on the asyncio
+//! loop it is first used on (see `pyhost.rs`), with Python objects as its data.
+//!
+//! The Python class (`python/stackquery/_client.py`) keeps PyStackQuery's signatures and
+//! hands the pieces of a `QueryOptions` to these methods.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use stackquery::{QueryClient, QueryError, QueryFilter, QueryKey, QueryOptions};
+
+use crate::awaitable::RustAwaitable;
+use crate::coro::{NotAsync, PyFetch};
+use crate::keys::{to_key, Role};
+use crate::pyhost::{Loop, PyHost};
+
+/// A query's data, as the engine stores it.
+type Data = Py<PyAny>;
+
+/// The engine behind one `stackquery.QueryClient`.
+#[pyclass(module = "stackquery._native")]
+pub(crate) struct NativeClient {
+    bound: Mutex<Option<Bound_>>,
+    max_queries: Option<usize>,
+}
+
+/// The client and the loop it runs on, made at first use.
+struct Bound_ {
+    lp: Arc<Loop>,
+    client: QueryClient,
+}
+
+/// Seconds (a float, as in PyStackQuery) as a duration: `inf` is "never"; negative or
+/// NaN is a `ValueError` naming the argument.
+pub(crate) fn seconds(what: &str, s: f64) -> PyResult<Duration> {
+    if s.is_nan() || s < 0.0 {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be a number of seconds >= 0, got {s}"
+        )));
+    }
+    Ok(Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX))
+}
+
+/// A core error as the Python exception to raise: the query function's own exception
+/// object when it raised one (the same object for every waiter).
+pub(crate) fn to_pyerr(py: Python<'_>, e: QueryError) -> PyErr {
+    if let Some(source) = e.fetch_source() {
+        if let Some(raised) = source.downcast_ref::<PyErr>() {
+            return raised.clone_ref(py);
+        }
+        if let Some(NotAsync(raised)) = source.downcast_ref::<NotAsync>() {
+            return raised.clone_ref(py);
+        }
+    }
+    match e {
+        QueryError::Cancelled => {
+            pyo3::exceptions::asyncio::CancelledError::new_err("the query was cancelled")
+        }
+        QueryError::TypeMismatch(_) => PyTypeError::new_err(e.to_string()),
+        other => PyRuntimeError::new_err(other.to_string()),
+    }
+}
+
+impl NativeClient {
+    /// The core client, bound to the running loop at first use.
+    fn client(&self, py: Python<'_>) -> PyResult<(Arc<Loop>, QueryClient)> {
+        let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = bound.as_ref() {
+            let running = py.import("asyncio")?.call_method0("get_running_loop")?;
+            if running.is(b.lp.obj.bind(py)) {
+                return Ok((b.lp.clone(), b.client.clone()));
+            }
+            return Err(PyRuntimeError::new_err(
+                "this QueryClient runs on another event loop: make one client per loop",
+            ));
+        }
+        let lp = Loop::current(py)?;
+        let mut builder = QueryClient::builder().host(Arc::new(PyHost { lp: lp.clone() }));
+        if let Some(n) = self.max_queries {
+            builder = builder.max_queries(n);
+        }
+        let client = builder.build();
+        *bound = Some(Bound_ {
+            lp: lp.clone(),
+            client: client.clone(),
+        });
+        Ok((lp, client))
+    }
+
+    /// The client if it was used already (reads need no loop).
+    fn existing(&self) -> Option<QueryClient> {
+        let bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
+        bound.as_ref().map(|b| b.client.clone())
+    }
+}
+
+#[pymethods]
+impl NativeClient {
+    #[new]
+    #[pyo3(signature = (max_queries = None))]
+    fn new(max_queries: Option<usize>) -> Self {
+        NativeClient {
+            bound: Mutex::new(None),
+            max_queries,
+        }
+    }
+
+    /// `await`able: the data of `key`, from the cache or from `query_fn`.
+    #[pyo3(signature = (key, query_fn, stale_time, gc_time, retry, retry_delay = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn fetch_query(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        query_fn: Bound<'_, PyAny>,
+        stale_time: f64,
+        gc_time: f64,
+        retry: u32,
+        retry_delay: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<RustAwaitable> {
+        let key = to_key(key, Role::Key)?;
+        if !query_fn.is_callable() {
+            return Err(PyTypeError::new_err(format!(
+                "query_fn must be an async function, got {}",
+                query_fn.get_type().name()?
+            )));
+        }
+        let (lp, client) = self.client(py)?;
+        let query_fn = Arc::new(query_fn.unbind());
+        let mut opts = QueryOptions::<Data>::new(key, move || PyFetch::new(query_fn.clone()))
+            .stale_time(seconds("stale_time", stale_time)?)
+            .gc_time(seconds("gc_time", gc_time)?)
+            // `retry` failures are retried, except a query function that is not async.
+            .retry_if(move |failures, e| {
+                let not_async = e
+                    .fetch_source()
+                    .is_some_and(|s| s.downcast_ref::<NotAsync>().is_some());
+                failures <= retry && !not_async
+            });
+        if let Some(delay) = retry_delay.filter(|d| !d.is_none()) {
+            let delay = Arc::new(delay.unbind());
+            opts = opts.retry_delay(move |attempt| {
+                Python::attach(|py| {
+                    delay
+                        .bind(py)
+                        .call1((attempt,))
+                        .and_then(|s| s.extract::<f64>())
+                        .ok()
+                        .and_then(|s| seconds("retry_delay", s).ok())
+                        .unwrap_or_else(|| stackquery::default_retry_delay(attempt))
+                })
+            });
+        }
+        Ok(RustAwaitable::new(
+            lp,
+            Box::pin(async move {
+                let result = client.fetch_query(&opts).await;
+                Python::attach(|py| match result {
+                    Ok(data) => Ok(data.clone_ref(py)),
+                    Err(e) => Err(to_pyerr(py, e)),
+                })
+            }),
+        ))
+    }
+
+    /// The cached data of `key`, or `None`.
+    fn get_query_data(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let key: QueryKey = to_key(key, Role::Key)?;
+        let data = self
+            .existing()
+            .and_then(|c| c.get_query_data::<Data>(&key))
+            .map(|d| d.clone_ref(py));
+        Ok(data.unwrap_or_else(|| py.None()))
+    }
+
+    /// Writes `data` under `key` (creating the entry if needed).
+    fn set_query_data(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        data: Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let key: QueryKey = to_key(key, Role::Key)?;
+        let (_, client) = self.client(py)?;
+        client
+            .set_query_data::<Data>(key, data.unbind())
+            .map_err(|e| to_pyerr(py, e))
+    }
+
+    /// `await`able: marks the queries under `filter_key` (all when `None`) stale, and
+    /// refetches the observed ones. Returns how many matched.
+    #[pyo3(signature = (filter_key = None))]
+    fn invalidate_queries(
+        &self,
+        py: Python<'_>,
+        filter_key: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<RustAwaitable> {
+        let filter = match filter_key.filter(|f| !f.is_none()) {
+            Some(f) => QueryFilter::from(to_key(f, Role::Filter)?),
+            None => QueryFilter::all(),
+        };
+        let (lp, client) = self.client(py)?;
+        Ok(RustAwaitable::new(
+            lp,
+            Box::pin(async move {
+                let n = client.invalidate_queries(filter).await;
+                Python::attach(|py| Ok(n.into_pyobject(py)?.into_any().unbind()))
+            }),
+        ))
+    }
+
+    /// Empties the cache.
+    fn clear(&self) {
+        if let Some(c) = self.existing() {
+            c.clear();
+        }
+    }
+
+    /// Entries held now.
+    fn __len__(&self) -> usize {
+        self.existing().map_or(0, |c| c.stats().entries)
+    }
+}

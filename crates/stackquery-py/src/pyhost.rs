@@ -1,0 +1,192 @@
+//! The engine's host on an asyncio loop: the loop's clock, its tasks and its timers.
+//!
+//! Every call happens on the loop's thread in practice (Python code calls the client
+//! there, and the engine's tasks run there). A wake-up from another thread (a storage
+//! worker, later) goes through `call_soon_threadsafe`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::thread::ThreadId;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyCFunction;
+use stackquery::{Host, HostFuture, TaskHandle};
+use tokio::time::Instant;
+
+use crate::awaitable::RustAwaitable;
+
+static SUPPORT: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+/// `stackquery._support`, imported once.
+pub(crate) fn support(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    SUPPORT
+        .get_or_try_init(py, || Ok(py.import("stackquery._support")?.unbind()))
+        .map(|m| m.bind(py))
+}
+
+/// One asyncio loop, as the engine sees it.
+pub(crate) struct Loop {
+    /// The loop object.
+    pub(crate) obj: Py<PyAny>,
+    thread: ThreadId,
+    /// The instant that stands for `loop_start` on the loop's clock.
+    base: Instant,
+    loop_start: f64,
+}
+
+impl Loop {
+    /// The running loop of the calling thread.
+    pub(crate) fn current(py: Python<'_>) -> PyResult<Arc<Loop>> {
+        let obj = py.import("asyncio")?.call_method0("get_running_loop")?;
+        let loop_start: f64 = obj.call_method0("time")?.extract()?;
+        Ok(Arc::new(Loop {
+            obj: obj.unbind(),
+            thread: std::thread::current().id(),
+            base: Instant::now(),
+            loop_start,
+        }))
+    }
+
+    fn on_loop_thread(&self) -> bool {
+        std::thread::current().id() == self.thread
+    }
+
+    /// The loop's `time()` as an engine instant.
+    pub(crate) fn now(&self, py: Python<'_>) -> Instant {
+        let t: f64 = self
+            .obj
+            .bind(py)
+            .call_method0("time")
+            .and_then(|t| t.extract())
+            .unwrap_or(self.loop_start);
+        self.base + Duration::from_secs_f64((t - self.loop_start).max(0.0))
+    }
+
+    /// Calls `f(arg)` on the loop soon (from any thread).
+    pub(crate) fn call_soon<'py>(
+        &self,
+        py: Python<'py>,
+        f: &Bound<'py, PyAny>,
+        arg: Bound<'py, PyAny>,
+    ) -> PyResult<()> {
+        let method = if self.on_loop_thread() {
+            "call_soon"
+        } else {
+            "call_soon_threadsafe"
+        };
+        let _ = py;
+        self.obj.bind(py).call_method1(method, (f, arg))?;
+        Ok(())
+    }
+}
+
+/// The [`Host`] of one client: the loop it was first used on.
+pub(crate) struct PyHost {
+    pub(crate) lp: Arc<Loop>,
+}
+
+impl Host for PyHost {
+    fn now(&self) -> Instant {
+        Python::attach(|py| self.lp.now(py))
+    }
+
+    fn spawn(&self, task: HostFuture) -> Option<TaskHandle> {
+        Python::attach(|py| -> PyResult<TaskHandle> {
+            let awaitable = RustAwaitable::new(
+                self.lp.clone(),
+                Box::pin(async move {
+                    task.await;
+                    Ok(Python::attach(|py| py.None()))
+                }),
+            );
+            let coro = support(py)?.call_method1("drive", (awaitable,))?;
+            let task = self.lp.obj.bind(py).call_method1("create_task", (coro,))?;
+            let task = task.unbind();
+            Ok(TaskHandle::new(move || {
+                Python::attach(|py| {
+                    let _ = task.bind(py).call_method0("cancel");
+                })
+            }))
+        })
+        .map_err(|e| Python::attach(|py| e.print(py)))
+        .ok()
+    }
+
+    fn can_spawn(&self) -> bool {
+        Python::attach(|py| {
+            self.lp
+                .obj
+                .bind(py)
+                .call_method0("is_closed")
+                .and_then(|c| c.extract::<bool>())
+                .map(|closed| !closed)
+                .unwrap_or(false)
+        })
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> HostFuture {
+        Box::pin(Sleep {
+            lp: self.lp.clone(),
+            deadline,
+            timer: None,
+        })
+    }
+}
+
+/// A wait until `deadline` on the loop's clock (`loop.call_later`).
+struct Sleep {
+    lp: Arc<Loop>,
+    deadline: Instant,
+    timer: Option<Py<PyAny>>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Python::attach(|py| {
+            let now = self.lp.now(py);
+            if now >= self.deadline {
+                return Poll::Ready(());
+            }
+            if let Some(timer) = self.timer.take() {
+                let _ = timer.bind(py).call_method0("cancel");
+            }
+            let delay = (self.deadline - now).as_secs_f64();
+            let waker = cx.waker().clone();
+            let timer = waker_callback(py, waker)
+                .and_then(|cb| self.lp.obj.bind(py).call_method1("call_later", (delay, cb)));
+            match timer {
+                Ok(timer) => {
+                    self.timer = Some(timer.unbind());
+                    Poll::Pending
+                }
+                // A closed loop: nothing will ever fire; end the wait rather than hang.
+                Err(_) => Poll::Ready(()),
+            }
+        })
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            Python::attach(|py| {
+                let _ = timer.bind(py).call_method0("cancel");
+            });
+        }
+    }
+}
+
+/// A Python callable that wakes `waker` (whatever arguments it gets).
+pub(crate) fn waker_callback(py: Python<'_>, waker: Waker) -> PyResult<Bound<'_, PyCFunction>> {
+    let waker = Mutex::new(Some(waker));
+    PyCFunction::new_closure(py, None, None, move |_args, _kwargs| {
+        if let Some(w) = waker.lock().ok().and_then(|mut w| w.take()) {
+            w.wake();
+        }
+    })
+}
