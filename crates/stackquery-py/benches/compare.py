@@ -1,0 +1,139 @@
+"""stackquery against PyStackQuery 1.0.2, side by side in one process (issue 14).
+
+Run under Python 3.12 with both installed (``pip install pystackquery==1.0.2`` and the
+stackquery wheel): ``python benches/compare.py``. Each figure is the median of 5
+repetitions. The workloads built so far:
+- a fresh hit, ``await client.fetch_query(opts)``;
+- the same with ``QueryOptions`` built per call;
+- ``get_query_data``;
+- a fill of distinct keys through ``fetch_query`` (a ready query function);
+- 10,000 concurrent callers of one cold key (``asyncio.gather``), per caller.
+
+The asyncio floors are measured beside them: an ``await`` of an ``async def`` returning
+``d[k]``, and N tasks awaiting one ``asyncio.Future``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+
+import pystackquery as psq
+
+import stackquery as sq
+
+REPS = 5
+N_HIT = 100_000
+N_FILL = 20_000
+N_CALLERS = 10_000
+
+
+async def ready() -> str:
+    return "a user record"
+
+
+async def hit(lib, build_per_call: bool) -> float:
+    client = lib.QueryClient()
+    opts = lib.QueryOptions(("user", "1"), ready, stale_time=3600.0)
+    await client.fetch_query(opts)
+    t = time.perf_counter()
+    if build_per_call:
+        for _ in range(N_HIT):
+            await client.fetch_query(lib.QueryOptions(("user", "1"), ready, stale_time=3600.0))
+    else:
+        for _ in range(N_HIT):
+            await client.fetch_query(opts)
+    return (time.perf_counter() - t) / N_HIT
+
+
+async def get(lib) -> float:
+    client = lib.QueryClient()
+    opts = lib.QueryOptions(("user", "1"), ready, stale_time=3600.0)
+    await client.fetch_query(opts)
+    key = ("user", "1")
+    t = time.perf_counter()
+    for _ in range(N_HIT):
+        client.get_query_data(key)
+    return (time.perf_counter() - t) / N_HIT
+
+
+async def fill(lib) -> float:
+    client = lib.QueryClient(lib.QueryClientConfig(cache_max_size=N_FILL * 2))
+    opts = [lib.QueryOptions(("item", str(i)), ready, stale_time=3600.0) for i in range(N_FILL)]
+    t = time.perf_counter()
+    for o in opts:
+        await client.fetch_query(o)
+    return N_FILL / (time.perf_counter() - t)
+
+
+async def cold_key(lib) -> float:
+    client = lib.QueryClient()
+    gate = asyncio.Event()
+
+    async def slow() -> str:
+        await gate.wait()
+        return "v"
+
+    opts = lib.QueryOptions(("cold",), slow)
+    t = time.perf_counter()
+    waiters = [asyncio.ensure_future(client.fetch_query(opts)) for _ in range(N_CALLERS)]
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(*waiters)
+    return (time.perf_counter() - t) / N_CALLERS
+
+
+async def floor_await() -> float:
+    d = {"k": "v"}
+
+    async def g(k: str) -> str:
+        return d[k]
+
+    t = time.perf_counter()
+    for _ in range(N_HIT):
+        await g("k")
+    return (time.perf_counter() - t) / N_HIT
+
+
+async def floor_future() -> float:
+    loop = asyncio.get_running_loop()
+    t = time.perf_counter()
+    fut = loop.create_future()
+
+    async def w() -> str:
+        return await fut
+
+    waiters = [asyncio.ensure_future(w()) for _ in range(N_CALLERS)]
+    await asyncio.sleep(0)
+    fut.set_result("v")
+    await asyncio.gather(*waiters)
+    return (time.perf_counter() - t) / N_CALLERS
+
+
+async def median(make) -> float:
+    return statistics.median([await make() for _ in range(REPS)])
+
+
+async def main() -> None:
+    rows = [
+        ("fresh hit, options held (µs)", lambda lib: hit(lib, False), 1e6),
+        ("fresh hit, options built per call (µs)", lambda lib: hit(lib, True), 1e6),
+        ("get_query_data (µs)", get, 1e6),
+        (f"fill {N_FILL:,} keys (keys/s)", fill, 1),
+        (f"cold key, {N_CALLERS:,} callers (µs per caller)", cold_key, 1e6),
+    ]
+    print(f"Python {sys.version.split()[0]}; median of {REPS}")
+    print("| workload | stackquery | PyStackQuery 1.0.2 | ratio |")
+    print("|---|---:|---:|---:|")
+    for name, make, scale in rows:
+        ours = await median(lambda: make(sq)) * scale
+        theirs = await median(lambda: make(psq)) * scale
+        print(f"| {name} | {ours:,.3f} | {theirs:,.3f} | {ours / theirs:.2f}× |")
+    print(f"| asyncio floor: await of an async def returning d[k] (µs) | {await median(floor_await) * 1e6:.3f} | | |")
+    print(f"| asyncio floor: {N_CALLERS:,} tasks awaiting one future (µs per task) | {await median(floor_future) * 1e6:.3f} | | |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
