@@ -78,13 +78,31 @@ impl Wake for LoopWaker {
 
 impl RustAwaitable {
     pub(crate) fn new(lp: Arc<Loop>, future: PyFuture) -> Self {
+        let awaitable = RustAwaitable::empty(lp);
+        awaitable.set(future);
+        awaitable
+    }
+
+    /// An awaitable with no future yet (see [`set`](Self::set)).
+    pub(crate) fn empty(lp: Arc<Loop>) -> Self {
         RustAwaitable {
-            future: Mutex::new(Some(future)),
+            future: Mutex::new(None),
             waker: Arc::new(LoopWaker {
                 lp,
                 state: Mutex::new(WakeState::default()),
             }),
         }
+    }
+
+    /// Gives the awaitable its future.
+    pub(crate) fn set(&self, future: PyFuture) {
+        *lock(&self.future) = Some(future);
+    }
+
+    /// The waker that resumes the awaiting task (for a first poll made elsewhere).
+    pub(crate) fn waker(&self) -> Waker {
+        *lock(&self.waker.state) = WakeState::default();
+        Waker::from(self.waker.clone())
     }
 }
 
@@ -111,7 +129,7 @@ impl RustAwaitable {
     /// The awaiting task was cancelled (or an exception thrown in): the future is dropped
     /// (this caller stops waiting) and the exception goes on.
     #[pyo3(signature = (typ, val = None, _tb = None))]
-    fn throw(
+    pub(crate) fn throw(
         &self,
         py: Python<'_>,
         typ: Bound<'_, PyAny>,
@@ -129,13 +147,13 @@ impl RustAwaitable {
     }
 
     /// Drops the future.
-    fn close(&self) {
+    pub(crate) fn close(&self) {
         drop(lock(&self.future).take());
     }
 }
 
 impl RustAwaitable {
-    fn step(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    pub(crate) fn step(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let mut slot = lock(&self.future);
         let Some(future) = slot.as_mut() else {
             return Err(PyRuntimeError::new_err(

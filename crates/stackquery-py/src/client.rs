@@ -4,6 +4,7 @@
 //! The Python class (`python/stackquery/_client.py`) keeps PyStackQuery's signatures and
 //! hands the pieces of a `QueryOptions` to these methods.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +25,85 @@ type Data = Py<PyAny>;
 pub(crate) struct NativeClient {
     bound: Mutex<Option<Bound_>>,
     max_queries: Option<usize>,
+    /// The client-wide defaults (`QueryClientConfig`), applied by the core to every query
+    /// that does not set its own.
+    stale_time: Duration,
+    gc_time: Duration,
+    retry: u32,
+    retry_delay: Option<Arc<Py<PyAny>>>,
+}
+
+/// A `QueryOptions` converted once: the core's options, with only the fields the query
+/// set explicitly (the others fall back to the client's defaults inside the core).
+#[pyclass(module = "stackquery._native", frozen)]
+pub(crate) struct NativeOptions {
+    opts: Arc<QueryOptions<Data>>,
+}
+
+/// `retry` failures are retried, except a query function that is not async (a bug in
+/// the caller's code, which retrying cannot fix).
+fn retry_unless_not_async(retry: u32) -> impl Fn(u32, &QueryError) -> bool + Send + Sync {
+    move |failures, e| {
+        let not_async = e
+            .fetch_source()
+            .is_some_and(|s| s.downcast_ref::<NotAsync>().is_some());
+        failures <= retry && !not_async
+    }
+}
+
+/// A Python `retry_delay(attempt) -> seconds` as the core's delay function (the default
+/// schedule when it raises or returns something unusable).
+fn delay_fn(delay: Arc<Py<PyAny>>) -> impl Fn(u32) -> Duration + Send + Sync {
+    move |attempt| {
+        Python::attach(|py| {
+            delay
+                .bind(py)
+                .call1((attempt,))
+                .and_then(|s| s.extract::<f64>())
+                .ok()
+                .and_then(|s| seconds("retry_delay", s).ok())
+                .unwrap_or_else(|| stackquery::default_retry_delay(attempt))
+        })
+    }
+}
+
+#[pymethods]
+impl NativeOptions {
+    #[new]
+    #[pyo3(signature = (key, query_fn, stale_time = None, gc_time = None, retry = None, retry_delay = None))]
+    fn new(
+        key: &Bound<'_, PyAny>,
+        query_fn: Bound<'_, PyAny>,
+        stale_time: Option<f64>,
+        gc_time: Option<f64>,
+        retry: Option<u32>,
+        retry_delay: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let key = to_key(key, Role::Key)?;
+        if !query_fn.is_callable() {
+            return Err(PyTypeError::new_err(format!(
+                "query_fn must be an async function, got {}",
+                query_fn.get_type().name()?
+            )));
+        }
+        let query_fn = Arc::new(query_fn.unbind());
+        let mut opts = QueryOptions::<Data>::new(key, move || PyFetch::new(query_fn.clone()));
+        if let Some(s) = stale_time {
+            opts = opts.stale_time(seconds("stale_time", s)?);
+        }
+        if let Some(s) = gc_time {
+            opts = opts.gc_time(seconds("gc_time", s)?);
+        }
+        if let Some(n) = retry {
+            opts = opts.retry_if(retry_unless_not_async(n));
+        }
+        if let Some(delay) = retry_delay.filter(|d| !d.is_none()) {
+            opts = opts.retry_delay(delay_fn(Arc::new(delay.unbind())));
+        }
+        Ok(NativeOptions {
+            opts: Arc::new(opts),
+        })
+    }
 }
 
 /// The client and the loop it runs on, made at first use.
@@ -77,7 +157,14 @@ impl NativeClient {
             ));
         }
         let lp = Loop::current(py)?;
-        let mut builder = QueryClient::builder().host(Arc::new(PyHost { lp: lp.clone() }));
+        let mut builder = QueryClient::builder()
+            .host(Arc::new(PyHost { lp: lp.clone() }))
+            .stale_time(self.stale_time)
+            .gc_time(self.gc_time)
+            .retry_if(retry_unless_not_async(self.retry));
+        if let Some(delay) = &self.retry_delay {
+            builder = builder.retry_delay(delay_fn(delay.clone()));
+        }
         if let Some(n) = self.max_queries {
             builder = builder.max_queries(n);
         }
@@ -99,70 +186,34 @@ impl NativeClient {
 #[pymethods]
 impl NativeClient {
     #[new]
-    #[pyo3(signature = (max_queries = None))]
-    fn new(max_queries: Option<usize>) -> Self {
-        NativeClient {
-            bound: Mutex::new(None),
-            max_queries,
-        }
-    }
-
-    /// `await`able: the data of `key`, from the cache or from `query_fn`.
-    #[pyo3(signature = (key, query_fn, stale_time, gc_time, retry, retry_delay = None))]
-    #[allow(clippy::too_many_arguments)]
-    fn fetch_query(
-        &self,
-        py: Python<'_>,
-        key: &Bound<'_, PyAny>,
-        query_fn: Bound<'_, PyAny>,
+    #[pyo3(signature = (max_queries = None, stale_time = 0.0, gc_time = 300.0, retry = 3, retry_delay = None))]
+    fn new(
+        max_queries: Option<usize>,
         stale_time: f64,
         gc_time: f64,
         retry: u32,
         retry_delay: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<RustAwaitable> {
-        let key = to_key(key, Role::Key)?;
-        if !query_fn.is_callable() {
-            return Err(PyTypeError::new_err(format!(
-                "query_fn must be an async function, got {}",
-                query_fn.get_type().name()?
-            )));
-        }
+    ) -> PyResult<Self> {
+        Ok(NativeClient {
+            bound: Mutex::new(None),
+            max_queries,
+            stale_time: seconds("stale_time", stale_time)?,
+            gc_time: seconds("gc_time", gc_time)?,
+            retry,
+            retry_delay: retry_delay
+                .filter(|d| !d.is_none())
+                .map(|d| Arc::new(d.unbind())),
+        })
+    }
+
+    /// `await`able: the data of the query, from the cache or from its function. Nothing
+    /// runs until it is awaited (as with PyStackQuery's `async def`); see [`FetchCall`].
+    fn fetch_query(&self, py: Python<'_>, options: &NativeOptions) -> PyResult<FetchCall> {
         let (lp, client) = self.client(py)?;
-        let query_fn = Arc::new(query_fn.unbind());
-        let mut opts = QueryOptions::<Data>::new(key, move || PyFetch::new(query_fn.clone()))
-            .stale_time(seconds("stale_time", stale_time)?)
-            .gc_time(seconds("gc_time", gc_time)?)
-            // `retry` failures are retried, except a query function that is not async.
-            .retry_if(move |failures, e| {
-                let not_async = e
-                    .fetch_source()
-                    .is_some_and(|s| s.downcast_ref::<NotAsync>().is_some());
-                failures <= retry && !not_async
-            });
-        if let Some(delay) = retry_delay.filter(|d| !d.is_none()) {
-            let delay = Arc::new(delay.unbind());
-            opts = opts.retry_delay(move |attempt| {
-                Python::attach(|py| {
-                    delay
-                        .bind(py)
-                        .call1((attempt,))
-                        .and_then(|s| s.extract::<f64>())
-                        .ok()
-                        .and_then(|s| seconds("retry_delay", s).ok())
-                        .unwrap_or_else(|| stackquery::default_retry_delay(attempt))
-                })
-            });
-        }
-        Ok(RustAwaitable::new(
-            lp,
-            Box::pin(async move {
-                let result = client.fetch_query(&opts).await;
-                Python::attach(|py| match result {
-                    Ok(data) => Ok(data.clone_ref(py)),
-                    Err(e) => Err(to_pyerr(py, e)),
-                })
-            }),
-        ))
+        Ok(FetchCall {
+            start: Mutex::new(Some((client, options.opts.clone()))),
+            rest: RustAwaitable::empty(lp),
+        })
     }
 
     /// The cached data of `key`, or `None`.
@@ -221,5 +272,87 @@ impl NativeClient {
     /// Entries held now.
     fn __len__(&self) -> usize {
         self.existing().map_or(0, |c| c.stats().entries)
+    }
+}
+
+/// One `fetch_query` call, awaited.
+///
+/// Its first step polls the core's call on the stack, with the awaiting task's waker: a
+/// fresh hit, or a query function that returns at once, completes right there, with
+/// nothing boxed and no task. Otherwise that first call is dropped (a caller that stops
+/// waiting cancels nothing: a fetch it started has moved to a task of its own at its
+/// first wait) and a second one, which joins the flight with no transition, is boxed and
+/// awaited like any [`RustAwaitable`].
+#[pyclass(module = "stackquery._native")]
+pub(crate) struct FetchCall {
+    start: Mutex<Option<(QueryClient, Arc<QueryOptions<Data>>)>>,
+    rest: RustAwaitable,
+}
+
+#[pymethods]
+impl FetchCall {
+    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.step(py)
+    }
+
+    #[pyo3(signature = (_value = None))]
+    fn send(&self, py: Python<'_>, _value: Option<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+        self.step(py)
+    }
+
+    #[pyo3(signature = (typ, val = None, tb = None))]
+    fn throw(
+        &self,
+        py: Python<'_>,
+        typ: Bound<'_, PyAny>,
+        val: Option<Bound<'_, PyAny>>,
+        tb: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        drop(self.start.lock().unwrap_or_else(|p| p.into_inner()).take());
+        self.rest.throw(py, typ, val, tb)
+    }
+
+    fn close(&self) {
+        drop(self.start.lock().unwrap_or_else(|p| p.into_inner()).take());
+        self.rest.close();
+    }
+}
+
+impl FetchCall {
+    fn step(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let start = self.start.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some((client, opts)) = start else {
+            return self.rest.step(py);
+        };
+        {
+            let waker = self.rest.waker();
+            let mut cx = std::task::Context::from_waker(&waker);
+            let first = client.fetch_query(&opts);
+            let mut first = std::pin::pin!(first);
+            if let std::task::Poll::Ready(result) = first.as_mut().poll(&mut cx) {
+                return match result {
+                    Ok(data) => Err(pyo3::exceptions::PyStopIteration::new_err((
+                        data.clone_ref(py),
+                    ))),
+                    Err(e) => Err(to_pyerr(py, e)),
+                };
+            }
+        }
+        self.rest.set(Box::pin(async move {
+            let result = client.fetch_query(&opts).await;
+            Python::attach(|py| match result {
+                Ok(data) => Ok(data.clone_ref(py)),
+                Err(e) => Err(to_pyerr(py, e)),
+            })
+        }));
+        self.rest.step(py)
     }
 }

@@ -24,6 +24,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(default_retry_delay, m)?)?;
     m.add_class::<client::NativeClient>()?;
     m.add_class::<awaitable::RustAwaitable>()?;
+    m.add_class::<client::FetchCall>()?;
+    m.add_class::<client::NativeOptions>()?;
     Ok(())
 }
 

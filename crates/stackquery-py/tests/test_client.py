@@ -202,6 +202,22 @@ async def test_bad_keys_and_durations_are_clear_errors() -> None:
     fetch, _ = counter()
     with pytest.raises(TypeError, match="a query key must be a tuple"):
         QueryOptions(["users"], fetch)  # type: ignore[arg-type]
-    client = QueryClient()
     with pytest.raises(ValueError, match="stale_time must be a number of seconds"):
-        client.fetch_query(QueryOptions(("k",), fetch, stale_time=-1.0))
+        QueryOptions(("k",), fetch, stale_time=-1.0)
+    # A field changed after construction is checked (and used) at the next fetch.
+    client = QueryClient()
+    opts = QueryOptions(("k",), fetch, stale_time=60.0)
+    opts.gc_time = float("nan")
+    with pytest.raises(ValueError, match="gc_time must be a number of seconds"):
+        client.fetch_query(opts)
+
+
+async def test_a_changed_field_is_used_by_the_next_fetch() -> None:
+    client = QueryClient()
+    fetch, calls = counter()
+    opts = QueryOptions(("changed",), fetch, stale_time=3600.0)
+    await client.fetch_query(opts)
+    opts.stale_time = 0.0
+    await client.fetch_query(opts)
+    await asyncio.sleep(0.01)
+    assert calls["n"] == 2, "stale under the new stale_time: refetched"

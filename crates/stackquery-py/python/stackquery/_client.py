@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from ._native import NativeClient, default_retry_delay, hash_key
+from ._native import NativeClient, NativeOptions, default_retry_delay, hash_key
 
 T = TypeVar("T")
 
@@ -77,18 +77,47 @@ class QueryOptions(Generic[T]):
     on_settled: Callable[[T | None, Exception | None], object] | None = None
     select: Callable[[T], object] | None = None
     placeholder_data: T | None = None
-    _key_hash: str = field(default="", init=False, repr=False)
+    _native: Any = field(default=None, init=False, repr=False, compare=False)
+    _built_from: tuple[Any, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._key_hash = hash_key(self.query_key)
+        # Converted (and so checked: key, function, durations) at once, not at the first
+        # fetch.
+        self._engine_options()
+
+    def get_key_hash(self) -> str:
+        """The key's canonical text (the Rust library's; PyStackQuery used ``str(key)``)."""
+        return hash_key(self.query_key)
+
+    def _engine_options(self) -> Any:
+        """The options as the engine takes them, converted once and again only after a
+        field changed (the fields left at their defaults defer to the client's
+        ``QueryClientConfig``)."""
+        fields = (
+            self.query_key,
+            self.query_fn,
+            self.stale_time,
+            self.gc_time,
+            self.retry,
+            self.retry_delay,
+        )
+        built = self._built_from
+        if built and all(a is b for a, b in zip(fields, built)):
+            return self._native
         if not callable(self.query_fn):
             raise TypeError(
                 f"query_fn must be an async function, got {type(self.query_fn).__name__}"
             )
-
-    def get_key_hash(self) -> str:
-        """The key's canonical text (the Rust library's; PyStackQuery used ``str(key)``)."""
-        return self._key_hash
+        self._native = NativeOptions(
+            self.query_key,
+            self.query_fn,
+            None if _is_default(self.stale_time) else float(self.stale_time),
+            None if _is_default(self.gc_time) else float(self.gc_time),
+            None if _is_default(self.retry) else int(self.retry),
+            self.retry_delay,
+        )
+        self._built_from = fields
+        return self._native
 
 
 class QueryClient:
@@ -104,24 +133,17 @@ class QueryClient:
         size = self._config.cache_max_size
         if size is not None and size < 0:
             raise ValueError(f"cache_max_size must be >= 0, got {size}")
-        self._native = NativeClient(size)
-
-    def _settings(self, options: QueryOptions[Any]) -> tuple[float, float, int, Any]:
         cfg = self._config
-        stale = cfg.stale_time if _is_default(options.stale_time) else options.stale_time
-        gc = cfg.gc_time if _is_default(options.gc_time) else options.gc_time
-        retry = cfg.retry if _is_default(options.retry) else options.retry
-        delay = options.retry_delay or cfg.retry_delay
-        return float(stale), float(gc), int(retry), delay
+        delay = None if cfg.retry_delay is default_retry_delay else cfg.retry_delay
+        self._native = NativeClient(
+            size, float(cfg.stale_time), float(cfg.gc_time), int(cfg.retry), delay
+        )
 
     def fetch_query(self, options: QueryOptions[T]) -> Awaitable[T]:
         """The data of ``options.query_key``: fresh from the cache at once, stale from the
         cache with one refetch in the background, or fetched (one fetch however many
         callers wait). Awaitable; a fresh hit completes without a task switch."""
-        stale, gc, retry, delay = self._settings(options)
-        return self._native.fetch_query(
-            options.query_key, options.query_fn, stale, gc, retry, delay
-        )
+        return self._native.fetch_query(options._engine_options())
 
     async def prefetch_query(self, options: QueryOptions[Any]) -> None:
         """Warms the cache; failures are logged, never raised."""
