@@ -148,7 +148,7 @@ impl NativeClient {
     fn client(&self, py: Python<'_>) -> PyResult<(Arc<Loop>, QueryClient)> {
         let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = bound.as_ref() {
-            let running = py.import("asyncio")?.call_method0("get_running_loop")?;
+            let running = crate::pyhost::running_loop(py)?;
             if running.is(b.lp.obj.bind(py)) {
                 return Ok((b.lp.clone(), b.client.clone()));
             }

@@ -20,6 +20,17 @@ use tokio::time::Instant;
 use crate::awaitable::RustAwaitable;
 
 static SUPPORT: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `asyncio.get_running_loop()` (the function looked up once: this runs on every call).
+pub(crate) fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    GET_RUNNING_LOOP
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("asyncio")?.getattr("get_running_loop")?.unbind())
+        })?
+        .bind(py)
+        .call0()
+}
 
 /// `stackquery._support`, imported once.
 pub(crate) fn support(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
@@ -32,6 +43,8 @@ pub(crate) fn support(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
 pub(crate) struct Loop {
     /// The loop object.
     pub(crate) obj: Py<PyAny>,
+    /// Its bound `time` method (looked up once: the hit path reads the clock).
+    time: Py<PyAny>,
     thread: ThreadId,
     /// The instant that stands for `loop_start` on the loop's clock.
     base: Instant,
@@ -41,10 +54,12 @@ pub(crate) struct Loop {
 impl Loop {
     /// The running loop of the calling thread.
     pub(crate) fn current(py: Python<'_>) -> PyResult<Arc<Loop>> {
-        let obj = py.import("asyncio")?.call_method0("get_running_loop")?;
-        let loop_start: f64 = obj.call_method0("time")?.extract()?;
+        let obj = running_loop(py)?;
+        let time = obj.getattr("time")?;
+        let loop_start: f64 = time.call0()?.extract()?;
         Ok(Arc::new(Loop {
             obj: obj.unbind(),
+            time: time.unbind(),
             thread: std::thread::current().id(),
             base: Instant::now(),
             loop_start,
@@ -58,9 +73,9 @@ impl Loop {
     /// The loop's `time()` as an engine instant.
     pub(crate) fn now(&self, py: Python<'_>) -> Instant {
         let t: f64 = self
-            .obj
+            .time
             .bind(py)
-            .call_method0("time")
+            .call0()
             .and_then(|t| t.extract())
             .unwrap_or(self.loop_start);
         self.base + Duration::from_secs_f64((t - self.loop_start).max(0.0))

@@ -93,6 +93,17 @@ class QueryOptions(Generic[T]):
         """The options as the engine takes them, converted once and again only after a
         field changed (the fields left at their defaults defer to the client's
         ``QueryClientConfig``)."""
+        b = self._built_from
+        if (
+            b
+            and b[0] is self.query_key
+            and b[1] is self.query_fn
+            and b[2] is self.stale_time
+            and b[3] is self.gc_time
+            and b[4] is self.retry
+            and b[5] is self.retry_delay
+        ):
+            return self._native
         fields = (
             self.query_key,
             self.query_fn,
@@ -101,9 +112,6 @@ class QueryOptions(Generic[T]):
             self.retry,
             self.retry_delay,
         )
-        built = self._built_from
-        if built and all(a is b for a, b in zip(fields, built)):
-            return self._native
         if not callable(self.query_fn):
             raise TypeError(
                 f"query_fn must be an async function, got {type(self.query_fn).__name__}"
