@@ -226,6 +226,58 @@ impl NativeClient {
         Ok(data.unwrap_or_else(|| py.None()))
     }
 
+    /// The state of `key` as a tuple (`status`, `fetch_status`, `data`, `error`,
+    /// `data_updated_at`, `error_updated_at`, `failure_count`, `failure_reason`,
+    /// `is_invalidated`), or `None`. Errors are the query function's exception objects.
+    fn get_query_state(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let key: QueryKey = to_key(key, Role::Key)?;
+        let Some(state) = self
+            .existing()
+            .and_then(|c| c.get_query_state::<Data>(&key))
+        else {
+            return Ok(py.None());
+        };
+        let status = match state.status {
+            stackquery::QueryStatus::Idle => "IDLE",
+            stackquery::QueryStatus::Pending => "PENDING",
+            stackquery::QueryStatus::Success => "SUCCESS",
+            stackquery::QueryStatus::Error => "ERROR",
+            _ => "IDLE",
+        };
+        let fetch = match state.fetch_status {
+            stackquery::FetchStatus::Idle => "IDLE",
+            stackquery::FetchStatus::Fetching => "FETCHING",
+            stackquery::FetchStatus::Paused => "PAUSED",
+            _ => "IDLE",
+        };
+        let stamp = |t: Option<std::time::SystemTime>| {
+            t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs_f64())
+        };
+        let error = |e: Option<QueryError>| -> Py<PyAny> {
+            match e {
+                Some(e) => to_pyerr(py, e).into_value(py).into_any(),
+                None => py.None(),
+            }
+        };
+        let data = state
+            .data
+            .as_ref()
+            .map_or_else(|| py.None(), |d| d.clone_ref(py));
+        let tuple = (
+            status,
+            fetch,
+            data,
+            error(state.error.clone()),
+            stamp(state.data_updated_at),
+            stamp(state.error_updated_at),
+            state.failure_count,
+            error(state.failure_reason.clone()),
+            state.is_invalidated,
+        );
+        Ok(tuple.into_pyobject(py)?.into_any().unbind())
+    }
+
     /// Writes `data` under `key` (creating the entry if needed).
     fn set_query_data(
         &self,

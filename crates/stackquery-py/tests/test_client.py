@@ -221,3 +221,35 @@ async def test_a_changed_field_is_used_by_the_next_fetch() -> None:
     await client.fetch_query(opts)
     await asyncio.sleep(0.01)
     assert calls["n"] == 2, "stale under the new stale_time: refetched"
+
+
+async def test_get_query_state_reports_status_data_and_the_raised_error() -> None:
+    from stackquery import FetchStatus, QueryStatus
+
+    client = QueryClient(QueryClientConfig(retry=0))
+    assert client.get_query_state(("none",)) is None
+    fetch, _ = counter({"x": 1})
+    await client.fetch_query(QueryOptions(("ok",), fetch))
+    state = client.get_query_state(("ok",))
+    assert state is not None
+    assert (state.status, state.fetch_status) == (QueryStatus.SUCCESS, FetchStatus.IDLE)
+    assert state.data == {"x": 1} and state.is_success and not state.is_invalidated
+    assert isinstance(state.data_updated_at, float) and state.data_updated_at > 1e9
+
+    boom = ValueError("no")
+
+    async def failing() -> None:
+        raise boom
+
+    with pytest.raises(ValueError):
+        await client.fetch_query(QueryOptions(("bad",), failing))
+    state = client.get_query_state(("bad",))
+    assert state is not None and state.is_error
+    assert state.error is boom, "the very exception the query function raised"
+    assert state.fetch_failure_count == 1
+
+    await client.invalidate_queries(("ok",))
+    state = client.get_query_state(("ok",))
+    assert state is not None and state.is_invalidated
+    # As in PyStackQuery (its own suite checks it): an invalidated state reads 0.0.
+    assert state.data_updated_at == 0.0

@@ -22,6 +22,7 @@ from typing import TypeAlias
 
 from ._client import QueryClient, QueryClientConfig, QueryOptions
 from ._native import default_retry_delay, hash_key, key_parts, partial_match
+from ._state import FetchStatus, QueryState, QueryStatus
 
 QueryKey: TypeAlias = tuple[str | int | bool, ...]
 """A query key: a tuple of ``str``, ``int`` and ``bool`` parts, e.g. ``("users", "7")``."""
@@ -31,6 +32,9 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "QueryClient",
     "QueryClientConfig",
+    "FetchStatus",
+    "QueryState",
+    "QueryStatus",
     "QueryKey",
     "QueryOptions",
     "default_retry_delay",

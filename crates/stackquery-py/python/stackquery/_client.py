@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from ._native import NativeClient, NativeOptions, default_retry_delay, hash_key
+from ._state import QueryState, _from_engine
 
 T = TypeVar("T")
 
@@ -163,6 +164,11 @@ class QueryClient:
     def get_query_data(self, key: tuple[Any, ...]) -> Any:
         """The cached data of ``key`` (fresh or stale), or ``None``."""
         return self._native.get_query_data(key)
+
+    def get_query_state(self, key: tuple[Any, ...]) -> QueryState[Any, Any] | None:
+        """A snapshot of the state of ``key``, or ``None`` when the cache does not hold it."""
+        raw = self._native.get_query_state(key)
+        return None if raw is None else _from_engine(raw)
 
     def set_query_data(self, key: tuple[Any, ...], data: Any) -> None:
         """Writes ``data`` under ``key``, creating the entry if there is none (weak spot
