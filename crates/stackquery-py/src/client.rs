@@ -112,6 +112,14 @@ struct Bound_ {
     client: QueryClient,
 }
 
+/// A Python filter key (a tuple or a list prefix; `None`: every query) as the core's.
+fn filter_of(filter_key: Option<&Bound<'_, PyAny>>) -> PyResult<QueryFilter> {
+    Ok(match filter_key.filter(|f| !f.is_none()) {
+        Some(f) => QueryFilter::from(to_key(f, Role::Filter)?),
+        None => QueryFilter::all(),
+    })
+}
+
 /// Seconds (a float, as in PyStackQuery) as a duration: `inf` is "never"; negative or
 /// NaN is a `ValueError` naming the argument.
 pub(crate) fn seconds(what: &str, s: f64) -> PyResult<Duration> {
@@ -300,15 +308,47 @@ impl NativeClient {
         py: Python<'_>,
         filter_key: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<RustAwaitable> {
-        let filter = match filter_key.filter(|f| !f.is_none()) {
-            Some(f) => QueryFilter::from(to_key(f, Role::Filter)?),
-            None => QueryFilter::all(),
-        };
+        let filter = filter_of(filter_key)?;
         let (lp, client) = self.client(py)?;
         Ok(RustAwaitable::new(
             lp,
             Box::pin(async move {
                 let n = client.invalidate_queries(filter).await;
+                Python::attach(|py| Ok(n.into_pyobject(py)?.into_any().unbind()))
+            }),
+        ))
+    }
+
+    /// Removes the queries under `filter_key` (all when `None`) from the cache; returns
+    /// how many. A fetch in flight for one goes on for its waiters but stores nothing.
+    #[pyo3(signature = (filter_key = None))]
+    fn remove_queries(&self, filter_key: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+        let filter = filter_of(filter_key)?;
+        Ok(self.existing().map_or(0, |c| c.remove_queries(filter)))
+    }
+
+    /// Puts the queries under `filter_key` back to their initial state (no data).
+    #[pyo3(signature = (filter_key = None))]
+    fn reset_queries(&self, filter_key: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+        let filter = filter_of(filter_key)?;
+        Ok(self.existing().map_or(0, |c| c.reset_queries(filter)))
+    }
+
+    /// `await`able: cancels the fetches in flight under `filter_key`; returns how many.
+    /// Their waiters get `CancelledError`, and each entry goes back to its state from
+    /// before the fetch.
+    #[pyo3(signature = (filter_key = None))]
+    fn cancel_queries(
+        &self,
+        py: Python<'_>,
+        filter_key: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<RustAwaitable> {
+        let filter = filter_of(filter_key)?;
+        let (lp, client) = self.client(py)?;
+        Ok(RustAwaitable::new(
+            lp,
+            Box::pin(async move {
+                let n = client.cancel_queries(filter).await;
                 Python::attach(|py| Ok(n.into_pyobject(py)?.into_any().unbind()))
             }),
         ))

@@ -253,3 +253,33 @@ async def test_get_query_state_reports_status_data_and_the_raised_error() -> Non
     assert state is not None and state.is_invalidated
     # As in PyStackQuery (its own suite checks it): an invalidated state reads 0.0.
     assert state.data_updated_at == 0.0
+
+
+async def test_remove_reset_and_cancel() -> None:
+    client = QueryClient()
+    fetch, calls = counter("v")
+    opts = QueryOptions(("a", 1), fetch, stale_time=3600.0)
+    await client.fetch_query(opts)
+    client.remove_queries(["a"])
+    assert client.get_query_state(("a", 1)) is None
+    await client.fetch_query(opts)
+    assert calls["n"] == 2, "removed: fetched again"
+
+    client.reset_queries(("a",))
+    state = client.get_query_state(("a", 1))
+    assert state is not None and state.data is None and state.is_idle
+
+    gate = asyncio.Event()
+    started = asyncio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await gate.wait()
+        return "late"
+
+    waiter = asyncio.ensure_future(client.fetch_query(QueryOptions(("slow",), slow)))
+    await started.wait()
+    assert await client.cancel_queries(("slow",)) == 1
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert client.get_query_data(("slow",)) is None

@@ -183,6 +183,25 @@ class QueryClient:
         del refetch  # observed queries always refetch, as in TanStack Query
         await self._native.invalidate_queries(filter_key)
 
+    async def get_query_data_async(self, key: tuple[Any, ...]) -> Any:
+        """The cached data of ``key`` (PyStackQuery's version always returned ``None``)."""
+        return self._native.get_query_data(key)
+
+    def remove_queries(self, filter_key: tuple[Any, ...] | list[Any] | None = None) -> None:
+        """Removes the queries under ``filter_key`` (all when ``None``) from the cache."""
+        self._native.remove_queries(filter_key)
+
+    def reset_queries(self, filter_key: tuple[Any, ...] | list[Any] | None = None) -> None:
+        """Puts the queries under ``filter_key`` back to their initial state (no data)."""
+        self._native.reset_queries(filter_key)
+
+    async def cancel_queries(
+        self, filter_key: tuple[Any, ...] | list[Any] | None = None
+    ) -> int:
+        """Cancels the fetches in flight under ``filter_key``; returns how many. Their
+        waiters raise ``CancelledError``; each entry keeps its state from before."""
+        return await self._native.cancel_queries(filter_key)
+
     def clear(self) -> None:
         """Empties the cache."""
         self._native.clear()
