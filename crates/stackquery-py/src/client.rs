@@ -24,6 +24,10 @@ type Data = Py<PyAny>;
 #[pyclass(module = "stackquery._native")]
 pub(crate) struct NativeClient {
     bound: Mutex<Option<Bound_>>,
+    /// Live subscriptions of this client's observers. A subscription lasts until its
+    /// unsubscribe function is called, as in PyStackQuery, whether or not anything still
+    /// references the observer or that function (`client.watch(o).subscribe(f)`).
+    subscriptions: Arc<Subscriptions>,
     max_queries: Option<usize>,
     /// The client-wide defaults (`QueryClientConfig`), applied by the core to every query
     /// that does not set its own.
@@ -70,7 +74,8 @@ fn delay_fn(delay: Arc<Py<PyAny>>) -> impl Fn(u32) -> Duration + Send + Sync {
 #[pymethods]
 impl NativeOptions {
     #[new]
-    #[pyo3(signature = (key, query_fn, stale_time = None, gc_time = None, retry = None, retry_delay = None))]
+    #[pyo3(signature = (key, query_fn, stale_time = None, gc_time = None, retry = None, retry_delay = None, refetch_interval = None, enabled = true))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         key: &Bound<'_, PyAny>,
         query_fn: Bound<'_, PyAny>,
@@ -78,6 +83,8 @@ impl NativeOptions {
         gc_time: Option<f64>,
         retry: Option<u32>,
         retry_delay: Option<Bound<'_, PyAny>>,
+        refetch_interval: Option<f64>,
+        enabled: bool,
     ) -> PyResult<Self> {
         let key = to_key(key, Role::Key)?;
         if !query_fn.is_callable() {
@@ -100,6 +107,10 @@ impl NativeOptions {
         if let Some(delay) = retry_delay.filter(|d| !d.is_none()) {
             opts = opts.retry_delay(delay_fn(Arc::new(delay.unbind())));
         }
+        if let Some(s) = refetch_interval {
+            opts = opts.refetch_interval(seconds("refetch_interval", s)?);
+        }
+        opts = opts.enabled(enabled);
         Ok(NativeOptions {
             opts: Arc::new(opts),
         })
@@ -204,6 +215,7 @@ impl NativeClient {
     ) -> PyResult<Self> {
         Ok(NativeClient {
             bound: Mutex::new(None),
+            subscriptions: Arc::default(),
             max_queries,
             stale_time: seconds("stale_time", stale_time)?,
             gc_time: seconds("gc_time", gc_time)?,
@@ -239,51 +251,22 @@ impl NativeClient {
     /// `is_invalidated`), or `None`. Errors are the query function's exception objects.
     fn get_query_state(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let key: QueryKey = to_key(key, Role::Key)?;
-        let Some(state) = self
+        match self
             .existing()
             .and_then(|c| c.get_query_state::<Data>(&key))
-        else {
-            return Ok(py.None());
-        };
-        let status = match state.status {
-            stackquery::QueryStatus::Idle => "IDLE",
-            stackquery::QueryStatus::Pending => "PENDING",
-            stackquery::QueryStatus::Success => "SUCCESS",
-            stackquery::QueryStatus::Error => "ERROR",
-            _ => "IDLE",
-        };
-        let fetch = match state.fetch_status {
-            stackquery::FetchStatus::Idle => "IDLE",
-            stackquery::FetchStatus::Fetching => "FETCHING",
-            stackquery::FetchStatus::Paused => "PAUSED",
-            _ => "IDLE",
-        };
-        let stamp = |t: Option<std::time::SystemTime>| {
-            t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs_f64())
-        };
-        let error = |e: Option<QueryError>| -> Py<PyAny> {
-            match e {
-                Some(e) => to_pyerr(py, e).into_value(py).into_any(),
-                None => py.None(),
-            }
-        };
-        let data = state
-            .data
-            .as_ref()
-            .map_or_else(|| py.None(), |d| d.clone_ref(py));
-        let tuple = (
-            status,
-            fetch,
-            data,
-            error(state.error.clone()),
-            stamp(state.data_updated_at),
-            stamp(state.error_updated_at),
-            state.failure_count,
-            error(state.failure_reason.clone()),
-            state.is_invalidated,
-        );
-        Ok(tuple.into_pyobject(py)?.into_any().unbind())
+        {
+            Some(state) => state_tuple(py, &state),
+            None => Ok(py.None()),
+        }
+    }
+
+    /// An observer of the query (`QueryClient.watch`).
+    fn watch(&self, py: Python<'_>, options: &NativeOptions) -> PyResult<NativeObserver> {
+        let (_, client) = self.client(py)?;
+        Ok(NativeObserver {
+            observer: client.watch(&options.opts),
+            subscriptions: self.subscriptions.clone(),
+        })
     }
 
     /// Writes `data` under `key` (creating the entry if needed).
@@ -446,5 +429,137 @@ impl FetchCall {
             })
         }));
         self.rest.step(py)
+    }
+}
+
+/// A state as the tuple `stackquery._state._from_engine` turns into a `QueryState`
+/// (`status`, `fetch_status`, `data`, `error`, `data_updated_at`, `error_updated_at`,
+/// `failure_count`, `failure_reason`, `is_invalidated`). Errors are the query function's
+/// exception objects.
+fn state_tuple(py: Python<'_>, state: &stackquery::QueryState<Data>) -> PyResult<Py<PyAny>> {
+    let status = match state.status {
+        stackquery::QueryStatus::Idle => "IDLE",
+        stackquery::QueryStatus::Pending => "PENDING",
+        stackquery::QueryStatus::Success => "SUCCESS",
+        stackquery::QueryStatus::Error => "ERROR",
+        _ => "IDLE",
+    };
+    let fetch = match state.fetch_status {
+        stackquery::FetchStatus::Idle => "IDLE",
+        stackquery::FetchStatus::Fetching => "FETCHING",
+        stackquery::FetchStatus::Paused => "PAUSED",
+        _ => "IDLE",
+    };
+    let stamp = |t: Option<std::time::SystemTime>| {
+        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64())
+    };
+    let error = |e: &Option<QueryError>| -> Py<PyAny> {
+        match e {
+            Some(e) => to_pyerr(py, e.clone()).into_value(py).into_any(),
+            None => py.None(),
+        }
+    };
+    let data = state
+        .data
+        .as_ref()
+        .map_or_else(|| py.None(), |d| d.clone_ref(py));
+    let tuple = (
+        status,
+        fetch,
+        data,
+        error(&state.error),
+        stamp(state.data_updated_at),
+        stamp(state.error_updated_at),
+        state.failure_count,
+        error(&state.failure_reason),
+        state.is_invalidated,
+    );
+    Ok(tuple.into_pyobject(py)?.into_any().unbind())
+}
+
+/// The engine's observer of one query (`stackquery.QueryObserver` wraps it).
+#[pyclass(module = "stackquery._native")]
+pub(crate) struct NativeObserver {
+    observer: stackquery::QueryObserver<Data>,
+    subscriptions: Arc<Subscriptions>,
+}
+
+/// The live subscriptions of one client, by id.
+#[derive(Default)]
+pub(crate) struct Subscriptions(
+    Mutex<(
+        u64,
+        std::collections::HashMap<u64, stackquery::Subscription>,
+    )>,
+);
+
+impl Subscriptions {
+    fn add(&self, s: stackquery::Subscription) -> u64 {
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let id = guard.0;
+        guard.0 += 1;
+        guard.1.insert(id, s);
+        id
+    }
+
+    fn remove(&self, id: u64) -> Option<stackquery::Subscription> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .remove(&id)
+    }
+}
+
+#[pymethods]
+impl NativeObserver {
+    /// The current state, as a tuple (see `state_tuple`).
+    fn state(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        state_tuple(py, &self.observer.state())
+    }
+
+    /// Calls `listener(state_tuple)` at once and on every change; returns a callable that
+    /// ends the subscription (idempotent). An exception in the listener is reported as
+    /// unraisable and changes nothing else.
+    fn subscribe<'py>(
+        &self,
+        py: Python<'py>,
+        listener: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, pyo3::types::PyCFunction>> {
+        let listener = Arc::new(listener.unbind());
+        let l = listener.clone();
+        let subscription = self.observer.subscribe(move |state| {
+            Python::attach(|py| {
+                let called = state_tuple(py, state).and_then(|t| l.bind(py).call1((t,)));
+                if let Err(e) = called {
+                    e.write_unraisable(py, Some(l.bind(py)));
+                }
+            })
+        });
+        let id = self.subscriptions.add(subscription);
+        let subscriptions = self.subscriptions.clone();
+        pyo3::types::PyCFunction::new_closure(py, None, None, move |_args, _kwargs| {
+            // Taken out of the registry first: the subscription ends with no lock held.
+            if let Some(s) = subscriptions.remove(id) {
+                s.unsubscribe();
+            }
+        })
+    }
+
+    /// `await`able: fetches again now (joining a fetch in flight); returns the state.
+    fn refetch(&self, py: Python<'_>) -> PyResult<RustAwaitable> {
+        let observer = self.observer.clone();
+        let lp = crate::pyhost::Loop::current(py)?;
+        Ok(RustAwaitable::new(
+            lp,
+            Box::pin(async move {
+                let result = observer.refetch().await;
+                Python::attach(|py| match result {
+                    Ok(state) => state_tuple(py, &state),
+                    Err(e) => Err(to_pyerr(py, e)),
+                })
+            }),
+        ))
     }
 }

@@ -26,6 +26,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<awaitable::RustAwaitable>()?;
     m.add_class::<client::FetchCall>()?;
     m.add_class::<client::NativeOptions>()?;
+    m.add_class::<client::NativeObserver>()?;
     Ok(())
 }
 

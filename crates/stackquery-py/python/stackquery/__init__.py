@@ -22,6 +22,7 @@ from typing import TypeAlias
 
 from ._client import QueryClient, QueryClientConfig, QueryOptions
 from ._native import default_retry_delay, hash_key, key_parts, partial_match
+from ._observer import QueryObserver
 from ._state import FetchStatus, QueryState, QueryStatus
 
 QueryKey: TypeAlias = tuple[str | int | bool, ...]
@@ -36,6 +37,7 @@ __all__ = [
     "QueryState",
     "QueryStatus",
     "QueryKey",
+    "QueryObserver",
     "QueryOptions",
     "default_retry_delay",
     "hash_key",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from ._native import NativeClient, NativeOptions, default_retry_delay, hash_key
+from ._observer import QueryObserver
 from ._state import QueryState, _from_engine
 
 T = TypeVar("T")
@@ -103,6 +104,8 @@ class QueryOptions(Generic[T]):
             and b[3] is self.gc_time
             and b[4] is self.retry
             and b[5] is self.retry_delay
+            and b[6] is self.refetch_interval
+            and b[7] is self.enabled
         ):
             return self._native
         fields = (
@@ -112,6 +115,8 @@ class QueryOptions(Generic[T]):
             self.gc_time,
             self.retry,
             self.retry_delay,
+            self.refetch_interval,
+            self.enabled,
         )
         if not callable(self.query_fn):
             raise TypeError(
@@ -124,6 +129,8 @@ class QueryOptions(Generic[T]):
             None if _is_default(self.gc_time) else float(self.gc_time),
             None if _is_default(self.retry) else int(self.retry),
             self.retry_delay,
+            None if self.refetch_interval is None else float(self.refetch_interval),
+            bool(self.enabled),
         )
         self._built_from = fields
         return self._native
@@ -201,6 +208,10 @@ class QueryClient:
         """Cancels the fetches in flight under ``filter_key``; returns how many. Their
         waiters raise ``CancelledError``; each entry keeps its state from before."""
         return await self._native.cancel_queries(filter_key)
+
+    def watch(self, options: QueryOptions[T]) -> QueryObserver[T]:
+        """An observer of ``options``' query (see ``QueryObserver``)."""
+        return QueryObserver(self, options)
 
     def clear(self) -> None:
         """Empties the cache."""
