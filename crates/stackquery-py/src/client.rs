@@ -149,7 +149,7 @@ pub(crate) fn to_pyerr(py: Python<'_>, e: QueryError) -> PyErr {
         if let Some(raised) = source.downcast_ref::<PyErr>() {
             return raised.clone_ref(py);
         }
-        if let Some(NotAsync(raised)) = source.downcast_ref::<NotAsync>() {
+        if let Some(NotAsync(raised, _)) = source.downcast_ref::<NotAsync>() {
             return raised.clone_ref(py);
         }
     }
@@ -163,6 +163,16 @@ pub(crate) fn to_pyerr(py: Python<'_>, e: QueryError) -> PyErr {
 }
 
 impl NativeClient {
+    /// The core client and its loop (bound to the running loop at first use).
+    pub(crate) fn bound_client(&self, py: Python<'_>) -> PyResult<(Arc<Loop>, QueryClient)> {
+        self.client(py)
+    }
+
+    /// The registry of this client's live subscriptions.
+    pub(crate) fn subscriptions(&self) -> Arc<Subscriptions> {
+        self.subscriptions.clone()
+    }
+
     /// The core client, bound to the running loop at first use.
     fn client(&self, py: Python<'_>) -> PyResult<(Arc<Loop>, QueryClient)> {
         let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
@@ -258,6 +268,33 @@ impl NativeClient {
             Some(state) => state_tuple(py, &state),
             None => Ok(py.None()),
         }
+    }
+
+    /// A mutation (`QueryClient.mutation`), from PyStackQuery's `MutationOptions` fields.
+    #[pyo3(signature = (mutation_fn, on_success = None, on_error = None, on_settled = None, on_mutate = None, retry = 0, retry_delay = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn mutation(
+        &self,
+        py: Python<'_>,
+        mutation_fn: Bound<'_, PyAny>,
+        on_success: Option<Bound<'_, PyAny>>,
+        on_error: Option<Bound<'_, PyAny>>,
+        on_settled: Option<Bound<'_, PyAny>>,
+        on_mutate: Option<Bound<'_, PyAny>>,
+        retry: u32,
+        retry_delay: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<crate::mutation::NativeMutation> {
+        crate::mutation::build(
+            py,
+            self,
+            mutation_fn,
+            on_success,
+            on_error,
+            on_settled,
+            on_mutate,
+            retry,
+            retry_delay,
+        )
     }
 
     /// An observer of the query (`QueryClient.watch`).
@@ -495,6 +532,22 @@ pub(crate) struct Subscriptions(
 );
 
 impl Subscriptions {
+    /// Keeps `s` until the returned Python function is called.
+    pub(crate) fn closure<'py>(
+        self: &Arc<Self>,
+        py: Python<'py>,
+        s: stackquery::Subscription,
+    ) -> PyResult<Bound<'py, pyo3::types::PyCFunction>> {
+        let id = self.add(s);
+        let subscriptions = self.clone();
+        pyo3::types::PyCFunction::new_closure(py, None, None, move |_args, _kwargs| {
+            // Taken out of the registry first: the subscription ends with no lock held.
+            if let Some(s) = subscriptions.remove(id) {
+                s.unsubscribe();
+            }
+        })
+    }
+
     fn add(&self, s: stackquery::Subscription) -> u64 {
         let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let id = guard.0;
@@ -537,14 +590,7 @@ impl NativeObserver {
                 }
             })
         });
-        let id = self.subscriptions.add(subscription);
-        let subscriptions = self.subscriptions.clone();
-        pyo3::types::PyCFunction::new_closure(py, None, None, move |_args, _kwargs| {
-            // Taken out of the registry first: the subscription ends with no lock held.
-            if let Some(s) = subscriptions.remove(id) {
-                s.unsubscribe();
-            }
-        })
+        self.subscriptions.closure(py, subscription)
     }
 
     /// `await`able: fetches again now (joining a fetch in flight); returns the state.

@@ -26,6 +26,11 @@ use stackquery::BoxError;
 /// One call of a query function, driven as a Rust future.
 pub(crate) struct PyFetch {
     query_fn: Arc<Py<PyAny>>,
+    /// The one argument to call it with (a mutation's input), if any.
+    arg: Option<Arc<Py<PyAny>>>,
+    /// A plain (not awaitable) return value is the result (a hook such as `on_mutate`,
+    /// which may be sync or async), rather than a `TypeError`.
+    plain_ok: bool,
     coro: Option<Py<PyAny>>,
     /// The asyncio future the coroutine waits on.
     awaiting: Option<Py<PyAny>>,
@@ -39,10 +44,28 @@ impl PyFetch {
     pub(crate) fn new(query_fn: Arc<Py<PyAny>>) -> Self {
         PyFetch {
             query_fn,
+            arg: None,
+            plain_ok: false,
             coro: None,
             awaiting: None,
             waker: Arc::default(),
         }
+    }
+}
+
+impl PyFetch {
+    /// `f(arg)`, driven the same way (a mutation function and its input).
+    pub(crate) fn with_arg(f: Arc<Py<PyAny>>, arg: Arc<Py<PyAny>>) -> Self {
+        let mut fetch = PyFetch::new(f);
+        fetch.arg = Some(arg);
+        fetch
+    }
+
+    /// `hook(arg)`, whose result may be a plain value or a coroutine to drive.
+    pub(crate) fn hook(f: Arc<Py<PyAny>>, arg: Arc<Py<PyAny>>) -> Self {
+        let mut fetch = PyFetch::with_arg(f, arg);
+        fetch.plain_ok = true;
+        fetch
     }
 }
 
@@ -54,7 +77,7 @@ pub(crate) fn fetch_error(e: PyErr) -> BoxError {
 /// A query function that is not async: a bug in the caller's code, reported at once and
 /// never retried (retrying cannot make it async).
 #[derive(Debug)]
-pub(crate) struct NotAsync(pub(crate) PyErr);
+pub(crate) struct NotAsync(pub(crate) PyErr, pub(crate) Py<PyAny>);
 
 impl std::fmt::Display for NotAsync {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -90,8 +113,9 @@ impl Future for PyFetch {
                 this.awaiting = None;
             }
             if this.coro.is_none() {
-                match start(py, &this.query_fn) {
+                match start(py, &this.query_fn, this.arg.as_deref()) {
                     Ok(Ok(coro)) => this.coro = Some(coro),
+                    Ok(Err(NotAsync(_, plain))) if this.plain_ok => return Poll::Ready(Ok(plain)),
                     // The function itself raised: an ordinary failure.
                     Err(e) => return Poll::Ready(Err(fetch_error(e))),
                     Ok(Err(not_async)) => return Poll::Ready(Err(Box::new(not_async))),
@@ -135,18 +159,28 @@ impl Future for PyFetch {
 }
 
 /// Calls the query function; it must return a coroutine (or another awaitable).
-fn start(py: Python<'_>, query_fn: &Py<PyAny>) -> PyResult<Result<Py<PyAny>, NotAsync>> {
-    let made = query_fn.bind(py).call0()?;
+fn start(
+    py: Python<'_>,
+    query_fn: &Py<PyAny>,
+    arg: Option<&Py<PyAny>>,
+) -> PyResult<Result<Py<PyAny>, NotAsync>> {
+    let made = match arg {
+        Some(arg) => query_fn.bind(py).call1((arg.clone_ref(py),))?,
+        None => query_fn.bind(py).call0()?,
+    };
     if made.hasattr("send")? && made.hasattr("throw")? {
         return Ok(Ok(made.unbind()));
     }
     if made.hasattr("__await__")? {
         return Ok(Ok(made.call_method0("__await__")?.unbind()));
     }
-    Ok(Err(NotAsync(PyTypeError::new_err(format!(
-        "query_fn must be an async function (a coroutine function): it returned {}",
-        made.get_type().name()?
-    )))))
+    Ok(Err(NotAsync(
+        PyTypeError::new_err(format!(
+            "query_fn must be an async function (a coroutine function): it returned {}",
+            made.get_type().name()?
+        )),
+        made.unbind(),
+    )))
 }
 
 /// Registers a done callback on the asyncio future the coroutine yielded, which wakes the

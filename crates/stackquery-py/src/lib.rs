@@ -13,6 +13,7 @@ mod awaitable;
 mod client;
 mod coro;
 mod keys;
+mod mutation;
 mod pyhost;
 
 /// The native module, imported by the package as `stackquery._native`.
@@ -27,6 +28,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::FetchCall>()?;
     m.add_class::<client::NativeOptions>()?;
     m.add_class::<client::NativeObserver>()?;
+    m.add_class::<mutation::NativeMutation>()?;
     Ok(())
 }
 

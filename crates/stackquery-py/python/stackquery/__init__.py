@@ -22,6 +22,7 @@ from typing import TypeAlias
 
 from ._client import QueryClient, QueryClientConfig, QueryOptions
 from ._native import default_retry_delay, hash_key, key_parts, partial_match
+from ._mutation import Mutation, MutationOptions, MutationState, MutationStatus
 from ._observer import QueryObserver
 from ._state import FetchStatus, QueryState, QueryStatus
 
@@ -37,6 +38,10 @@ __all__ = [
     "QueryState",
     "QueryStatus",
     "QueryKey",
+    "Mutation",
+    "MutationOptions",
+    "MutationState",
+    "MutationStatus",
     "QueryObserver",
     "QueryOptions",
     "default_retry_delay",

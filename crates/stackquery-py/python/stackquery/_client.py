@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from ._native import NativeClient, NativeOptions, default_retry_delay, hash_key
+from ._mutation import Mutation, MutationOptions
 from ._observer import QueryObserver
 from ._state import QueryState, _from_engine
 
@@ -208,6 +209,10 @@ class QueryClient:
         """Cancels the fetches in flight under ``filter_key``; returns how many. Their
         waiters raise ``CancelledError``; each entry keeps its state from before."""
         return await self._native.cancel_queries(filter_key)
+
+    def mutation(self, options: MutationOptions[Any, Any]) -> Mutation[Any, Any]:
+        """A mutation running ``options`` (see ``Mutation``)."""
+        return Mutation(options, self)
 
     def watch(self, options: QueryOptions[T]) -> QueryObserver[T]:
         """An observer of ``options``' query (see ``QueryObserver``)."""
