@@ -246,6 +246,23 @@ impl NativeClient {
         })
     }
 
+    /// `await`able: fetches the query now even if its data is fresh (joining a fetch in
+    /// flight); returns the data.
+    fn refetch_query(&self, py: Python<'_>, options: &NativeOptions) -> PyResult<RustAwaitable> {
+        let (lp, client) = self.client(py)?;
+        let opts = options.opts.clone();
+        Ok(RustAwaitable::new(
+            lp,
+            Box::pin(async move {
+                let result = client.refetch_query(&opts).await;
+                Python::attach(|py| match result {
+                    Ok(data) => Ok(data.clone_ref(py)),
+                    Err(e) => Err(to_pyerr(py, e)),
+                })
+            }),
+        ))
+    }
+
     /// The cached data of `key`, or `None`.
     fn get_query_data(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let key: QueryKey = to_key(key, Role::Key)?;
@@ -591,6 +608,21 @@ impl NativeObserver {
             })
         });
         self.subscriptions.closure(py, subscription)
+    }
+
+    /// Stops automatic fetches and polling for this observer.
+    fn pause(&self) {
+        self.observer.pause();
+    }
+
+    /// Starts them again; with `refetch`, fetches now if the data is stale.
+    fn resume(&self, refetch: bool) {
+        self.observer.resume(refetch);
+    }
+
+    /// Whether the observer is paused.
+    fn is_paused(&self) -> bool {
+        self.observer.is_paused()
     }
 
     /// `await`able: fetches again now (joining a fetch in flight); returns the state.

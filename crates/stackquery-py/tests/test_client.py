@@ -283,3 +283,23 @@ async def test_remove_reset_and_cancel() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert client.get_query_data(("slow",)) is None
+
+
+async def test_a_query_on_its_own_fetches_on_every_call_and_reports_its_state() -> None:
+    from stackquery import Query
+
+    calls = {"n": 0}
+
+    async def fetch() -> int:
+        calls["n"] += 1
+        return calls["n"]
+
+    query = Query(QueryOptions(("own",), fetch, stale_time=3600.0))
+    assert query.state.is_idle
+    assert await query.fetch() == 1
+    assert await query.fetch() == 2, "fetch() fetches even when the data is fresh"
+    assert query.state.is_success and query.state.data == 2
+    query.pause()
+    assert query.is_paused
+    query.resume(refetch=False)
+    assert not query.is_paused

@@ -24,6 +24,7 @@ from ._client import QueryClient, QueryClientConfig, QueryOptions
 from ._native import default_retry_delay, hash_key, key_parts, partial_match
 from ._mutation import Mutation, MutationOptions, MutationState, MutationStatus
 from ._observer import QueryObserver
+from ._query import Query
 from ._state import FetchStatus, QueryState, QueryStatus
 
 QueryKey: TypeAlias = tuple[str | int | bool, ...]
@@ -42,6 +43,7 @@ __all__ = [
     "MutationOptions",
     "MutationState",
     "MutationStatus",
+    "Query",
     "QueryObserver",
     "QueryOptions",
     "default_retry_delay",
