@@ -148,6 +148,7 @@ impl Host for PyHost {
             lp: self.lp.clone(),
             deadline,
             timer: None,
+            fired: Arc::default(),
         })
     }
 }
@@ -157,6 +158,9 @@ struct Sleep {
     lp: Arc<Loop>,
     deadline: Instant,
     timer: Option<Py<PyAny>>,
+    /// Its `call_later` callback ran: the deadline has come as the loop counts it (a
+    /// loop may run a timer up to its clock resolution early, as for `asyncio.sleep`).
+    fired: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Future for Sleep {
@@ -164,7 +168,7 @@ impl Future for Sleep {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         Python::attach(|py| {
             let now = self.lp.now(py);
-            if now >= self.deadline {
+            if now >= self.deadline || self.fired.load(std::sync::atomic::Ordering::Acquire) {
                 return Poll::Ready(());
             }
             if let Some(timer) = self.timer.take() {
