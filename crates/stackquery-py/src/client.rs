@@ -23,7 +23,8 @@ type Data = Py<PyAny>;
 /// The engine behind one `stackquery.QueryClient`.
 #[pyclass(module = "stackquery._native")]
 pub(crate) struct NativeClient {
-    bound: Mutex<Option<Bound_>>,
+    /// Set once, at first use (then read with no lock on every call).
+    bound: std::sync::OnceLock<Bound_>,
     /// Live subscriptions of this client's observers. A subscription lasts until its
     /// unsubscribe function is called, as in PyStackQuery, whether or not anything still
     /// references the observer or that function (`client.watch(o).subscribe(f)`).
@@ -175,8 +176,7 @@ impl NativeClient {
 
     /// The core client, bound to the running loop at first use.
     fn client(&self, py: Python<'_>) -> PyResult<(Arc<Loop>, QueryClient)> {
-        let mut bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = bound.as_ref() {
+        if let Some(b) = self.bound.get() {
             let running = crate::pyhost::running_loop(py)?;
             if running.is(b.lp.obj.bind(py)) {
                 return Ok((b.lp.clone(), b.client.clone()));
@@ -198,17 +198,14 @@ impl NativeClient {
             builder = builder.max_queries(n);
         }
         let client = builder.build();
-        *bound = Some(Bound_ {
-            lp: lp.clone(),
-            client: client.clone(),
-        });
-        Ok((lp, client))
+        // Under the GIL no other thread binds meanwhile; if one did, the first stays.
+        let b = self.bound.get_or_init(|| Bound_ { lp, client });
+        Ok((b.lp.clone(), b.client.clone()))
     }
 
     /// The client if it was used already (reads need no loop).
-    fn existing(&self) -> Option<QueryClient> {
-        let bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
-        bound.as_ref().map(|b| b.client.clone())
+    fn existing(&self) -> Option<&QueryClient> {
+        self.bound.get().map(|b| &b.client)
     }
 }
 
@@ -224,7 +221,7 @@ impl NativeClient {
         retry_delay: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         Ok(NativeClient {
-            bound: Mutex::new(None),
+            bound: std::sync::OnceLock::new(),
             subscriptions: Arc::default(),
             max_queries,
             stale_time: seconds("stale_time", stale_time)?,
