@@ -58,7 +58,7 @@ fn retry_unless_not_async(retry: u32) -> impl Fn(u32, &QueryError) -> bool + Sen
 
 /// A Python `retry_delay(attempt) -> seconds` as the core's delay function (the default
 /// schedule when it raises or returns something unusable).
-fn delay_fn(delay: Arc<Py<PyAny>>) -> impl Fn(u32) -> Duration + Send + Sync {
+pub(crate) fn delay_fn(delay: Arc<Py<PyAny>>) -> impl Fn(u32) -> Duration + Send + Sync {
     move |attempt| {
         Python::attach(|py| {
             delay
@@ -141,6 +141,51 @@ pub(crate) fn seconds(what: &str, s: f64) -> PyResult<Duration> {
         )));
     }
     Ok(Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX))
+}
+
+/// A core call that yields a query's data, as the future a [`RustAwaitable`] runs.
+pub(crate) fn data_future(
+    call: impl Future<Output = Result<Arc<Data>, QueryError>> + Send + 'static,
+) -> crate::awaitable::PyFuture {
+    Box::pin(async move {
+        let result = call.await;
+        Python::attach(|py| match result {
+            Ok(data) => Ok(data.clone_ref(py)),
+            Err(e) => Err(to_pyerr(py, e)),
+        })
+    })
+}
+
+/// A core call that yields a count, as the future a [`RustAwaitable`] runs.
+fn count_future(call: impl Future<Output = usize> + Send + 'static) -> crate::awaitable::PyFuture {
+    Box::pin(async move {
+        let n = call.await;
+        Python::attach(|py| Ok(n.into_pyobject(py)?.into_any().unbind()))
+    })
+}
+
+/// A wall-clock stamp as seconds since the epoch (`time.time()`'s scale).
+pub(crate) fn unix_seconds(t: Option<std::time::SystemTime>) -> Option<f64> {
+    t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64())
+}
+
+/// A listener for the core's `subscribe`: calls the Python `listener` with the state as
+/// a tuple (`to_tuple`); an exception in it is reported as unraisable and changes
+/// nothing else.
+pub(crate) fn deliver<S: 'static>(
+    listener: Bound<'_, PyAny>,
+    to_tuple: fn(Python<'_>, &S) -> PyResult<Py<PyAny>>,
+) -> impl Fn(&S) + Send + Sync + 'static {
+    let listener = listener.unbind();
+    move |state| {
+        Python::attach(|py| {
+            let called = to_tuple(py, state).and_then(|t| listener.bind(py).call1((t,)));
+            if let Err(e) = called {
+                e.write_unraisable(py, Some(listener.bind(py)));
+            }
+        })
+    }
 }
 
 /// A core error as the Python exception to raise: the query function's own exception
@@ -250,13 +295,7 @@ impl NativeClient {
         let opts = options.opts.clone();
         Ok(RustAwaitable::new(
             lp,
-            Box::pin(async move {
-                let result = client.refetch_query(&opts).await;
-                Python::attach(|py| match result {
-                    Ok(data) => Ok(data.clone_ref(py)),
-                    Err(e) => Err(to_pyerr(py, e)),
-                })
-            }),
+            data_future(async move { client.refetch_query(&opts).await }),
         ))
     }
 
@@ -346,10 +385,7 @@ impl NativeClient {
         let (lp, client) = self.client(py)?;
         Ok(RustAwaitable::new(
             lp,
-            Box::pin(async move {
-                let n = client.invalidate_queries(filter).await;
-                Python::attach(|py| Ok(n.into_pyobject(py)?.into_any().unbind()))
-            }),
+            count_future(async move { client.invalidate_queries(filter).await }),
         ))
     }
 
@@ -381,10 +417,7 @@ impl NativeClient {
         let (lp, client) = self.client(py)?;
         Ok(RustAwaitable::new(
             lp,
-            Box::pin(async move {
-                let n = client.cancel_queries(filter).await;
-                Python::attach(|py| Ok(n.into_pyobject(py)?.into_any().unbind()))
-            }),
+            count_future(async move { client.cancel_queries(filter).await }),
         ))
     }
 
@@ -472,13 +505,8 @@ impl FetchCall {
                 };
             }
         }
-        self.rest.set(Box::pin(async move {
-            let result = client.fetch_query(&opts).await;
-            Python::attach(|py| match result {
-                Ok(data) => Ok(data.clone_ref(py)),
-                Err(e) => Err(to_pyerr(py, e)),
-            })
-        }));
+        self.rest
+            .set(data_future(async move { client.fetch_query(&opts).await }));
         self.rest.step(py)
     }
 }
@@ -501,10 +529,6 @@ fn state_tuple(py: Python<'_>, state: &stackquery::QueryState<Data>) -> PyResult
         stackquery::FetchStatus::Paused => "PAUSED",
         _ => "IDLE",
     };
-    let stamp = |t: Option<std::time::SystemTime>| {
-        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs_f64())
-    };
     let error = |e: &Option<QueryError>| -> Py<PyAny> {
         match e {
             Some(e) => to_pyerr(py, e.clone()).into_value(py).into_any(),
@@ -520,8 +544,8 @@ fn state_tuple(py: Python<'_>, state: &stackquery::QueryState<Data>) -> PyResult
         fetch,
         data,
         error(&state.error),
-        stamp(state.data_updated_at),
-        stamp(state.error_updated_at),
+        unix_seconds(state.data_updated_at),
+        unix_seconds(state.error_updated_at),
         state.failure_count,
         error(&state.failure_reason),
         state.is_invalidated,
@@ -594,16 +618,7 @@ impl NativeObserver {
         py: Python<'py>,
         listener: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, pyo3::types::PyCFunction>> {
-        let listener = Arc::new(listener.unbind());
-        let l = listener.clone();
-        let subscription = self.observer.subscribe(move |state| {
-            Python::attach(|py| {
-                let called = state_tuple(py, state).and_then(|t| l.bind(py).call1((t,)));
-                if let Err(e) = called {
-                    e.write_unraisable(py, Some(l.bind(py)));
-                }
-            })
-        });
+        let subscription = self.observer.subscribe(deliver(listener, state_tuple));
         self.subscriptions.closure(py, subscription)
     }
 

@@ -11,7 +11,9 @@ use pyo3::prelude::*;
 use stackquery::{MutationOptions, MutationStatus, QueryError};
 
 use crate::awaitable::RustAwaitable;
-use crate::client::{seconds, to_pyerr, NativeClient, Subscriptions};
+use crate::client::{
+    data_future, delay_fn, deliver, to_pyerr, unix_seconds, NativeClient, Subscriptions,
+};
 use crate::coro::PyFetch;
 
 /// A Python value the core can clone (inputs and contexts are cloned into callbacks).
@@ -110,18 +112,7 @@ pub(crate) fn build(
     }
     opts = opts.retry(retry);
     if let Some(delay) = retry_delay.filter(|d| !d.is_none()) {
-        let delay = Arc::new(delay.unbind());
-        opts = opts.retry_delay(move |attempt| {
-            Python::attach(|py| {
-                delay
-                    .bind(py)
-                    .call1((attempt,))
-                    .and_then(|s| s.extract::<f64>())
-                    .ok()
-                    .and_then(|s| seconds("retry_delay", s).ok())
-                    .unwrap_or_else(|| stackquery::default_retry_delay(attempt))
-            })
-        });
+        opts = opts.retry_delay(delay_fn(Arc::new(delay.unbind())));
     }
     let (lp, core) = client.bound_client(py)?;
     Ok(NativeMutation {
@@ -141,10 +132,6 @@ fn state_tuple(py: Python<'_>, s: &stackquery::MutationState<Py<PyAny>>) -> PyRe
         MutationStatus::Error => "ERROR",
         _ => "IDLE",
     };
-    let stamp = |t: Option<std::time::SystemTime>| {
-        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs_f64())
-    };
     let tuple = (
         status,
         s.data
@@ -153,8 +140,8 @@ fn state_tuple(py: Python<'_>, s: &stackquery::MutationState<Py<PyAny>>) -> PyRe
         s.error
             .as_ref()
             .map_or_else(|| py.None(), |e| error_object(py, e)),
-        stamp(s.submitted_at),
-        stamp(s.settled_at),
+        unix_seconds(s.submitted_at),
+        unix_seconds(s.settled_at),
         s.failure_count,
     );
     Ok(tuple.into_pyobject(py)?.into_any().unbind())
@@ -166,16 +153,7 @@ impl NativeMutation {
     /// (the mutation function's own exception object).
     fn mutate(&self, input: Bound<'_, PyAny>) -> RustAwaitable {
         let call = self.mutation.mutate(PyVal(Arc::new(input.unbind())));
-        RustAwaitable::new(
-            self.lp.clone(),
-            Box::pin(async move {
-                let result = call.await;
-                Python::attach(|py| match result {
-                    Ok(data) => Ok(data.clone_ref(py)),
-                    Err(e) => Err(to_pyerr(py, e)),
-                })
-            }),
-        )
+        RustAwaitable::new(self.lp.clone(), data_future(call))
     }
 
     /// The state of the latest call, as a tuple (see `state_tuple`).
@@ -190,15 +168,7 @@ impl NativeMutation {
         py: Python<'py>,
         listener: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, pyo3::types::PyCFunction>> {
-        let listener = Arc::new(listener.unbind());
-        let subscription = self.mutation.subscribe(move |state| {
-            Python::attach(|py| {
-                let called = state_tuple(py, state).and_then(|t| listener.bind(py).call1((t,)));
-                if let Err(e) = called {
-                    e.write_unraisable(py, Some(listener.bind(py)));
-                }
-            })
-        });
+        let subscription = self.mutation.subscribe(deliver(listener, state_tuple));
         self.subscriptions.closure(py, subscription)
     }
 

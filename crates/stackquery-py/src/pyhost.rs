@@ -148,7 +148,6 @@ impl Host for PyHost {
             lp: self.lp.clone(),
             deadline,
             timer: None,
-            fired: Arc::default(),
         })
     }
 }
@@ -158,9 +157,6 @@ struct Sleep {
     lp: Arc<Loop>,
     deadline: Instant,
     timer: Option<Py<PyAny>>,
-    /// Its `call_later` callback ran: the deadline has come as the loop counts it (a
-    /// loop may run a timer up to its clock resolution early, as for `asyncio.sleep`).
-    fired: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Future for Sleep {
@@ -168,7 +164,7 @@ impl Future for Sleep {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         Python::attach(|py| {
             let now = self.lp.now(py);
-            if now >= self.deadline || self.fired.load(std::sync::atomic::Ordering::Acquire) {
+            if now >= self.deadline {
                 return Poll::Ready(());
             }
             if let Some(timer) = self.timer.take() {
