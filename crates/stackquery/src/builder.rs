@@ -220,6 +220,18 @@ impl QueryClientBuilder {
         self
     }
 
+    /// [`persist_prefix`](Self::persist_prefix) for a data type that is not a serde type:
+    /// `C` converts it to and from the stored JSON (see
+    /// [`JsonConverter`](crate::storage::JsonConverter)).
+    pub fn persist_prefix_with<T, C>(mut self, prefix: impl Into<QueryKey>) -> Self
+    where
+        T: Send + Sync + 'static,
+        C: crate::storage::JsonConverter<T>,
+    {
+        self.persist_rules.add_with::<T, C>(prefix.into());
+        self
+    }
+
     /// Builds the client. Call inside or outside a tokio runtime; background work (the
     /// gc task) starts on the first use inside one.
     pub fn build(self) -> QueryClient {

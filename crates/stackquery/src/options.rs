@@ -113,6 +113,16 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned> QueryOptions<T> {
     }
 }
 
+impl<T: Send + Sync + 'static> QueryOptions<T> {
+    /// [`persist`](Self::persist) for a data type that is not a serde type: `C` converts it
+    /// to and from the stored JSON (see [`JsonConverter`](crate::storage::JsonConverter)).
+    #[must_use]
+    pub fn persist_with<C: crate::storage::JsonConverter<T>>(mut self) -> Self {
+        self.persist = Some(PersistFns::via::<C>());
+        self
+    }
+}
+
 impl<T> QueryOptions<T> {
     /// Cheap check that `other` is a clone of these options with the same settings.
     pub(crate) fn same_as(&self, other: &Self) -> bool {

@@ -37,6 +37,18 @@ impl PersistRules {
         });
     }
 
+    /// Persists data of type `T` under `prefix`, converted by `C`.
+    pub(crate) fn add_with<T, C>(&mut self, prefix: QueryKey)
+    where
+        T: Send + Sync + 'static,
+        C: crate::storage::JsonConverter<T>,
+    {
+        self.rules.push(Rule {
+            prefix,
+            fns: Box::new(PersistFns::<T>::via::<C>()),
+        });
+    }
+
     /// The encode/decode functions for `key` holding a `T`, if a rule covers it.
     pub(crate) fn find<T: 'static>(&self, key: &QueryKey) -> Option<PersistFns<T>> {
         if self.rules.is_empty() {

@@ -81,6 +81,7 @@ pub use memory::{MemoryStorage, MemoryStorageStats};
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::{SqliteStorage, SqliteStorageBuilder};
 pub use timeout::{TimeoutStorage, DEFAULT_DELETE_PREFIX_TIMEOUT};
+pub use typed::JsonConverter;
 
 /// A second-tier byte store: get, set with an optional time to live, delete.
 ///

@@ -57,3 +57,91 @@ impl<T: Serialize + DeserializeOwned> PersistFns<T> {
         }
     }
 }
+
+/// Converts a data type that is not itself serde-serialisable to and from the JSON of the
+/// stored envelope — for data owned by another language's runtime (the Python package's
+/// objects are `Py<PyAny>`, a foreign type that cannot implement serde's traits there).
+///
+/// The converter is a type of its own (usually a unit struct), so a crate can implement it
+/// for a type it does not own. Use it with
+/// [`QueryOptions::persist_with`](crate::QueryOptions::persist_with) and
+/// [`QueryClientBuilder::persist_prefix_with`](crate::QueryClientBuilder::persist_prefix_with).
+/// The stored envelope is the same as for a serde type with the same JSON, so clients of
+/// either kind read each other's entries.
+///
+/// ```
+/// use stackquery::storage::{JsonConverter, StorageError};
+///
+/// /// A type from elsewhere, stored as a JSON string.
+/// struct Name(String);
+/// struct NameJson;
+///
+/// impl JsonConverter<Name> for NameJson {
+///     fn to_json(data: &Name) -> Result<serde_json::Value, StorageError> {
+///         Ok(serde_json::Value::String(data.0.clone()))
+///     }
+///     fn from_json(value: serde_json::Value) -> Result<Name, StorageError> {
+///         match value {
+///             serde_json::Value::String(s) => Ok(Name(s)),
+///             other => Err(StorageError::Corrupt(format!("expected a string, got {other}"))),
+///         }
+///     }
+/// }
+/// let options = stackquery::QueryOptions::new(
+///     stackquery::key!["name"],
+///     || async { Ok::<_, std::io::Error>(Name("Ada".into())) },
+/// )
+/// .persist_with::<NameJson>();
+/// # let _ = options;
+/// ```
+pub trait JsonConverter<T>: 'static {
+    /// The JSON stored for `data` (an error skips the write; it is logged and counted).
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Encode`] when `data` has no JSON form.
+    fn to_json(data: &T) -> Result<serde_json::Value, StorageError>;
+
+    /// The data back from stored JSON (an error makes the entry a miss).
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Corrupt`] when `value` is not a `T`.
+    fn from_json(value: serde_json::Value) -> Result<T, StorageError>;
+}
+
+impl<T: 'static> PersistFns<T> {
+    /// Encode/decode through the converter `C` (see [`JsonConverter`]); conversions run
+    /// under the crate's panic policy like serde impls do.
+    pub(crate) fn via<C: JsonConverter<T>>() -> Self {
+        PersistFns {
+            encode: |data, at, invalidated, codec| {
+                contain("serialize", || {
+                    let json = C::to_json(data)?;
+                    encode(&Envelope::new(&json, at, invalidated), codec)
+                })
+                .unwrap_or_else(|p| Err(StorageError::Encode(p.to_string())))
+            },
+            decode: |bytes| {
+                contain("deserialize", || {
+                    let e = decode::<serde_json::Value>(bytes)?;
+                    Ok(Envelope {
+                        version: e.version,
+                        data: C::from_json(e.data)?,
+                        data_updated_at_ms: e.data_updated_at_ms,
+                        invalidated: e.invalidated,
+                    })
+                })
+                .unwrap_or_else(|p| Err(StorageError::Corrupt(p.to_string())))
+            },
+            to_json: |data| {
+                contain("serialize", || C::to_json(data))
+                    .unwrap_or_else(|p| Err(StorageError::Encode(p.to_string())))
+            },
+            from_json: |value| {
+                contain("deserialize", || C::from_json(value))
+                    .unwrap_or_else(|p| Err(StorageError::Corrupt(p.to_string())))
+            },
+        }
+    }
+}
