@@ -162,6 +162,8 @@ impl RustAwaitable {
         };
         *lock(&self.waker.state) = WakeState::default();
         let waker = Waker::from(self.waker.clone());
+        // Tier work (a write behind, a timeout) started by this poll finds its runtime.
+        let _rt = crate::io_runtime::enter();
         match future.as_mut().poll(&mut Context::from_waker(&waker)) {
             Poll::Ready(result) => {
                 *slot = None;

@@ -14,8 +14,10 @@ use stackquery::{QueryClient, QueryError, QueryFilter, QueryKey, QueryOptions};
 
 use crate::awaitable::RustAwaitable;
 use crate::coro::{NotAsync, PyFetch};
+use crate::json::PyJson;
 use crate::keys::{to_key, Role};
 use crate::pyhost::{Loop, PyHost};
+use crate::storage::StorageChoice;
 
 /// A query's data, as the engine stores it.
 type Data = Py<PyAny>;
@@ -36,6 +38,11 @@ pub(crate) struct NativeClient {
     gc_time: Duration,
     retry: u32,
     retry_delay: Option<Arc<Py<PyAny>>>,
+    /// The second tier, if any (see `storage.rs`), and the bound on each of its calls.
+    storage: Option<StorageChoice>,
+    storage_timeout: Duration,
+    /// The invalidation bus, if any.
+    bus: Option<stackquery::bus::RedisBus>,
 }
 
 /// A `QueryOptions` converted once: the core's options, with only the fields the query
@@ -111,7 +118,9 @@ impl NativeOptions {
         if let Some(s) = refetch_interval {
             opts = opts.refetch_interval(seconds("refetch_interval", s)?);
         }
-        opts = opts.enabled(enabled);
+        // Read from and written to the client's second tier when it has one (as every
+        // PyStackQuery query is); nothing without one.
+        opts = opts.enabled(enabled).persist_with::<PyJson>();
         Ok(NativeOptions {
             opts: Arc::new(opts),
         })
@@ -174,13 +183,22 @@ pub(crate) fn unix_seconds(t: Option<std::time::SystemTime>) -> Option<f64> {
 /// a tuple (`to_tuple`); an exception in it is reported as unraisable and changes
 /// nothing else.
 pub(crate) fn deliver<S: 'static>(
+    lp: Arc<Loop>,
     listener: Bound<'_, PyAny>,
     to_tuple: fn(Python<'_>, &S) -> PyResult<Py<PyAny>>,
 ) -> impl Fn(&S) + Send + Sync + 'static {
     let listener = listener.unbind();
     move |state| {
         Python::attach(|py| {
-            let called = to_tuple(py, state).and_then(|t| listener.bind(py).call1((t,)));
+            let called = to_tuple(py, state).and_then(|t| {
+                if lp.on_loop_thread() {
+                    listener.bind(py).call1((t,)).map(drop)
+                } else {
+                    // A change made by the storage runtime (a bus message): the listener
+                    // still runs on its loop's thread.
+                    lp.call_soon(py, listener.bind(py), t.into_bound(py))
+                }
+            });
             if let Err(e) = called {
                 e.write_unraisable(py, Some(listener.bind(py)));
             }
@@ -242,6 +260,18 @@ impl NativeClient {
         if let Some(n) = self.max_queries {
             builder = builder.max_queries(n);
         }
+        let _rt = crate::io_runtime::enter();
+        if let Some(storage) = &self.storage {
+            builder = builder
+                .storage(storage.for_loop(&lp))
+                .storage_timeout(self.storage_timeout)
+                .storage_delete_prefix_timeout(self.storage_timeout.max(Duration::from_secs(5)))
+                // Manual writes of keys no query has used yet persist too.
+                .persist_prefix_with::<Data, PyJson>(QueryKey::new(Vec::new()));
+        }
+        if let Some(bus) = &self.bus {
+            builder = builder.bus(bus.clone());
+        }
         let client = builder.build();
         // Under the GIL no other thread binds meanwhile; if one did, the first stays.
         let b = self.bound.get_or_init(|| Bound_ { lp, client });
@@ -257,15 +287,29 @@ impl NativeClient {
 #[pymethods]
 impl NativeClient {
     #[new]
-    #[pyo3(signature = (max_queries = None, stale_time = 0.0, gc_time = 300.0, retry = 3, retry_delay = None))]
+    #[pyo3(signature = (max_queries = None, stale_time = 0.0, gc_time = 300.0, retry = 3, retry_delay = None, storage = None, bus = None, storage_timeout = 1.0))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         max_queries: Option<usize>,
         stale_time: f64,
         gc_time: f64,
         retry: u32,
         retry_delay: Option<Bound<'_, PyAny>>,
+        storage: Option<Bound<'_, PyAny>>,
+        bus: Option<PyRef<'_, crate::storage::RedisBus>>,
+        storage_timeout: f64,
     ) -> PyResult<Self> {
+        let storage = match storage.filter(|s| !s.is_none()) {
+            Some(s) => {
+                crate::io_runtime::runtime()?;
+                Some(StorageChoice::of(&s)?)
+            }
+            None => None,
+        };
         Ok(NativeClient {
+            storage,
+            storage_timeout: seconds("storage_timeout", storage_timeout)?,
+            bus: bus.map(|b| b.inner.clone()),
             bound: std::sync::OnceLock::new(),
             subscriptions: Arc::default(),
             max_queries,
@@ -352,8 +396,9 @@ impl NativeClient {
 
     /// An observer of the query (`QueryClient.watch`).
     fn watch(&self, py: Python<'_>, options: &NativeOptions) -> PyResult<NativeObserver> {
-        let (_, client) = self.client(py)?;
+        let (lp, client) = self.client(py)?;
         Ok(NativeObserver {
+            lp,
             observer: client.watch(&options.opts),
             subscriptions: self.subscriptions.clone(),
         })
@@ -368,6 +413,7 @@ impl NativeClient {
     ) -> PyResult<()> {
         let key: QueryKey = to_key(key, Role::Key)?;
         let (_, client) = self.client(py)?;
+        let _rt = crate::io_runtime::enter();
         client
             .set_query_data::<Data>(key, data.unbind())
             .map_err(|e| to_pyerr(py, e))
@@ -394,6 +440,7 @@ impl NativeClient {
     #[pyo3(signature = (filter_key = None))]
     fn remove_queries(&self, filter_key: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
         let filter = filter_of(filter_key)?;
+        let _rt = crate::io_runtime::enter();
         Ok(self.existing().map_or(0, |c| c.remove_queries(filter)))
     }
 
@@ -401,6 +448,7 @@ impl NativeClient {
     #[pyo3(signature = (filter_key = None))]
     fn reset_queries(&self, filter_key: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
         let filter = filter_of(filter_key)?;
+        let _rt = crate::io_runtime::enter();
         Ok(self.existing().map_or(0, |c| c.reset_queries(filter)))
     }
 
@@ -423,9 +471,23 @@ impl NativeClient {
 
     /// Empties the cache.
     fn clear(&self) {
+        let _rt = crate::io_runtime::enter();
         if let Some(c) = self.existing() {
             c.clear();
         }
+    }
+
+    /// `await`able: waits until every write behind to the second tier queued so far has
+    /// been attempted (nothing to wait for without a storage).
+    fn flush_storage(&self, py: Python<'_>) -> PyResult<RustAwaitable> {
+        let (lp, client) = self.client(py)?;
+        Ok(RustAwaitable::new(
+            lp,
+            Box::pin(async move {
+                client.flush_storage().await;
+                Ok(Python::attach(|py| py.None()))
+            }),
+        ))
     }
 
     /// Entries held now.
@@ -491,6 +553,7 @@ impl FetchCall {
         let Some((client, opts)) = start else {
             return self.rest.step(py);
         };
+        let _rt = crate::io_runtime::enter();
         {
             let waker = self.rest.waker();
             let mut cx = std::task::Context::from_waker(&waker);
@@ -556,6 +619,7 @@ fn state_tuple(py: Python<'_>, state: &stackquery::QueryState<Data>) -> PyResult
 /// The engine's observer of one query (`stackquery.QueryObserver` wraps it).
 #[pyclass(module = "stackquery._native")]
 pub(crate) struct NativeObserver {
+    lp: Arc<Loop>,
     observer: stackquery::QueryObserver<Data>,
     subscriptions: Arc<Subscriptions>,
 }
@@ -618,7 +682,9 @@ impl NativeObserver {
         py: Python<'py>,
         listener: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, pyo3::types::PyCFunction>> {
-        let subscription = self.observer.subscribe(deliver(listener, state_tuple));
+        let subscription = self
+            .observer
+            .subscribe(deliver(self.lp.clone(), listener, state_tuple));
         self.subscriptions.closure(py, subscription)
     }
 

@@ -12,9 +12,12 @@ use pyo3::prelude::*;
 mod awaitable;
 mod client;
 mod coro;
+mod io_runtime;
+mod json;
 mod keys;
 mod mutation;
 mod pyhost;
+mod storage;
 
 /// The native module, imported by the package as `stackquery._native`.
 #[pymodule]
@@ -29,6 +32,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::NativeOptions>()?;
     m.add_class::<client::NativeObserver>()?;
     m.add_class::<mutation::NativeMutation>()?;
+    m.add_class::<storage::SqliteStorage>()?;
+    m.add_class::<storage::RedisStorage>()?;
+    m.add_class::<storage::RedisBus>()?;
     Ok(())
 }
 

@@ -168,7 +168,9 @@ impl NativeMutation {
         py: Python<'py>,
         listener: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, pyo3::types::PyCFunction>> {
-        let subscription = self.mutation.subscribe(deliver(listener, state_tuple));
+        let subscription = self
+            .mutation
+            .subscribe(deliver(self.lp.clone(), listener, state_tuple));
         self.subscriptions.closure(py, subscription)
     }
 

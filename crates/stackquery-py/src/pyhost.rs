@@ -66,7 +66,7 @@ impl Loop {
         }))
     }
 
-    fn on_loop_thread(&self) -> bool {
+    pub(crate) fn on_loop_thread(&self) -> bool {
         std::thread::current().id() == self.thread
     }
 
@@ -119,11 +119,27 @@ impl Host for PyHost {
                 }),
             );
             let coro = support(py)?.call_method1("drive", (awaitable,))?;
-            let task = self.lp.obj.bind(py).call_method1("create_task", (coro,))?;
+            // `create_task` is for the loop's own thread; the storage runtime (a bus
+            // message, a write that landed) spawns through `call_soon_threadsafe`.
+            let task = if self.lp.on_loop_thread() {
+                self.lp.obj.bind(py).call_method1("create_task", (coro,))?
+            } else {
+                support(py)?.call_method1("spawn_threadsafe", (self.lp.obj.bind(py), coro))?
+            };
             let task = task.unbind();
+            let lp = self.lp.clone();
             Ok(TaskHandle::new(move || {
                 Python::attach(|py| {
-                    let _ = task.bind(py).call_method0("cancel");
+                    let task = task.bind(py);
+                    let _ = if lp.on_loop_thread() {
+                        task.call_method0("cancel")
+                    } else {
+                        task.getattr("cancel").and_then(|cancel| {
+                            lp.obj
+                                .bind(py)
+                                .call_method1("call_soon_threadsafe", (cancel,))
+                        })
+                    };
                 })
             }))
         })
@@ -172,6 +188,20 @@ impl Future for Sleep {
             }
             let delay = (self.deadline - now).as_secs_f64();
             let waker = cx.waker().clone();
+            if !self.lp.on_loop_thread() {
+                // `call_later` is for the loop's own thread: have the loop arm it (that
+                // timer cannot be cancelled; waking a finished wait is harmless).
+                let lp = self.lp.obj.bind(py);
+                return match waker_callback(py, waker).and_then(|cb| {
+                    lp.call_method1(
+                        "call_soon_threadsafe",
+                        (lp.getattr("call_later")?, delay, cb),
+                    )
+                }) {
+                    Ok(_) => Poll::Pending,
+                    Err(_) => Poll::Ready(()),
+                };
+            }
             let timer = waker_callback(py, waker)
                 .and_then(|cb| self.lp.obj.bind(py).call_method1("call_later", (delay, cb)));
             match timer {

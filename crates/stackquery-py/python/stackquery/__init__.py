@@ -26,6 +26,7 @@ from ._mutation import Mutation, MutationOptions, MutationState, MutationStatus
 from ._observer import QueryObserver
 from ._query import Query
 from ._state import FetchStatus, QueryState, QueryStatus
+from ._storage import RedisBus, RedisStorage, SqliteStorage, StorageBackend
 
 QueryKey: TypeAlias = tuple[str | int | bool, ...]
 """A query key: a tuple of ``str``, ``int`` and ``bool`` parts, e.g. ``("users", "7")``."""
@@ -50,4 +51,8 @@ __all__ = [
     "hash_key",
     "key_parts",
     "partial_match",
+    "RedisBus",
+    "RedisStorage",
+    "SqliteStorage",
+    "StorageBackend",
 ]

@@ -57,6 +57,13 @@ class QueryClientConfig:
     retry_delay: Callable[[int], float] = field(default_factory=lambda: default_retry_delay)
     cache_max_size: int = 1000
     storage: Any = None
+    # stackquery's additions (keyword arguments after PyStackQuery's own):
+    bus: Any = None
+    """A ``RedisBus``: invalidations, writes and removals shared with every client (Python
+    or Rust) on its namespace."""
+    storage_timeout: float = 1.0
+    """Bound in seconds on each storage call: a storage that hangs is a logged miss
+    after it (PyStackQuery waited forever)."""
 
 
 @dataclass
@@ -153,7 +160,14 @@ class QueryClient:
         cfg = self._config
         delay = None if cfg.retry_delay is default_retry_delay else cfg.retry_delay
         self._native = NativeClient(
-            size, float(cfg.stale_time), float(cfg.gc_time), int(cfg.retry), delay
+            size,
+            float(cfg.stale_time),
+            float(cfg.gc_time),
+            int(cfg.retry),
+            delay,
+            cfg.storage,
+            cfg.bus,
+            float(cfg.storage_timeout),
         )
 
     def fetch_query(self, options: QueryOptions[T]) -> Awaitable[T]:
@@ -221,3 +235,8 @@ class QueryClient:
     def clear(self) -> None:
         """Empties the cache."""
         self._native.clear()
+
+    async def flush_storage(self) -> None:
+        """Waits until every write to the storage queued so far has been attempted
+        (writes go behind: ``fetch_query`` does not wait for them)."""
+        await self._native.flush_storage()
