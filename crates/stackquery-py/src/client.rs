@@ -490,6 +490,52 @@ impl NativeClient {
         ))
     }
 
+    /// `await`able: waits, at most `limit` seconds, until everything this client owes
+    /// the second tier and the bus has landed; returns whether it all did.
+    fn shutdown(&self, py: Python<'_>, limit: f64) -> PyResult<RustAwaitable> {
+        let limit = seconds("timeout", limit)?;
+        let (lp, client) = self.client(py)?;
+        Ok(RustAwaitable::new(
+            lp,
+            Box::pin(async move {
+                let landed = client.shutdown(limit).await;
+                Ok(Python::attach(|py| {
+                    pyo3::types::PyBool::new(py, landed)
+                        .to_owned()
+                        .into_any()
+                        .unbind()
+                }))
+            }),
+        ))
+    }
+
+    /// The client's counters (hits, misses, fetches, second-tier reads, writes and
+    /// errors, …) and its size, as a dict.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let d = pyo3::types::PyDict::new(py);
+        let Some(client) = self.existing() else {
+            return Ok(d);
+        };
+        let s = client.stats();
+        for (name, value) in [
+            ("hits", s.hits),
+            ("stale_hits", s.stale_hits),
+            ("misses", s.misses),
+            ("fetches", s.fetches),
+            ("dedup_joins", s.dedup_joins),
+            ("evictions", s.evictions),
+            ("gc_collections", s.gc_collections),
+            ("l2_hits", s.l2_hits),
+            ("l2_misses", s.l2_misses),
+            ("l2_errors", s.l2_errors),
+            ("l2_writes", s.l2_writes),
+        ] {
+            d.set_item(name, value)?;
+        }
+        d.set_item("entries", s.entries)?;
+        Ok(d)
+    }
+
     /// Entries held now.
     fn __len__(&self) -> usize {
         self.existing().map_or(0, |c| c.stats().entries)

@@ -240,3 +240,16 @@ class QueryClient:
         """Waits until every write to the storage queued so far has been attempted
         (writes go behind: ``fetch_query`` does not wait for them)."""
         await self._native.flush_storage()
+
+    async def shutdown(self, timeout: float = 5.0) -> bool:
+        """Waits, at most ``timeout`` seconds, until everything this client owes the
+        storage and the bus (writes behind, invalidations, deletions) has landed; returns
+        whether it all did. Call it before the process exits: a plain exit loses what is
+        still queued."""
+        return bool(await self._native.shutdown(float(timeout)))
+
+    def stats(self) -> dict[str, int]:
+        """The client's counters: ``hits``, ``misses``, ``fetches``, ``dedup_joins``,
+        ``evictions``, ``l2_hits``, ``l2_misses``, ``l2_errors``, ``l2_writes``, … and
+        ``entries`` (an empty dict before the client's first use)."""
+        return dict(self._native.stats())
