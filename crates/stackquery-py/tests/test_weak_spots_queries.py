@@ -85,6 +85,29 @@ async def test_weak_spot_3_a_removed_entrys_gc_timer_spares_its_successor() -> N
     assert client.get_query_data(("zombie",)) is None, "its own gc still works"
 
 
+async def test_weak_spot_3_an_evicted_entrys_gc_timer_spares_its_successor() -> None:
+    """Weak spot 3, by eviction: with ``cache_max_size=1``, an unobserved entry (gc due
+    at t=10) is evicted by another key at t=1, then re-created and observed; at t=15 it
+    is still cached (PyStackQuery's evicted entry's timer removed it by key)."""
+    client = QueryClient(QueryClientConfig(cache_max_size=1))
+
+    async def fetch() -> str:
+        return "v"
+
+    opts = QueryOptions(("evicted",), fetch, gc_time=10.0)
+    stop = client.watch(opts).subscribe(lambda s: None)
+    await settle()
+    stop()  # t=0: gc due at t=10
+    await asyncio.sleep(1)
+    await client.fetch_query(QueryOptions(("other",), fetch))
+    assert client.get_query_data(("evicted",)) is None, "evicted"
+    stop = client.watch(opts).subscribe(lambda s: None)
+    await settle()
+    await asyncio.sleep(14)  # t=15
+    assert client.get_query_data(("evicted",)) == "v", "the old timer deleted the successor"
+    stop()
+
+
 async def test_weak_spot_5_polling_survives_a_failed_poll() -> None:
     """Weak spot 5: one failed poll killed PyStackQuery's polling for good (the exception
     escaped ``_refetch_loop`` and the task was never restarted). Here the second call
