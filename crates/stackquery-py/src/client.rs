@@ -368,7 +368,7 @@ impl NativeClient {
     }
 
     /// A mutation (`QueryClient.mutation`), from PyStackQuery's `MutationOptions` fields.
-    #[pyo3(signature = (mutation_fn, on_success = None, on_error = None, on_settled = None, on_mutate = None, retry = 0, retry_delay = None))]
+    #[pyo3(signature = (mutation_fn, on_success = None, on_error = None, on_settled = None, on_mutate = None, on_error_takes_context = false, retry = 0, retry_delay = None, scope = None))]
     #[allow(clippy::too_many_arguments)]
     fn mutation(
         &self,
@@ -378,8 +378,10 @@ impl NativeClient {
         on_error: Option<Bound<'_, PyAny>>,
         on_settled: Option<Bound<'_, PyAny>>,
         on_mutate: Option<Bound<'_, PyAny>>,
+        on_error_takes_context: bool,
         retry: u32,
         retry_delay: Option<Bound<'_, PyAny>>,
+        scope: Option<String>,
     ) -> PyResult<crate::mutation::NativeMutation> {
         crate::mutation::build(
             py,
@@ -389,17 +391,43 @@ impl NativeClient {
             on_error,
             on_settled,
             on_mutate,
+            on_error_takes_context,
             retry,
             retry_delay,
+            scope,
         )
     }
 
-    /// An observer of the query (`QueryClient.watch`).
-    fn watch(&self, py: Python<'_>, options: &NativeOptions) -> PyResult<NativeObserver> {
+    /// An observer of the query (`QueryClient.watch`), showing `select(data)` when a
+    /// `select` is given (run by the core once per data change; `None` data is shown as
+    /// `None` without calling it, as in PyStackQuery).
+    #[pyo3(signature = (options, select = None))]
+    fn watch(
+        &self,
+        py: Python<'_>,
+        options: &NativeOptions,
+        select: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<NativeObserver> {
         let (lp, client) = self.client(py)?;
+        let plain = client.watch(&options.opts);
+        let observer = match select.filter(|s| !s.is_none()) {
+            None => Observer::Plain(plain),
+            Some(select) => {
+                let select = Arc::new(select.unbind());
+                Observer::Select(plain.select(move |data: &Data| {
+                    Python::attach(|py| {
+                        if data.is_none(py) {
+                            return Selected(Ok(py.None()));
+                        }
+                        let out = select.bind(py).call1((data.clone_ref(py),));
+                        Selected(out.map(Bound::unbind))
+                    })
+                }))
+            }
+        };
         Ok(NativeObserver {
             lp,
-            observer: client.watch(&options.opts),
+            observer,
             subscriptions: self.subscriptions.clone(),
         })
     }
@@ -624,8 +652,11 @@ impl FetchCall {
 /// (`status`, `fetch_status`, `data`, `error`, `data_updated_at`, `error_updated_at`,
 /// `failure_count`, `failure_reason`, `is_invalidated`). Errors are the query function's
 /// exception objects.
-fn state_tuple(py: Python<'_>, state: &stackquery::QueryState<Data>) -> PyResult<Py<PyAny>> {
-    let status = match state.status {
+fn state_tuple<D: ViewData>(
+    py: Python<'_>,
+    state: &stackquery::QueryState<D>,
+) -> PyResult<Py<PyAny>> {
+    let mut status = match state.status {
         stackquery::QueryStatus::Idle => "IDLE",
         stackquery::QueryStatus::Pending => "PENDING",
         stackquery::QueryStatus::Success => "SUCCESS",
@@ -644,15 +675,23 @@ fn state_tuple(py: Python<'_>, state: &stackquery::QueryState<Data>) -> PyResult
             None => py.None(),
         }
     };
-    let data = state
-        .data
-        .as_ref()
-        .map_or_else(|| py.None(), |d| d.clone_ref(py));
+    let mut failed_select = None;
+    let data = match state.data.as_ref().map(|d| d.view(py)) {
+        None => py.None(),
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            // Weak spot 23: a `select` that raised is this observer's error, never the
+            // raw data.
+            status = "ERROR";
+            failed_select = Some(e.clone_ref(py).into_value(py).into_any());
+            py.None()
+        }
+    };
     let tuple = (
         status,
         fetch,
         data,
-        error(&state.error),
+        failed_select.unwrap_or_else(|| error(&state.error)),
         unix_seconds(state.data_updated_at),
         unix_seconds(state.error_updated_at),
         state.failure_count,
@@ -662,11 +701,56 @@ fn state_tuple(py: Python<'_>, state: &stackquery::QueryState<Data>) -> PyResult
     Ok(tuple.into_pyobject(py)?.into_any().unbind())
 }
 
+/// Data as an observer shows it: the stored object, or what `select` made of it.
+trait ViewData {
+    /// The object to show, or the exception `select` raised.
+    fn view(&self, py: Python<'_>) -> Result<Py<PyAny>, &PyErr>;
+}
+
+impl ViewData for Data {
+    fn view(&self, py: Python<'_>) -> Result<Py<PyAny>, &PyErr> {
+        Ok(self.clone_ref(py))
+    }
+}
+
+/// What a Python `select` returned for one data value, or what it raised. The core runs
+/// `select` once per data change (not per listener or read) and calls no listener when
+/// the new selection is equal (`==`) to the previous one (weak spot 24).
+pub(crate) struct Selected(Result<Py<PyAny>, PyErr>);
+
+impl ViewData for Selected {
+    fn view(&self, py: Python<'_>) -> Result<Py<PyAny>, &PyErr> {
+        match &self.0 {
+            Ok(v) => Ok(v.clone_ref(py)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl PartialEq for Selected {
+    /// Python's `==` (the core calls it with no lock held); an exception in it, or a
+    /// failed `select` on either side, counts as "changed".
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Ok(a), Ok(b)) => {
+                Python::attach(|py| a.is(b) || a.bind(py).eq(b.bind(py)).unwrap_or(false))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The core's observer, plain or with a Python `select`.
+enum Observer {
+    Plain(stackquery::QueryObserver<Data>),
+    Select(stackquery::QueryObserver<Selected, Data>),
+}
+
 /// The engine's observer of one query (`stackquery.QueryObserver` wraps it).
 #[pyclass(module = "stackquery._native")]
 pub(crate) struct NativeObserver {
     lp: Arc<Loop>,
-    observer: stackquery::QueryObserver<Data>,
+    observer: Observer,
     subscriptions: Arc<Subscriptions>,
 }
 
@@ -717,7 +801,10 @@ impl Subscriptions {
 impl NativeObserver {
     /// The current state, as a tuple (see `state_tuple`).
     fn state(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        state_tuple(py, &self.observer.state())
+        match &self.observer {
+            Observer::Plain(o) => state_tuple(py, &o.state()),
+            Observer::Select(o) => state_tuple(py, &o.state()),
+        }
     }
 
     /// Calls `listener(state_tuple)` at once and on every change; returns a callable that
@@ -728,40 +815,57 @@ impl NativeObserver {
         py: Python<'py>,
         listener: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, pyo3::types::PyCFunction>> {
-        let subscription = self
-            .observer
-            .subscribe(deliver(self.lp.clone(), listener, state_tuple));
+        let subscription = match &self.observer {
+            Observer::Plain(o) => o.subscribe(deliver(self.lp.clone(), listener, state_tuple)),
+            Observer::Select(o) => o.subscribe(deliver(self.lp.clone(), listener, state_tuple)),
+        };
         self.subscriptions.closure(py, subscription)
     }
 
     /// Stops automatic fetches and polling for this observer.
     fn pause(&self) {
-        self.observer.pause();
+        match &self.observer {
+            Observer::Plain(o) => o.pause(),
+            Observer::Select(o) => o.pause(),
+        }
     }
 
     /// Starts them again; with `refetch`, fetches now if the data is stale.
     fn resume(&self, refetch: bool) {
-        self.observer.resume(refetch);
+        match &self.observer {
+            Observer::Plain(o) => o.resume(refetch),
+            Observer::Select(o) => o.resume(refetch),
+        }
     }
 
     /// Whether the observer is paused.
     fn is_paused(&self) -> bool {
-        self.observer.is_paused()
+        match &self.observer {
+            Observer::Plain(o) => o.is_paused(),
+            Observer::Select(o) => o.is_paused(),
+        }
     }
 
     /// `await`able: fetches again now (joining a fetch in flight); returns the state.
     fn refetch(&self, py: Python<'_>) -> PyResult<RustAwaitable> {
-        let observer = self.observer.clone();
         let lp = crate::pyhost::Loop::current(py)?;
-        Ok(RustAwaitable::new(
-            lp,
-            Box::pin(async move {
-                let result = observer.refetch().await;
-                Python::attach(|py| match result {
-                    Ok(state) => state_tuple(py, &state),
-                    Err(e) => Err(to_pyerr(py, e)),
-                })
-            }),
-        ))
+        let fut: crate::awaitable::PyFuture = match &self.observer {
+            Observer::Plain(o) => refetch_future(o.clone()),
+            Observer::Select(o) => refetch_future(o.clone()),
+        };
+        Ok(RustAwaitable::new(lp, fut))
     }
+}
+
+/// An observer's `refetch`, as the future a [`RustAwaitable`] runs.
+fn refetch_future<D: ViewData + Send + Sync + 'static>(
+    observer: stackquery::QueryObserver<D, Data>,
+) -> crate::awaitable::PyFuture {
+    Box::pin(async move {
+        let result = observer.refetch().await;
+        Python::attach(|py| match result {
+            Ok(state) => state_tuple(py, &state),
+            Err(e) => Err(to_pyerr(py, e)),
+        })
+    })
 }

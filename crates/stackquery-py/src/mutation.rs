@@ -55,8 +55,10 @@ pub(crate) fn build(
     on_error: Option<Bound<'_, PyAny>>,
     on_settled: Option<Bound<'_, PyAny>>,
     on_mutate: Option<Bound<'_, PyAny>>,
+    on_error_takes_context: bool,
     retry: u32,
     retry_delay: Option<Bound<'_, PyAny>>,
+    scope: Option<String>,
 ) -> PyResult<NativeMutation> {
     if !mutation_fn.is_callable() {
         return Err(pyo3::exceptions::PyTypeError::new_err(format!(
@@ -94,9 +96,21 @@ pub(crate) fn build(
     }
     if let Some(cb) = on_error.filter(|f| !f.is_none()) {
         let cb = Arc::new(cb.unbind());
-        opts = opts.on_error(move |err: &QueryError, vars: &PyVal, _ctx| {
-            callback(&cb, |py| vec![error_object(py, err), vars.0.clone_ref(py)]);
-        });
+        // Weak spot 18: the rollback context goes to an `on_error` that takes a third
+        // parameter (decided once, in Python, from its signature); PyStackQuery's
+        // two-parameter form is called as before.
+        opts = opts.on_error(
+            move |err: &QueryError, vars: &PyVal, ctx: Option<&Option<PyVal>>| {
+                callback(&cb, |py| {
+                    let mut args = vec![error_object(py, err), vars.0.clone_ref(py)];
+                    if on_error_takes_context {
+                        let ctx = ctx.and_then(Option::as_ref);
+                        args.push(ctx.map_or_else(|| py.None(), |c| c.0.clone_ref(py)));
+                    }
+                    args
+                });
+            },
+        );
     }
     if let Some(cb) = on_settled.filter(|f| !f.is_none()) {
         let cb = Arc::new(cb.unbind());
@@ -111,6 +125,10 @@ pub(crate) fn build(
         });
     }
     opts = opts.retry(retry);
+    // Weak spot 21: calls of mutations with one scope run one at a time, in call order.
+    if let Some(scope) = scope {
+        opts = opts.scope(scope);
+    }
     if let Some(delay) = retry_delay.filter(|d| !d.is_none()) {
         opts = opts.retry_delay(delay_fn(Arc::new(delay.unbind())));
     }

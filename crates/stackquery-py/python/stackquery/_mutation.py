@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum, auto
@@ -83,19 +84,59 @@ class MutationOptions(Generic[I, D]):
     ``on_mutate`` may be sync or async; what it returns is the call's context. If it
     raises, the call fails before ``mutation_fn`` runs, and the state becomes ``ERROR``
     (weak spot 19: PyStackQuery stayed ``PENDING`` forever).
+
+    ``on_error`` is called as ``on_error(error, variables)``, PyStackQuery's signature,
+    or as ``on_error(error, variables, context)`` when it accepts three positional
+    arguments (decided once, from its signature, when these options are made). The
+    context is what ``on_mutate`` returned (``None`` without one), so an optimistic
+    update can be rolled back (weak spot 18: PyStackQuery discarded it).
+
+    ``scope`` (not in PyStackQuery, last so that its positional order holds): calls of
+    mutations with the same scope on one client run one after another, in the order
+    ``mutate`` was called; calls without a scope run concurrently (weak spot 21).
     """
 
     mutation_fn: Callable[[I], Awaitable[D]]
     on_success: Callable[[D, I], object] | None = None
-    on_error: Callable[[BaseException, I], object] | None = None
+    on_error: Callable[..., object] | None = None
     on_settled: Callable[[D | None, BaseException | None, I], object] | None = None
     on_mutate: Callable[[I], object] | None = None
     retry: int = 0
     retry_delay: Callable[[int], float] = field(default_factory=lambda: default_retry_delay)
+    scope: str | None = None
+    _on_error_arity: tuple[Any, bool] = field(
+        default=(None, False), init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        self._on_error_takes_context()
+
+    def _on_error_takes_context(self) -> bool:
+        """Whether ``on_error`` accepts ``(error, variables, context)`` (inspected once
+        per function object)."""
+        fn, takes = self._on_error_arity
+        if fn is self.on_error:
+            return takes
+        takes = _accepts_three(self.on_error)
+        self._on_error_arity = (self.on_error, takes)
+        return takes
+
+
+def _accepts_three(fn: object) -> bool:
+    if fn is None:
+        return False
+    try:
+        inspect.signature(fn).bind(None, None, None)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # two parameters, or no signature to read
+        return False
+    return True
 
 
 class Mutation(Generic[I, D]):
     """A data-changing operation: ``await mutation.mutate(input)``.
+
+    Overlapping calls each return their own result (weak spot 21); ``state`` shows the
+    latest call.
 
     Callbacks run after the result is known. An exception in one is reported
     (``sys.unraisablehook``) and never re-runs ``mutation_fn`` (weak spot 17).
@@ -112,8 +153,10 @@ class Mutation(Generic[I, D]):
             options.on_error,
             options.on_settled,
             options.on_mutate,
+            options._on_error_takes_context(),
             int(options.retry),
             delay,
+            None if options.scope is None else str(options.scope),
         )
 
     @property
