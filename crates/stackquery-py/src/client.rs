@@ -440,6 +440,16 @@ impl NativeClient {
         data: Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let key: QueryKey = to_key(key, Role::Key)?;
+        if self.storage.is_some() {
+            // Refused here, with the reason, rather than kept in memory only and
+            // dropped from the tier with a log line nobody connects to this call.
+            if let Err(why) = crate::json::to_json(&data, 0) {
+                return Err(PyTypeError::new_err(format!(
+                    "set_query_data({key}): the client persists its data, and this value \
+                     cannot be stored as JSON: {why}"
+                )));
+            }
+        }
         let (_, client) = self.client(py)?;
         let _rt = crate::io_runtime::enter();
         client

@@ -15,6 +15,7 @@ mod coro;
 mod io_runtime;
 mod json;
 mod keys;
+mod logs;
 mod mutation;
 mod pyhost;
 mod storage;
@@ -22,6 +23,7 @@ mod storage;
 /// The native module, imported by the package as `stackquery._native`.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    logs::install();
     m.add_function(wrap_pyfunction!(keys::hash_key, m)?)?;
     m.add_function(wrap_pyfunction!(keys::partial_match, m)?)?;
     m.add_function(wrap_pyfunction!(keys::key_parts, m)?)?;
