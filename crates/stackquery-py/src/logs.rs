@@ -67,7 +67,10 @@ fn emit(py: Python<'_>, record: &Record) -> PyResult<()> {
     };
     let dropped = DROPPED.swap(0, std::sync::atomic::Ordering::Relaxed);
     let message = if dropped > 0 {
-        format!("{} ({dropped} earlier log events were dropped)", record.message)
+        format!(
+            "{} ({dropped} earlier log events were dropped)",
+            record.message
+        )
     } else {
         record.message.clone()
     };
