@@ -398,6 +398,27 @@ impl NativeClient {
         )
     }
 
+    /// `await`able: the data of `key` from memory, else from the storage (not put in
+    /// memory), else `None`.
+    fn get_query_data_async(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<RustAwaitable> {
+        let key: QueryKey = to_key(key, Role::Key)?;
+        let (lp, client) = self.client(py)?;
+        Ok(RustAwaitable::new(
+            lp,
+            Box::pin(async move {
+                let data = client.get_query_data_or_stored::<Data>(&key).await;
+                Ok(Python::attach(|py| match data {
+                    Some(d) => d.clone_ref(py),
+                    None => py.None(),
+                }))
+            }),
+        ))
+    }
+
     /// An observer of the query (`QueryClient.watch`), showing `select(data)` when a
     /// `select` is given (run by the core once per data change; `None` data is shown as
     /// `None` without calling it, as in PyStackQuery).

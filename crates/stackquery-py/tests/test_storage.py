@@ -356,3 +356,20 @@ async def test_sqlite_storage_names_keys_like_rust(tmp_path: Path) -> None:
             if "key" in cols:
                 names += [r[0] for r in db.execute(f"select key from {t}")]
     assert hash_key(("users", 7, True)) in names
+
+
+async def test_get_query_data_async_reads_the_storage_without_caching() -> None:
+    """``get_query_data_async`` (PyStackQuery): memory first, then the storage; the value
+    read from storage is not put in memory. (PyStackQuery's read the storage under the
+    key's repr and parsed its state; this reads the same names and text.)"""
+    storage = DictStorage()
+    writer = QueryClient(QueryClientConfig(storage=storage))
+    writer.set_query_data(("async", 1), {"a": 1})
+    await writer.flush_storage()
+
+    reader = QueryClient(QueryClientConfig(storage=storage))
+    assert await reader.get_query_data_async(("async", 1)) == {"a": 1}
+    assert reader.get_query_data(("async", 1)) is None
+    assert await reader.get_query_data_async(("async", 2)) is None
+    reader.set_query_data(("async", 1), "memory")
+    assert await reader.get_query_data_async(("async", 1)) == "memory"

@@ -234,6 +234,26 @@ impl QueryClient {
             .flatten()
     }
 
+    /// The data for `key` from memory, else from the second tier when a
+    /// [`persist_prefix`](crate::QueryClientBuilder::persist_prefix) rule covers the key
+    /// (its data type is known only through a rule). Reading the tier does not put the
+    /// entry in memory, and a stored entry is returned whatever its age. `None` when
+    /// neither holds it (a tier error or a corrupt entry counts as a miss).
+    pub async fn get_query_data_or_stored<T: Send + Sync + 'static>(
+        &self,
+        key: &QueryKey,
+    ) -> Option<Arc<T>> {
+        if let Some(data) = self.get_query_data(key) {
+            return Some(data);
+        }
+        let tier = self.shared.tier.as_ref()?;
+        let fns = self.shared.persist_rules.find::<T>(key)?;
+        let envelope = tier
+            .read(&self.shared.counters, &key.to_string(), fns)
+            .await?;
+        Some(Arc::new(envelope.data))
+    }
+
     /// A snapshot of the key's state (`None` when absent or of another type). Staleness is
     /// judged as for filters: stale if stale for any of the key's observers (each by its own
     /// stale time), and for a key without observers by the stale time of its last caller.

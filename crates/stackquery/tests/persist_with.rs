@@ -117,3 +117,42 @@ async fn a_value_the_converter_refuses_is_a_counted_skipped_write() {
         .expect("kept in memory");
     assert_eq!(kept.0.len(), 1);
 }
+
+/// `get_query_data_or_stored` (PyStackQuery's `get_query_data_async`): memory first, then
+/// the tier for a key a rule covers, without putting the entry in memory.
+#[tokio::test]
+async fn stored_data_is_read_without_a_query() {
+    let store = Arc::new(MemoryStorage::new());
+    let writer = QueryClient::builder()
+        .storage(store.clone())
+        .persist_prefix::<Point>(key!["p"])
+        .build();
+    writer
+        .set_query_data(key!["p", 9], Point { x: 9, y: 9 })
+        .unwrap();
+    writer.flush_storage().await;
+
+    let reader = QueryClient::builder()
+        .storage(store)
+        .persist_prefix::<Point>(key!["p"])
+        .build();
+    let read = reader
+        .get_query_data_or_stored::<Point>(&key!["p", 9])
+        .await;
+    assert_eq!(read.as_deref(), Some(&Point { x: 9, y: 9 }));
+    assert!(
+        reader.get_query_data::<Point>(&key!["p", 9]).is_none(),
+        "not put in memory"
+    );
+    assert!(reader
+        .get_query_data_or_stored::<Point>(&key!["p", 8])
+        .await
+        .is_none());
+    assert!(
+        reader
+            .get_query_data_or_stored::<Point>(&key!["other"])
+            .await
+            .is_none(),
+        "no rule covers the key"
+    );
+}

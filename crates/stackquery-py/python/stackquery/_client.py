@@ -206,8 +206,9 @@ class QueryClient:
         await self._native.invalidate_queries(filter_key)
 
     async def get_query_data_async(self, key: tuple[Any, ...]) -> Any:
-        """The cached data of ``key`` (PyStackQuery's version always returned ``None``)."""
-        return self._native.get_query_data(key)
+        """The data of ``key`` from memory, else from the storage (read, not put in
+        memory; whatever its age), else ``None``."""
+        return await self._native.get_query_data_async(key)
 
     def remove_queries(self, filter_key: tuple[Any, ...] | list[Any] | None = None) -> None:
         """Removes the queries under ``filter_key`` (all when ``None``) from the cache."""
