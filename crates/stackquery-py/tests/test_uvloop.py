@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
 
 import pytest
 
@@ -52,3 +53,50 @@ def test_fetch_dedup_cancel_observe_and_mutate_on_uvloop() -> None:
     assert loop_type[0].startswith("uvloop")
     assert values == ["v"] * 10 and calls == 1
     assert observed == "v" and doubled == 42 and hit == "v"
+
+
+def test_storage_round_trips_on_uvloop(tmp_path: pathlib.Path) -> None:
+    """Both kinds of storage under uvloop: a Python ``StorageBackend`` (its calls are
+    tasks on the loop, started from the storage runtime's thread for writes behind) and
+    the Rust SQLite tier; a second client reads what the first stored, with no fetch."""
+    from stackquery import QueryClientConfig, SqliteStorage
+
+    class Store:
+        def __init__(self) -> None:
+            self.data: dict[str, str] = {}
+
+        async def get(self, key: str) -> str | None:
+            await asyncio.sleep(0)
+            return self.data.get(key)
+
+        async def set(self, key: str, value: str, ttl: float | None = None) -> None:
+            await asyncio.sleep(0)
+            self.data[key] = value
+
+        async def delete(self, key: str) -> None:
+            self.data.pop(key, None)
+
+    store = Store()
+    path = str(tmp_path / "uv.db")
+
+    async def main() -> list[object]:
+        out: list[object] = []
+        for storage in (store, SqliteStorage(path)):
+            first = QueryClient(QueryClientConfig(storage=storage, stale_time=60.0))
+
+            async def fetch() -> dict[str, int]:
+                return {"n": 1}
+
+            await first.fetch_query(QueryOptions(("uv", "s"), fetch))
+            assert await first.shutdown(5.0)
+
+            async def never() -> dict[str, int]:
+                raise AssertionError("must come from storage")
+
+            # A new client, and for SQLite a new connection to the same file.
+            again = store if storage is store else SqliteStorage(path)
+            second = QueryClient(QueryClientConfig(storage=again, stale_time=60.0))
+            out.append(await second.fetch_query(QueryOptions(("uv", "s"), never, retry=0)))
+        return out
+
+    assert uvloop.run(main()) == [{"n": 1}, {"n": 1}]
