@@ -9,6 +9,7 @@ In progress (issue 14): this module has the fetch path (``fetch_query``,
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from ._native import NativeClient, NativeOptions, default_retry_delay, hash_key
 from ._mutation import Mutation, MutationOptions
+from ._cache import QueryCache
 from ._observer import QueryObserver
 from ._state import QueryState, _from_engine
 
@@ -65,6 +67,17 @@ class QueryOptions(Generic[T]):
 
     ``query_key`` is checked at once: a key that is not a tuple of ``str``, ``int`` and
     ``bool`` parts raises ``TypeError`` here, not at the first fetch.
+
+    Callbacks run once per fetch (not per caller), on the event loop's thread, after the
+    result is stored and before the callers' ``await`` returns:
+    ``on_success(data)`` then ``on_settled(data, None)`` after a success;
+    ``on_error(error)`` then ``on_settled(data_kept, error)`` once the retries are spent.
+    An exception in a callback is reported (``sys.unraisablehook``) and changes nothing
+    else: the fetch is not retried and its state stays ``SUCCESS`` (weak spot 16).
+
+    ``placeholder_data`` is what observers show (flagged ``is_placeholder_data``) while
+    the query has no data. It is never stored, never returned by ``fetch_query`` (a cold
+    fetch returns the fetched data) and never persisted (weak spot 25).
     """
 
     query_key: tuple[Any, ...]
@@ -92,10 +105,15 @@ class QueryOptions(Generic[T]):
         """The key's canonical text (the Rust library's; PyStackQuery used ``str(key)``)."""
         return hash_key(self.query_key)
 
-    def _engine_options(self) -> Any:
+    def _engine_options(self, client: QueryClient | None = None) -> Any:
         """The options as the engine takes them, converted once and again only after a
         field changed (the fields left at their defaults defer to the client's
-        ``QueryClientConfig``)."""
+        ``QueryClientConfig``).
+
+        With ``on_error`` or ``on_settled``, the conversion depends on the ``client`` too
+        (its default ``retry`` decides which failure is the last one, and ``on_settled``
+        reads the data it kept), so it is redone when another client uses the options.
+        """
         b = self._built_from
         if (
             b
@@ -107,9 +125,52 @@ class QueryOptions(Generic[T]):
             and b[5] is self.retry_delay
             and b[6] is self.refetch_interval
             and b[7] is self.enabled
+            and b[8] is self.placeholder_data
+            and b[9] is self.on_success
+            and b[10] is self.on_error
+            and b[11] is self.on_settled
+            and (b[12] is None or b[12] is client)
         ):
             return self._native
-        fields = (
+        if not callable(self.query_fn):
+            raise TypeError(
+                f"query_fn must be an async function, got {type(self.query_fn).__name__}"
+            )
+        for name in ("on_success", "on_error", "on_settled"):
+            hook = getattr(self, name)
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{name} must be callable, got {type(hook).__name__}")
+        retry = None if _is_default(self.retry) else int(self.retry)
+        failure_hooks = self.on_error is not None or self.on_settled is not None
+        bound = None
+        data_of = None
+        if failure_hooks and client is not None:
+            # The last failure is the one the retry policy gives up on: resolve the
+            # client's default count, so the engine's policy and the callbacks agree.
+            bound = client
+            if retry is None:
+                retry = int(client._config.retry)
+            data_of = functools.partial(client._native.get_query_data, self.query_key)
+        with_hooks = not failure_hooks or client is not None
+        self._native = NativeOptions(
+            self.query_key,
+            self.query_fn,
+            None if _is_default(self.stale_time) else float(self.stale_time),
+            None if _is_default(self.gc_time) else float(self.gc_time),
+            retry,
+            self.retry_delay,
+            None if self.refetch_interval is None else float(self.refetch_interval),
+            bool(self.enabled),
+            self.placeholder_data,
+            self.on_success if with_hooks else None,
+            self.on_error if with_hooks else None,
+            self.on_settled if with_hooks else None,
+            data_of,
+        )
+        # Converted without a client but with failure callbacks: only a check, never
+        # kept (the next call, from a client, converts again with them).
+        bound_marker = bound if with_hooks else _UNBOUND
+        self._built_from = (
             self.query_key,
             self.query_fn,
             self.stale_time,
@@ -118,23 +179,17 @@ class QueryOptions(Generic[T]):
             self.retry_delay,
             self.refetch_interval,
             self.enabled,
+            self.placeholder_data,
+            self.on_success,
+            self.on_error,
+            self.on_settled,
+            bound_marker,
         )
-        if not callable(self.query_fn):
-            raise TypeError(
-                f"query_fn must be an async function, got {type(self.query_fn).__name__}"
-            )
-        self._native = NativeOptions(
-            self.query_key,
-            self.query_fn,
-            None if _is_default(self.stale_time) else float(self.stale_time),
-            None if _is_default(self.gc_time) else float(self.gc_time),
-            None if _is_default(self.retry) else int(self.retry),
-            self.retry_delay,
-            None if self.refetch_interval is None else float(self.refetch_interval),
-            bool(self.enabled),
-        )
-        self._built_from = fields
         return self._native
+
+
+_UNBOUND = object()
+"""Marks options converted for a check only (never matches a client)."""
 
 
 class QueryClient:
@@ -143,7 +198,7 @@ class QueryClient:
     One client runs on one event loop: the loop it is first used on.
     """
 
-    __slots__ = ("_config", "_native")
+    __slots__ = ("_config", "_native", "_cache")
 
     def __init__(self, config: QueryClientConfig | None = None) -> None:
         self._config = config or QueryClientConfig()
@@ -155,12 +210,21 @@ class QueryClient:
         self._native = NativeClient(
             size, float(cfg.stale_time), float(cfg.gc_time), int(cfg.retry), delay
         )
+        self._cache: QueryCache | None = None
+
+    @property
+    def cache(self) -> QueryCache:
+        """The cache of this client's queries (a view: the entries live in the engine)."""
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = QueryCache(self)
+        return cache
 
     def fetch_query(self, options: QueryOptions[T]) -> Awaitable[T]:
         """The data of ``options.query_key``: fresh from the cache at once, stale from the
         cache with one refetch in the background, or fetched (one fetch however many
         callers wait). Awaitable; a fresh hit completes without a task switch."""
-        return self._native.fetch_query(options._engine_options())
+        return self._native.fetch_query(options._engine_options(self))
 
     async def prefetch_query(self, options: QueryOptions[Any]) -> None:
         """Warms the cache; failures are logged, never raised."""

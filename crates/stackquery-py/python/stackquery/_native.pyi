@@ -16,3 +16,6 @@ def key_parts(key: tuple[str | int | bool, ...]) -> tuple[str | int | bool, ...]
 
 def default_retry_delay(attempt: int) -> float:
     """Seconds before retry ``attempt`` (0 first): ``min(2 ** attempt, 30)``."""
+
+def parse_key_hash(key_hash: str) -> tuple[str | int | bool, ...]:
+    """The key whose ``hash_key`` text is ``key_hash`` (``ValueError`` if it is none)."""
