@@ -331,3 +331,39 @@ async def test_a_query_handle_shows_the_placeholder_flagged() -> None:
     assert query.state.data == 0 and query.state.is_placeholder_data
     assert await query.fetch() == 42
     assert query.state.data == 42 and not query.state.is_placeholder_data
+
+
+async def test_assigning_a_callback_later_takes_effect() -> None:
+    """The options are converted once; assigning a field converts them again."""
+    client = QueryClient()
+    seen: list[str] = []
+
+    async def fetch() -> str:
+        return "x"
+
+    opts = QueryOptions(("assign",), fetch, stale_time=0)
+    await client.fetch_query(opts)
+    opts.on_success = lambda d: seen.append(f"late {d}")
+    await client.fetch_query(opts)
+    await asyncio.sleep(0)
+    assert seen == ["late x"]
+
+
+async def test_failure_callbacks_follow_the_client_that_fetches() -> None:
+    """With ``on_error``, the conversion is tied to the client (its default retry):
+    one options object used by two clients with different defaults is right for both."""
+    calls = {"n": 0}
+    errors: list[int] = []
+
+    async def fetch() -> None:
+        calls["n"] += 1
+        raise ValueError("x")
+
+    opts = QueryOptions(("two",), fetch, on_error=lambda e: errors.append(calls["n"]))
+    for retries in (0, 2):
+        calls["n"] = 0
+        client = QueryClient(QueryClientConfig(retry=retries, retry_delay=lambda a: 0.1))
+        with pytest.raises(ValueError):
+            await client.fetch_query(opts)
+        assert calls["n"] == retries + 1
+    assert errors == [1, 3]
