@@ -46,10 +46,8 @@ class QueryCache:
 
         if isinstance(max_size, QueryClient):
             client = max_size
-        if client is None:
-            client = QueryClient(
-                QueryClientConfig(cache_max_size=int(max_size), storage=storage)
-            )
+        elif client is None:
+            client = QueryClient(QueryClientConfig(cache_max_size=int(max_size), storage=storage))
         self._client = client
 
     @property
@@ -118,6 +116,8 @@ class QueryCache:
 
     def __contains__(self, key_hash: object) -> bool:
         """Whether the cache holds ``key_hash`` (a key tuple or its ``hash_key`` text)."""
+        if not isinstance(key_hash, (tuple, str)):
+            return False
         try:
             return bool(self._client._native.has_query(key_hash))
         except (TypeError, ValueError):

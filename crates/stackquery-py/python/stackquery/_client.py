@@ -319,7 +319,7 @@ class QueryClient:
     ) -> int:
         """Cancels the fetches in flight under ``filter_key``; returns how many. Their
         waiters raise ``CancelledError``; each entry keeps its state from before."""
-        return await self._native.cancel_queries(filter_key)
+        return int(await self._native.cancel_queries(filter_key))
 
     def mutation(self, options: MutationOptions[Any, Any]) -> Mutation[Any, Any]:
         """A mutation running ``options`` (see ``Mutation``)."""
