@@ -10,7 +10,7 @@
 //!   any task the settled fetch woke.
 //!
 //! So a callback runs on the loop's thread, with no Rust lock held, after the state is
-//! `SUCCESS` or `ERROR`. An exception in a callback is reported (`sys.unraisablehook`)
+//! `SUCCESS` or `ERROR`. An `async def` callback's coroutine runs as a task of the loop. An exception in a callback is reported (`sys.unraisablehook`)
 //! and changes nothing else: the fetch is neither retried nor failed by it (weak spot 16).
 
 use std::cell::RefCell;
@@ -157,7 +157,42 @@ fn run(py: Python<'_>, call: Deferred) {
             (on_settled, result)
         }
     };
-    if let Err(e) = result {
-        e.write_unraisable(py, Some(f.bind(py)));
+    match result {
+        Ok(returned) if returned.hasattr("__await__").unwrap_or(false) => {
+            if let Err(e) = spawn(py, returned, &f) {
+                e.write_unraisable(py, Some(f.bind(py)));
+            }
+        }
+        Ok(_) => {}
+        Err(e) => e.write_unraisable(py, Some(f.bind(py))),
     }
+}
+
+/// An `async def` callback: its coroutine runs as a task on the loop, and an exception
+/// it raises is reported like a plain callback's.
+fn spawn(py: Python<'_>, awaitable: Bound<'_, PyAny>, owner: &Arc<Py<PyAny>>) -> PyResult<()> {
+    let task = py
+        .import("asyncio")?
+        .call_method1("ensure_future", (awaitable,))?;
+    let owner = owner.clone();
+    let done = PyCFunction::new_closure(py, None, None, move |args, _kwargs| {
+        let py = args.py();
+        let Ok(task) = args.get_item(0) else {
+            return;
+        };
+        let cancelled = task
+            .call_method0("cancelled")
+            .and_then(|c| c.is_truthy())
+            .unwrap_or(true);
+        if cancelled {
+            return;
+        }
+        if let Ok(exc) = task.call_method0("exception") {
+            if !exc.is_none() {
+                PyErr::from_value(exc).write_unraisable(py, Some(owner.bind(py)));
+            }
+        }
+    })?;
+    task.call_method1("add_done_callback", (done,))?;
+    Ok(())
 }

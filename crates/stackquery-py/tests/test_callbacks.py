@@ -367,3 +367,30 @@ async def test_failure_callbacks_follow_the_client_that_fetches() -> None:
             await client.fetch_query(opts)
         assert calls["n"] == retries + 1
     assert errors == [1, 3]
+
+
+async def test_async_callbacks_run_as_tasks_and_their_errors_are_reported(
+    reported: list[BaseException],
+) -> None:
+    """An ``async def`` callback is run as a task (PyStackQuery called it and dropped the
+    coroutine unawaited); an exception it raises is reported like a plain callback's."""
+    client = QueryClient()
+    done: list[str] = []
+    broken = RuntimeError("async callback bug")
+
+    async def on_success(data: str) -> None:
+        await asyncio.sleep(1)
+        done.append(data)
+
+    async def on_settled(data: Any, error: Any) -> None:
+        raise broken
+
+    async def fetch() -> str:
+        return "d"
+
+    opts = QueryOptions(("async-cb",), fetch, on_success=on_success, on_settled=on_settled)
+    assert await client.fetch_query(opts) == "d"
+    await asyncio.sleep(2)
+    assert done == ["d"]
+    assert reported == [broken]
+    assert client.get_query_state(("async-cb",)).status == QueryStatus.SUCCESS  # type: ignore[union-attr]
