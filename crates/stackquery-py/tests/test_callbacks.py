@@ -280,6 +280,10 @@ async def test_a_cold_fetch_with_placeholder_data_returns_the_fetched_data() -> 
 
 
 async def test_an_observer_sees_the_placeholder_flagged_then_the_data() -> None:
+    """Weak spot 25, the observer's side: PyStackQuery put the placeholder in the query's
+    state as ``SUCCESS`` data, where nothing told it from fetched data. Here an observer
+    shows it with ``is_placeholder_data=True`` while the cache holds nothing, then the
+    fetched data with the flag off."""
     client = QueryClient()
 
     async def fetch() -> str:

@@ -67,7 +67,9 @@ class QueryCache:
 
     def get(self, key_hash: tuple[Any, ...] | str) -> Query[Any] | None:
         """The cached query of ``key_hash`` (a key tuple or its ``hash_key`` text), or
-        ``None`` when the cache does not hold it."""
+        ``None`` when the cache does not hold it. Text that is no key's ``hash_key``
+        (such as PyStackQuery's ``str(key)``) raises ``ValueError`` rather than missing
+        silently."""
         native = self._client._native
         if not native.has_query(key_hash):
             return None
