@@ -168,11 +168,17 @@ impl RustAwaitable {
             Poll::Ready(result) => {
                 *slot = None;
                 drop(slot);
+                if crate::hooks::pending() {
+                    crate::hooks::drain(py);
+                }
                 let value = result?;
                 Err(PyStopIteration::new_err((value,)))
             }
             Poll::Pending => {
                 drop(slot);
+                if crate::hooks::pending() {
+                    crate::hooks::drain(py);
+                }
                 let fut = self.waker.lp.obj.bind(py).call_method0("create_future")?;
                 fut.setattr("_asyncio_future_blocking", true)?;
                 let mut state = lock(&self.waker.state);

@@ -81,8 +81,14 @@ pub(crate) fn delay_fn(delay: Arc<Py<PyAny>>) -> impl Fn(u32) -> Duration + Send
 
 #[pymethods]
 impl NativeOptions {
+    /// The callbacks (`on_success`, `on_error`, `on_settled`) run once per fetch, after
+    /// its result is stored (see `hooks.rs`); `data_of()` gives `on_settled` the data
+    /// kept after a failure. With `on_error` or `on_settled`, `retry` must be given (the
+    /// caller resolves the client's default): it decides which failure is the last.
+    /// `placeholder_data` is shown by observers while there is no data; it is never
+    /// stored, returned by a fetch, or persisted.
     #[new]
-    #[pyo3(signature = (key, query_fn, stale_time = None, gc_time = None, retry = None, retry_delay = None, refetch_interval = None, enabled = true))]
+    #[pyo3(signature = (key, query_fn, stale_time = None, gc_time = None, retry = None, retry_delay = None, refetch_interval = None, enabled = true, placeholder_data = None, on_success = None, on_error = None, on_settled = None, data_of = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         key: &Bound<'_, PyAny>,
@@ -93,6 +99,11 @@ impl NativeOptions {
         retry_delay: Option<Bound<'_, PyAny>>,
         refetch_interval: Option<f64>,
         enabled: bool,
+        placeholder_data: Option<Bound<'_, PyAny>>,
+        on_success: Option<Bound<'_, PyAny>>,
+        on_error: Option<Bound<'_, PyAny>>,
+        on_settled: Option<Bound<'_, PyAny>>,
+        data_of: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let key = to_key(key, Role::Key)?;
         if !query_fn.is_callable() {
@@ -102,7 +113,33 @@ impl NativeOptions {
             )));
         }
         let query_fn = Arc::new(query_fn.unbind());
-        let mut opts = QueryOptions::<Data>::new(key, move || PyFetch::new(query_fn.clone()));
+        let hook =
+            |f: Option<Bound<'_, PyAny>>| f.filter(|f| !f.is_none()).map(|f| Arc::new(f.unbind()));
+        let hooks = crate::hooks::Hooks {
+            on_success: hook(on_success),
+            on_error: hook(on_error),
+            on_settled: hook(on_settled),
+            data_of: hook(data_of),
+        };
+        let mut opts = if hooks.any() {
+            let hooks = hooks.clone();
+            QueryOptions::<Data>::new(key, move || {
+                let fetch = PyFetch::new(query_fn.clone());
+                let hooks = hooks.clone();
+                async move {
+                    let result = fetch.await;
+                    if let Ok(data) = &result {
+                        Python::attach(|py| hooks.succeeded(py, data));
+                    }
+                    result
+                }
+            })
+        } else {
+            QueryOptions::<Data>::new(key, move || PyFetch::new(query_fn.clone()))
+        };
+        if let Some(p) = placeholder_data.filter(|p| !p.is_none()) {
+            opts = opts.placeholder_data(p.unbind());
+        }
         if let Some(s) = stale_time {
             opts = opts.stale_time(seconds("stale_time", s)?);
         }
@@ -110,7 +147,18 @@ impl NativeOptions {
             opts = opts.gc_time(seconds("gc_time", s)?);
         }
         if let Some(n) = retry {
-            opts = opts.retry_if(retry_unless_not_async(n));
+            let again = retry_unless_not_async(n);
+            if hooks.on_failure() {
+                opts = opts.retry_if(move |failures, e| {
+                    let retried = again(failures, e);
+                    if !retried {
+                        Python::attach(|py| hooks.failed(py, e));
+                    }
+                    retried
+                });
+            } else {
+                opts = opts.retry_if(again);
+            }
         }
         if let Some(delay) = retry_delay.filter(|d| !d.is_none()) {
             opts = opts.retry_delay(delay_fn(Arc::new(delay.unbind())));
@@ -599,6 +647,66 @@ impl NativeClient {
     fn __len__(&self) -> usize {
         self.existing().map_or(0, |c| c.stats().entries)
     }
+
+    // --- `QueryCache` (`client.cache`): a view over the engine's entries. ---
+
+    /// The keys (tuples, sorted) of the entries under `filter_key` (all when `None`),
+    /// found through the engine's prefix index.
+    #[pyo3(signature = (filter_key = None))]
+    fn query_keys<'py>(
+        &self,
+        py: Python<'py>,
+        filter_key: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Vec<Bound<'py, pyo3::types::PyTuple>>> {
+        let filter = filter_of(filter_key)?;
+        let keys = self
+            .existing()
+            .map(|c| c.query_keys(filter))
+            .unwrap_or_default();
+        keys.iter().map(|k| crate::keys::key_tuple(py, k)).collect()
+    }
+
+    /// How many entries the cache holds (one atomic read).
+    fn query_count(&self) -> usize {
+        self.existing().map_or(0, QueryClient::query_count)
+    }
+
+    /// Whether the cache holds `key` (a tuple, or its `hash_key` text).
+    fn has_query(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let key = crate::keys::key_or_hash(key)?;
+        Ok(self
+            .existing()
+            .is_some_and(|c| !c.query_keys(QueryFilter::exact(key)).is_empty()))
+    }
+
+    /// Removes exactly `key` (a tuple, or its `hash_key` text); returns whether it was
+    /// there. A fetch in flight for it goes on for its waiters but stores nothing.
+    fn remove_query(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let key = crate::keys::key_or_hash(key)?;
+        Ok(self
+            .existing()
+            .is_some_and(|c| c.remove_queries(QueryFilter::exact(key)) > 0))
+    }
+
+    /// `await`able: refetches exactly `key` (a tuple, or its `hash_key` text) with the
+    /// function the engine knows for it (joining a fetch in flight), and returns its
+    /// state tuple afterwards (`None` when the cache does not hold it).
+    fn refetch_key(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<RustAwaitable> {
+        let key = crate::keys::key_or_hash(key)?;
+        let (lp, client) = self.client(py)?;
+        Ok(RustAwaitable::new(
+            lp,
+            Box::pin(async move {
+                client
+                    .refetch_queries(QueryFilter::exact(key.clone()))
+                    .await;
+                Python::attach(|py| match client.get_query_state::<Data>(&key) {
+                    Some(state) => state_tuple(py, &state),
+                    None => Ok(py.None()),
+                })
+            }),
+        ))
+    }
 }
 
 /// One `fetch_query` call, awaited.
@@ -664,7 +772,11 @@ impl FetchCall {
             let mut cx = std::task::Context::from_waker(&waker);
             let first = client.fetch_query(&opts);
             let mut first = std::pin::pin!(first);
-            if let std::task::Poll::Ready(result) = first.as_mut().poll(&mut cx) {
+            let polled = first.as_mut().poll(&mut cx);
+            if crate::hooks::pending() {
+                crate::hooks::drain(py);
+            }
+            if let std::task::Poll::Ready(result) = polled {
                 return match result {
                     Ok(data) => Err(pyo3::exceptions::PyStopIteration::new_err((
                         data.clone_ref(py),
@@ -681,8 +793,8 @@ impl FetchCall {
 
 /// A state as the tuple `stackquery._state._from_engine` turns into a `QueryState`
 /// (`status`, `fetch_status`, `data`, `error`, `data_updated_at`, `error_updated_at`,
-/// `failure_count`, `failure_reason`, `is_invalidated`). Errors are the query function's
-/// exception objects.
+/// `failure_count`, `failure_reason`, `is_invalidated`, `is_placeholder_data`). Errors are
+/// the query function's exception objects.
 fn state_tuple<D: ViewData>(
     py: Python<'_>,
     state: &stackquery::QueryState<D>,
@@ -728,6 +840,7 @@ fn state_tuple<D: ViewData>(
         state.failure_count,
         error(&state.failure_reason),
         state.is_invalidated,
+        state.is_placeholder_data,
     );
     Ok(tuple.into_pyobject(py)?.into_any().unbind())
 }

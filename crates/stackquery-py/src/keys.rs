@@ -113,7 +113,11 @@ pub(crate) fn key_parts<'py>(
     py: Python<'py>,
     key: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let key = to_key(key, Role::Key)?;
+    key_tuple(py, &to_key(key, Role::Key)?)
+}
+
+/// A core key as a Python tuple (`bool`, `int` and `str` parts).
+pub(crate) fn key_tuple<'py>(py: Python<'py>, key: &QueryKey) -> PyResult<Bound<'py, PyTuple>> {
     let mut out: Vec<Bound<'py, PyAny>> = Vec::with_capacity(key.parts().len());
     for part in key.parts() {
         out.push(match part {
@@ -126,4 +130,28 @@ pub(crate) fn key_parts<'py>(
         });
     }
     PyTuple::new(py, out)
+}
+
+/// A query key given either as a tuple or as its canonical text (`hash_key`'s result,
+/// which is what PyStackQuery's cache was indexed by).
+pub(crate) fn key_or_hash(obj: &Bound<'_, PyAny>) -> PyResult<QueryKey> {
+    if let Ok(s) = obj.cast::<PyString>() {
+        let text = s.to_str()?;
+        return text.parse::<QueryKey>().map_err(|e| {
+            pyo3::exceptions::PyValueError::new_err(format!(
+                "not a key hash (hash_key's text, e.g. '[\"users\",\"7\"]'): {text:?}: {e}"
+            ))
+        });
+    }
+    to_key(obj, Role::Key)
+}
+
+/// The key whose canonical text is `key_hash` (the inverse of `hash_key`), as a tuple.
+/// Raises `ValueError` for text that is no key's hash.
+#[pyfunction]
+pub(crate) fn parse_key_hash<'py>(
+    py: Python<'py>,
+    key_hash: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    key_tuple(py, &key_or_hash(key_hash.as_any())?)
 }

@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 mod awaitable;
 mod client;
 mod coro;
+mod hooks;
 mod io_runtime;
 mod json;
 mod keys;
@@ -27,6 +28,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(keys::hash_key, m)?)?;
     m.add_function(wrap_pyfunction!(keys::partial_match, m)?)?;
     m.add_function(wrap_pyfunction!(keys::key_parts, m)?)?;
+    m.add_function(wrap_pyfunction!(keys::parse_key_hash, m)?)?;
     m.add_function(wrap_pyfunction!(default_retry_delay, m)?)?;
     m.add_class::<client::NativeClient>()?;
     m.add_class::<awaitable::RustAwaitable>()?;

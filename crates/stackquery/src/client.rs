@@ -552,6 +552,22 @@ impl QueryClient {
         stats
     }
 
+    /// The keys of the entries a filter matches, sorted. A key filter is answered by the
+    /// cache's prefix index (the cost grows with the matches, not with the cache); other
+    /// conditions (staleness, activity, a predicate) then narrow the matches.
+    pub fn query_keys(&self, filter: impl Into<QueryFilter>) -> Vec<QueryKey> {
+        self.matching(&filter.into())
+            .iter()
+            .map(|e| e.key().clone())
+            .collect()
+    }
+
+    /// How many entries the cache holds now (one atomic read; [`stats`](Self::stats)
+    /// also counts hits, which visits every entry).
+    pub fn query_count(&self) -> usize {
+        self.shared.cache.len()
+    }
+
     /// Puts a client together (called by [`QueryClientBuilder::build`]).
     pub(crate) fn assemble(
         defaults: Defaults,

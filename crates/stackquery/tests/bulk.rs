@@ -332,3 +332,28 @@ async fn errors_keep_previous_data() {
     assert_eq!(s.data.as_deref(), Some(&1));
     assert!(s.error.is_some() && s.error_updated_at.is_some());
 }
+
+#[tokio::test(start_paused = true)]
+async fn query_keys_lists_the_matches_sorted_and_query_count_counts_entries() {
+    let client = QueryClient::new();
+    assert_eq!(client.query_count(), 0);
+    seed(&client);
+    assert_eq!(client.query_count(), 5);
+    assert_eq!(
+        client.query_keys(key!["user"]),
+        vec![key!["user", 1], key!["user", 1, "posts"], key!["user", 2]],
+        "whole parts: not [\"users\"]"
+    );
+    assert_eq!(
+        client.query_keys(QueryFilter::exact(key!["user", 1])),
+        vec![key!["user", 1]]
+    );
+    assert_eq!(client.query_keys(QueryFilter::all()).len(), 5);
+    assert!(client.query_keys(key!["nobody"]).is_empty());
+    client.remove_queries(key!["user"]);
+    assert_eq!(client.query_count(), 2);
+    assert_eq!(
+        client.query_keys(QueryFilter::all()),
+        vec![key!["team", 1], key!["users"]]
+    );
+}

@@ -2,10 +2,12 @@
 
 A drop-in replacement for PyStackQuery 1.0.2 is being built on the Rust library's
 engine (see ``DESIGN.md`` in the ``stackquery-py`` crate for the design and for what is
-done). This release provides ``QueryClient`` (its fetch path: ``fetch_query``,
-``prefetch_query``, ``get_query_data``, ``set_query_data``, ``invalidate_queries``,
-``clear``), ``QueryClientConfig``, ``QueryOptions``, and the key helpers, implemented in
-Rust:
+done). This release provides ``QueryClient`` (fetching, cache reads and writes,
+invalidation, observers, mutations) with its ``QueryCache`` (``client.cache``),
+``QueryClientConfig``, ``QueryOptions`` (with ``placeholder_data`` and the
+``on_success``/``on_error``/``on_settled`` callbacks), ``Query``, the convenience helpers
+(``parallel_queries``, ``dependent_query``, the ``query`` decorator and ``CachedQuery``),
+and the key helpers, implemented in Rust:
 
 - :func:`hash_key`: a key's canonical text, shared with Rust clients (the storage name of
   the key in the SQLite and Redis tiers);
@@ -20,7 +22,9 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
+from ._cache import QueryCache
 from ._client import QueryClient, QueryClientConfig, QueryOptions
+from ._convenience import CachedQuery, dependent_query, parallel_queries, query
 from ._native import default_retry_delay, hash_key, key_parts, partial_match
 from ._mutation import Mutation, MutationOptions, MutationState, MutationStatus
 from ._observer import QueryObserver
@@ -55,4 +59,9 @@ __all__ = [
     "RedisStorage",
     "SqliteStorage",
     "StorageBackend",
+    "QueryCache",
+    "parallel_queries",
+    "dependent_query",
+    "query",
+    "CachedQuery",
 ]

@@ -9,6 +9,7 @@ In progress (issue 14): this module has the fetch path (``fetch_query``,
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from ._native import NativeClient, NativeOptions, default_retry_delay, hash_key
 from ._mutation import Mutation, MutationOptions
+from ._cache import QueryCache
 from ._observer import QueryObserver
 from ._state import QueryState, _from_engine
 
@@ -66,12 +68,49 @@ class QueryClientConfig:
     after it (PyStackQuery waited forever)."""
 
 
-@dataclass
+_FIELDS = frozenset(
+    (
+        "query_key",
+        "query_fn",
+        "stale_time",
+        "gc_time",
+        "refetch_interval",
+        "retry",
+        "retry_delay",
+        "enabled",
+        "on_success",
+        "on_error",
+        "on_settled",
+        "placeholder_data",
+    )
+)
+"""The fields the engine's conversion reads (assigning one converts again)."""
+
+_UNBOUND = object()
+"""Marks options converted for a check only (never matches a client)."""
+
+
+@dataclass(init=False)
 class QueryOptions(Generic[T]):
     """What to fetch and how (same fields, order and defaults as PyStackQuery).
 
+    The options are converted for the engine once, at construction (which checks them:
+    a bad key, function or duration raises here), and again only after a field is
+    assigned.
+
     ``query_key`` is checked at once: a key that is not a tuple of ``str``, ``int`` and
     ``bool`` parts raises ``TypeError`` here, not at the first fetch.
+
+    Callbacks run once per fetch (not per caller), on the event loop's thread, after the
+    result is stored and before the callers' ``await`` returns:
+    ``on_success(data)`` then ``on_settled(data, None)`` after a success;
+    ``on_error(error)`` then ``on_settled(data_kept, error)`` once the retries are spent.
+    An exception in a callback is reported (``sys.unraisablehook``) and changes nothing
+    else: the fetch is not retried and its state stays ``SUCCESS`` (weak spot 16).
+
+    ``placeholder_data`` is what observers show (flagged ``is_placeholder_data``) while
+    the query has no data. It is never stored, never returned by ``fetch_query`` (a cold
+    fetch returns the fetched data) and never persisted (weak spot 25).
     """
 
     query_key: tuple[Any, ...]
@@ -88,60 +127,120 @@ class QueryOptions(Generic[T]):
     select: Callable[[T], object] | None = None
     placeholder_data: T | None = None
     _native: Any = field(default=None, init=False, repr=False, compare=False)
-    _built_from: tuple[Any, ...] = field(default=(), init=False, repr=False, compare=False)
+    _bound: Any = field(default=None, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        query_key: tuple[Any, ...],
+        query_fn: Callable[[], Awaitable[T]],
+        stale_time: float = _STALE_TIME,
+        gc_time: float = _GC_TIME,
+        refetch_interval: float | None = None,
+        retry: int = _RETRY,
+        retry_delay: Callable[[int], float] | None = None,
+        enabled: bool = True,
+        on_success: Callable[[T], object] | None = None,
+        on_error: Callable[[Exception], object] | None = None,
+        on_settled: Callable[[T | None, Exception | None], object] | None = None,
+        select: Callable[[T], object] | None = None,
+        placeholder_data: T | None = None,
+    ) -> None:
+        # Written to the instance dict directly: ``__setattr__`` (which drops the
+        # conversion) is for assignments made later.
+        d = self.__dict__
+        d["query_key"] = query_key
+        d["query_fn"] = query_fn
+        d["stale_time"] = stale_time
+        d["gc_time"] = gc_time
+        d["refetch_interval"] = refetch_interval
+        d["retry"] = retry
+        d["retry_delay"] = retry_delay
+        d["enabled"] = enabled
+        d["on_success"] = on_success
+        d["on_error"] = on_error
+        d["on_settled"] = on_settled
+        d["select"] = select
+        d["placeholder_data"] = placeholder_data
+        d["_native"] = None
+        d["_bound"] = None
         # Converted (and so checked: key, function, durations) at once, not at the first
         # fetch.
-        self._engine_options()
+        self._convert(None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        d = self.__dict__
+        d[name] = value
+        if name in _FIELDS:
+            d["_native"] = None
 
     def get_key_hash(self) -> str:
         """The key's canonical text (the Rust library's; PyStackQuery used ``str(key)``)."""
         return hash_key(self.query_key)
 
-    def _engine_options(self) -> Any:
-        """The options as the engine takes them, converted once and again only after a
-        field changed (the fields left at their defaults defer to the client's
-        ``QueryClientConfig``)."""
-        b = self._built_from
-        if (
-            b
-            and b[0] is self.query_key
-            and b[1] is self.query_fn
-            and b[2] is self.stale_time
-            and b[3] is self.gc_time
-            and b[4] is self.retry
-            and b[5] is self.retry_delay
-            and b[6] is self.refetch_interval
-            and b[7] is self.enabled
-        ):
-            return self._native
-        fields = (
-            self.query_key,
-            self.query_fn,
-            self.stale_time,
-            self.gc_time,
-            self.retry,
-            self.retry_delay,
-            self.refetch_interval,
-            self.enabled,
+    def _engine_options(self, client: QueryClient | None = None) -> Any:
+        """The options as the engine takes them (the fields left at their defaults defer
+        to the client's ``QueryClientConfig``), converted again only after a field was
+        assigned.
+
+        With ``on_error`` or ``on_settled``, the conversion depends on the ``client`` too
+        (its default ``retry`` decides which failure is the last one, and ``on_settled``
+        reads the data it kept), so it is redone when another client uses the options.
+        """
+        native = self._native
+        if native is not None:
+            bound = self._bound
+            if bound is None or bound is client:
+                return native
+        return self._convert(client)
+
+    def _convert(self, client: QueryClient | None) -> Any:
+        d = self.__dict__
+        query_fn = d["query_fn"]
+        if not callable(query_fn):
+            raise TypeError(f"query_fn must be an async function, got {type(query_fn).__name__}")
+        on_success = d["on_success"]
+        on_error = d["on_error"]
+        on_settled = d["on_settled"]
+        for name, hook in (("on_success", on_success), ("on_error", on_error), ("on_settled", on_settled)):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{name} must be callable, got {type(hook).__name__}")
+        retry = d["retry"]
+        retry = None if _is_default(retry) else int(retry)
+        bound = None
+        data_of = None
+        if on_error is not None or on_settled is not None:
+            if client is None:
+                # Only a check (at construction): the callbacks wait for a client.
+                bound = _UNBOUND
+                on_success = on_error = on_settled = None
+            else:
+                # The last failure is the one the retry policy gives up on: resolve the
+                # client's default count, so the engine's policy and the callbacks agree.
+                bound = client
+                if retry is None:
+                    retry = int(client._config.retry)
+                data_of = functools.partial(client._native.get_query_data, d["query_key"])
+        stale_time = d["stale_time"]
+        gc_time = d["gc_time"]
+        interval = d["refetch_interval"]
+        native = NativeOptions(
+            d["query_key"],
+            query_fn,
+            None if _is_default(stale_time) else float(stale_time),
+            None if _is_default(gc_time) else float(gc_time),
+            retry,
+            d["retry_delay"],
+            None if interval is None else float(interval),
+            bool(d["enabled"]),
+            d["placeholder_data"],
+            on_success,
+            on_error,
+            on_settled,
+            data_of,
         )
-        if not callable(self.query_fn):
-            raise TypeError(
-                f"query_fn must be an async function, got {type(self.query_fn).__name__}"
-            )
-        self._native = NativeOptions(
-            self.query_key,
-            self.query_fn,
-            None if _is_default(self.stale_time) else float(self.stale_time),
-            None if _is_default(self.gc_time) else float(self.gc_time),
-            None if _is_default(self.retry) else int(self.retry),
-            self.retry_delay,
-            None if self.refetch_interval is None else float(self.refetch_interval),
-            bool(self.enabled),
-        )
-        self._built_from = fields
-        return self._native
+        d["_native"] = native
+        d["_bound"] = bound
+        return native
 
 
 class QueryClient:
@@ -150,7 +249,7 @@ class QueryClient:
     One client runs on one event loop: the loop it is first used on.
     """
 
-    __slots__ = ("_config", "_native")
+    __slots__ = ("_config", "_native", "_cache")
 
     def __init__(self, config: QueryClientConfig | None = None) -> None:
         self._config = config or QueryClientConfig()
@@ -169,12 +268,24 @@ class QueryClient:
             cfg.bus,
             float(cfg.storage_timeout),
         )
+        self._cache: QueryCache | None = None
+
+    @property
+    def cache(self) -> QueryCache:
+        """The cache of this client's queries (a view: the entries live in the engine)."""
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = QueryCache(self)
+        return cache
 
     def fetch_query(self, options: QueryOptions[T]) -> Awaitable[T]:
         """The data of ``options.query_key``: fresh from the cache at once, stale from the
         cache with one refetch in the background, or fetched (one fetch however many
         callers wait). Awaitable; a fresh hit completes without a task switch."""
-        return self._native.fetch_query(options._engine_options())
+        native = options._native
+        if native is None or (options._bound is not None and options._bound is not self):
+            native = options._convert(self)
+        return self._native.fetch_query(native)
 
     async def prefetch_query(self, options: QueryOptions[Any]) -> None:
         """Warms the cache; failures are logged, never raised."""
@@ -223,7 +334,7 @@ class QueryClient:
     ) -> int:
         """Cancels the fetches in flight under ``filter_key``; returns how many. Their
         waiters raise ``CancelledError``; each entry keeps its state from before."""
-        return await self._native.cancel_queries(filter_key)
+        return int(await self._native.cancel_queries(filter_key))
 
     def mutation(self, options: MutationOptions[Any, Any]) -> Mutation[Any, Any]:
         """A mutation running ``options`` (see ``Mutation``)."""

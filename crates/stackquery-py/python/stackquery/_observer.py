@@ -29,7 +29,7 @@ class QueryObserver(Generic[T]):
 
     def __init__(self, client: QueryClient, options: QueryOptions[T]) -> None:
         self._options = options
-        self._native = client._native.watch(options._engine_options(), options.select)
+        self._native = client._native.watch(options._engine_options(client), options.select)
 
     @property
     def options(self) -> QueryOptions[T]:

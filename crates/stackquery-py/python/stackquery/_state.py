@@ -31,12 +31,18 @@ class FetchStatus(Enum):
 
 
 class QueryState(Generic[T, E]):
-    """A snapshot of one query's state (PyStackQuery's fields, plus ``is_invalidated``).
+    """A snapshot of one query's state (PyStackQuery's fields, plus ``is_invalidated`` and
+    ``is_placeholder_data``).
 
     ``data_updated_at`` is a wall-clock ``time.time()`` stamp. After an invalidation it
     reads ``0.0``, as in PyStackQuery (its own suite checks this), and
     ``is_invalidated`` says so directly. The engine keeps the real stamp: freshness is
     decided by the loop's monotonic clock, never by this number.
+
+    ``is_placeholder_data`` is ``True`` when ``data`` is the options' ``placeholder_data``
+    shown by an observer while the query has no data yet (PyStackQuery stored the
+    placeholder as ``SUCCESS`` data; here it is never stored, returned by a fetch, or
+    persisted: weak spot 25).
     """
 
     __slots__ = (
@@ -49,6 +55,7 @@ class QueryState(Generic[T, E]):
         "fetch_failure_count",
         "fetch_failure_reason",
         "is_invalidated",
+        "is_placeholder_data",
     )
 
     def __init__(
@@ -62,6 +69,7 @@ class QueryState(Generic[T, E]):
         fetch_failure_count: int = 0,
         fetch_failure_reason: E | None = None,
         is_invalidated: bool = False,
+        is_placeholder_data: bool = False,
     ) -> None:
         self.status = status
         self.fetch_status = fetch_status
@@ -72,6 +80,7 @@ class QueryState(Generic[T, E]):
         self.fetch_failure_count = fetch_failure_count
         self.fetch_failure_reason = fetch_failure_reason
         self.is_invalidated = is_invalidated
+        self.is_placeholder_data = is_placeholder_data
 
     @property
     def is_idle(self) -> bool:
@@ -122,7 +131,7 @@ _FETCH = {s.name: s for s in FetchStatus}
 
 def _from_engine(raw: tuple[Any, ...]) -> QueryState[Any, Any]:
     """Builds a state from the tuple the native client returns."""
-    (status, fetch, data, error, at, error_at, failures, reason, invalidated) = raw
+    (status, fetch, data, error, at, error_at, failures, reason, invalidated, placeholder) = raw
     return QueryState(
         _STATUS[status],
         _FETCH[fetch],
@@ -133,4 +142,5 @@ def _from_engine(raw: tuple[Any, ...]) -> QueryState[Any, Any]:
         failures,
         reason,
         invalidated,
+        placeholder,
     )
