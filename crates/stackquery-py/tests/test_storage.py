@@ -373,3 +373,30 @@ async def test_get_query_data_async_reads_the_storage_without_caching() -> None:
     assert await reader.get_query_data_async(("async", 2)) is None
     reader.set_query_data(("async", 1), "memory")
     assert await reader.get_query_data_async(("async", 1)) == "memory"
+
+
+async def test_weak_spot_25_a_placeholder_never_reaches_the_storage() -> None:
+    """Weak spot 25 (storage side): PyStackQuery put ``placeholder_data`` in the state as
+    SUCCESS data, so the next dispatch persisted it. Here an observer shows the
+    placeholder while the fetch runs, nothing is written for it, and the fetched data is
+    what gets stored."""
+    storage = DictStorage()
+    client = QueryClient(QueryClientConfig(storage=storage))
+    gate = asyncio.Event()
+
+    async def fetch() -> str:
+        await gate.wait()
+        return "fetched"
+
+    opts = QueryOptions(("ph",), fetch, placeholder_data="placeholder")
+    seen: list[Any] = []
+    stop = client.watch(opts).subscribe(lambda s: seen.append((s.data, s.is_placeholder_data)))
+    await eventually(lambda: ("placeholder", True) in seen)
+    await client.flush_storage()
+    assert "('ph',)" not in storage.data
+    gate.set()
+    await eventually(lambda: ("fetched", False) in seen)
+    await client.flush_storage()
+    assert json.loads(storage.data["('ph',)"])["data"] == "fetched"
+    assert all(json.loads(v)["data"] != "placeholder" for _, v in storage.sets)
+    stop()

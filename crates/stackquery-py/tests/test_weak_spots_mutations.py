@@ -97,3 +97,40 @@ async def test_weak_spot_21_concurrent_calls_keep_their_own_results() -> None:
         "start three",
         "end three",
     ], "one scope: one call at a time, in call order"
+
+
+async def test_weak_spot_20_a_raising_mutation_listener_fails_nothing_and_reset_is_heard() -> None:
+    """Weak spot 20: PyStackQuery called mutation listeners unguarded, so one that raised
+    failed the mutation, and ``reset()`` notified nobody. Here the raising listener is
+    reported (unraisable hook) and the mutation succeeds once; a second listener hears
+    every state, ``reset()``'s IDLE included."""
+    import sys
+
+    client = QueryClient()
+    runs: list[int] = []
+
+    async def save(n: int) -> int:
+        runs.append(n)
+        await asyncio.sleep(0)
+        return n + 1
+
+    m = client.mutation(MutationOptions(save))
+    reported: list[BaseException | None] = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = lambda u: reported.append(u.exc_value)
+    try:
+
+        def bad(_state: object) -> None:
+            raise RuntimeError("listener bug")
+
+        m.subscribe(bad)
+        heard: list[str] = []
+        m.subscribe(lambda s: heard.append(s.status.name))
+        assert await m.mutate(1) == 2
+        assert runs == [1]
+        assert m.state.status.name == "SUCCESS"
+        assert any(isinstance(e, RuntimeError) for e in reported)
+        m.reset()
+        assert heard[-1] == "IDLE"
+    finally:
+        sys.unraisablehook = old_hook
