@@ -36,6 +36,7 @@ pub struct QueryClientBuilder {
     cluster: Cluster,
     persist_rules: crate::persist_rules::PersistRules,
     runtime: crate::host::Runtime,
+    event_capacity: usize,
 }
 
 impl Default for QueryClientBuilder {
@@ -53,6 +54,7 @@ impl Default for QueryClientBuilder {
             cluster: Cluster::default(),
             persist_rules: Default::default(),
             runtime: Default::default(),
+            event_capacity: crate::events::DEFAULT_CAPACITY,
         }
     }
 }
@@ -232,6 +234,14 @@ impl QueryClientBuilder {
         self
     }
 
+    /// Size of the event ring of [`subscribe_events`](QueryClient::subscribe_events)
+    /// (default 4,096): a subscriber further behind than this misses the oldest events,
+    /// and is told how many. At least 1.
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity.max(1);
+        self
+    }
+
     /// Builds the client. Call inside or outside a tokio runtime; background work (the
     /// gc task) starts on the first use inside one.
     pub fn build(self) -> QueryClient {
@@ -249,6 +259,7 @@ impl QueryClientBuilder {
             self.cluster,
             self.persist_rules,
             self.runtime,
+            self.event_capacity,
         )
     }
 }

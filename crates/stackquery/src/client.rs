@@ -297,6 +297,7 @@ impl QueryClient {
         let entry = self.shared.typed_entry::<T>(&key)?;
         self.shared.write(&entry, data, None);
         self.shared.cache.drop_if_keeping_nothing();
+        self.shared.send_removals();
         Ok(())
     }
 
@@ -336,6 +337,7 @@ impl QueryClient {
                 .write(&entry, new.clone(), Some((old.as_ref(), gen)))
             {
                 self.shared.cache.drop_if_keeping_nothing();
+                self.shared.send_removals();
                 return Ok(Some(new));
             }
         }
@@ -397,6 +399,7 @@ impl QueryClient {
             .filter_map(|e| e.clone().cancel(&self.shared))
             .collect();
         self.shared.cache.evict_if_over_capacity(); // pins released (regressions.rs)
+        self.shared.send_removals();
         join_all(stopped).await;
         found.len()
     }
@@ -562,6 +565,38 @@ impl QueryClient {
             .collect()
     }
 
+    /// A stream of everything that happens in the cache from now on: entries added,
+    /// updated, invalidated, removed, evicted and collected; observers; mutations;
+    /// fetches with their durations; second-tier reads and writes; bus traffic (see
+    /// [`CacheEventKind`](crate::CacheEventKind)).
+    ///
+    /// Free while nobody subscribes (each emitting site reads one atomic first; the hit
+    /// path emits nothing). A subscriber that falls behind the ring
+    /// ([`event_capacity`](crate::QueryClientBuilder::event_capacity)) is told how many
+    /// events it missed ([`EventStreamItem::Lagged`](crate::EventStreamItem::Lagged)); the
+    /// cache never waits for it. The stream ends when the client is dropped.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use stackquery::{key, CacheEventKind, EventStreamItem, QueryClient};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let client = QueryClient::new();
+    /// let mut events = client.subscribe_events();
+    /// client.set_query_data(key!["todos"], vec!["write docs"]).unwrap();
+    /// match events.next().await {
+    ///     Some(EventStreamItem::Event(e)) => {
+    ///         assert!(matches!(e.kind, CacheEventKind::QueryAdded { .. }))
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn subscribe_events(&self) -> crate::EventStream {
+        self.shared.events.subscribe()
+    }
+
     /// How many entries the cache holds now (one atomic read; [`stats`](Self::stats)
     /// also counts hits, which visits every entry).
     pub fn query_count(&self) -> usize {
@@ -576,8 +611,17 @@ impl QueryClient {
         cluster: Cluster,
         persist_rules: crate::persist_rules::PersistRules,
         runtime: crate::host::Runtime,
+        event_capacity: usize,
     ) -> QueryClient {
-        let shared = Shared::new(defaults, max_queries, tier, cluster, persist_rules, runtime);
+        let shared = Shared::new(
+            defaults,
+            max_queries,
+            tier,
+            cluster,
+            persist_rules,
+            runtime,
+            event_capacity,
+        );
         QueryClient {
             _life: Some(Arc::new(ClientLife(shared.clone()))),
             shared,

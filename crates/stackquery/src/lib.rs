@@ -61,6 +61,7 @@ mod deadline;
 mod engine;
 mod entry;
 mod error;
+mod events;
 mod filter;
 mod flight;
 #[cfg(test)]
@@ -91,6 +92,7 @@ mod worker;
 pub use builder::QueryClientBuilder;
 pub use client::QueryClient;
 pub use error::{BoxError, FetchError, QueryError, TypeMismatch};
+pub use events::{CacheEvent, CacheEventKind, EventStream, EventStreamItem, StorageOutcome};
 pub use filter::QueryFilter;
 pub use host::{Host, HostFuture, TaskHandle};
 pub use key::{KeyPart, KeyStr, ParseKeyError, QueryKey};

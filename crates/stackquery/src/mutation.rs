@@ -361,13 +361,18 @@ where
     ) -> Self {
         let scope = opts.scope.clone();
         let opts = Arc::new(opts);
+        let id = shared.fresh_id();
+        shared
+            .events
+            .emit(|| crate::events::CacheEventKind::MutationAdded { id });
+        let events = Some((id, shared.events.clone()));
         let runtime = shared.runtime.clone();
         let exec: Exec<V, T> =
             Arc::new(move |call| execute(runtime.clone(), opts.clone(), call).boxed());
         Mutation {
             inner: Arc::new(Inner {
                 shared,
-                cell: Arc::new(StateCell::new()),
+                cell: Arc::new(StateCell::new(events)),
                 exec,
                 scope,
             }),

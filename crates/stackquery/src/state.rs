@@ -328,3 +328,19 @@ mod tests {
         assert!(s.is_invalidated);
     }
 }
+
+/// Where a mutation is in its life: `Idle → Pending → Success | Error`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MutationStatus {
+    /// Never run since it was created or [`reset`](crate::Mutation::reset).
+    #[default]
+    Idle,
+    /// A call is under way (waiting for its scope, in `on_mutate`, in the mutation
+    /// function, between retries, or in `on_success` / `on_error` / `on_settled`).
+    Pending,
+    /// The latest call succeeded.
+    Success,
+    /// The latest call failed (after its retries), panicked, or was dropped mid-way.
+    Error,
+}

@@ -51,10 +51,17 @@ pub(crate) struct Cache<E: ?Sized + AnyEntry> {
     /// own removals: it knows nothing of the client's other counters).
     evicted: AtomicU64,
     collected: AtomicU64,
+    removals: RemovalLog,
 }
 
 impl<E: ?Sized + AnyEntry> Cache<E> {
-    pub(crate) fn new(max: Option<usize>, timers: Arc<Timers>) -> Self {
+    /// `listeners`: while above zero, evictions and collections are logged for
+    /// [`take_removals`](Self::take_removals) (the engine's event stream).
+    pub(crate) fn new(
+        max: Option<usize>,
+        timers: Arc<Timers>,
+        listeners: Arc<AtomicUsize>,
+    ) -> Self {
         let n = (std::thread::available_parallelism().map_or(4, |n| n.get()) * 8)
             .next_power_of_two()
             .max(16);
@@ -70,6 +77,28 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
             timers,
             evicted: AtomicU64::new(0),
             collected: AtomicU64::new(0),
+            removals: RemovalLog {
+                listeners,
+                log: Mutex::new(Vec::new()),
+                pending: std::sync::atomic::AtomicBool::new(false),
+            },
+        }
+    }
+
+    /// Evictions and collections logged since the last call (logged only while the
+    /// engine has event listeners). One atomic load when there are none.
+    pub(crate) fn take_removals(&self) -> Vec<(QueryKey, Removal)> {
+        if !self.removals.pending.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        self.removals.pending.store(false, Ordering::Release);
+        std::mem::take(&mut *self.removals.log.lock())
+    }
+
+    fn log_removal(&self, key: &QueryKey, why: Removal) {
+        if self.removals.listeners.load(Ordering::Relaxed) > 0 {
+            self.removals.log.lock().push((key.clone(), why));
+            self.removals.pending.store(true, Ordering::Release);
         }
     }
 
@@ -221,6 +250,7 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
             Some(GcVerdict::Collect) => {
                 if self.remove_locked(&mut reg, key, Some(id)).is_some() {
                     self.collected.fetch_add(1, Ordering::Relaxed);
+                    self.log_removal(key, Removal::Collected);
                     tracing::debug!(%key, "gc collected");
                 }
             }
@@ -273,6 +303,7 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
             }
             if self.remove_locked(reg, &key, Some(id)).is_some() {
                 self.evicted.fetch_add(1, Ordering::Relaxed);
+                self.log_removal(&key, Removal::Evicted);
                 tracing::debug!(%key, "evicted");
                 n -= 1;
             }
@@ -300,4 +331,20 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
     pub(crate) fn clear(&self) -> Vec<Arc<E>> {
         self.remove_matching(&KeyScope::All)
     }
+}
+
+/// Why the cache removed an entry by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Removal {
+    /// Evicted for `max_queries`.
+    Evicted,
+    /// Collected by the gc.
+    Collected,
+}
+
+/// Evictions and collections, logged while the engine has event listeners.
+struct RemovalLog {
+    listeners: Arc<AtomicUsize>,
+    log: Mutex<Vec<(QueryKey, Removal)>>,
+    pending: std::sync::atomic::AtomicBool,
 }

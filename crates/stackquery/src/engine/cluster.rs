@@ -53,6 +53,7 @@ mod disabled {
         pub(crate) fn start(&self, _shared: &Arc<Shared>) {}
         #[inline]
         pub(crate) fn ensure_listening(&self, _shared: &Arc<Shared>) {}
+        pub(crate) fn set_events(&self, _events: Arc<crate::events::Events>) {}
         pub(crate) fn has_bus(&self) -> bool {
             false
         }
@@ -129,6 +130,8 @@ mod enabled {
         waiters: Mutex<HashMap<String, Arc<Notify>>>,
         /// Permits for the refetches lost messages cause ([`LOST_REFETCHES`]).
         lost_refetches: LostRefetches,
+        /// The client's event stream (set once the engine exists).
+        events: std::sync::OnceLock<Arc<crate::events::Events>>,
     }
 
     /// A semaphore of [`LOST_REFETCHES`] permits (a type of its own for `Default`).
@@ -143,6 +146,11 @@ mod enabled {
     impl Cluster {
         pub(crate) fn has_bus(&self) -> bool {
             self.bus.is_some()
+        }
+
+        /// Connects the cluster to the client's event stream.
+        pub(crate) fn set_events(&self, events: Arc<crate::events::Events>) {
+            let _ = self.events.set(events);
         }
 
         /// Starts the listener task on the current runtime unless it runs (first use, or
@@ -174,6 +182,11 @@ mod enabled {
         /// Queues `kind` in the outbox: sent in order, retried until the bus takes it.
         fn publish(&self, kind: BusMessageKind) {
             if let Some(outbox) = &self.outbox {
+                if let Some(events) = self.events.get() {
+                    events.emit(|| crate::events::CacheEventKind::BusOut {
+                        message: format!("{kind:?}"),
+                    });
+                }
                 outbox.send(kind);
             }
         }
@@ -283,6 +296,13 @@ mod enabled {
                 return;
             };
             let mut changes = Changes::default();
+            if shared.events.on() {
+                for incoming in &batch {
+                    shared.events.emit(|| crate::events::CacheEventKind::BusIn {
+                        message: format!("{incoming:?}"),
+                    });
+                }
+            }
             for incoming in batch.drain(..) {
                 changes.add(incoming);
             }

@@ -95,6 +95,11 @@ impl<T: Send + Sync + 'static> EngineEntry for Entry<T> {
         shared.dispatch(&self, Event::Reset);
     }
     fn notify_removed(self: Arc<Self>, shared: &Arc<Shared>) {
+        shared
+            .events
+            .emit(|| crate::events::CacheEventKind::QueryRemoved {
+                key: self.key.clone(),
+            });
         // Most removed entries have no observer: no transition for them (a cleared
         // cache of a million entries tells nobody).
         if self.has_listeners() {

@@ -4,6 +4,7 @@
 //! ([`Shared::lead_fetch`]), so a caller that drops its future cancels nothing for the
 //! others; a fetch nobody waits for (a background refresh) is a task from the start.
 
+use crate::events::CacheEventKind;
 use std::sync::Arc;
 #[cfg(feature = "redis")]
 use std::time::Duration;
@@ -135,6 +136,7 @@ async fn fetch_task<T: Send + Sync + 'static>(
         guard.shared.cluster.hold_while(&token, work).await;
         guard.shared.cluster.release(&token).await;
         guard.shared.cache.evict_if_over_capacity();
+        guard.shared.send_removals();
         return;
     }
     let result = fetch_with_retries(&guard, &opts).await;
@@ -142,6 +144,7 @@ async fn fetch_task<T: Send + Sync + 'static>(
     // flushes the storage finds it.
     guard.settle(result, Source::Fetch, true);
     guard.shared.cache.evict_if_over_capacity();
+    guard.shared.send_removals();
 }
 
 /// The user's fetch function under the retry policy, every failure recorded on the entry.
@@ -151,6 +154,10 @@ async fn fetch_with_retries<T: Send + Sync + 'static>(
 ) -> FetchResult<T> {
     let key = &guard.entry.key;
     let retry = guard.shared.defaults.retry(opts);
+    let events = &guard.shared.events;
+    // The clock is read only for a listener (a fill of new keys reads none).
+    let started = events.on().then(std::time::Instant::now);
+    events.emit(|| CacheEventKind::FetchStarted { key: key.clone() });
     let value = run_with_retries(
         &guard.shared.runtime,
         "fetch",
@@ -167,13 +174,32 @@ async fn fetch_with_retries<T: Send + Sync + 'static>(
             }
             Step::Retry(delay) => {
                 tracing::debug!(%key, %error, failures, ?delay, "fetch retry");
+                events.emit(|| CacheEventKind::FetchRetried {
+                    key: key.clone(),
+                    failures,
+                    error: error.clone(),
+                });
             }
             Step::GiveUp => tracing::warn!(%key, %error, failures, "fetch failed"),
         },
     )
-    .await?;
-    tracing::debug!(%key, "fetch success");
-    Ok(Arc::new(value))
+    .await;
+    let duration = started.map_or(std::time::Duration::ZERO, |s| s.elapsed());
+    match &value {
+        Ok(_) => {
+            tracing::debug!(%key, "fetch success");
+            events.emit(|| CacheEventKind::FetchSucceeded {
+                key: key.clone(),
+                duration,
+            });
+        }
+        Err(error) => events.emit(|| CacheEventKind::FetchFailed {
+            key: key.clone(),
+            duration,
+            error: error.clone(),
+        }),
+    }
+    Ok(Arc::new(value?))
 }
 
 #[cfg(feature = "redis")]

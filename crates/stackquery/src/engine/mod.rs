@@ -20,7 +20,8 @@ pub(crate) use announce::Covered;
 pub(crate) use erased::EngineEntry;
 pub(crate) use typed::{downcast, mismatch};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Removal};
+use crate::events::{CacheEventKind, Events};
 use crate::host::Runtime;
 use crate::options::Defaults;
 use crate::persist_rules::PersistRules;
@@ -53,6 +54,8 @@ pub(crate) struct Shared {
     /// Where the engine runs: its clock, tasks and sleeps (tokio unless the client was
     /// built with another [`Host`](crate::Host)).
     pub(crate) runtime: Runtime,
+    /// The event stream (see `events.rs`).
+    pub(crate) events: Arc<Events>,
     next_id: AtomicU64,
 }
 
@@ -65,7 +68,13 @@ impl Shared {
         cluster: Cluster,
         persist_rules: PersistRules,
         runtime: Runtime,
+        event_capacity: usize,
     ) -> Arc<Shared> {
+        let events = Arc::new(Events::new(event_capacity));
+        if let Some(tier) = &tier {
+            tier.set_events(events.clone());
+        }
+        cluster.set_events(events.clone());
         Arc::new_cyclic(|weak| {
             let weak = weak.clone();
             let timers = Arc::new(Timers::new(
@@ -77,7 +86,7 @@ impl Shared {
             let counters = Arc::new(Counters::default());
             Shared {
                 defaults,
-                cache: Cache::new(max_queries, timers.clone()),
+                cache: Cache::new(max_queries, timers.clone(), events.subscriber_count()),
                 timers,
                 counters,
                 tier,
@@ -86,9 +95,21 @@ impl Shared {
                 mutation_scopes: mutation_scopes::Scopes::default(),
                 cluster,
                 runtime,
+                events,
                 next_id: AtomicU64::new(0),
             }
         })
+    }
+
+    /// Sends the evictions and collections the cache logged (call with no cache lock
+    /// held). One atomic load when there are none.
+    pub(crate) fn send_removals(&self) {
+        for (key, why) in self.cache.take_removals() {
+            self.events.emit(|| match why {
+                Removal::Evicted => CacheEventKind::QueryEvicted { key },
+                Removal::Collected => CacheEventKind::QueryCollected { key },
+            });
+        }
     }
 
     /// A process-unique id for an entry or an observer (timers are keyed by it).

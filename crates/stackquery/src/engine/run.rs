@@ -26,6 +26,7 @@ use crate::entry::{
 };
 use crate::entry::{EntryListener, Mode};
 use crate::error::QueryError;
+use crate::events::CacheEventKind;
 use crate::key::QueryKey;
 use crate::options::QueryOptions;
 use crate::timers::{TimerKind, TimerTarget, Timers};
@@ -81,9 +82,38 @@ impl Shared {
         let mut fx = Effects::default();
         // The host's clock (tokio's by default, whose paused clock drives tests exactly).
         let clock = || self.runtime.now();
+        let before = self
+            .events
+            .on()
+            .then(|| Summary::of(entry, self.runtime.now()));
         let outcome = entry.transition(event, &Now::new(&clock), &mut fx, &sink);
+        if let Some(before) = before {
+            self.tell_change(entry, &before);
+        }
         self.run_effects(entry, fx, lead);
         outcome
+    }
+
+    /// Tells the event stream how a transition changed the entry (only with a listener).
+    #[cold]
+    fn tell_change<T: Send + Sync + 'static>(&self, entry: &Entry<T>, before: &Summary) {
+        let after = Summary::of(entry, self.runtime.now());
+        if after == *before {
+            return;
+        }
+        let key = &entry.key;
+        self.events.emit(|| CacheEventKind::QueryUpdated {
+            key: key.clone(),
+            status: after.status,
+            fetch_status: after.fetch_status,
+            data_version: after.data_version,
+            data_updated_at: after.data_updated_at,
+            failure_count: after.failure_count,
+        });
+        if after.invalidated && !before.invalidated {
+            self.events
+                .emit(|| CacheEventKind::QueryInvalidated { key: key.clone() });
+        }
     }
 
     fn run_effects<T: Send + Sync + 'static>(
@@ -293,7 +323,13 @@ impl Shared {
             opts,
             gc_time: self.defaults.gc_time(opts),
         };
-        matches!(self.dispatch(entry, event), Outcome::Yes)
+        let attached = matches!(self.dispatch(entry, event), Outcome::Yes);
+        if attached {
+            self.events.emit(|| CacheEventKind::ObserverAdded {
+                key: entry.key.clone(),
+            });
+        }
+        attached
     }
 
     /// Removes an observer; the gc deadline starts when the last one leaves.
@@ -303,6 +339,9 @@ impl Shared {
         listener: &Arc<dyn EntryListener>,
     ) {
         self.dispatch(entry, Event::Detach { listener });
+        self.events.emit(|| CacheEventKind::ObserverRemoved {
+            key: entry.key.clone(),
+        });
     }
 
     /// Writes data by hand (with `expect`: only if the entry still holds that data at that
@@ -331,5 +370,31 @@ impl Shared {
             return;
         }
         self.dispatch(entry, Event::Refresh { opts });
+    }
+}
+
+/// What the event stream reports of an entry's state.
+#[derive(PartialEq)]
+struct Summary {
+    status: crate::state::QueryStatus,
+    fetch_status: crate::state::FetchStatus,
+    data_version: u64,
+    data_updated_at: Option<std::time::SystemTime>,
+    failure_count: u32,
+    invalidated: bool,
+}
+
+impl Summary {
+    fn of<T: Send + Sync + 'static>(entry: &Entry<T>, now: Instant) -> Self {
+        let state = entry.snapshot(None, now);
+        let (_, data_version) = entry.data_and_gen();
+        Summary {
+            status: state.status,
+            fetch_status: state.fetch_status,
+            data_version,
+            data_updated_at: state.data_updated_at,
+            failure_count: state.failure_count,
+            invalidated: state.is_invalidated,
+        }
     }
 }

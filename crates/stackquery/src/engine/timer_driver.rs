@@ -47,7 +47,10 @@ fn fire(
     target: TimerTarget,
 ) {
     match (kind, target) {
-        (TimerKind::Gc, TimerTarget::Entry(key)) => shared.cache.collect(&key, id, at, now),
+        (TimerKind::Gc, TimerTarget::Entry(key)) => {
+            shared.cache.collect(&key, id, at, now);
+            shared.send_removals();
+        }
         (_, TimerTarget::Entry(key)) => {
             let entry = shared
                 .cache

@@ -1,6 +1,7 @@
 //! Typed calls on the engine: find or create a key's entry as `Entry<T>`, and run a
 //! `fetch_query`-style call on it. Shared by the client façade and observers.
 
+use crate::events::CacheEventKind;
 use std::sync::Arc;
 
 use super::{ErasedEntry, Shared};
@@ -93,9 +94,17 @@ impl Shared {
         let shared = self;
         shared.timers.ensure_driver();
         shared.cluster.start(shared);
-        let erased = shared
-            .cache
-            .get_or_insert(key, || shared.new_entry::<T>(key) as ErasedEntry);
+        let mut created = false;
+        let erased = shared.cache.get_or_insert(key, || {
+            created = true;
+            shared.new_entry::<T>(key) as ErasedEntry
+        });
+        if created {
+            shared.send_removals(); // room made for it
+            shared
+                .events
+                .emit(|| CacheEventKind::QueryAdded { key: key.clone() });
+        }
         downcast(erased)
     }
 }

@@ -13,6 +13,7 @@
 use std::sync::{Arc, Weak};
 
 use super::state::{reduce, Action, MutationState};
+use crate::events::{CacheEventKind, Events};
 use crate::notify::{deliver, Callback, CowList, Listener, Versioned};
 use crate::subscription::Subscription;
 use crate::sync::Mutex;
@@ -22,6 +23,8 @@ type Listeners<T> = CowList<Arc<Listener<MutationState<T>>>>;
 /// The shared state of a `Mutation` and its listeners.
 pub(crate) struct StateCell<T> {
     inner: Mutex<Inner<T>>,
+    /// The mutation's id and the client's event stream, told of every change.
+    events: Option<(u64, Arc<Events>)>,
 }
 
 struct Inner<T> {
@@ -34,8 +37,9 @@ struct Inner<T> {
 }
 
 impl<T> StateCell<T> {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(events: Option<(u64, Arc<Events>)>) -> Self {
         StateCell {
+            events,
             inner: Mutex::new(Inner {
                 state: Versioned::new(MutationState::default()),
                 shown: 0,
@@ -71,9 +75,12 @@ impl<T> StateCell<T> {
             }
             g.shown = call;
             let next = reduce(g.state.get(), action);
-            (g.listeners.snapshot(), g.state.replace(next))
+            let status = next.status;
+            (g.listeners.snapshot(), (status, g.state.replace(next)))
         };
+        let (status, old) = old;
         drop(old); // user data is dropped outside the lock
+        self.tell(status);
         deliver(&listeners, || self.latest());
     }
 
@@ -86,7 +93,14 @@ impl<T> StateCell<T> {
             (g.listeners.snapshot(), g.state.replace(next))
         };
         drop(old);
+        self.tell(crate::state::MutationStatus::Idle);
         deliver(&listeners, || self.latest());
+    }
+
+    fn tell(&self, status: crate::state::MutationStatus) {
+        if let Some((id, events)) = &self.events {
+            events.emit(|| CacheEventKind::MutationUpdated { id: *id, status });
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 pub(crate) mod write_queue;
 
+use crate::events::{CacheEventKind, Events, StorageOutcome};
 use crate::stats::Counters;
 pub(crate) use crate::storage::typed::PersistFns;
 use crate::storage::{Codec, Envelope, Storage};
@@ -50,6 +51,8 @@ pub(crate) struct Tier {
     queue: Arc<WriteQueue>,
     /// The write-behind task; restarted on the current runtime if its runtime died.
     worker: Worker,
+    /// The client's event stream (set once the engine exists).
+    events: std::sync::OnceLock<Arc<Events>>,
 }
 
 impl Tier {
@@ -67,6 +70,7 @@ impl Tier {
             config,
             queue: Arc::new(WriteQueue::new()),
             worker: Worker::default(),
+            events: std::sync::OnceLock::new(),
         }
     }
 
@@ -103,14 +107,21 @@ impl Tier {
         self.start(counters);
     }
 
+    /// Connects the tier to the client's event stream.
+    pub(crate) fn set_events(&self, events: Arc<Events>) {
+        let _ = self.events.set(events);
+    }
+
     fn start(&self, counters: &Arc<Counters>) {
         // Without a runtime the operations stay queued; the worker starts with the next
         // call made inside one (and again if the runtime it ran on has shut down).
         let queue = Arc::downgrade(&self.queue);
         let (storage, counters) = (self.storage.clone(), counters.clone());
         let wake = self.queue.wake.clone();
-        self.worker
-            .ensure(move |running| write_queue::worker(queue, storage, counters, wake, running));
+        let events = self.events.get().cloned();
+        self.worker.ensure(move |running| {
+            write_queue::worker(queue, storage, counters, wake, events, running)
+        });
     }
 
     /// Writes now (not behind): the cluster-dedup lease holder must have the data in the
@@ -175,17 +186,36 @@ impl Tier {
         key: &str,
         fns: PersistFns<T>,
     ) -> Option<Envelope<T>> {
+        let events = self.events.get().filter(|e| e.on());
+        let started = events.map(|_| std::time::Instant::now());
+        let (read, outcome) = self.read_quietly(counters, key, fns).await;
+        if let (Some(events), Some(started)) = (events, started) {
+            events.emit(|| CacheEventKind::StorageRead {
+                key: key.to_owned(),
+                outcome,
+                duration: started.elapsed(),
+            });
+        }
+        read
+    }
+
+    async fn read_quietly<T: Send + Sync + 'static>(
+        self: &Arc<Self>,
+        counters: &Arc<Counters>,
+        key: &str,
+        fns: PersistFns<T>,
+    ) -> (Option<Envelope<T>>, StorageOutcome) {
         if self.queue.owes(key) {
             // This instance has not finished writing, invalidating or deleting the key:
             // the stored value is older than what it knows.
             counters.l2_misses.incr();
-            return None;
+            return (None, StorageOutcome::Miss);
         }
         match self.storage.get(key).await {
             Ok(Some(bytes)) => match (fns.decode)(&bytes) {
                 Ok(envelope) => {
                     counters.l2_hits.incr();
-                    Some(envelope)
+                    (Some(envelope), StorageOutcome::Hit)
                 }
                 Err(error) => {
                     counters.l2_errors.incr();
@@ -195,17 +225,17 @@ impl Tier {
                     } else {
                         tracing::warn!(key, %error, "unreadable second-tier entry: treated as a miss (kept)");
                     }
-                    None
+                    (None, StorageOutcome::Error)
                 }
             },
             Ok(None) => {
                 counters.l2_misses.incr();
-                None
+                (None, StorageOutcome::Miss)
             }
             Err(error) => {
                 counters.l2_errors.incr();
                 tracing::warn!(key, %error, "second tier read failed: going on without it");
-                None
+                (None, StorageOutcome::Error)
             }
         }
     }

@@ -17,6 +17,7 @@
 //!   or replaced is never read back from the store meanwhile.
 //! * A worker that dies with its runtime puts back what it held (see `worker.rs`).
 
+use crate::events::{CacheEventKind, Events, StorageOutcome};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -291,6 +292,7 @@ pub(crate) async fn worker(
     storage: Arc<dyn Storage>,
     counters: Arc<Counters>,
     wake_handle: Arc<Notify>,
+    events: Option<Arc<Events>>,
     _running: Running,
 ) {
     let mut backoff = FIRST_BACKOFF;
@@ -313,7 +315,7 @@ pub(crate) async fn worker(
             queue: q.clone(),
             left: batch,
         };
-        let failed = round.write(&*storage, &counters).await;
+        let failed = round.write(&*storage, &counters, events.as_deref()).await;
         drop(round);
         if failed {
             drop(q);
@@ -335,7 +337,20 @@ struct InFlight {
 impl InFlight {
     /// Writes the batch: prefix deletes first, then the keys. Returns whether anything
     /// failed for a transient reason (and was put back).
-    async fn write(&mut self, storage: &dyn Storage, counters: &Counters) -> bool {
+    async fn write(
+        &mut self,
+        storage: &dyn Storage,
+        counters: &Counters,
+        events: Option<&Events>,
+    ) -> bool {
+        let tell = |key: &str, outcome: StorageOutcome| {
+            if let Some(events) = events {
+                events.emit(|| CacheEventKind::StorageWrite {
+                    key: key.to_owned(),
+                    outcome,
+                });
+            }
+        };
         let q = self.queue.clone();
         let mut failed = false;
         while !self.left.prefixes.is_empty() {
@@ -346,6 +361,7 @@ impl InFlight {
             match result {
                 Err(error) if transient(&error) => {
                     counters.l2_errors.incr();
+                    tell(&prefix, StorageOutcome::Error);
                     tracing::warn!(prefix, %error, "second tier prefix delete failed: will retry");
                     q.requeue_prefix(item);
                     failed = true;
@@ -353,7 +369,10 @@ impl InFlight {
                 result => {
                     if let Err(error) = result {
                         counters.l2_errors.incr();
+                        tell(&prefix, StorageOutcome::Error);
                         tracing::warn!(prefix, %error, "second tier prefix delete refused: given up");
+                    } else {
+                        tell(&prefix, StorageOutcome::Deleted);
                     }
                     q.done_prefix(&prefix);
                     for after in item.after {
@@ -382,6 +401,13 @@ impl InFlight {
             q.attempted(std::mem::replace(&mut item.counted, false));
             match outcome {
                 Ok(landed) => {
+                    tell(
+                        &key,
+                        match landed {
+                            Landed::Written => StorageOutcome::Written,
+                            Landed::Deleted => StorageOutcome::Deleted,
+                        },
+                    );
                     q.done_key(&key);
                     for after in item.after {
                         after(landed);
@@ -389,6 +415,7 @@ impl InFlight {
                 }
                 Err(error) => {
                     counters.l2_errors.incr();
+                    tell(&key, StorageOutcome::Error);
                     tracing::warn!(key, %error, "second tier write failed: will retry as a delete");
                     // The old stored value must not come back: what is owed is a delete.
                     item.op = Op::Delete;

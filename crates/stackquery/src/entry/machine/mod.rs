@@ -40,7 +40,9 @@ pub(crate) struct Machine<T> {
     /// Monotonic time of the last data write: freshness is judged on it.
     updated_at: Option<Instant>,
     flight: Option<Arc<Flight<T>>>,
-    /// Bumped by manual writes and resets: an older fetch must not overwrite them.
+    /// The data's version: bumped whenever the data is replaced (fetched, hydrated or
+    /// written) and by resets. An older fetch must not overwrite a manual write made
+    /// after it started, and a compare-and-write fails once the data moved on.
     data_gen: u64,
     /// Bumped by invalidations: an older fetch's result comes back stale.
     inval_gen: u64,

@@ -207,6 +207,9 @@ impl<T> Machine<T> {
         age: Duration,
         now: &Now<'_>,
     ) {
+        // Every replacement of the data is a new version (the event stream reports it;
+        // a compare-and-write that saw the older data then fails, as it should).
+        self.data_gen += 1;
         self.apply(Action::Success {
             data,
             at,
