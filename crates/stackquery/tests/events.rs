@@ -271,3 +271,59 @@ async fn the_stream_ends_with_the_client() {
     drop(client);
     assert!(events.next().await.is_none());
 }
+
+/// Bus traffic: what one instance sends is `BusOut` there and `BusIn` on the other.
+/// Real Redis, real time, generous bounds.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn bus_messages_in_and_out() {
+    use common::redis_server::RedisServer;
+    use stackquery::bus::RedisBus;
+    use stackquery::storage::RedisStorage;
+
+    let Some(server) = RedisServer::start("events_bus") else {
+        return;
+    };
+    let instance = || async {
+        let storage = RedisStorage::builder(server.url())
+            .namespace("events")
+            .connect()
+            .await
+            .expect("storage");
+        let bus = RedisBus::builder(server.url())
+            .namespace("events")
+            .connect()
+            .await
+            .expect("bus");
+        let client = QueryClient::builder().storage(storage).bus(bus).build();
+        client.set_query_data(key!["warmup"], 0_u8).unwrap(); // starts the listener
+        client
+    };
+    let (a, b) = (instance().await, instance().await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut out = a.subscribe_events();
+    let mut incoming = b.subscribe_events();
+    a.invalidate_queries(key!["doc"]).await;
+    assert!(a.shutdown(Duration::from_secs(10)).await);
+    let sent = drain(&mut out).await;
+    assert!(
+        sent.iter()
+            .any(|e| matches!(e, CacheEventKind::BusOut { message } if message.contains("doc"))),
+        "{sent:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = drain(&mut incoming).await;
+        if seen
+            .iter()
+            .any(|e| matches!(e, CacheEventKind::BusIn { message } if message.contains("doc")))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no BusIn on the other instance"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
