@@ -30,8 +30,12 @@ use crate::workloads::{current_thread, multi_thread, on_worker, Never, FRESH_FOR
 /// (`QueryOptions::new(key!["user", id], move || load(id))`, issue 13), and
 /// `floor-key-clone` its reference: the `RwLock<HashMap>` floor, the key cloned per lookup
 /// (`floor-key-built`: the key built per lookup with `key!`, as the options are).
+/// `hit-events` and `fill-events` are `hit` and `fill` with a subscriber of the event
+/// stream held (issue 15: the cost of the stream when someone listens).
 pub(crate) const LOOPS: &[&str] = &[
     "hit",
+    "hit-events",
+    "fill-events",
     "get",
     "hit-new-opts",
     "floor-key-clone",
@@ -46,11 +50,13 @@ pub(crate) const LOOPS: &[&str] = &[
 pub(crate) fn run(what: &str, ops: Option<usize>) {
     let t = Instant::now();
     let ops = match what {
-        "hit" | "get" => hits(what == "hit", ops.unwrap_or(50_000_000)),
+        "hit" | "get" => hits(what == "hit", false, ops.unwrap_or(50_000_000)),
+        "hit-events" => hits(true, true, ops.unwrap_or(50_000_000)),
+        "fill-events" => fill(true, true, ops.unwrap_or(2_000_000)),
         "hit-new-opts" => hits_new_opts(ops.unwrap_or(20_000_000)),
         "floor-key-clone" => floor_key(false, ops.unwrap_or(50_000_000)),
         "floor-key-built" => floor_key(true, ops.unwrap_or(50_000_000)),
-        "fill" | "set" => fill(what == "fill", ops.unwrap_or(2_000_000)),
+        "fill" | "set" => fill(what == "fill", false, ops.unwrap_or(2_000_000)),
         "dedup" => dedup(ops.unwrap_or(1_000_000), 100_000, 10),
         "join" => dedup(ops.unwrap_or(10_000), 1_000, 300),
         "join-hand" => join_hand(ops.unwrap_or(10_000)),
@@ -67,9 +73,12 @@ pub(crate) fn run(what: &str, ops: Option<usize>) {
     );
 }
 
-fn hits(fetch: bool, ops: usize) -> usize {
+/// `events`: with a subscriber of the event stream held (never read: the worst case,
+/// a subscriber that lags), as issue 15 asks the hit path's cost with and without one.
+fn hits(fetch: bool, events: bool, ops: usize) -> usize {
     let rt = current_thread();
     let client = QueryClient::new();
+    let _events = events.then(|| client.subscribe_events());
     let keys: Vec<QueryKey> = (0..1024).map(|i| key!["user", i]).collect();
     let opts: Vec<QueryOptions<String>> = keys
         .iter()
@@ -136,7 +145,7 @@ fn floor_key(build: bool, ops: usize) -> usize {
     ops
 }
 
-fn fill(fetch: bool, ops: usize) -> usize {
+fn fill(fetch: bool, events: bool, ops: usize) -> usize {
     const ROUND: usize = 100_000;
     let rt = multi_thread();
     let keys: Arc<Vec<QueryKey>> = Arc::new((0..ROUND).map(|i| key!["fill", i]).collect());
@@ -154,6 +163,7 @@ fn fill(fetch: bool, ops: usize) -> usize {
         let (k, o) = (keys.clone(), opts.clone());
         let client = on_worker(&rt, async move {
             let client = QueryClient::new();
+            let _events = events.then(|| client.subscribe_events());
             for i in 0..ROUND {
                 if fetch {
                     black_box(client.fetch_query(&o[i]).await.expect("fetch"));

@@ -197,15 +197,17 @@ pub enum EventStreamItem {
 pub(crate) struct Events {
     /// Live subscribers: the one load every emitting site makes.
     subscribers: Arc<AtomicUsize>,
-    tx: broadcast::Sender<CacheEvent>,
+    /// The ring, made by the first subscriber (a client nobody watches allocates none).
+    tx: std::sync::OnceLock<broadcast::Sender<CacheEvent>>,
+    capacity: usize,
 }
 
 impl Events {
     pub(crate) fn new(capacity: usize) -> Self {
-        let (tx, _) = broadcast::channel(capacity.max(1));
         Events {
             subscribers: Arc::new(AtomicUsize::new(0)),
-            tx,
+            tx: std::sync::OnceLock::new(),
+            capacity: capacity.max(1),
         }
     }
 
@@ -230,7 +232,8 @@ impl Events {
     }
 
     fn send(&self, kind: CacheEventKind) {
-        let _ = self.tx.send(CacheEvent {
+        let Some(tx) = self.tx.get() else { return };
+        let _ = tx.send(CacheEvent {
             at: SystemTime::now(),
             kind,
         });
@@ -238,7 +241,10 @@ impl Events {
 
     /// A new subscriber, from now on.
     pub(crate) fn subscribe(self: &Arc<Self>) -> EventStream {
-        let rx = self.tx.subscribe();
+        let rx = self
+            .tx
+            .get_or_init(|| broadcast::channel(self.capacity).0)
+            .subscribe();
         self.subscribers.fetch_add(1, Ordering::Relaxed);
         let guard = Subscribed(self.subscribers.clone());
         let inner = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {

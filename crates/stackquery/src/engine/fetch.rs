@@ -152,12 +152,45 @@ async fn fetch_with_retries<T: Send + Sync + 'static>(
     guard: &FlightGuard<T>,
     opts: &QueryOptions<T>,
 ) -> FetchResult<T> {
+    if guard.shared.events.on() {
+        // Timed and told, in a box of its own: the quiet path's future (every fetch's
+        // task) keeps its size, and with it the allocator's fast size class.
+        Box::pin(fetch_told(guard, opts)).await
+    } else {
+        fetch_quietly(guard, opts).await
+    }
+}
+
+/// [`fetch_quietly`] with its start, duration and outcome on the event stream.
+async fn fetch_told<T: Send + Sync + 'static>(
+    guard: &FlightGuard<T>,
+    opts: &QueryOptions<T>,
+) -> FetchResult<T> {
+    let (key, events) = (&guard.entry.key, &guard.shared.events);
+    let started = std::time::Instant::now();
+    events.emit(|| CacheEventKind::FetchStarted { key: key.clone() });
+    let result = fetch_quietly(guard, opts).await;
+    let duration = started.elapsed();
+    match &result {
+        Ok(_) => events.emit(|| CacheEventKind::FetchSucceeded {
+            key: key.clone(),
+            duration,
+        }),
+        Err(error) => events.emit(|| CacheEventKind::FetchFailed {
+            key: key.clone(),
+            duration,
+            error: error.clone(),
+        }),
+    }
+    result
+}
+
+async fn fetch_quietly<T: Send + Sync + 'static>(
+    guard: &FlightGuard<T>,
+    opts: &QueryOptions<T>,
+) -> FetchResult<T> {
     let key = &guard.entry.key;
     let retry = guard.shared.defaults.retry(opts);
-    let events = &guard.shared.events;
-    // The clock is read only for a listener (a fill of new keys reads none).
-    let started = events.on().then(std::time::Instant::now);
-    events.emit(|| CacheEventKind::FetchStarted { key: key.clone() });
     let value = run_with_retries(
         &guard.shared.runtime,
         "fetch",
@@ -174,7 +207,7 @@ async fn fetch_with_retries<T: Send + Sync + 'static>(
             }
             Step::Retry(delay) => {
                 tracing::debug!(%key, %error, failures, ?delay, "fetch retry");
-                events.emit(|| CacheEventKind::FetchRetried {
+                guard.shared.events.emit(|| CacheEventKind::FetchRetried {
                     key: key.clone(),
                     failures,
                     error: error.clone(),
@@ -183,23 +216,9 @@ async fn fetch_with_retries<T: Send + Sync + 'static>(
             Step::GiveUp => tracing::warn!(%key, %error, failures, "fetch failed"),
         },
     )
-    .await;
-    let duration = started.map_or(std::time::Duration::ZERO, |s| s.elapsed());
-    match &value {
-        Ok(_) => {
-            tracing::debug!(%key, "fetch success");
-            events.emit(|| CacheEventKind::FetchSucceeded {
-                key: key.clone(),
-                duration,
-            });
-        }
-        Err(error) => events.emit(|| CacheEventKind::FetchFailed {
-            key: key.clone(),
-            duration,
-            error: error.clone(),
-        }),
-    }
-    Ok(Arc::new(value?))
+    .await?;
+    tracing::debug!(%key, "fetch success");
+    Ok(Arc::new(value))
 }
 
 #[cfg(feature = "redis")]

@@ -180,22 +180,36 @@ impl Tier {
 
     /// Reads and decodes `key`. Misses, errors and corrupt entries are `None` (logged and
     /// counted; a corrupt entry is deleted).
-    pub(crate) async fn read<T: Send + Sync + 'static>(
+    pub(crate) fn read<'a, T: Send + Sync + 'static>(
+        self: &'a Arc<Self>,
+        counters: &'a Arc<Counters>,
+        key: &'a str,
+        fns: PersistFns<T>,
+    ) -> impl std::future::Future<Output = Option<Envelope<T>>> + Send + 'a {
+        use futures::future::{Either, FutureExt};
+        // Not an `async fn` wrapping the read: its future would hold the arguments twice,
+        // and this future is part of every fetch task's (whose size decides its
+        // allocator class). A read with a listener is timed and told, boxed.
+        match self.events.get().filter(|e| e.on()) {
+            Some(events) => Either::Left(Box::pin(self.read_told(events, counters, key, fns))),
+            None => Either::Right(self.read_quietly(counters, key, fns).map(|(read, _)| read)),
+        }
+    }
+
+    async fn read_told<T: Send + Sync + 'static>(
         self: &Arc<Self>,
+        events: &Events,
         counters: &Arc<Counters>,
         key: &str,
         fns: PersistFns<T>,
     ) -> Option<Envelope<T>> {
-        let events = self.events.get().filter(|e| e.on());
-        let started = events.map(|_| std::time::Instant::now());
+        let started = std::time::Instant::now();
         let (read, outcome) = self.read_quietly(counters, key, fns).await;
-        if let (Some(events), Some(started)) = (events, started) {
-            events.emit(|| CacheEventKind::StorageRead {
-                key: key.to_owned(),
-                outcome,
-                duration: started.elapsed(),
-            });
-        }
+        events.emit(|| CacheEventKind::StorageRead {
+            key: key.to_owned(),
+            outcome,
+            duration: started.elapsed(),
+        });
         read
     }
 
