@@ -418,3 +418,41 @@ async fn only_loopback_unless_allowed() {
     .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn stopping_the_server_ends_open_streams_and_stops_accepting() {
+    let client = QueryClient::new();
+    client.set_query_data(key!["k"], 1_u8).unwrap();
+    let server = start(&client).await;
+    let mut sse = Sse::open(server.local_addr()).await;
+    assert_eq!(sse.next().await.0, "snapshot");
+
+    let started = Instant::now();
+    server.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "shutdown waited for the stream"
+    );
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), sse.reader.read_to_end(&mut rest))
+        .await
+        .expect("the stream ends")
+        .unwrap();
+
+    // Dropping a server (no shutdown call) stops it as well.
+    let server = start(&client).await;
+    let addr = server.local_addr();
+    let mut sse = Sse::open(addr).await;
+    assert_eq!(sse.next().await.0, "snapshot");
+    drop(server);
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), sse.reader.read_to_end(&mut rest))
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -71,7 +71,10 @@ async fn start_driver(chromedriver: &Path) -> Driver {
         .await
         .is_err()
     {
-        assert!(Instant::now() < deadline, "chromedriver did not listen in time");
+        assert!(
+            Instant::now() < deadline,
+            "chromedriver did not listen in time"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     driver
@@ -163,7 +166,10 @@ async fn row_attr(b: &Client, key: &str, attr: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_panel_in_headless_chromium() {
-    let chromium = find_binary("CHROMIUM", &["chromium", "chromium-browser", "google-chrome"]);
+    let chromium = find_binary(
+        "CHROMIUM",
+        &["chromium", "chromium-browser", "google-chrome"],
+    );
     let chromedriver = find_binary("CHROMEDRIVER", &["chromedriver"]);
     let (Some(chromium), Some(chromedriver)) = (chromium, chromedriver) else {
         assert!(
@@ -185,22 +191,30 @@ async fn the_panel_in_headless_chromium() {
             .set_query_data(key!["todos", i], format!("todo {i}"))
             .unwrap();
     }
-    let failing =
-        QueryOptions::new(key!["flaky"], || async { Err::<String, _>("503".to_string()) })
-            .retry(0);
+    let failing = QueryOptions::new(key!["flaky"], || async {
+        Err::<String, _>("503".to_string())
+    })
+    .retry(0);
     let _ = client.fetch_query(&failing).await;
-    let persisted =
-        QueryOptions::new(key!["user", 1], || async { Ok::<_, String>(json!({"name": "Ada"})) })
-            .persist()
-            .stale_time(Duration::from_secs(3600));
+    let down = QueryOptions::new(key!["search", "rust"], || async {
+        Err::<Vec<String>, _>("search backend: connection refused".to_string())
+    })
+    .retry(2)
+    .retry_delay(|_| Duration::from_millis(1));
+    let _ = client.fetch_query(&down).await;
+    let persisted = QueryOptions::new(key!["user", 1], || async {
+        Ok::<_, String>(json!({"name": "Ada"}))
+    })
+    .persist()
+    .stale_time(Duration::from_secs(3600));
     client.fetch_query(&persisted).await.unwrap();
     let observed = QueryOptions::new(key!["clock"], || async { Ok::<_, String>(42_u64) })
         .stale_time(Duration::from_secs(3600));
     let observer = client.watch(&observed);
     let _sub = observer.subscribe(|_| {});
-    let save = client.mutation(MutationOptions::new(|n: u32| async move {
-        Ok::<_, String>(n)
-    }));
+    let save = client.mutation(MutationOptions::new(
+        |n: u32| async move { Ok::<_, String>(n) },
+    ));
 
     let server = Devtools::new(client.clone())
         .bind("127.0.0.1:0".parse().unwrap())
@@ -251,17 +265,32 @@ async fn drive(b: &Client, client: &QueryClient, url: &str) -> Checked {
 
     // 1. The rows match the cache.
     let want = sorted(cache_rows(client));
-    assert_eq!(want.len(), 8);
+    assert_eq!(want.len(), 9);
     let got = eventually("the rows to match the cache", || async {
         let rows = sorted(page_rows(b).await);
         (rows == want).then_some(rows)
     })
     .await;
-    assert_eq!(got.len(), 8);
+    assert_eq!(got.len(), 9);
+    assert!(got
+        .iter()
+        .any(|r| r["status"] == "error" && r["failures"] == 3));
     // Stats are shown, and the mutation.
-    let stats = b.find(Locator::Id("stats")).await.unwrap().text().await.unwrap();
-    assert!(stats.contains("entries 8"), "{stats}");
-    let muts = b.find(Locator::Id("mutlist")).await.unwrap().text().await.unwrap();
+    let stats = b
+        .find(Locator::Id("stats"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(stats.contains("entries 9"), "{stats}");
+    let muts = b
+        .find(Locator::Id("mutlist"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(muts.contains("success"), "{muts}");
 
     // Selecting a persisted query shows its data as JSON.
@@ -303,10 +332,12 @@ async fn drive(b: &Client, client: &QueryClient, url: &str) -> Checked {
 
     // 3. The Invalidate button invalidates the entry in the client.
     let target = r#"["todos",2]"#;
-    assert!(!client
-        .get_query_state::<String>(&key!["todos", 2])
-        .unwrap()
-        .is_invalidated);
+    assert!(
+        !client
+            .get_query_state::<String>(&key!["todos", 2])
+            .unwrap()
+            .is_invalidated
+    );
     click_row(b, target).await?;
     let button = b
         .wait()
@@ -316,7 +347,13 @@ async fn drive(b: &Client, client: &QueryClient, url: &str) -> Checked {
         .map_err(|e| e.to_string())?;
     // The detail pane is for the row just clicked.
     eventually("the detail pane for the clicked row", || async {
-        let k = b.find(Locator::Id("detail-key")).await.ok()?.text().await.ok()?;
+        let k = b
+            .find(Locator::Id("detail-key"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
         (k == target).then_some(())
     })
     .await;
@@ -370,7 +407,13 @@ async fn drive(b: &Client, client: &QueryClient, url: &str) -> Checked {
     .await
     .map_err(|e| e.to_string())?;
     eventually("the full list again", || async {
-        (page_rows(b).await.len() == 9).then_some(())
+        (page_rows(b).await.len() == 10).then_some(())
+    })
+    .await;
+    // The screenshot shows a persisted query's data.
+    click_row(b, r#"["user",1]"#).await?;
+    eventually("the data pane", || async {
+        b.find(Locator::Id("data")).await.ok().map(|_| ())
     })
     .await;
     Ok(())

@@ -58,7 +58,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
@@ -67,6 +67,7 @@ use axum::{Json, Router};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     CacheEventKind, CacheStats, EventStreamItem, MutationStatus, QueryClient, QueryFilter,
@@ -209,17 +210,17 @@ impl Devtools {
             .local_addr()
             .map_err(|source| DevtoolsError::Io { addr, source })?;
         let app = App::new(self);
+        let stopping = app.stopping.clone();
         let tracker = tokio::spawn(track_mutations(
             app.client.subscribe_events(),
             app.mutations.clone(),
         ));
         let router = router(app);
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = stopping.clone();
         let task = tokio::spawn(async move {
+            // Stopping ends the event streams too (they would hold the shutdown forever).
             let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = stop_rx.await;
-                })
+                .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
             tracker.abort();
             served
@@ -227,7 +228,7 @@ impl Devtools {
         tracing::info!(addr = %local, "devtools panel serving");
         Ok(DevtoolsServer {
             addr: local,
-            stop: Some(stop_tx),
+            stopping,
             task: Some(task),
         })
     }
@@ -255,10 +256,12 @@ impl Devtools {
 }
 
 /// A running panel ([`Devtools::bind`]). Dropping it stops the server.
+///
+/// The panel holds a handle of its client: while it runs, the cache lives.
 #[derive(Debug)]
 pub struct DevtoolsServer {
     addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stopping: CancellationToken,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
@@ -276,13 +279,10 @@ impl DevtoolsServer {
     /// Stops accepting connections and waits for the server task to end (open event
     /// streams are closed).
     pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stopping.cancel();
         if let Some(task) = self.task.take() {
-            // Event streams never end by themselves: do not wait for them for long.
             let abort = task.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(1), task)
+            if tokio::time::timeout(Duration::from_secs(5), task)
                 .await
                 .is_err()
             {
@@ -294,9 +294,9 @@ impl DevtoolsServer {
 
 impl Drop for DevtoolsServer {
     fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
+        // The server stops accepting, the open event streams end, their connections
+        // close; then the server task ends and lets go of the client.
+        self.stopping.cancel();
     }
 }
 
@@ -378,6 +378,8 @@ struct App {
     allow_remote: bool,
     json: HashMap<&'static str, JsonHook>,
     mutations: Arc<Mutex<MutationLog>>,
+    /// Cancelled when the server stops.
+    stopping: CancellationToken,
 }
 
 impl App {
@@ -388,6 +390,7 @@ impl App {
             allow_remote: d.allow_remote,
             json: d.json,
             mutations: Arc::default(),
+            stopping: CancellationToken::new(),
         })
     }
 
@@ -468,15 +471,15 @@ fn bad_request(msg: String) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({ "error": msg }))).into_response()
 }
 
-fn parse_key(text: &str) -> Result<QueryKey, Response> {
+fn parse_key(text: &str) -> Result<QueryKey, String> {
     text.parse::<QueryKey>()
-        .map_err(|e| bad_request(format!("key {text:?} does not parse: {e}")))
+        .map_err(|e| format!("key {text:?} does not parse: {e}"))
 }
 
 async fn query(State(app): State<Arc<App>>, Query(p): Query<KeyParam>) -> Response {
     let key = match parse_key(&p.key) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(e) => return bad_request(e),
     };
     let Some(info) = app.client.query_info(&key) else {
         return (
@@ -524,7 +527,7 @@ async fn action(
     };
     let key = match parse_key(&body.key) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(e) => return bad_request(e),
     };
     let client = app.client.clone();
     let exact = QueryFilter::exact(key.clone());
@@ -566,8 +569,7 @@ async fn action(
         .into_response()
 }
 
-async fn events(State(app): State<Arc<App>>, headers: HeaderMap) -> impl IntoResponse {
-    let _ = headers;
+async fn events(State(app): State<Arc<App>>) -> impl IntoResponse {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(16);
     // Subscribed before the snapshot is read: nothing falls between them.
     let events = app.client.subscribe_events();
@@ -641,8 +643,10 @@ async fn stream_deltas(
                 }
             }
             () = tx.closed() => return,
+            () = app.stopping.cancelled() => return,
         }
-        if !ended && !lagged && !(dirty.is_empty() && mutations.is_empty()) {
+        let quiet = dirty.is_empty() && mutations.is_empty();
+        if !(ended || lagged || quiet) {
             let until = tokio::time::sleep(BATCH);
             tokio::pin!(until);
             loop {
