@@ -351,6 +351,21 @@ async fn actions_change_the_cache() {
     assert_eq!(status, 400, "{out}");
     let (status, _) = request(addr, "POST", "/api/action", "localhost", Some("{nope")).await;
     assert_eq!(status, 400);
+
+    // A cross-site form can only send `text/plain` or form bodies: refused.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let body = r#"{"action":"remove","key":"[\"g\"]"}"#;
+    client.set_query_data(key!["g"], 1_u8).unwrap();
+    let req = format!(
+        "POST /api/action HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(client.query_count(), 1, "nothing removed");
 }
 
 #[tokio::test]

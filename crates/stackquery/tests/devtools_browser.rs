@@ -244,9 +244,63 @@ async fn the_panel_in_headless_chromium() {
         .await
         .unwrap();
     let ro_result = drive_read_only(&b, &ro.url()).await;
+
+    // 10,000 queries: one snapshot, a virtualised list.
+    let big = QueryClient::new();
+    for i in 0..10_000_u32 {
+        big.set_query_data(key!["item", i], i).unwrap();
+    }
+    let big_server = Devtools::new(big.clone())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let big_result = drive_ten_thousand(&b, &big, &big_server.url()).await;
     let _ = b.close().await;
     result.unwrap();
     ro_result.unwrap();
+    big_result.unwrap();
+}
+
+async fn drive_ten_thousand(b: &Client, client: &QueryClient, url: &str) -> Checked {
+    let started = Instant::now();
+    b.goto(url).await.map_err(|e| e.to_string())?;
+    eventually("10,000 queries counted", || async {
+        let t = b.find(Locator::Id("count")).await.ok()?.text().await.ok()?;
+        (t == "10000 queries").then_some(())
+    })
+    .await;
+    eprintln!("10,000 queries on the page in {:?}", started.elapsed());
+    let drawn = page_rows(b).await.len();
+    assert!(
+        (1..200).contains(&drawn),
+        "only the rows in view are drawn, not {drawn}"
+    );
+    // The keyboard reaches the end of the list; the last row is drawn and selected.
+    let list = b
+        .find(Locator::Id("list"))
+        .await
+        .map_err(|e| e.to_string())?;
+    list.click().await.map_err(|e| e.to_string())?;
+    list.send_keys("\u{E010}") // End
+        .await
+        .map_err(|e| e.to_string())?;
+    let last = r#"["item",9999]"#;
+    eventually("the last row selected", || async {
+        let v = row_attr(b, last, "aria-selected").await?;
+        (v == "true").then_some(())
+    })
+    .await;
+    // A change far down the list reaches it.
+    client
+        .set_query_data(key!["item", 9999_u32], 0_u32)
+        .unwrap();
+    client.invalidate_queries(key!["item", 9999_u32]).await;
+    eventually("the last row to show the invalidation", || async {
+        let v = row_attr(b, last, "data-invalidated").await?;
+        (v == "true").then_some(())
+    })
+    .await;
+    Ok(())
 }
 
 type Checked = Result<(), String>;
