@@ -471,3 +471,21 @@ async fn stopping_the_server_ends_open_streams_and_stops_accepting() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn rows_that_age_into_stale_are_sent_without_an_event() {
+    let client = QueryClient::new();
+    let opts = QueryOptions::new(key!["ages"], || async { Ok::<_, String>(1_u8) })
+        .stale_time(Duration::from_millis(500));
+    client.fetch_query(&opts).await.unwrap();
+    client.set_query_data(key!["stays"], 2_u8).unwrap();
+    let server = start(&client).await;
+    let mut sse = Sse::open(server.local_addr()).await;
+    let (_, snap) = sse.next().await;
+    assert_eq!(row(&snap, r#"["ages"]"#).unwrap()["stale"], false);
+    let d = sse
+        .delta_where(|d| upserted(d, r#"["ages"]"#).is_some_and(|r| r["stale"] == true))
+        .await;
+    // Only what changed: the row already stale is not sent again.
+    assert!(upserted(&d, r#"["stays"]"#).is_none());
+}

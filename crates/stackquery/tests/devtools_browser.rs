@@ -24,7 +24,8 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 fn find_binary(env: &str, names: &[&str]) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(env) {
-        return Some(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
     }
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)

@@ -395,12 +395,15 @@ impl App {
     }
 
     fn snapshot(&self) -> Value {
-        let queries: Vec<Value> = self
-            .client
-            .inspect_queries(QueryFilter::all())
-            .iter()
-            .map(row)
-            .collect();
+        self.snapshot_noting_fresh(&mut HashSet::new())
+    }
+
+    /// The snapshot; `fresh` is set to the keys it shows as fresh.
+    fn snapshot_noting_fresh(&self, fresh: &mut HashSet<QueryKey>) -> Value {
+        let infos = self.client.inspect_queries(QueryFilter::all());
+        let queries: Vec<Value> = infos.iter().map(row).collect();
+        fresh.clear();
+        fresh.extend(infos.into_iter().filter(|i| !i.stale).map(|i| i.key));
         let mutations = self.mutations.lock().to_json();
         json!({
             "read_only": self.read_only,
@@ -592,21 +595,10 @@ async fn stream_deltas(
     mut events: crate::EventStream,
     tx: tokio::sync::mpsc::Sender<Event>,
 ) {
-    let mut fresh: HashSet<String> = HashSet::new();
-    let send_snapshot = |fresh: &mut HashSet<String>| {
-        let snap = app.snapshot();
-        fresh.clear();
-        if let Some(rows) = snap["queries"].as_array() {
-            for r in rows {
-                if r["stale"] == Value::Bool(false) {
-                    if let Some(k) = r["key"].as_str() {
-                        fresh.insert(k.to_owned());
-                    }
-                }
-            }
-        }
-        sse("snapshot", &snap)
-    };
+    // The keys last sent as fresh: they may turn stale with no event.
+    let mut fresh: HashSet<QueryKey> = HashSet::new();
+    let send_snapshot =
+        |fresh: &mut HashSet<QueryKey>| sse("snapshot", &app.snapshot_noting_fresh(fresh));
     if tx.send(send_snapshot(&mut fresh)).await.is_err() {
         return;
     }
@@ -636,11 +628,13 @@ async fn stream_deltas(
         tokio::select! {
             item = events.next() => note(item, &mut dirty, &mut mutations, &mut lagged, &mut ended),
             _ = age_check.tick() => {
-                for k in &fresh {
-                    if let Ok(key) = k.parse::<QueryKey>() {
-                        dirty.insert(key);
-                    }
-                }
+                // Only those that turned stale (or left) are sent.
+                dirty.extend(fresh.iter().filter(|k| {
+                    app.client
+                        .inspect_queries(QueryFilter::exact((*k).clone()))
+                        .pop()
+                        .is_none_or(|i| i.stale)
+                }).cloned());
             }
             () = tx.closed() => return,
             () = app.stopping.cancelled() => return,
@@ -674,19 +668,22 @@ async fn stream_deltas(
         let mut upsert = Vec::new();
         let mut remove = Vec::new();
         for key in dirty {
-            let text = key.to_string();
-            match app.client.inspect_queries(QueryFilter::exact(key)).pop() {
+            match app
+                .client
+                .inspect_queries(QueryFilter::exact(key.clone()))
+                .pop()
+            {
                 Some(info) => {
                     if info.stale {
-                        fresh.remove(&text);
+                        fresh.remove(&key);
                     } else {
-                        fresh.insert(text);
+                        fresh.insert(key);
                     }
                     upsert.push(row(&info));
                 }
                 None => {
-                    fresh.remove(&text);
-                    remove.push(Value::String(text));
+                    remove.push(Value::String(key.to_string()));
+                    fresh.remove(&key);
                 }
             }
         }
