@@ -226,9 +226,8 @@ async fn the_panel_in_headless_chromium() {
 
     let driver = start_driver(&chromedriver).await;
     let b = open_browser(&driver, &chromium).await;
-    let result = drive(&b, &client, &server.url()).await;
-    if result.is_ok() {
-        let png = b.screenshot().await.unwrap();
+    let result = guarded(drive(&b, &client, &server.url())).await;
+    if let (Ok(()), Ok(png)) = (&result, b.screenshot().await) {
         let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/devtools.png");
         let _ = std::fs::write(&target, &png);
         if std::env::var("STACKQUERY_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1") {
@@ -244,7 +243,7 @@ async fn the_panel_in_headless_chromium() {
         .bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let ro_result = drive_read_only(&b, &ro.url()).await;
+    let ro_result = guarded(drive_read_only(&b, &ro.url())).await;
 
     // 10,000 queries: one snapshot, a virtualised list.
     let big = QueryClient::new();
@@ -255,11 +254,17 @@ async fn the_panel_in_headless_chromium() {
         .bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let big_result = drive_ten_thousand(&b, &big, &big_server.url()).await;
+    let big_result = guarded(drive_ten_thousand(&b, &big, &big_server.url())).await;
     let _ = b.close().await;
-    result.unwrap();
-    ro_result.unwrap();
-    big_result.unwrap();
+    for (part, r) in [
+        ("the panel", result),
+        ("the read-only panel", ro_result),
+        ("10,000 queries", big_result),
+    ] {
+        if let Err(e) = r {
+            panic!("{part}: {e}");
+        }
+    }
 }
 
 async fn drive_ten_thousand(b: &Client, client: &QueryClient, url: &str) -> Checked {
@@ -305,6 +310,20 @@ async fn drive_ten_thousand(b: &Client, client: &QueryClient, url: &str) -> Chec
 }
 
 type Checked = Result<(), String>;
+
+/// Runs a part of the test, turning its panic into an error, so the browser session is
+/// always closed (a killed chromedriver could leave its Chromium behind).
+async fn guarded(part: impl std::future::Future<Output = Checked>) -> Checked {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(part).catch_unwind().await {
+        Ok(r) => r,
+        Err(p) => Err(p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panicked".into())),
+    }
+}
 
 async fn drive(b: &Client, client: &QueryClient, url: &str) -> Checked {
     b.goto(url).await.map_err(|e| e.to_string())?;
