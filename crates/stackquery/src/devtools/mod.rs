@@ -27,6 +27,10 @@
 //! lags behind the cache's event ring gets a fresh snapshot. Data ages without an event,
 //! so the server re-reads the rows it last sent as fresh every 2 s (only those).
 //!
+//! The cost to the cache: while the panel runs it subscribes to the event stream, so the
+//! cache builds its events (one small allocation per change; the hit path emits
+//! nothing), and each open page re-reads the rows that changed.
+//!
 //! Mutations are kept by the panel, not by the client (which keeps no registry of them):
 //! from the moment [`Devtools::bind`] runs, a task follows the `MutationAdded` and
 //! `MutationUpdated` events and remembers the latest 200 mutations by id, with their status
