@@ -314,6 +314,22 @@ struct MutationRecord {
 }
 
 impl MutationRecord {
+    /// The record a mutation event describes (its `added_at` is the event's time: the
+    /// page keeps the one it saw first).
+    fn from_event(kind: &CacheEventKind, at: SystemTime) -> Option<MutationRecord> {
+        let (id, status) = match kind {
+            CacheEventKind::MutationAdded { id } => (*id, MutationStatus::Idle),
+            CacheEventKind::MutationUpdated { id, status } => (*id, *status),
+            _ => return None,
+        };
+        Some(MutationRecord {
+            id,
+            status,
+            added_at: at,
+            updated_at: at,
+        })
+    }
+
     fn to_json(&self) -> Value {
         json!({
             "id": self.id,
@@ -334,21 +350,12 @@ struct MutationLog {
 impl MutationLog {
     /// Applies a mutation event; returns the record it changed.
     fn apply(&mut self, kind: &CacheEventKind, at: SystemTime) -> Option<MutationRecord> {
-        let (id, status) = match kind {
-            CacheEventKind::MutationAdded { id } => (*id, MutationStatus::Idle),
-            CacheEventKind::MutationUpdated { id, status } => (*id, *status),
-            _ => return None,
-        };
-        let rec = self.by_id.entry(id).or_insert_with(|| {
-            self.order.push_back(id);
-            MutationRecord {
-                id,
-                status,
-                added_at: at,
-                updated_at: at,
-            }
+        let new = MutationRecord::from_event(kind, at)?;
+        let rec = self.by_id.entry(new.id).or_insert_with(|| {
+            self.order.push_back(new.id);
+            new.clone()
         });
-        rec.status = status;
+        rec.status = new.status;
         rec.updated_at = at;
         let rec = rec.clone();
         while self.order.len() > MUTATION_HISTORY {
@@ -624,7 +631,7 @@ async fn stream_deltas(
             Some(EventStreamItem::Event(e)) => {
                 if let Some(key) = event_key(&e.kind) {
                     dirty.insert(key.clone());
-                } else if let Some(rec) = MutationLog::default().apply(&e.kind, e.at) {
+                } else if let Some(rec) = MutationRecord::from_event(&e.kind, e.at) {
                     mutations.push(rec);
                 }
             }
