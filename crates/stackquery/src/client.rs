@@ -597,6 +597,59 @@ impl QueryClient {
         self.shared.events.subscribe()
     }
 
+    /// What every entry a filter matches holds and how it is doing, whatever its data
+    /// type, sorted by key: status, fetch status, observers, last update, staleness,
+    /// failures, and the data's type name and size. For tools that do not know the data
+    /// types (the devtools panel, admin endpoints). Each entry is read under its own lock
+    /// once; no user code runs, so the data is described but not encoded (see
+    /// [`query_info`](Self::query_info) for its JSON).
+    ///
+    /// ```
+    /// use stackquery::{key, QueryClient, QueryStatus};
+    ///
+    /// let client = QueryClient::new();
+    /// client.set_query_data(key!["todos", 1], "write docs".to_string()).unwrap();
+    /// let infos = client.inspect_queries(key!["todos"]);
+    /// assert_eq!(infos.len(), 1);
+    /// assert_eq!(infos[0].status, QueryStatus::Success);
+    /// assert_eq!(infos[0].data.as_ref().unwrap().type_name, "alloc::string::String");
+    /// ```
+    pub fn inspect_queries(&self, filter: impl Into<QueryFilter>) -> Vec<crate::QueryInfo> {
+        self.matching(&filter.into())
+            .iter()
+            .map(|e| e.describe(&self.shared, false))
+            .collect()
+    }
+
+    /// One entry as [`inspect_queries`](Self::inspect_queries) describes it, plus its data
+    /// as JSON when the query is persisted (its options or a
+    /// [`persist_prefix`](crate::QueryClientBuilder::persist_prefix) rule give the
+    /// encoding). The `Serialize` impl runs with no lock held. `None` when the key has no
+    /// entry. Reading it does not count as a use of the entry.
+    ///
+    /// ```
+    /// use stackquery::{key, QueryClient, QueryOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stackquery::QueryError> {
+    /// let client = QueryClient::new();
+    /// let opts = QueryOptions::new(key!["user", 1], || async {
+    ///     Ok::<_, std::io::Error>(vec![1_u32, 2])
+    /// })
+    /// .persist(); // the encoding is known: the data is shown as JSON
+    /// client.fetch_query(&opts).await?;
+    /// let info = client.query_info(&key!["user", 1]).unwrap();
+    /// let json = info.data.unwrap().json.unwrap().unwrap();
+    /// assert_eq!(json, serde_json::json!([1, 2]));
+    /// # Ok(()) }
+    /// ```
+    pub fn query_info(&self, key: &QueryKey) -> Option<crate::QueryInfo> {
+        self.shared
+            .cache
+            .get(key)
+            .map(|e| e.describe(&self.shared, true))
+    }
+
     /// How many entries the cache holds now (one atomic read; [`stats`](Self::stats)
     /// also counts hits, which visits every entry).
     pub fn query_count(&self) -> usize {

@@ -123,6 +123,11 @@ impl<T> Entry<T> {
         self.cell.read(|m| m.options().and_then(|o| o.persist))
     }
 
+    /// Observers subscribed, and how many of them are enabled.
+    pub(crate) fn observer_counts(&self) -> (u32, u32) {
+        self.cell.read(Machine::observer_counts)
+    }
+
     /// Has observers (cheaper than a transition: most removed entries have none).
     pub(crate) fn has_listeners(&self) -> bool {
         self.cell.read(Machine::has_listeners)

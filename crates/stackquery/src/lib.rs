@@ -58,6 +58,9 @@ pub mod bus;
 mod cache;
 mod client;
 mod deadline;
+#[cfg(feature = "devtools")]
+#[cfg_attr(docsrs, doc(cfg(feature = "devtools")))]
+pub mod devtools;
 mod engine;
 mod entry;
 mod error;
@@ -68,6 +71,7 @@ mod flight;
 #[path = "flight/tests.rs"]
 mod flight_tests;
 mod host;
+mod inspect;
 mod key;
 #[cfg(feature = "redis")]
 mod lease;
@@ -95,6 +99,7 @@ pub use error::{BoxError, FetchError, QueryError, TypeMismatch};
 pub use events::{CacheEvent, CacheEventKind, EventStream, EventStreamItem, StorageOutcome};
 pub use filter::QueryFilter;
 pub use host::{Host, HostFuture, TaskHandle};
+pub use inspect::{DataDescription, QueryInfo};
 pub use key::{KeyPart, KeyStr, ParseKeyError, QueryKey};
 pub use mutation::{Mutation, MutationOptions, MutationState, MutationStatus};
 pub use observer::{ObserverStream, QueryObserver};

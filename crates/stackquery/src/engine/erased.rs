@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::Shared;
 use crate::engine::tier::AfterWrite;
 use crate::entry::{AnyEntry, Entry, Event, Outcome, Reload};
+use crate::inspect::{DataDescription, QueryInfo};
 use crate::snapshot::DehydratedQuery;
 use crate::storage::Envelope;
 
@@ -53,6 +54,10 @@ pub(crate) trait EngineEntry: AnyEntry {
     fn on_stale_timer(self: Arc<Self>, shared: &Arc<Shared>, at: Instant);
     /// The entry as a snapshot item, if it is persisted and has data.
     fn dehydrate(&self, shared: &Shared) -> Option<DehydratedQuery>;
+    /// What the entry holds and how it is doing, for inspection (devtools): read under
+    /// the entry's lock, then (with `with_data`, for persisted data) encoded as JSON with
+    /// no lock held.
+    fn describe(&self, shared: &Shared, with_data: bool) -> QueryInfo;
     /// Applies a snapshot item if the entry can decode it; gives it back otherwise.
     fn restore(
         self: Arc<Self>,
@@ -147,6 +152,40 @@ impl<T: Send + Sync + 'static> EngineEntry for Entry<T> {
                 tracing::warn!(key = %self.key, %error, "not dehydrated: data does not encode");
                 None
             }
+        }
+    }
+    fn describe(&self, shared: &Shared, with_data: bool) -> QueryInfo {
+        // One read of the entry's state (its lock), then everything else lock-free.
+        let state = self.snapshot(None, shared.runtime.now());
+        let (observers, enabled_observers) = self.observer_counts();
+        let persist = shared.persist_fns(self);
+        let data = state.data.as_ref().map(|d| {
+            let json = match (with_data, persist) {
+                // User code (a `Serialize` impl): run here, no lock held; a panic is
+                // contained by `to_json` and reported as an encode error.
+                (true, Some(fns)) => Some((fns.to_json)(d).map_err(|e| e.to_string())),
+                _ => None,
+            };
+            DataDescription {
+                type_name: std::any::type_name::<T>(),
+                size: std::mem::size_of_val::<T>(d),
+                json,
+            }
+        });
+        QueryInfo {
+            key: self.key.clone(),
+            type_name: std::any::type_name::<T>(),
+            status: state.status,
+            fetch_status: state.fetch_status,
+            observers,
+            enabled_observers,
+            data_updated_at: state.data_updated_at,
+            stale: state.is_stale(),
+            invalidated: state.is_invalidated,
+            failure_count: state.failure_count,
+            error: state.error.as_ref().map(ToString::to_string),
+            persisted: persist.is_some(),
+            data,
         }
     }
     fn restore(

@@ -133,6 +133,11 @@ impl<T> Machine<T> {
         self.enabled_observers > 0
     }
 
+    /// Observers subscribed, and how many of them are enabled (for inspection).
+    pub(crate) fn observer_counts(&self) -> (u32, u32) {
+        (self.observers, self.enabled_observers)
+    }
+
     pub(crate) fn is_fetching(&self) -> bool {
         self.flight.is_some()
     }
