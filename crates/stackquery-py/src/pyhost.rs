@@ -17,7 +17,7 @@ use pyo3::types::PyCFunction;
 use stackquery::{Host, HostFuture, TaskHandle};
 use tokio::time::Instant;
 
-use crate::awaitable::RustAwaitable;
+use crate::awaitable::{RustAwaitable, Wakeup};
 
 static SUPPORT: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -49,6 +49,47 @@ pub(crate) struct Loop {
     /// The instant that stands for `loop_start` on the loop's clock.
     base: Instant,
     loop_start: f64,
+    /// Task wake-ups waiting for the loop (see [`wake_task`](Self::wake_task)).
+    wakes: Arc<Wakes>,
+    /// The loop callback that runs them (made at the first wake-up).
+    drain: std::sync::OnceLock<Py<PyAny>>,
+}
+
+/// Task wake-ups due, run together by one loop callback.
+#[derive(Default)]
+struct Wakes {
+    due: Mutex<WakesDue>,
+}
+
+#[derive(Default)]
+struct WakesDue {
+    /// Each task's wake-up and the object it is called with.
+    wakeups: Vec<(Wakeup, Py<PyAny>)>,
+    /// A drain is scheduled on the loop and has not taken the list yet.
+    scheduled: bool,
+}
+
+impl Wakes {
+    /// Runs the due wake-ups: each task's step, in its own context, one after another
+    /// (each step runs to its next suspension and returns; no task is running around
+    /// them, this being a plain loop callback).
+    fn drain(&self, py: Python<'_>) {
+        let wakeups = {
+            let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
+            due.scheduled = false;
+            std::mem::take(&mut due.wakeups)
+        };
+        let run = pyo3::intern!(py, "run");
+        for ((callback, context), arg) in wakeups {
+            let called = match context {
+                Some(ctx) => ctx.bind(py).call_method1(run, (callback, arg)),
+                None => callback.bind(py).call1((arg,)),
+            };
+            if let Err(e) = called {
+                e.write_unraisable(py, None);
+            }
+        }
+    }
 }
 
 impl Loop {
@@ -63,7 +104,51 @@ impl Loop {
             thread: std::thread::current().id(),
             base: Instant::now(),
             loop_start,
+            wakes: Arc::default(),
+            drain: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Wakes an asyncio task (calls `wakeup(arg)` in its context) from any thread. The
+    /// wake-ups of one turn run together in one loop callback: waking the 10,000 callers
+    /// of a flight costs one loop handle, not one each.
+    pub(crate) fn wake_task(&self, py: Python<'_>, wakeup: Wakeup, arg: Py<PyAny>) {
+        let first = {
+            let mut due = self.wakes.due.lock().unwrap_or_else(|p| p.into_inner());
+            due.wakeups.push((wakeup, arg));
+            !std::mem::replace(&mut due.scheduled, true)
+        };
+        if !first {
+            return;
+        }
+        let scheduled = self.drain_fn(py).and_then(|drain| {
+            let method = if self.on_loop_thread() {
+                pyo3::intern!(py, "call_soon")
+            } else {
+                pyo3::intern!(py, "call_soon_threadsafe")
+            };
+            self.obj.bind(py).call_method1(method, (drain,))
+        });
+        if let Err(e) = scheduled {
+            // A closed loop: the tasks will never run again; drop their wake-ups.
+            let mut due = self.wakes.due.lock().unwrap_or_else(|p| p.into_inner());
+            due.scheduled = false;
+            let dropped = std::mem::take(&mut due.wakeups);
+            drop(due);
+            drop(dropped);
+            e.print(py);
+        }
+    }
+
+    fn drain_fn<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyAny>> {
+        if let Some(f) = self.drain.get() {
+            return Ok(f.bind(py));
+        }
+        let wakes = self.wakes.clone();
+        let f = PyCFunction::new_closure(py, None, None, move |args, _kwargs| {
+            wakes.drain(args.py());
+        })?;
+        Ok(self.drain.get_or_init(|| f.into_any().unbind()).bind(py))
     }
 
     pub(crate) fn on_loop_thread(&self) -> bool {
