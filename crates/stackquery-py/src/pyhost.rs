@@ -32,6 +32,18 @@ pub(crate) fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
         .call0()
 }
 
+static GET_RUNNING_LOOP_OR_NONE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `asyncio._get_running_loop()`: the running loop of this thread, or `None`.
+fn get_running_loop_or_none(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    GET_RUNNING_LOOP_OR_NONE
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("asyncio")?.getattr("_get_running_loop")?.unbind())
+        })?
+        .bind(py)
+        .call0()
+}
+
 /// `stackquery._support`, imported once.
 pub(crate) fn support(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     SUPPORT
@@ -45,6 +57,11 @@ pub(crate) struct Loop {
     pub(crate) obj: Py<PyAny>,
     /// Its bound `time` method (looked up once: the hit path reads the clock).
     time: Py<PyAny>,
+    /// `time` is asyncio's own (`BaseEventLoop.time`, which is `time.monotonic()`, the
+    /// clock of `std::time::Instant`): the engine reads that clock directly, with no call
+    /// into Python. Any other `time` (uvloop's, a virtual clock such as `looptime`'s) is
+    /// called.
+    monotonic: bool,
     thread: ThreadId,
     /// The instant that stands for `loop_start` on the loop's clock.
     base: Instant,
@@ -98,9 +115,22 @@ impl Loop {
         let obj = running_loop(py)?;
         let time = obj.getattr("time")?;
         let loop_start: f64 = time.call0()?.extract()?;
+        let asyncio_time = py
+            .import("asyncio")?
+            .getattr("BaseEventLoop")?
+            .getattr("time")?;
+        let monotonic = time.getattr("__func__").is_ok_and(|f| f.is(&asyncio_time))
+            && py
+                .import("time")?
+                .getattr("get_clock_info")?
+                .call1(("monotonic",))?
+                .getattr("implementation")?
+                .extract::<String>()
+                .is_ok_and(|i| i == "clock_gettime(CLOCK_MONOTONIC)");
         Ok(Arc::new(Loop {
             obj: obj.unbind(),
             time: time.unbind(),
+            monotonic,
             thread: std::thread::current().id(),
             base: Instant::now(),
             loop_start,
@@ -157,6 +187,9 @@ impl Loop {
 
     /// The loop's `time()` as an engine instant.
     pub(crate) fn now(&self, py: Python<'_>) -> Instant {
+        if self.monotonic {
+            return Instant::from_std(std::time::Instant::now());
+        }
         let t: f64 = self
             .time
             .bind(py)
@@ -191,6 +224,9 @@ pub(crate) struct PyHost {
 
 impl Host for PyHost {
     fn now(&self) -> Instant {
+        if self.lp.monotonic {
+            return Instant::from_std(std::time::Instant::now());
+        }
         Python::attach(|py| self.lp.now(py))
     }
 
@@ -234,6 +270,11 @@ impl Host for PyHost {
 
     fn can_spawn(&self) -> bool {
         Python::attach(|py| {
+            // Called from the loop it runs on (every miss): open. One C call, where
+            // `is_closed` is a Python method.
+            if get_running_loop_or_none(py).is_ok_and(|l| l.is(self.lp.obj.bind(py))) {
+                return true;
+            }
             self.lp
                 .obj
                 .bind(py)
