@@ -66,7 +66,22 @@ class QueryClientConfig:
     after it (PyStackQuery waited forever)."""
 
 
-@dataclass
+# The fields the engine's options are made from (the others are read where used).
+_ENGINE_FIELDS = frozenset(
+    (
+        "query_key",
+        "query_fn",
+        "stale_time",
+        "gc_time",
+        "retry",
+        "retry_delay",
+        "refetch_interval",
+        "enabled",
+    )
+)
+
+
+@dataclass(init=False)
 class QueryOptions(Generic[T]):
     """What to fetch and how (same fields, order and defaults as PyStackQuery).
 
@@ -88,12 +103,50 @@ class QueryOptions(Generic[T]):
     select: Callable[[T], object] | None = None
     placeholder_data: T | None = None
     _native: Any = field(default=None, init=False, repr=False, compare=False)
-    _built_from: tuple[Any, ...] = field(default=(), init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        query_key: tuple[Any, ...],
+        query_fn: Callable[[], Awaitable[T]],
+        stale_time: float = _STALE_TIME,
+        gc_time: float = _GC_TIME,
+        refetch_interval: float | None = None,
+        retry: int = _RETRY,
+        retry_delay: Callable[[int], float] | None = None,
+        enabled: bool = True,
+        on_success: Callable[[T], object] | None = None,
+        on_error: Callable[[Exception], object] | None = None,
+        on_settled: Callable[[T | None, Exception | None], object] | None = None,
+        select: Callable[[T], object] | None = None,
+        placeholder_data: T | None = None,
+    ) -> None:
+        # Written to the instance dict directly: ``__setattr__`` (below) is for changes
+        # made after construction.
+        d = self.__dict__
+        d["query_key"] = query_key
+        d["query_fn"] = query_fn
+        d["stale_time"] = stale_time
+        d["gc_time"] = gc_time
+        d["refetch_interval"] = refetch_interval
+        d["retry"] = retry
+        d["retry_delay"] = retry_delay
+        d["enabled"] = enabled
+        d["on_success"] = on_success
+        d["on_error"] = on_error
+        d["on_settled"] = on_settled
+        d["select"] = select
+        d["placeholder_data"] = placeholder_data
+        d["_native"] = None
         # Converted (and so checked: key, function, durations) at once, not at the first
         # fetch.
         self._engine_options()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A field the engine's options are made from changed: they are made again at the
+        # next use (a fetch reads one attribute, not every field).
+        object.__setattr__(self, name, value)
+        if name in _ENGINE_FIELDS:
+            object.__setattr__(self, "_native", None)
 
     def get_key_hash(self) -> str:
         """The key's canonical text (the Rust library's; PyStackQuery used ``str(key)``)."""
@@ -103,34 +156,14 @@ class QueryOptions(Generic[T]):
         """The options as the engine takes them, converted once and again only after a
         field changed (the fields left at their defaults defer to the client's
         ``QueryClientConfig``)."""
-        b = self._built_from
-        if (
-            b
-            and b[0] is self.query_key
-            and b[1] is self.query_fn
-            and b[2] is self.stale_time
-            and b[3] is self.gc_time
-            and b[4] is self.retry
-            and b[5] is self.retry_delay
-            and b[6] is self.refetch_interval
-            and b[7] is self.enabled
-        ):
-            return self._native
-        fields = (
-            self.query_key,
-            self.query_fn,
-            self.stale_time,
-            self.gc_time,
-            self.retry,
-            self.retry_delay,
-            self.refetch_interval,
-            self.enabled,
-        )
+        native = self._native
+        if native is not None:
+            return native
         if not callable(self.query_fn):
             raise TypeError(
                 f"query_fn must be an async function, got {type(self.query_fn).__name__}"
             )
-        self._native = NativeOptions(
+        native = NativeOptions(
             self.query_key,
             self.query_fn,
             None if _is_default(self.stale_time) else float(self.stale_time),
@@ -140,8 +173,8 @@ class QueryOptions(Generic[T]):
             None if self.refetch_interval is None else float(self.refetch_interval),
             bool(self.enabled),
         )
-        self._built_from = fields
-        return self._native
+        self.__dict__["_native"] = native
+        return native
 
 
 class QueryClient:
@@ -174,7 +207,7 @@ class QueryClient:
         """The data of ``options.query_key``: fresh from the cache at once, stale from the
         cache with one refetch in the background, or fetched (one fetch however many
         callers wait). Awaitable; a fresh hit completes without a task switch."""
-        return self._native.fetch_query(options._engine_options())
+        return self._native.fetch_query(options._native or options._engine_options())
 
     async def prefetch_query(self, options: QueryOptions[Any]) -> None:
         """Warms the cache; failures are logged, never raised."""
