@@ -228,7 +228,7 @@ impl RustAwaitable {
                 *slot = None;
                 drop(slot);
                 let value = result?;
-                Err(PyStopIteration::new_err((value,)))
+                Err(stop_iteration(py, value))
             }
             Poll::Pending => {
                 drop(slot);
@@ -259,6 +259,15 @@ impl RustAwaitable {
         state.armed = true;
         state.blocking = true;
         Ok(waiter.clone_ref(py).into_any())
+    }
+}
+
+/// `StopIteration(value)`, the way an awaitable returns `value`: the exception object is
+/// made here, at once (a lazy `PyErr` would box a closure to make it later).
+pub(crate) fn stop_iteration(py: Python<'_>, value: Py<PyAny>) -> PyErr {
+    match py.get_type::<PyStopIteration>().call1((value,)) {
+        Ok(exc) => PyErr::from_value(exc),
+        Err(e) => e,
     }
 }
 

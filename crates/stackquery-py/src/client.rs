@@ -635,9 +635,7 @@ impl FetchCall {
             let mut first = std::pin::pin!(first);
             if let std::task::Poll::Ready(result) = first.as_mut().poll(&mut cx) {
                 return match result {
-                    Ok(data) => Err(pyo3::exceptions::PyStopIteration::new_err((
-                        data.clone_ref(py),
-                    ))),
+                    Ok(data) => Err(crate::awaitable::stop_iteration(py, data.clone_ref(py))),
                     Err(e) => Err(to_pyerr(py, e)),
                 };
             }

@@ -36,8 +36,9 @@ pub(crate) struct PyFetch {
     awaiting: Option<Py<PyAny>>,
     /// The waker its done callback wakes: the latest poller's. The fetch moves from its
     /// caller's task to a task of its own at its first wait, so the waker changes while
-    /// the callback stays registered.
-    waker: Arc<Mutex<Option<Waker>>>,
+    /// the callback stays registered. Made at the first wait (a coroutine that returns at
+    /// once needs none).
+    waker: Option<Arc<Mutex<Option<Waker>>>>,
 }
 
 impl PyFetch {
@@ -48,7 +49,7 @@ impl PyFetch {
             plain_ok: false,
             coro: None,
             awaiting: None,
-            waker: Arc::default(),
+            waker: None,
         }
     }
 }
@@ -92,8 +93,8 @@ impl Future for PyFetch {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        {
-            let mut slot = this.waker.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = &this.waker {
+            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
             if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 *slot = Some(cx.waker().clone());
             }
@@ -129,7 +130,9 @@ impl Future for PyFetch {
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
                     }
-                    match wait_on(py, &yielded, &this.waker) {
+                    let slot = this.waker.get_or_insert_with(Arc::default);
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+                    match wait_on(py, &yielded, slot) {
                         Ok(()) => {
                             this.awaiting = Some(yielded.unbind());
                             Poll::Pending
