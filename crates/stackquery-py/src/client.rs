@@ -324,10 +324,26 @@ impl NativeClient {
 
     /// `await`able: the data of the query, from the cache or from its function. Nothing
     /// runs until it is awaited (as with PyStackQuery's `async def`); see [`FetchCall`].
-    fn fetch_query(&self, py: Python<'_>, options: &NativeOptions) -> PyResult<FetchCall> {
+    ///
+    /// `options` is a `NativeOptions` or a `stackquery.QueryOptions`, whose `_native` is
+    /// read (one attribute; `_engine_options()` makes it again after a field changed).
+    /// `QueryClient.fetch_query` is this method itself, with no Python frame between.
+    fn fetch_query(&self, py: Python<'_>, options: &Bound<'_, PyAny>) -> PyResult<FetchCall> {
+        let opts = match options.cast::<NativeOptions>() {
+            Ok(native) => native.get().opts.clone(),
+            Err(_) => {
+                let native = options.getattr(pyo3::intern!(py, "_native"))?;
+                let native = if native.is_none() {
+                    options.call_method0(pyo3::intern!(py, "_engine_options"))?
+                } else {
+                    native
+                };
+                native.cast::<NativeOptions>()?.get().opts.clone()
+            }
+        };
         let (lp, client) = self.client(py)?;
         Ok(FetchCall {
-            start: Mutex::new(Some((client, options.opts.clone()))),
+            start: Mutex::new(Some((client, opts))),
             rest: RustAwaitable::empty(lp),
         })
     }

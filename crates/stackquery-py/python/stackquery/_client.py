@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from ._native import NativeClient, NativeOptions, default_retry_delay, hash_key
 from ._mutation import Mutation, MutationOptions
@@ -177,13 +177,27 @@ class QueryOptions(Generic[T]):
         return native
 
 
+class _FetchQuery(Protocol):
+    def __call__(self, options: QueryOptions[T], /) -> Awaitable[T]: ...
+
+
 class QueryClient:
     """The entry point: a cache of queries on the Rust engine.
 
     One client runs on one event loop: the loop it is first used on.
     """
 
-    __slots__ = ("_config", "_native")
+    __slots__ = ("_config", "_native", "fetch_query", "get_query_data")
+
+    fetch_query: _FetchQuery
+    """``fetch_query(options)``: the data of ``options.query_key``: fresh from the cache at
+    once, stale from the cache with one refetch in the background, or fetched (one fetch
+    however many callers wait). Awaitable; a fresh hit completes without a task switch.
+    (The engine's own method, bound per client: no Python frame on the hot path.)"""
+
+    get_query_data: Callable[[tuple[Any, ...]], Any]
+    """``get_query_data(key)``: the cached data of ``key`` (fresh or stale), or ``None``.
+    (The engine's own method, bound per client.)"""
 
     def __init__(self, config: QueryClientConfig | None = None) -> None:
         self._config = config or QueryClientConfig()
@@ -202,12 +216,9 @@ class QueryClient:
             cfg.bus,
             float(cfg.storage_timeout),
         )
-
-    def fetch_query(self, options: QueryOptions[T]) -> Awaitable[T]:
-        """The data of ``options.query_key``: fresh from the cache at once, stale from the
-        cache with one refetch in the background, or fetched (one fetch however many
-        callers wait). Awaitable; a fresh hit completes without a task switch."""
-        return self._native.fetch_query(options._native or options._engine_options())
+        # The two hottest calls go straight to the engine (a slot read, then Rust).
+        self.fetch_query = self._native.fetch_query
+        self.get_query_data = self._native.get_query_data
 
     async def prefetch_query(self, options: QueryOptions[Any]) -> None:
         """Warms the cache; failures are logged, never raised."""
@@ -215,10 +226,6 @@ class QueryClient:
             await self.fetch_query(options)
         except Exception:  # noqa: BLE001 - a prefetch never raises
             logger.debug("prefetch of %s failed", options.query_key, exc_info=True)
-
-    def get_query_data(self, key: tuple[Any, ...]) -> Any:
-        """The cached data of ``key`` (fresh or stale), or ``None``."""
-        return self._native.get_query_data(key)
 
     def get_query_state(self, key: tuple[Any, ...]) -> QueryState[Any, Any] | None:
         """A snapshot of the state of ``key``, or ``None`` when the cache does not hold it."""
