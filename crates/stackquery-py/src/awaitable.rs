@@ -26,7 +26,6 @@ use std::task::{Context, Poll, Wake, Waker};
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::{PyTraverseError, PyVisit};
 use std::sync::OnceLock;
 
 use crate::pyhost::Loop;
@@ -201,13 +200,6 @@ impl RustAwaitable {
     /// Drops the future.
     pub(crate) fn close(&self) {
         self.drop_future();
-    }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Some(w) = self.waiter.get() {
-            visit.call(w)?;
-        }
-        Ok(())
     }
 }
 
