@@ -27,6 +27,9 @@ pub(crate) enum Role {
 }
 
 /// `obj` as a core key, or a `TypeError` that says what was wrong.
+/// Keys of up to this many parts are converted with no allocation but the key's own.
+const SHORT: usize = 4;
+
 pub(crate) fn to_key(obj: &Bound<'_, PyAny>, role: Role) -> PyResult<QueryKey> {
     let what = match role {
         Role::Key => "a query key",
@@ -40,6 +43,16 @@ pub(crate) fn to_key(obj: &Bound<'_, PyAny>, role: Role) -> PyResult<QueryKey> {
         })
     };
     let parts = if let Ok(t) = obj.cast::<PyTuple>() {
+        if t.len() <= SHORT {
+            // A short key is gathered on the stack: the `Arc` of its parts is then its
+            // only allocation (the iterator below has an exact length).
+            let mut buf: [Option<KeyPart>; SHORT] = Default::default();
+            for (i, item) in t.iter_borrowed().enumerate() {
+                buf[i] = Some(convert(i, &item)?);
+            }
+            let parts = buf.into_iter().take(t.len());
+            return Ok(QueryKey::new(parts.map(|p| p.expect("set above"))));
+        }
         let mut parts = Vec::with_capacity(t.len());
         for (i, item) in t.iter_borrowed().enumerate() {
             parts.push(convert(i, &item)?);
