@@ -2,12 +2,16 @@
 
 Run under Python 3.12 with both installed (``pip install pystackquery==1.0.2`` and the
 stackquery wheel): ``python benches/compare.py``. Each figure is the median of 5
-repetitions. The workloads built so far:
+repetitions, the two libraries' repetitions interleaved. The workloads:
 - a fresh hit, ``await client.fetch_query(opts)``;
 - the same with ``QueryOptions`` built per call;
 - ``get_query_data``;
 - a fill of distinct keys through ``fetch_query`` (a ready query function);
-- 10,000 concurrent callers of one cold key (``asyncio.gather``), per caller.
+- 10,000 concurrent callers of one cold key (``asyncio.gather``), per caller;
+- invalidation of 1 key among 100,000 by its prefix (``invalidate_queries``);
+- memory per entry: the growth of the process's resident set over a fill of 100,000
+  keys, in a fresh subprocess per library (``tracemalloc`` cannot see Rust's
+  allocations), the same keys and data for both.
 
 The asyncio floors are measured beside them: an ``await`` of an ``async def`` returning
 ``d[k]``, and N tasks awaiting one ``asyncio.Future``.
@@ -16,7 +20,10 @@ The asyncio floors are measured beside them: an ``await`` of an ``async def`` re
 from __future__ import annotations
 
 import asyncio
+import gc
+import itertools
 import statistics
+import subprocess
 import sys
 import time
 
@@ -28,6 +35,8 @@ REPS = 5
 N_HIT = 100_000
 N_FILL = 20_000
 N_CALLERS = 10_000
+N_INVALIDATE = 100_000
+N_MEMORY = 100_000
 
 
 async def ready() -> str:
@@ -85,6 +94,58 @@ async def cold_key(lib) -> float:
     return (time.perf_counter() - t) / N_CALLERS
 
 
+_INVALIDATION_CLIENTS: dict[str, object] = {}
+_INVALIDATED = itertools.count(1)
+
+
+async def invalidate(lib) -> float:
+    """One ``invalidate_queries`` by a prefix that matches 1 key of 100,000 (the cache is
+    filled once per library; each repetition invalidates another key)."""
+    client = _INVALIDATION_CLIENTS.get(lib.__name__)
+    if client is None:
+        client = lib.QueryClient(lib.QueryClientConfig(cache_max_size=N_INVALIDATE * 2))
+        for i in range(N_INVALIDATE):
+            await client.fetch_query(lib.QueryOptions(("item", str(i)), ready, stale_time=3600.0))
+        _INVALIDATION_CLIENTS[lib.__name__] = client
+    key = ("item", str(next(_INVALIDATED) * 7919 % N_INVALIDATE))
+    gc.collect()
+    t = time.perf_counter()
+    await client.invalidate_queries(key)
+    return time.perf_counter() - t
+
+
+_MEMORY_PROBE = '''
+import asyncio, gc, sys
+lib = __import__(sys.argv[1])
+N = int(sys.argv[2])
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+async def ready():
+    return "a user record"
+async def main():
+    client = lib.QueryClient(lib.QueryClientConfig(cache_max_size=N * 2))
+    keys = [("item", str(i)) for i in range(N)]
+    await client.fetch_query(lib.QueryOptions(("warm",), ready, stale_time=3600.0))
+    gc.collect()
+    before = rss()
+    for k in keys:
+        await client.fetch_query(lib.QueryOptions(k, ready, stale_time=3600.0))
+    gc.collect()
+    print((rss() - before) / N)
+asyncio.run(main())
+'''
+
+
+async def memory(lib) -> float:
+    """Bytes of resident set per entry, over a fill of 100,000 keys in a fresh process."""
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE, lib.__name__, str(N_MEMORY)],
+        check=True, capture_output=True, text=True,
+    )
+    return float(out.stdout.strip())
+
+
 async def floor_await() -> float:
     d = {"k": "v"}
 
@@ -123,16 +184,43 @@ async def main() -> None:
         ("get_query_data (µs)", get, 1e6),
         (f"fill {N_FILL:,} keys (keys/s)", fill, 1),
         (f"cold key, {N_CALLERS:,} callers (µs per caller)", cold_key, 1e6),
+        (f"invalidate 1 of {N_INVALIDATE:,} keys by prefix (µs)", invalidate, 1e6),
+        (f"memory per entry, {N_MEMORY:,} entries (bytes of RSS)", memory, 1),
     ]
     print(f"Python {sys.version.split()[0]}; median of {REPS}")
     print("| workload | stackquery | PyStackQuery 1.0.2 | ratio |")
     print("|---|---:|---:|---:|")
+    cold = None
+    floor_wakes: list[float] = []
     for name, make, scale in rows:
-        ours = await median(lambda: make(sq)) * scale
-        theirs = await median(lambda: make(psq)) * scale
+        # Interleaved (ours, theirs, ours, ...): a change of load on this shared machine
+        # falls on both.
+        ours_runs, theirs_runs = [], []
+        for _ in range(REPS):
+            ours_runs.append(await make(sq))
+            theirs_runs.append(await make(psq))
+            if make is cold_key:
+                floor_wakes.append(await floor_future())
+        ours = statistics.median(ours_runs) * scale
+        theirs = statistics.median(theirs_runs) * scale
         print(f"| {name} | {ours:,.3f} | {theirs:,.3f} | {ours / theirs:.2f}× |")
-    print(f"| asyncio floor: await of an async def returning d[k] (µs) | {await median(floor_await) * 1e6:.3f} | | |")
-    print(f"| asyncio floor: {N_CALLERS:,} tasks awaiting one future (µs per task) | {await median(floor_future) * 1e6:.3f} | | |")
+        if make is cold_key:
+            cold = (ours, theirs)
+    floor_hit = await median(floor_await) * 1e6
+    floor_wake = statistics.median(floor_wakes) * 1e6
+    assert cold is not None
+    ours, theirs = cold
+    print(
+        f"| cold key: per caller above the floor (µs) | {ours - floor_wake:,.3f} | "
+        f"{theirs - floor_wake:,.3f} | {(ours - floor_wake) / (theirs - floor_wake):.2f}× |"
+    )
+    print(f"| cold key: per caller ÷ the floor | {ours / floor_wake:.2f}× | {theirs / floor_wake:.2f}× | |")
+    print(f"| asyncio floor: await of an async def returning d[k] (µs) | {floor_hit:.3f} | | |")
+    print(
+        f"| asyncio floor: {N_CALLERS:,} tasks awaiting one future (µs per task, measured "
+        f"between the cold-key runs) | {floor_wake:.3f} | | |"
+    )
+    print(f"(run at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; load {' '.join(open('/proc/loadavg').read().split()[:3])})")
 
 
 if __name__ == "__main__":

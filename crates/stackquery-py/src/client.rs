@@ -50,6 +50,9 @@ pub(crate) struct NativeClient {
 #[pyclass(module = "stackquery._native", frozen)]
 pub(crate) struct NativeOptions {
     opts: Arc<QueryOptions<Data>>,
+    /// The client engine (`NativeClient`) these options were converted for, when their
+    /// callbacks depend on it (its default `retry`, its data); `None`: any client.
+    bound: Option<Py<PyAny>>,
 }
 
 /// `retry` failures are retried, except a query function that is not async (a bug in
@@ -88,7 +91,7 @@ impl NativeOptions {
     /// `placeholder_data` is shown by observers while there is no data; it is never
     /// stored, returned by a fetch, or persisted.
     #[new]
-    #[pyo3(signature = (key, query_fn, stale_time = None, gc_time = None, retry = None, retry_delay = None, refetch_interval = None, enabled = true, placeholder_data = None, on_success = None, on_error = None, on_settled = None, data_of = None))]
+    #[pyo3(signature = (key, query_fn, stale_time = None, gc_time = None, retry = None, retry_delay = None, refetch_interval = None, enabled = true, placeholder_data = None, on_success = None, on_error = None, on_settled = None, data_of = None, bound = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         key: &Bound<'_, PyAny>,
@@ -104,6 +107,7 @@ impl NativeOptions {
         on_error: Option<Bound<'_, PyAny>>,
         on_settled: Option<Bound<'_, PyAny>>,
         data_of: Option<Bound<'_, PyAny>>,
+        bound: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let key = to_key(key, Role::Key)?;
         if !query_fn.is_callable() {
@@ -171,6 +175,7 @@ impl NativeOptions {
         opts = opts.enabled(enabled).persist_with::<PyJson>();
         Ok(NativeOptions {
             opts: Arc::new(opts),
+            bound: bound.filter(|b| !b.is_none()).map(Bound::unbind),
         })
     }
 }
@@ -372,10 +377,36 @@ impl NativeClient {
 
     /// `await`able: the data of the query, from the cache or from its function. Nothing
     /// runs until it is awaited (as with PyStackQuery's `async def`); see [`FetchCall`].
-    fn fetch_query(&self, py: Python<'_>, options: &NativeOptions) -> PyResult<FetchCall> {
-        let (lp, client) = self.client(py)?;
+    ///
+    /// `options` is a `NativeOptions` or a `stackquery.QueryOptions`, whose `_native` is
+    /// read (one attribute; `_engine_options()` makes it again after a field changed).
+    /// `QueryClient.fetch_query` is this method itself, with no Python frame between.
+    fn fetch_query(slf: &Bound<'_, Self>, options: &Bound<'_, PyAny>) -> PyResult<FetchCall> {
+        let py = slf.py();
+        let opts = match options.cast::<NativeOptions>() {
+            Ok(native) => native.get().opts.clone(),
+            Err(_) => {
+                let native = options.getattr(pyo3::intern!(py, "_native"))?;
+                // Converted for this client, or for any: used as it is. Converted for
+                // another client (its callbacks read that one): converted again here.
+                let usable = native.cast::<NativeOptions>().is_ok_and(|n| {
+                    n.get()
+                        .bound
+                        .as_ref()
+                        .is_none_or(|b| b.bind(py).is(slf.as_any()))
+                });
+                let native = if usable {
+                    native
+                } else {
+                    options.call_method1(pyo3::intern!(py, "_convert"), (slf,))?
+                };
+                native.cast::<NativeOptions>()?.get().opts.clone()
+            }
+        };
+        let this = slf.borrow();
+        let (lp, client) = this.client(py)?;
         Ok(FetchCall {
-            start: Mutex::new(Some((client, options.opts.clone()))),
+            start: Mutex::new(Some((client, opts))),
             rest: RustAwaitable::empty(lp),
         })
     }
@@ -643,6 +674,12 @@ impl NativeClient {
         Ok(d)
     }
 
+    /// The client's default `retry` count (`QueryClientConfig.retry`).
+    #[getter]
+    fn default_retry(&self) -> u32 {
+        self.retry
+    }
+
     /// Entries held now.
     fn __len__(&self) -> usize {
         self.existing().map_or(0, |c| c.stats().entries)
@@ -778,9 +815,7 @@ impl FetchCall {
             }
             if let std::task::Poll::Ready(result) = polled {
                 return match result {
-                    Ok(data) => Err(pyo3::exceptions::PyStopIteration::new_err((
-                        data.clone_ref(py),
-                    ))),
+                    Ok(data) => Err(crate::awaitable::stop_iteration(py, data.clone_ref(py))),
                     Err(e) => Err(to_pyerr(py, e)),
                 };
             }

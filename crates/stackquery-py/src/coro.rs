@@ -36,8 +36,9 @@ pub(crate) struct PyFetch {
     awaiting: Option<Py<PyAny>>,
     /// The waker its done callback wakes: the latest poller's. The fetch moves from its
     /// caller's task to a task of its own at its first wait, so the waker changes while
-    /// the callback stays registered.
-    waker: Arc<Mutex<Option<Waker>>>,
+    /// the callback stays registered. Made at the first wait (a coroutine that returns at
+    /// once needs none).
+    waker: Option<Arc<Mutex<Option<Waker>>>>,
 }
 
 impl PyFetch {
@@ -48,7 +49,7 @@ impl PyFetch {
             plain_ok: false,
             coro: None,
             awaiting: None,
-            waker: Arc::default(),
+            waker: None,
         }
     }
 }
@@ -92,8 +93,8 @@ impl Future for PyFetch {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        {
-            let mut slot = this.waker.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = &this.waker {
+            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
             if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 *slot = Some(cx.waker().clone());
             }
@@ -122,14 +123,16 @@ impl Future for PyFetch {
                 }
             }
             let coro = this.coro.as_ref().expect("set above").bind(py).clone();
-            match coro.call_method1("send", (py.None(),)) {
-                Ok(yielded) => {
+            match send(py, &coro) {
+                Ok(Sent::Yielded(yielded)) => {
                     if yielded.is_none() {
                         // A bare `yield` (`asyncio.sleep(0)`): come back at once.
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
                     }
-                    match wait_on(py, &yielded, &this.waker) {
+                    let slot = this.waker.get_or_insert_with(Arc::default);
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+                    match wait_on(py, &yielded, slot) {
                         Ok(()) => {
                             this.awaiting = Some(yielded.unbind());
                             Poll::Pending
@@ -140,14 +143,9 @@ impl Future for PyFetch {
                         }
                     }
                 }
-                Err(e) if e.is_instance_of::<PyStopIteration>(py) => {
+                Ok(Sent::Returned(value)) => {
                     this.coro = None;
-                    let value = e
-                        .value(py)
-                        .getattr("value")
-                        .map(Bound::unbind)
-                        .unwrap_or_else(|_| py.None());
-                    Poll::Ready(Ok(value))
+                    Poll::Ready(Ok(value.unbind()))
                 }
                 Err(e) => {
                     this.coro = None;
@@ -155,6 +153,50 @@ impl Future for PyFetch {
                 }
             }
         })
+    }
+}
+
+static COROUTINE_TYPE: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+
+/// `types.CoroutineType` (what an `async def` returns).
+fn coroutine_type(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    COROUTINE_TYPE
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("types")?.getattr("CoroutineType")?.unbind())
+        })
+        .map(|t| t.bind(py))
+}
+
+/// What one `send(None)` into the coroutine gave.
+enum Sent<'py> {
+    /// It yielded this.
+    Yielded(Bound<'py, PyAny>),
+    /// It returned this.
+    Returned(Bound<'py, PyAny>),
+}
+
+/// `coro.send(None)`. A native coroutine goes through `PyIter_Send`, which hands back its
+/// return value with no `StopIteration` made and caught; any other awaitable's iterator is
+/// called as in asyncio.
+fn send<'py>(py: Python<'py>, coro: &Bound<'py, PyAny>) -> PyResult<Sent<'py>> {
+    if coro.get_type().is(coroutine_type(py)?) {
+        // SAFETY: `PyIter_Send` accepts any object with `am_send`, which every native
+        // coroutine has; `Bound<PyIterator>::send` makes only that call on it (a coroutine
+        // is not an iterator by `PyIter_Check`, hence the unchecked cast).
+        let iter = unsafe { coro.cast_unchecked::<pyo3::types::PyIterator>() };
+        return Ok(match iter.send(&py.None().into_bound(py))? {
+            pyo3::types::PySendResult::Next(y) => Sent::Yielded(y),
+            pyo3::types::PySendResult::Return(v) => Sent::Returned(v),
+        });
+    }
+    match coro.call_method1(pyo3::intern!(py, "send"), (py.None(),)) {
+        Ok(yielded) => Ok(Sent::Yielded(yielded)),
+        Err(e) if e.is_instance_of::<PyStopIteration>(py) => Ok(Sent::Returned(
+            e.value(py)
+                .getattr("value")
+                .unwrap_or_else(|_| py.None().into_bound(py)),
+        )),
+        Err(e) => Err(e),
     }
 }
 
@@ -168,6 +210,9 @@ fn start(
         Some(arg) => query_fn.bind(py).call1((arg.clone_ref(py),))?,
         None => query_fn.bind(py).call0()?,
     };
+    if made.get_type().is(coroutine_type(py)?) {
+        return Ok(Ok(made.unbind()));
+    }
     if made.hasattr("send")? && made.hasattr("throw")? {
         return Ok(Ok(made.unbind()));
     }

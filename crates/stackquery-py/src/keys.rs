@@ -27,15 +27,43 @@ pub(crate) enum Role {
 }
 
 /// `obj` as a core key, or a `TypeError` that says what was wrong.
+/// Keys of up to this many parts are converted with no allocation but the key's own.
+const SHORT: usize = 4;
+
 pub(crate) fn to_key(obj: &Bound<'_, PyAny>, role: Role) -> PyResult<QueryKey> {
     let what = match role {
         Role::Key => "a query key",
         Role::Filter => "a key filter",
     };
-    let items: Vec<Bound<'_, PyAny>> = if let Ok(t) = obj.cast::<PyTuple>() {
-        t.iter().collect()
+    // The parts are read straight from the tuple (or list): the key's one allocation is
+    // its own (`get_query_data` runs this on every call).
+    let convert = |i: usize, item: &Bound<'_, PyAny>| {
+        to_part(item).map_err(|e| {
+            PyTypeError::new_err(format!("{what}: part {i} ({}): {e}", type_name(item)))
+        })
+    };
+    let parts = if let Ok(t) = obj.cast::<PyTuple>() {
+        if t.len() <= SHORT {
+            // A short key is gathered on the stack: the `Arc` of its parts is then its
+            // only allocation (the iterator below has an exact length).
+            let mut buf: [Option<KeyPart>; SHORT] = Default::default();
+            for (i, item) in t.iter_borrowed().enumerate() {
+                buf[i] = Some(convert(i, &item)?);
+            }
+            let parts = buf.into_iter().take(t.len());
+            return Ok(QueryKey::new(parts.map(|p| p.expect("set above"))));
+        }
+        let mut parts = Vec::with_capacity(t.len());
+        for (i, item) in t.iter_borrowed().enumerate() {
+            parts.push(convert(i, &item)?);
+        }
+        parts
     } else if let (Role::Filter, Ok(l)) = (role, obj.cast::<PyList>()) {
-        l.iter().collect()
+        let mut parts = Vec::with_capacity(l.len());
+        for (i, item) in l.iter().enumerate() {
+            parts.push(convert(i, &item)?);
+        }
+        parts
     } else {
         let expected = match role {
             Role::Key => "a tuple",
@@ -46,12 +74,6 @@ pub(crate) fn to_key(obj: &Bound<'_, PyAny>, role: Role) -> PyResult<QueryKey> {
             type_name(obj)
         )));
     };
-    let mut parts = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        parts.push(to_part(item).map_err(|e| {
-            PyTypeError::new_err(format!("{what}: part {i} ({}): {e}", type_name(item)))
-        })?);
-    }
     Ok(QueryKey::new(parts))
 }
 

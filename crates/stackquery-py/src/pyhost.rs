@@ -17,7 +17,7 @@ use pyo3::types::PyCFunction;
 use stackquery::{Host, HostFuture, TaskHandle};
 use tokio::time::Instant;
 
-use crate::awaitable::RustAwaitable;
+use crate::awaitable::{RustAwaitable, Wakeup};
 
 static SUPPORT: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -27,6 +27,18 @@ pub(crate) fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     GET_RUNNING_LOOP
         .get_or_try_init(py, || {
             Ok::<_, PyErr>(py.import("asyncio")?.getattr("get_running_loop")?.unbind())
+        })?
+        .bind(py)
+        .call0()
+}
+
+static GET_RUNNING_LOOP_OR_NONE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `asyncio._get_running_loop()`: the running loop of this thread, or `None`.
+fn get_running_loop_or_none(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    GET_RUNNING_LOOP_OR_NONE
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("asyncio")?.getattr("_get_running_loop")?.unbind())
         })?
         .bind(py)
         .call0()
@@ -45,10 +57,56 @@ pub(crate) struct Loop {
     pub(crate) obj: Py<PyAny>,
     /// Its bound `time` method (looked up once: the hit path reads the clock).
     time: Py<PyAny>,
+    /// `time` is asyncio's own (`BaseEventLoop.time`, which is `time.monotonic()`, the
+    /// clock of `std::time::Instant`): the engine reads that clock directly, with no call
+    /// into Python. Any other `time` (uvloop's, a virtual clock such as `looptime`'s) is
+    /// called.
+    monotonic: bool,
     thread: ThreadId,
     /// The instant that stands for `loop_start` on the loop's clock.
     base: Instant,
     loop_start: f64,
+    /// Task wake-ups waiting for the loop (see [`wake_task`](Self::wake_task)).
+    wakes: Arc<Wakes>,
+    /// The loop callback that runs them (made at the first wake-up).
+    drain: std::sync::OnceLock<Py<PyAny>>,
+}
+
+/// Task wake-ups due, run together by one loop callback.
+#[derive(Default)]
+struct Wakes {
+    due: Mutex<WakesDue>,
+}
+
+#[derive(Default)]
+struct WakesDue {
+    /// Each task's wake-up and the object it is called with.
+    wakeups: Vec<(Wakeup, Py<PyAny>)>,
+    /// A drain is scheduled on the loop and has not taken the list yet.
+    scheduled: bool,
+}
+
+impl Wakes {
+    /// Runs the due wake-ups: each task's step, in its own context, one after another
+    /// (each step runs to its next suspension and returns; no task is running around
+    /// them, this being a plain loop callback).
+    fn drain(&self, py: Python<'_>) {
+        let wakeups = {
+            let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
+            due.scheduled = false;
+            std::mem::take(&mut due.wakeups)
+        };
+        let run = pyo3::intern!(py, "run");
+        for ((callback, context), arg) in wakeups {
+            let called = match context {
+                Some(ctx) => ctx.bind(py).call_method1(run, (callback, arg)),
+                None => callback.bind(py).call1((arg,)),
+            };
+            if let Err(e) = called {
+                e.write_unraisable(py, None);
+            }
+        }
+    }
 }
 
 impl Loop {
@@ -57,13 +115,70 @@ impl Loop {
         let obj = running_loop(py)?;
         let time = obj.getattr("time")?;
         let loop_start: f64 = time.call0()?.extract()?;
+        let asyncio_time = py
+            .import("asyncio")?
+            .getattr("BaseEventLoop")?
+            .getattr("time")?;
+        let monotonic = time.getattr("__func__").is_ok_and(|f| f.is(&asyncio_time))
+            && py
+                .import("time")?
+                .getattr("get_clock_info")?
+                .call1(("monotonic",))?
+                .getattr("implementation")?
+                .extract::<String>()
+                .is_ok_and(|i| i == "clock_gettime(CLOCK_MONOTONIC)");
         Ok(Arc::new(Loop {
             obj: obj.unbind(),
             time: time.unbind(),
+            monotonic,
             thread: std::thread::current().id(),
             base: Instant::now(),
             loop_start,
+            wakes: Arc::default(),
+            drain: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Wakes an asyncio task (calls `wakeup(arg)` in its context) from any thread. The
+    /// wake-ups of one turn run together in one loop callback: waking the 10,000 callers
+    /// of a flight costs one loop handle, not one each.
+    pub(crate) fn wake_task(&self, py: Python<'_>, wakeup: Wakeup, arg: Py<PyAny>) {
+        let first = {
+            let mut due = self.wakes.due.lock().unwrap_or_else(|p| p.into_inner());
+            due.wakeups.push((wakeup, arg));
+            !std::mem::replace(&mut due.scheduled, true)
+        };
+        if !first {
+            return;
+        }
+        let scheduled = self.drain_fn(py).and_then(|drain| {
+            let method = if self.on_loop_thread() {
+                pyo3::intern!(py, "call_soon")
+            } else {
+                pyo3::intern!(py, "call_soon_threadsafe")
+            };
+            self.obj.bind(py).call_method1(method, (drain,))
+        });
+        if let Err(e) = scheduled {
+            // A closed loop: the tasks will never run again; drop their wake-ups.
+            let mut due = self.wakes.due.lock().unwrap_or_else(|p| p.into_inner());
+            due.scheduled = false;
+            let dropped = std::mem::take(&mut due.wakeups);
+            drop(due);
+            drop(dropped);
+            e.print(py);
+        }
+    }
+
+    fn drain_fn<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyAny>> {
+        if let Some(f) = self.drain.get() {
+            return Ok(f.bind(py));
+        }
+        let wakes = self.wakes.clone();
+        let f = PyCFunction::new_closure(py, None, None, move |args, _kwargs| {
+            wakes.drain(args.py());
+        })?;
+        Ok(self.drain.get_or_init(|| f.into_any().unbind()).bind(py))
     }
 
     pub(crate) fn on_loop_thread(&self) -> bool {
@@ -72,6 +187,9 @@ impl Loop {
 
     /// The loop's `time()` as an engine instant.
     pub(crate) fn now(&self, py: Python<'_>) -> Instant {
+        if self.monotonic {
+            return Instant::from_std(std::time::Instant::now());
+        }
         let t: f64 = self
             .time
             .bind(py)
@@ -106,6 +224,9 @@ pub(crate) struct PyHost {
 
 impl Host for PyHost {
     fn now(&self) -> Instant {
+        if self.lp.monotonic {
+            return Instant::from_std(std::time::Instant::now());
+        }
         Python::attach(|py| self.lp.now(py))
     }
 
@@ -149,6 +270,11 @@ impl Host for PyHost {
 
     fn can_spawn(&self) -> bool {
         Python::attach(|py| {
+            // Called from the loop it runs on (every miss): open. One C call, where
+            // `is_closed` is a Python method.
+            if get_running_loop_or_none(py).is_ok_and(|l| l.is(self.lp.obj.bind(py))) {
+                return true;
+            }
             self.lp
                 .obj
                 .bind(py)

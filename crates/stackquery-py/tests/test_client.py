@@ -303,3 +303,37 @@ async def test_a_query_on_its_own_fetches_on_every_call_and_reports_its_state() 
     assert query.is_paused
     query.resume(refetch=False)
     assert not query.is_paused
+
+
+async def test_woken_callers_resume_in_their_own_context_and_a_cancel_keeps_its_message() -> None:
+    """The callers of a flight are woken together (one loop callback for the batch): each
+    still resumes in its own task's context, and a caller cancelled while it waits gets
+    ``CancelledError`` with the message given to ``cancel`` while the others get the value."""
+    import contextvars
+
+    var: contextvars.ContextVar[int] = contextvars.ContextVar("caller")
+    client = QueryClient()
+    gate = asyncio.Event()
+
+    async def slow() -> str:
+        await gate.wait()
+        return "value"
+
+    opts = QueryOptions(("batch",), slow)
+
+    async def caller(i: int) -> tuple[int, str]:
+        var.set(i)
+        try:
+            value = await client.fetch_query(opts)
+        except asyncio.CancelledError as e:
+            return var.get(), f"cancelled: {e.args[0]}"
+        return var.get(), value
+
+    tasks = [asyncio.ensure_future(caller(i)) for i in range(50)]
+    await asyncio.sleep(0)
+    tasks[7].cancel("seven is gone")
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert results[7] == (7, "cancelled: seven is gone")
+    assert [r for i, r in enumerate(results) if i != 7] == [(i, "value") for i in range(50) if i != 7]

@@ -13,7 +13,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from ._native import NativeClient, NativeOptions, default_retry_delay, hash_key
 from ._mutation import Mutation, MutationOptions
@@ -186,14 +186,18 @@ class QueryOptions(Generic[T]):
         (its default ``retry`` decides which failure is the last one, and ``on_settled``
         reads the data it kept), so it is redone when another client uses the options.
         """
+        engine = None if client is None else client._native
         native = self._native
         if native is not None:
             bound = self._bound
-            if bound is None or bound is client:
+            if bound is None or bound is engine:
                 return native
-        return self._convert(client)
+        return self._convert(engine)
 
-    def _convert(self, client: QueryClient | None) -> Any:
+    def _convert(self, engine: Any) -> Any:
+        """Converts the options, for the client engine ``engine`` (a ``NativeClient``;
+        ``None``: a check only). Called by the engine's ``fetch_query`` itself when the
+        options were converted for another client."""
         d = self.__dict__
         query_fn = d["query_fn"]
         if not callable(query_fn):
@@ -209,17 +213,17 @@ class QueryOptions(Generic[T]):
         bound = None
         data_of = None
         if on_error is not None or on_settled is not None:
-            if client is None:
+            if engine is None:
                 # Only a check (at construction): the callbacks wait for a client.
                 bound = _UNBOUND
                 on_success = on_error = on_settled = None
             else:
                 # The last failure is the one the retry policy gives up on: resolve the
                 # client's default count, so the engine's policy and the callbacks agree.
-                bound = client
+                bound = engine
                 if retry is None:
-                    retry = int(client._config.retry)
-                data_of = functools.partial(client._native.get_query_data, d["query_key"])
+                    retry = int(engine.default_retry)
+                data_of = functools.partial(engine.get_query_data, d["query_key"])
         stale_time = d["stale_time"]
         gc_time = d["gc_time"]
         interval = d["refetch_interval"]
@@ -237,10 +241,15 @@ class QueryOptions(Generic[T]):
             on_error,
             on_settled,
             data_of,
+            bound,  # _UNBOUND (a check only) matches no client: converted again
         )
         d["_native"] = native
         d["_bound"] = bound
         return native
+
+
+class _FetchQuery(Protocol):
+    def __call__(self, options: QueryOptions[T], /) -> Awaitable[T]: ...
 
 
 class QueryClient:
@@ -249,7 +258,17 @@ class QueryClient:
     One client runs on one event loop: the loop it is first used on.
     """
 
-    __slots__ = ("_config", "_native", "_cache")
+    __slots__ = ("_config", "_native", "_cache", "fetch_query", "get_query_data")
+
+    fetch_query: _FetchQuery
+    """``fetch_query(options)``: the data of ``options.query_key``: fresh from the cache at
+    once, stale from the cache with one refetch in the background, or fetched (one fetch
+    however many callers wait). Awaitable; a fresh hit completes without a task switch.
+    (The engine's own method, bound per client: no Python frame on the hot path.)"""
+
+    get_query_data: Callable[[tuple[Any, ...]], Any]
+    """``get_query_data(key)``: the cached data of ``key`` (fresh or stale), or ``None``.
+    (The engine's own method, bound per client.)"""
 
     def __init__(self, config: QueryClientConfig | None = None) -> None:
         self._config = config or QueryClientConfig()
@@ -268,6 +287,9 @@ class QueryClient:
             cfg.bus,
             float(cfg.storage_timeout),
         )
+        # The two hottest calls go straight to the engine (a slot read, then Rust).
+        self.fetch_query = self._native.fetch_query
+        self.get_query_data = self._native.get_query_data
         self._cache: QueryCache | None = None
 
     @property
@@ -278,25 +300,12 @@ class QueryClient:
             cache = self._cache = QueryCache(self)
         return cache
 
-    def fetch_query(self, options: QueryOptions[T]) -> Awaitable[T]:
-        """The data of ``options.query_key``: fresh from the cache at once, stale from the
-        cache with one refetch in the background, or fetched (one fetch however many
-        callers wait). Awaitable; a fresh hit completes without a task switch."""
-        native = options._native
-        if native is None or (options._bound is not None and options._bound is not self):
-            native = options._convert(self)
-        return self._native.fetch_query(native)
-
     async def prefetch_query(self, options: QueryOptions[Any]) -> None:
         """Warms the cache; failures are logged, never raised."""
         try:
             await self.fetch_query(options)
         except Exception:  # noqa: BLE001 - a prefetch never raises
             logger.debug("prefetch of %s failed", options.query_key, exc_info=True)
-
-    def get_query_data(self, key: tuple[Any, ...]) -> Any:
-        """The cached data of ``key`` (fresh or stale), or ``None``."""
-        return self._native.get_query_data(key)
 
     def get_query_state(self, key: tuple[Any, ...]) -> QueryState[Any, Any] | None:
         """A snapshot of the state of ``key``, or ``None`` when the cache does not hold it."""

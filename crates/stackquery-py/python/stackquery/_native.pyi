@@ -85,6 +85,7 @@ class NativeOptions:
         on_error: Callable[[BaseException], object] | None = None,
         on_settled: Callable[[Any, BaseException | None], object] | None = None,
         data_of: Callable[[], Any] | None = None,
+        bound: Any = None,
     ) -> None: ...
 
 class NativeObserver:
