@@ -73,7 +73,6 @@ impl<T> Entry<T> {
         stale_time: Duration,
         now: impl FnOnce() -> Instant,
     ) -> Option<Arc<T>> {
-        // Counted under the lock taken anyway: no shared counter on the hit path.
         let data = self.cell.hit(stale_time, now)?;
         self.touch();
         Some(data)
@@ -150,8 +149,6 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     fn type_name(&self) -> &'static str;
     fn as_any(&self) -> &dyn Any;
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
-    /// Hit-path hits counted in the entry so far.
-    fn hits(&self) -> u64;
     /// Reads and clears the CLOCK bit.
     fn take_referenced(&self) -> bool;
     /// Observed or fetching: never evicted or collected.
@@ -186,9 +183,6 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
     }
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
         self
-    }
-    fn hits(&self) -> u64 {
-        self.cell.read(Machine::hits)
     }
     fn take_referenced(&self) -> bool {
         self.referenced.swap(false, Ordering::Relaxed)

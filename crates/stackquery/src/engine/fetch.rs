@@ -5,6 +5,7 @@
 //! others; a fetch nobody waits for (a background refresh) is a task from the start.
 
 use crate::events::CacheEventKind;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 #[cfg(feature = "redis")]
 use std::time::Duration;
@@ -27,6 +28,13 @@ struct FlightGuard<T: Send + Sync + 'static> {
     shared: Arc<Shared>,
     entry: Arc<Entry<T>>,
     flight: Arc<Flight<T>>,
+    /// The fetch's `stackquery.fetch` span (see `telemetry.rs`), and when the task
+    /// started (read only if the span is enabled).
+    span: tracing::Span,
+    started: Option<std::time::Instant>,
+    /// Attempts tried again so far, and whether the span has its outcome.
+    retries: AtomicU32,
+    ended: AtomicBool,
 }
 
 impl<T: Send + Sync + 'static> FlightGuard<T> {
@@ -60,6 +68,14 @@ impl<T: Send + Sync + 'static> FlightGuard<T> {
         };
         self.settle(Ok(Arc::new(envelope.data)), source, false);
     }
+
+    /// Records the fetch's outcome on its span, once.
+    fn end(&self, outcome: &'static str) {
+        if !self.ended.swap(true, Ordering::Relaxed) {
+            let retries = self.retries.load(Ordering::Relaxed);
+            crate::telemetry::end_fetch_span(&self.span, self.started, retries, outcome);
+        }
+    }
 }
 
 impl<T: Send + Sync + 'static> Drop for FlightGuard<T> {
@@ -67,6 +83,7 @@ impl<T: Send + Sync + 'static> Drop for FlightGuard<T> {
         if !self.flight.is_resolved() {
             self.settle(Err(QueryError::Cancelled), Source::Fetch, false);
         }
+        self.end("cancelled");
     }
 }
 
@@ -76,18 +93,31 @@ impl<T: Send + Sync + 'static> Drop for FlightGuard<T> {
 /// held is dropped: the token is taken before the task is first polled (a task aborted
 /// before it ever ran stops too), and it is the task's outermost local, so it is dropped
 /// after the fetch function's future.
+///
+/// The task runs inside `span` (the `stackquery.fetch` span, child of the span current
+/// where the fetch started), or, when a subscriber disabled that span, inside the span
+/// current now: either way the fetch function's log lines carry the caller's span, though
+/// the task outlives the caller's poll.
 pub(crate) fn run_flight<T: Send + Sync + 'static>(
     shared: Arc<Shared>,
     entry: Arc<Entry<T>>,
     flight: Arc<Flight<T>>,
     opts: QueryOptions<T>,
     hydrate: Option<Reload>,
+    span: tracing::Span,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tracing::Instrument;
     let running = flight.running();
+    let run_in = if span.is_disabled() {
+        tracing::Span::current()
+    } else {
+        span.clone()
+    };
     async move {
         let _running = running;
-        fetch_task(shared, entry, flight, opts, hydrate).await;
+        fetch_task(shared, entry, flight, opts, hydrate, span).await;
     }
+    .instrument(run_in)
 }
 
 async fn fetch_task<T: Send + Sync + 'static>(
@@ -96,25 +126,36 @@ async fn fetch_task<T: Send + Sync + 'static>(
     flight: Arc<Flight<T>>,
     opts: QueryOptions<T>,
     hydrate: Option<Reload>,
+    span: tracing::Span,
 ) {
     // Cancelled before the task first ran: the fetch function is never called.
     if flight.is_resolved() {
+        crate::telemetry::end_fetch_span(&span, None, 0, "cancelled");
         return;
     }
+    let started = (!span.is_disabled()).then(std::time::Instant::now);
     let guard = FlightGuard {
         shared,
         entry,
         flight,
+        span,
+        started,
+        retries: AtomicU32::new(0),
+        ended: AtomicBool::new(false),
     };
     if let Some(reload) = hydrate {
         if hydrate_flight(&guard, &opts, reload).await {
+            guard.end("hydrated");
             return;
         }
     }
     #[cfg(feature = "redis")]
     let lease = if hydrate == Some(Reload::No) {
         match cluster_step(&guard, &opts).await {
-            ClusterStep::Served => return,
+            ClusterStep::Served => {
+                guard.end("cluster");
+                return;
+            }
             ClusterStep::Lease(token) => Some(token),
             ClusterStep::Local => None,
         }
@@ -155,8 +196,10 @@ async fn fetch_with_retries<T: Send + Sync + 'static>(
     let key = &guard.entry.key;
     let retry = guard.shared.defaults.retry(opts);
     let events = &guard.shared.events;
-    // The clock is read only for a listener (a fill of new keys reads none).
-    let started = events.on().then(std::time::Instant::now);
+    let counters = &guard.shared.counters;
+    // The clock is read only for a listener or the metrics (a fill of new keys reads
+    // none).
+    let started = (crate::telemetry::TIMED || events.on()).then(std::time::Instant::now);
     events.emit(|| CacheEventKind::FetchStarted { key: key.clone() });
     let value = run_with_retries(
         &guard.shared.runtime,
@@ -173,6 +216,8 @@ async fn fetch_with_retries<T: Send + Sync + 'static>(
                 guard.shared.dispatch(&guard.entry, event);
             }
             Step::Retry(delay) => {
+                counters.retries.incr();
+                guard.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%key, %error, failures, ?delay, "fetch retry");
                 events.emit(|| CacheEventKind::FetchRetried {
                     key: key.clone(),
@@ -185,19 +230,25 @@ async fn fetch_with_retries<T: Send + Sync + 'static>(
     )
     .await;
     let duration = started.map_or(std::time::Duration::ZERO, |s| s.elapsed());
+    crate::telemetry::time(crate::telemetry::names::FETCH_DURATION, duration);
     match &value {
         Ok(_) => {
+            guard.end("ok");
             tracing::debug!(%key, "fetch success");
             events.emit(|| CacheEventKind::FetchSucceeded {
                 key: key.clone(),
                 duration,
             });
         }
-        Err(error) => events.emit(|| CacheEventKind::FetchFailed {
-            key: key.clone(),
-            duration,
-            error: error.clone(),
-        }),
+        Err(error) => {
+            counters.errors.incr();
+            guard.end("error");
+            events.emit(|| CacheEventKind::FetchFailed {
+                key: key.clone(),
+                duration,
+                error: error.clone(),
+            });
+        }
     }
     Ok(Arc::new(value?))
 }
@@ -302,7 +353,15 @@ async fn hydrate_flight<T: Send + Sync + 'static>(
     };
     let envelope = match (envelope, &guard.shared.tier) {
         (Some(e), _) => Some(e),
-        (None, Some(tier)) => tier.read(&guard.shared.counters, &key, fns).await,
+        (None, Some(tier)) => {
+            let started = crate::telemetry::TIMED.then(std::time::Instant::now);
+            let read = tier.read(&guard.shared.counters, &key, fns).await;
+            if let Some(started) = started {
+                let name = crate::telemetry::names::HYDRATION_DURATION;
+                crate::telemetry::time(name, started.elapsed());
+            }
+            read
+        }
         (None, None) => None,
     };
     let Some(envelope) = envelope else {
