@@ -27,7 +27,7 @@ async fn main() {
         .retry_delay(|_| Duration::from_millis(1))
         .build();
 
-    // Ten users: ten misses and fetches, then three rounds of hits.
+    // Five users: five misses and fetches, then three rounds of hits.
     let user = |id: u32| {
         QueryOptions::new(key!["user", id], move || async move {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -36,9 +36,13 @@ async fn main() {
         .stale_time(Duration::from_secs(60))
     };
     for _ in 0..4 {
-        for id in 0..10 {
+        for id in 0..5 {
             client.fetch_query(&user(id)).await.expect("a user");
         }
+    }
+    // Ten more: the bound of 8 evicts.
+    for id in 100..110 {
+        client.fetch_query(&user(id)).await.expect("a user");
     }
     // A query that always fails: one retry, then an error.
     let broken = QueryOptions::new(key!["broken"], || async {

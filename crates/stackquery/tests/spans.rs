@@ -301,7 +301,10 @@ async fn an_observers_fetch_is_a_child_of_the_span_that_subscribed() {
 async fn with_the_fetch_span_filtered_out_the_callers_span_remains() {
     let rec = Recorder::default();
     let filter = tracing_subscriber::filter::filter_fn(|m| m.target() != "stackquery");
-    let sub = tracing_subscriber::registry().with(rec.clone().with_filter(filter));
+    // A global filter: the span is disabled for the whole subscriber.
+    let sub = tracing_subscriber::registry()
+        .with(filter)
+        .with(rec.clone());
     let _guard = tracing::subscriber::set_default(sub);
     let client = QueryClient::new();
     let opts = QueryOptions::new(key!["quiet"], || async {
