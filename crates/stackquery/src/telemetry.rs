@@ -46,6 +46,8 @@
 //!
 //! Metrics carry no labels: two clients in one process add up.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
 /// The metric names (see the [module documentation](self)).
 pub mod names {
     /// Calls answered with fresh data.
@@ -147,32 +149,92 @@ impl Published {
     }
 }
 
-/// The span of a fetch of `key`, child of the current span (see the module docs).
-#[inline]
-pub(crate) fn fetch_span(key: &crate::key::QueryKey) -> tracing::Span {
-    tracing::info_span!(
-        target: "stackquery",
-        "stackquery.fetch",
-        key = %key,
-        duration_ms = tracing::field::Empty,
-        retries = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-    )
+/// A fetch's `stackquery.fetch` span and what it records when the fetch ends. Boxed
+/// and made only when a subscriber enables the span, so a fetch without one carries a
+/// single word for it (the fetch future is moved several times; its size is paid in
+/// copies).
+pub(crate) struct FetchTrace {
+    span: tracing::Span,
+    started: std::time::Instant,
+    retries: AtomicU32,
+    ended: AtomicBool,
 }
 
-/// Records how a fetch ended on its span (nothing if the span is disabled).
-pub(crate) fn end_fetch_span(
-    span: &tracing::Span,
-    started: Option<std::time::Instant>,
-    retries: u32,
-    outcome: &'static str,
-) {
-    if span.is_disabled() {
-        return;
+impl FetchTrace {
+    /// The span of a fetch of `key`, child of the current span; `None` if disabled.
+    #[inline]
+    pub(crate) fn start(key: &crate::key::QueryKey) -> Option<Box<FetchTrace>> {
+        let span = tracing::info_span!(
+            target: "stackquery",
+            "stackquery.fetch",
+            key = %key,
+            duration_ms = tracing::field::Empty,
+            retries = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        if span.is_disabled() {
+            return None;
+        }
+        Some(Box::new(FetchTrace {
+            span,
+            started: std::time::Instant::now(),
+            retries: AtomicU32::new(0),
+            ended: AtomicBool::new(false),
+        }))
     }
-    if let Some(started) = started {
-        span.record("duration_ms", started.elapsed().as_secs_f64() * 1000.0);
+
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
     }
-    span.record("retries", retries);
-    span.record("outcome", outcome);
+
+    /// One more attempt tried again.
+    pub(crate) fn retried(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records how the fetch ended (once: later calls do nothing).
+    pub(crate) fn end(&self, outcome: &'static str) {
+        if self.ended.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        self.span.record("duration_ms", ms);
+        self.span
+            .record("retries", self.retries.load(Ordering::Relaxed));
+        self.span.record("outcome", outcome);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future run inside a span (entered on every poll), or in no span of its own.
+    /// `tracing::Instrumented` always holds a `Span` (five words); this holds one box
+    /// pointer, null without a span.
+    pub(crate) struct InSpan<F> {
+        span: Option<Box<tracing::Span>>,
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> InSpan<F> {
+    pub(crate) fn new(span: Option<tracing::Span>, inner: F) -> Self {
+        InSpan {
+            span: span.map(Box::new),
+            inner,
+        }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for InSpan<F> {
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let _entered = this.span.as_deref().map(tracing::Span::enter);
+        this.inner.poll(cx)
+    }
 }

@@ -5,7 +5,7 @@
 //! others; a fetch nobody waits for (a background refresh) is a task from the start.
 
 use crate::events::CacheEventKind;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use crate::telemetry::{FetchTrace, InSpan};
 use std::sync::Arc;
 #[cfg(feature = "redis")]
 use std::time::Duration;
@@ -28,13 +28,9 @@ struct FlightGuard<T: Send + Sync + 'static> {
     shared: Arc<Shared>,
     entry: Arc<Entry<T>>,
     flight: Arc<Flight<T>>,
-    /// The fetch's `stackquery.fetch` span (see `telemetry.rs`), and when the task
-    /// started (read only if the span is enabled).
-    span: tracing::Span,
-    started: Option<std::time::Instant>,
-    /// Attempts tried again so far, and whether the span has its outcome.
-    retries: AtomicU32,
-    ended: AtomicBool,
+    /// The fetch's `stackquery.fetch` span and what it records (see `telemetry.rs`);
+    /// `None` (one word in the task) unless a subscriber enabled the span.
+    trace: Option<Box<FetchTrace>>,
 }
 
 impl<T: Send + Sync + 'static> FlightGuard<T> {
@@ -71,9 +67,8 @@ impl<T: Send + Sync + 'static> FlightGuard<T> {
 
     /// Records the fetch's outcome on its span, once.
     fn end(&self, outcome: &'static str) {
-        if !self.ended.swap(true, Ordering::Relaxed) {
-            let retries = self.retries.load(Ordering::Relaxed);
-            crate::telemetry::end_fetch_span(&self.span, self.started, retries, outcome);
+        if let Some(trace) = &self.trace {
+            trace.end(outcome);
         }
     }
 }
@@ -94,30 +89,27 @@ impl<T: Send + Sync + 'static> Drop for FlightGuard<T> {
 /// before it ever ran stops too), and it is the task's outermost local, so it is dropped
 /// after the fetch function's future.
 ///
-/// The task runs inside `span` (the `stackquery.fetch` span, child of the span current
-/// where the fetch started), or, when a subscriber disabled that span, inside the span
-/// current now: either way the fetch function's log lines carry the caller's span, though
-/// the task outlives the caller's poll.
+/// The task runs inside the `stackquery.fetch` span `trace` holds (a child of the span
+/// current where the fetch started), or, without it (no subscriber, or one that filters
+/// the span out), inside the span current now: either way the fetch function's log lines
+/// carry the caller's span, though the task outlives the caller's poll.
 pub(crate) fn run_flight<T: Send + Sync + 'static>(
     shared: Arc<Shared>,
     entry: Arc<Entry<T>>,
     flight: Arc<Flight<T>>,
     opts: QueryOptions<T>,
     hydrate: Option<Reload>,
-    span: tracing::Span,
+    trace: Option<Box<FetchTrace>>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    use tracing::Instrument;
     let running = flight.running();
-    let run_in = if span.is_disabled() {
-        tracing::Span::current()
-    } else {
-        span.clone()
+    let run_in = match &trace {
+        Some(trace) => Some(trace.span().clone()),
+        None => Some(tracing::Span::current()).filter(|s| !s.is_none()),
     };
-    async move {
+    InSpan::new(run_in, async move {
         let _running = running;
-        fetch_task(shared, entry, flight, opts, hydrate, span).await;
-    }
-    .instrument(run_in)
+        fetch_task(shared, entry, flight, opts, hydrate, trace).await;
+    })
 }
 
 async fn fetch_task<T: Send + Sync + 'static>(
@@ -126,22 +118,20 @@ async fn fetch_task<T: Send + Sync + 'static>(
     flight: Arc<Flight<T>>,
     opts: QueryOptions<T>,
     hydrate: Option<Reload>,
-    span: tracing::Span,
+    trace: Option<Box<FetchTrace>>,
 ) {
     // Cancelled before the task first ran: the fetch function is never called.
     if flight.is_resolved() {
-        crate::telemetry::end_fetch_span(&span, None, 0, "cancelled");
+        if let Some(trace) = trace {
+            trace.end("cancelled");
+        }
         return;
     }
-    let started = (!span.is_disabled()).then(std::time::Instant::now);
     let guard = FlightGuard {
         shared,
         entry,
         flight,
-        span,
-        started,
-        retries: AtomicU32::new(0),
-        ended: AtomicBool::new(false),
+        trace,
     };
     if let Some(reload) = hydrate {
         if hydrate_flight(&guard, &opts, reload).await {
@@ -217,7 +207,9 @@ async fn fetch_with_retries<T: Send + Sync + 'static>(
             }
             Step::Retry(delay) => {
                 counters.retries.incr();
-                guard.retries.fetch_add(1, Ordering::Relaxed);
+                if let Some(trace) = &guard.trace {
+                    trace.retried();
+                }
                 tracing::debug!(%key, %error, failures, ?delay, "fetch retry");
                 events.emit(|| CacheEventKind::FetchRetried {
                     key: key.clone(),

@@ -224,14 +224,14 @@ impl Shared {
         tracing::debug!(key = %entry.key, "fetch start");
         // The caller's span is current here (the task is about to leave it): the fetch's
         // span is its child.
-        let span = crate::telemetry::fetch_span(&entry.key);
+        let trace = crate::telemetry::FetchTrace::start(&entry.key);
         let task = super::fetch::run_flight(
             self.clone(),
             entry.clone(),
             flight.clone(),
             opts,
             hydrate,
-            span,
+            trace,
         );
         Some((flight, task))
     }
