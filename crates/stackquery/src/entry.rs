@@ -243,9 +243,10 @@ mod size_tests {
     fn entry_parts_stay_small() {
         assert!(size_of::<Option<QueryError>>() <= 24);
         assert!(size_of::<QueryState<Arc<u64>>>() <= 104);
-        // Before this test: 344 and 376.
-        assert!(size_of::<Machine<Arc<u64>>>() <= 272);
-        assert!(size_of::<Entry<Arc<u64>>>() <= 320);
+        // Before this test: 344 and 376; 272 and 320 until the hit counter left the
+        // entry for the client's striped counter (issue 15).
+        assert!(size_of::<Machine<Arc<u64>>>() <= 264);
+        assert!(size_of::<Entry<Arc<u64>>>() <= 312);
     }
 }
 
