@@ -204,37 +204,3 @@ impl FetchTrace {
         self.span.record("outcome", outcome);
     }
 }
-
-pin_project_lite::pin_project! {
-    /// A future run inside a span (entered on every poll), or in no span of its own.
-    /// `tracing::Instrumented` always holds a `Span` (five words); this holds one box
-    /// pointer, null without a span.
-    pub(crate) struct InSpan<F> {
-        span: Option<Box<tracing::Span>>,
-        #[pin]
-        inner: F,
-    }
-}
-
-impl<F> InSpan<F> {
-    pub(crate) fn new(span: Option<tracing::Span>, inner: F) -> Self {
-        InSpan {
-            span: span.map(Box::new),
-            inner,
-        }
-    }
-}
-
-impl<F: std::future::Future> std::future::Future for InSpan<F> {
-    type Output = F::Output;
-
-    #[inline]
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        let this = self.project();
-        let _entered = this.span.as_deref().map(tracing::Span::enter);
-        this.inner.poll(cx)
-    }
-}
