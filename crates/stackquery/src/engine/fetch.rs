@@ -105,6 +105,9 @@ pub(crate) fn run_flight<T: Send + Sync + 'static>(
     let running = flight.running();
     let run_in = match &trace {
         Some(trace) => Some(trace.span().clone()),
+        // With every level off (no subscriber), no span can be current: one atomic load
+        // instead of asking the dispatcher.
+        None if !tracing::level_enabled!(tracing::Level::ERROR) => None,
         None => Some(tracing::Span::current()).filter(|s| !s.is_none()),
     };
     async move {
