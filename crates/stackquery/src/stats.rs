@@ -239,7 +239,8 @@ pub struct CacheStats {
     pub dedup_joins: u64,
     /// Fetch attempts that failed and were tried again.
     pub retries: u64,
-    /// Fetches that failed for good (retries spent, cancelled, panicked).
+    /// Fetches that failed for good: retries spent, or the fetch function panicked (a
+    /// cancelled fetch is not an error here).
     pub errors: u64,
     /// Entries evicted to respect `max_queries`.
     pub evictions: u64,
