@@ -52,102 +52,6 @@ impl StripedCounter {
     }
 }
 
-/// Threads that own a stripe of every [`HitCounter`] (the first ones to count a hit;
-/// a stripe is handed on when its thread exits).
-const OWNED: usize = 16;
-/// Stripes shared, with atomic adds, by the threads beyond [`OWNED`].
-const SHARED: usize = 4;
-
-/// The hit counter: the hit path's one write to shared memory, so it avoids even an
-/// uncontended atomic read-modify-write (a `lock`-prefixed add, ~10 ns here). Each of the
-/// first [`OWNED`] threads to count a hit owns a stripe of *every* hit counter — one id
-/// for the process, not per counter — and, being its only writer, adds with a plain load
-/// and store. Threads beyond those share [`SHARED`] stripes with atomic adds. A thread
-/// that exits hands its id back (under a lock, which orders its last writes before the
-/// next owner's first), and the stripe's count carries on. `get` sums the stripes:
-/// O(stripes), never O(entries).
-pub(crate) struct HitCounter {
-    stripes: [CachePadded<AtomicU64>; OWNED + SHARED],
-}
-
-impl Default for HitCounter {
-    fn default() -> Self {
-        HitCounter {
-            stripes: std::array::from_fn(|_| CachePadded::new(AtomicU64::new(0))),
-        }
-    }
-}
-
-/// Owned ids never handed out yet (`OWNED` and up: none left), and ids handed back.
-static NEXT_OWNED: AtomicUsize = AtomicUsize::new(0);
-static FREED: parking_lot::Mutex<Vec<usize>> = parking_lot::Mutex::new(Vec::new());
-static NEXT_SHARED: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    // The thread's stripe of every hit counter: below `OWNED` one it owns, from `OWNED`
-    // a shared one, `usize::MAX` not assigned yet. Const-initialised and without a
-    // destructor, so it is readable with no check, even while the thread exits.
-    static HIT_STRIPE: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
-    // Hands an owned id back when the thread exits.
-    static OWNERSHIP: std::cell::RefCell<Option<Ownership>> = const { std::cell::RefCell::new(None) };
-}
-
-struct Ownership(usize);
-
-impl Drop for Ownership {
-    fn drop(&mut self) {
-        // Anything the thread still counts from here on (other destructors) is shared.
-        let _ = HIT_STRIPE.try_with(|s| s.set(shared_stripe()));
-        FREED.lock().push(self.0);
-    }
-}
-
-fn shared_stripe() -> usize {
-    OWNED + NEXT_SHARED.fetch_add(1, Ordering::Relaxed) % SHARED
-}
-
-#[cold]
-fn assign_hit_stripe() -> usize {
-    let owned = FREED.lock().pop().or_else(|| {
-        let n = NEXT_OWNED.fetch_add(1, Ordering::Relaxed);
-        (n < OWNED).then_some(n)
-    });
-    let stripe = match owned {
-        // Owned only if the thread can hand it back when it exits.
-        Some(id) => match OWNERSHIP.try_with(|o| *o.borrow_mut() = Some(Ownership(id))) {
-            Ok(()) => id,
-            Err(_) => {
-                FREED.lock().push(id);
-                shared_stripe()
-            }
-        },
-        None => shared_stripe(),
-    };
-    HIT_STRIPE.with(|s| s.set(stripe));
-    stripe
-}
-
-impl HitCounter {
-    #[inline]
-    pub(crate) fn incr(&self) {
-        let mut i = HIT_STRIPE.with(std::cell::Cell::get);
-        if i >= OWNED + SHARED {
-            i = assign_hit_stripe();
-        }
-        let stripe = &self.stripes[i];
-        if i < OWNED {
-            // This thread is the stripe's only writer: no read-modify-write needed.
-            stripe.store(stripe.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        } else {
-            stripe.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub(crate) fn get(&self) -> u64 {
-        self.stripes.iter().map(|s| s.load(Ordering::Relaxed)).sum()
-    }
-}
-
 /// A [`StripedCounter`] that is also a counter of the `metrics` facade (feature
 /// `metrics`), recorded as it happens. Only for paths slower than a fresh hit: the
 /// recorder's lookup runs on every increment.
@@ -181,12 +85,12 @@ impl Metered {
 
 /// Counters kept by a client; read them with [`QueryClient::stats`](crate::QueryClient::stats).
 ///
-/// Fresh hits are a [`HitCounter`]: the hit path adds one to its thread's stripe (a plain
-/// load and store) and nothing else, whatever the features. With the `metrics`
+/// Fresh hits are a plain [`StripedCounter`]: the hit path adds one relaxed increment to
+/// its thread's stripe and nothing else, whatever the features. With the `metrics`
 /// feature they reach the recorder in batches (see `telemetry.rs`); every other counter
 /// is recorded as it happens.
 pub(crate) struct Counters {
-    pub(crate) hits: HitCounter,
+    pub(crate) hits: StripedCounter,
     pub(crate) stale_hits: Metered,
     pub(crate) misses: Metered,
     pub(crate) fetches: Metered,
@@ -205,7 +109,7 @@ impl Default for Counters {
     fn default() -> Self {
         use crate::telemetry::names;
         Counters {
-            hits: HitCounter::default(),
+            hits: StripedCounter::default(),
             stale_hits: Metered::new(names::STALE_HITS),
             misses: Metered::new(names::MISSES),
             fetches: Metered::new(names::FETCHES),
@@ -284,72 +188,5 @@ impl Counters {
             bus_out: self.bus_out.get(),
             entries,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-
-    /// More threads than owned stripes, some exiting and handing their stripe on while
-    /// others count: every hit is counted, and ids are handed back.
-    #[test]
-    fn hit_counts_are_exact_across_many_short_lived_threads() {
-        let counter = Arc::new(HitCounter::default());
-        for _round in 0..3 {
-            let threads: Vec<_> = (0..(OWNED + 8))
-                .map(|_| {
-                    let c = counter.clone();
-                    std::thread::spawn(move || {
-                        for _ in 0..10_000 {
-                            c.incr();
-                        }
-                    })
-                })
-                .collect();
-            for t in threads {
-                t.join().unwrap();
-            }
-        }
-        assert_eq!(counter.get(), 3 * (OWNED as u64 + 8) * 10_000);
-    }
-
-    /// While more threads than owned stripes count at once, the ones beyond share the
-    /// atomic stripes, and the total is still exact.
-    #[test]
-    fn hit_counts_are_exact_with_more_live_threads_than_owned_stripes() {
-        let counter = Arc::new(HitCounter::default());
-        let n = OWNED + SHARED + 4;
-        let barrier = Arc::new(std::sync::Barrier::new(n));
-        let threads: Vec<_> = (0..n)
-            .map(|_| {
-                let (c, b) = (counter.clone(), barrier.clone());
-                std::thread::spawn(move || {
-                    c.incr();
-                    // All alive at once: not every thread can own a stripe.
-                    b.wait();
-                    for _ in 1..20_000 {
-                        c.incr();
-                    }
-                    HIT_STRIPE.with(std::cell::Cell::get)
-                })
-            })
-            .collect();
-        let stripes: Vec<usize> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-        assert_eq!(counter.get(), n as u64 * 20_000);
-        assert!(
-            stripes.iter().any(|&s| s >= OWNED),
-            "some shared: {stripes:?}"
-        );
-        let mut owned: Vec<_> = stripes.iter().filter(|&&s| s < OWNED).collect();
-        let count = owned.len();
-        owned.sort();
-        owned.dedup();
-        assert_eq!(
-            owned.len(),
-            count,
-            "an owned stripe has one thread: {stripes:?}"
-        );
     }
 }

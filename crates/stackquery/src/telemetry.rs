@@ -132,7 +132,7 @@ impl Published {
     /// O(stripes); nothing without the feature.
     #[inline]
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn flush(&self, hits: &crate::stats::HitCounter, entries: usize) {
+    pub(crate) fn flush(&self, hits: &crate::stats::StripedCounter, entries: usize) {
         #[cfg(feature = "metrics")]
         {
             use std::sync::atomic::Ordering;
