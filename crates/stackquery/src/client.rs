@@ -138,6 +138,7 @@ impl QueryClient {
         });
         match probe {
             Some(Ok(Ok(data))) => {
+                self.shared.counters.hits.incr();
                 tracing::trace!(key = %opts.key, "cache hit");
                 Ok(data)
             }
@@ -546,13 +547,23 @@ impl QueryClient {
         }
     }
 
-    /// The client's counters and current size. Fresh hits are counted inside each entry
-    /// (so the hit path touches no shared counter), which makes this call O(entries).
+    /// The client's counters and current size. O(1): every counter is kept up to date
+    /// as it happens (striped over a fixed number of cache-padded slots, so concurrent
+    /// hits do not contend), never summed over the entries.
     pub fn stats(&self) -> CacheStats {
         let mut stats = self.shared.counters.snapshot(self.shared.cache.len());
         (stats.evictions, stats.gc_collections) = self.shared.cache.removals();
-        stats.hits += self.shared.cache.hits();
+        self.shared.publish_metrics();
         stats
+    }
+
+    /// Publishes what the `metrics` recorder receives in batches — the fresh hits counted
+    /// since the last publication and the `stackquery_entries` gauge — now (see
+    /// [`telemetry`](crate::telemetry)). The client also does it whenever it starts a
+    /// fetch, fires a timer or answers [`stats`](Self::stats); call it before rendering an
+    /// export for exact figures. O(1); does nothing without the `metrics` feature.
+    pub fn flush_metrics(&self) {
+        self.shared.publish_metrics();
     }
 
     /// The keys of the entries a filter matches, sorted. A key filter is answered by the
@@ -650,8 +661,7 @@ impl QueryClient {
             .map(|e| e.describe(&self.shared, true))
     }
 
-    /// How many entries the cache holds now (one atomic read; [`stats`](Self::stats)
-    /// also counts hits, which visits every entry).
+    /// How many entries the cache holds now (one atomic read).
     pub fn query_count(&self) -> usize {
         self.shared.cache.len()
     }

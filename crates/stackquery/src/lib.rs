@@ -89,6 +89,7 @@ mod stats;
 pub mod storage;
 mod subscription;
 mod sync;
+pub mod telemetry;
 mod timers;
 mod user_code;
 mod worker;

@@ -52,25 +52,86 @@ impl StripedCounter {
     }
 }
 
+/// A [`StripedCounter`] that is also a counter of the `metrics` facade (feature
+/// `metrics`), recorded as it happens. Only for paths slower than a fresh hit: the
+/// recorder's lookup runs on every increment.
+pub(crate) struct Metered {
+    counter: StripedCounter,
+    #[cfg(feature = "metrics")]
+    name: &'static str,
+}
+
+impl Metered {
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    fn new(name: &'static str) -> Self {
+        Metered {
+            counter: StripedCounter::default(),
+            #[cfg(feature = "metrics")]
+            name,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn incr(&self) {
+        self.counter.incr();
+        #[cfg(feature = "metrics")]
+        metrics::counter!(self.name).increment(1);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.counter.get()
+    }
+}
+
 /// Counters kept by a client; read them with [`QueryClient::stats`](crate::QueryClient::stats).
-#[derive(Default)]
+///
+/// Fresh hits are a plain [`StripedCounter`]: the hit path adds one relaxed increment to
+/// its thread's stripe and nothing else, whatever the features. With the `metrics`
+/// feature they reach the recorder in batches (see `telemetry.rs`); every other counter
+/// is recorded as it happens.
 pub(crate) struct Counters {
     pub(crate) hits: StripedCounter,
-    pub(crate) stale_hits: StripedCounter,
-    pub(crate) misses: StripedCounter,
-    pub(crate) fetches: StripedCounter,
-    pub(crate) dedup_joins: StripedCounter,
-    pub(crate) l2_hits: StripedCounter,
-    pub(crate) l2_misses: StripedCounter,
-    pub(crate) l2_errors: StripedCounter,
-    pub(crate) l2_writes: StripedCounter,
+    pub(crate) stale_hits: Metered,
+    pub(crate) misses: Metered,
+    pub(crate) fetches: Metered,
+    pub(crate) dedup_joins: Metered,
+    pub(crate) retries: Metered,
+    pub(crate) errors: Metered,
+    pub(crate) l2_hits: Metered,
+    pub(crate) l2_misses: Metered,
+    pub(crate) l2_errors: Metered,
+    pub(crate) l2_writes: Metered,
+    pub(crate) bus_in: Metered,
+    pub(crate) bus_out: Metered,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        use crate::telemetry::names;
+        Counters {
+            hits: StripedCounter::default(),
+            stale_hits: Metered::new(names::STALE_HITS),
+            misses: Metered::new(names::MISSES),
+            fetches: Metered::new(names::FETCHES),
+            dedup_joins: Metered::new(names::DEDUP_JOINS),
+            retries: Metered::new(names::RETRIES),
+            errors: Metered::new(names::ERRORS),
+            l2_hits: Metered::new(names::L2_HITS),
+            l2_misses: Metered::new(names::L2_MISSES),
+            l2_errors: Metered::new(names::L2_ERRORS),
+            l2_writes: Metered::new(names::L2_WRITES),
+            bus_in: Metered::new(names::BUS_IN),
+            bus_out: Metered::new(names::BUS_OUT),
+        }
+    }
 }
 
 /// A snapshot of a client's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CacheStats {
-    /// `fetch_query` calls answered with fresh cached data.
+    /// Calls answered with fresh cached data (removed and evicted entries' hits
+    /// included).
     pub hits: u64,
     /// Calls answered with stale cached data (a background refetch was started or joined).
     pub stale_hits: u64,
@@ -80,6 +141,11 @@ pub struct CacheStats {
     pub fetches: u64,
     /// Calls that joined a fetch already in flight instead of starting one.
     pub dedup_joins: u64,
+    /// Fetch attempts that failed and were tried again.
+    pub retries: u64,
+    /// Fetches that failed for good: retries spent, or the fetch function panicked (a
+    /// cancelled fetch is not an error here).
+    pub errors: u64,
     /// Entries evicted to respect `max_queries`.
     pub evictions: u64,
     /// Unused entries removed after their `gc_time`.
@@ -92,6 +158,10 @@ pub struct CacheStats {
     pub l2_errors: u64,
     /// Second-tier writes attempted by the write-behind queue.
     pub l2_writes: u64,
+    /// Messages received from other instances on the invalidation bus.
+    pub bus_in: u64,
+    /// Messages sent to other instances on the invalidation bus.
+    pub bus_out: u64,
     /// Entries in memory now.
     pub entries: usize,
 }
@@ -106,12 +176,16 @@ impl Counters {
             misses: self.misses.get(),
             fetches: self.fetches.get(),
             dedup_joins: self.dedup_joins.get(),
+            retries: self.retries.get(),
+            errors: self.errors.get(),
             evictions: 0,
             gc_collections: 0,
             l2_hits: self.l2_hits.get(),
             l2_misses: self.l2_misses.get(),
             l2_errors: self.l2_errors.get(),
             l2_writes: self.l2_writes.get(),
+            bus_in: self.bus_in.get(),
+            bus_out: self.bus_out.get(),
             entries,
         }
     }

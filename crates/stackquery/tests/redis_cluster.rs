@@ -91,6 +91,7 @@ async fn invalidation_reaches_other_instances_by_prefix() {
     b.fetch_query(&counted(key!["team", 1], calls.clone(), Duration::ZERO))
         .await
         .unwrap();
+    let (a_out, b_in) = (a.stats().bus_out, b.stats().bus_in);
     let start = Instant::now();
     a.invalidate_queries(key!["user"]).await;
     let delay = eventually("B to see A's invalidation", Duration::from_secs(5), || {
@@ -98,6 +99,9 @@ async fn invalidation_reaches_other_instances_by_prefix() {
             .is_some_and(|s| s.is_invalidated)
     })
     .await;
+    // The bus traffic is counted on both sides (`stats()`, and the `metrics` counters).
+    assert!(a.stats().bus_out > a_out, "{:?}", a.stats());
+    assert!(b.stats().bus_in > b_in, "{:?}", b.stats());
     println!(
         "invalidation seen by another instance after {:?}",
         start.elapsed().min(delay)

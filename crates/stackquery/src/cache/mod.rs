@@ -43,8 +43,6 @@ pub(crate) struct Cache<E: ?Sized + AnyEntry> {
     registry: Mutex<Registry>,
     len: AtomicUsize,
     max: Option<usize>,
-    /// Hits of entries that have left the cache (live entries count their own).
-    retired_hits: AtomicU64,
     /// An entry's timers leave with it, so nothing is kept for entries that are gone.
     timers: Arc<Timers>,
     /// Entries evicted for `max_queries`, and collected by the gc (the cache reports its
@@ -73,7 +71,6 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
             registry: Mutex::new(Registry::default()),
             len: AtomicUsize::new(0),
             max,
-            retired_hits: AtomicU64::new(0),
             timers,
             evicted: AtomicU64::new(0),
             collected: AtomicU64::new(0),
@@ -172,8 +169,6 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
         reg.index.remove(key);
         let [gc, stale] = removed.mark_removed();
         self.timers.disarm_entry(removed.id(), gc, stale);
-        self.retired_hits
-            .fetch_add(removed.hits(), Ordering::Relaxed);
         // Ring slots of removed entries are dropped lazily; compact when they pile up.
         if reg.ring.len() > 2 * self.len() + 64 {
             let shards = &self.shards;
@@ -250,6 +245,7 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
             Some(GcVerdict::Collect) => {
                 if self.remove_locked(&mut reg, key, Some(id)).is_some() {
                     self.collected.fetch_add(1, Ordering::Relaxed);
+                    crate::telemetry::count(crate::telemetry::names::GC);
                     self.log_removal(key, Removal::Collected);
                     tracing::debug!(%key, "gc collected");
                 }
@@ -303,21 +299,12 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
             }
             if self.remove_locked(reg, &key, Some(id)).is_some() {
                 self.evicted.fetch_add(1, Ordering::Relaxed);
+                crate::telemetry::count(crate::telemetry::names::EVICTIONS);
                 self.log_removal(&key, Removal::Evicted);
                 tracing::debug!(%key, "evicted");
                 n -= 1;
             }
         }
-    }
-
-    /// Hit-path hits: those of live entries plus those of entries gone. O(entries).
-    pub(crate) fn hits(&self) -> u64 {
-        let live: u64 = self
-            .shards
-            .iter()
-            .map(|s| s.read().values().map(|e| e.hits()).sum::<u64>())
-            .sum();
-        live + self.retired_hits.load(Ordering::Relaxed)
     }
 
     /// Entries evicted for `max_queries` so far, and collected by the gc.

@@ -53,7 +53,12 @@ mod disabled {
         pub(crate) fn start(&self, _shared: &Arc<Shared>) {}
         #[inline]
         pub(crate) fn ensure_listening(&self, _shared: &Arc<Shared>) {}
-        pub(crate) fn set_events(&self, _events: Arc<crate::events::Events>) {}
+        pub(crate) fn set_events(
+            &self,
+            _events: Arc<crate::events::Events>,
+            _counters: Arc<crate::stats::Counters>,
+        ) {
+        }
         pub(crate) fn has_bus(&self) -> bool {
             false
         }
@@ -132,6 +137,8 @@ mod enabled {
         lost_refetches: LostRefetches,
         /// The client's event stream (set once the engine exists).
         events: std::sync::OnceLock<Arc<crate::events::Events>>,
+        /// The client's counters (bus messages out; set once the engine exists).
+        counters: std::sync::OnceLock<Arc<crate::stats::Counters>>,
     }
 
     /// A semaphore of [`LOST_REFETCHES`] permits (a type of its own for `Default`).
@@ -149,8 +156,13 @@ mod enabled {
         }
 
         /// Connects the cluster to the client's event stream.
-        pub(crate) fn set_events(&self, events: Arc<crate::events::Events>) {
+        pub(crate) fn set_events(
+            &self,
+            events: Arc<crate::events::Events>,
+            counters: Arc<crate::stats::Counters>,
+        ) {
             let _ = self.events.set(events);
+            let _ = self.counters.set(counters);
         }
 
         /// Starts the listener task on the current runtime unless it runs (first use, or
@@ -182,6 +194,9 @@ mod enabled {
         /// Queues `kind` in the outbox: sent in order, retried until the bus takes it.
         fn publish(&self, kind: BusMessageKind) {
             if let Some(outbox) = &self.outbox {
+                if let Some(counters) = self.counters.get() {
+                    counters.bus_out.incr();
+                }
                 if let Some(events) = self.events.get() {
                     events.emit(|| crate::events::CacheEventKind::BusOut {
                         message: format!("{kind:?}"),
@@ -296,6 +311,9 @@ mod enabled {
                 return;
             };
             let mut changes = Changes::default();
+            for _ in &batch {
+                shared.counters.bus_in.incr();
+            }
             if shared.events.on() {
                 for incoming in &batch {
                     shared.events.emit(|| crate::events::CacheEventKind::BusIn {

@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     pub(crate) runtime: Runtime,
     /// The event stream (see `events.rs`).
     pub(crate) events: Arc<Events>,
+    /// What the metrics recorder has been told of the batched counters (fresh hits).
+    published: crate::telemetry::Published,
     next_id: AtomicU64,
 }
 
@@ -74,7 +76,8 @@ impl Shared {
         if let Some(tier) = &tier {
             tier.set_events(events.clone());
         }
-        cluster.set_events(events.clone());
+        let counters = Arc::new(Counters::default());
+        cluster.set_events(events.clone(), counters.clone());
         Arc::new_cyclic(|weak| {
             let weak = weak.clone();
             let timers = Arc::new(Timers::new(
@@ -83,7 +86,6 @@ impl Shared {
                 }),
                 runtime.clone(),
             ));
-            let counters = Arc::new(Counters::default());
             Shared {
                 defaults,
                 cache: Cache::new(max_queries, timers.clone(), events.subscriber_count()),
@@ -96,6 +98,7 @@ impl Shared {
                 cluster,
                 runtime,
                 events,
+                published: crate::telemetry::Published::default(),
                 next_id: AtomicU64::new(0),
             }
         })
@@ -110,6 +113,13 @@ impl Shared {
                 Removal::Collected => CacheEventKind::QueryCollected { key },
             });
         }
+    }
+
+    /// Publishes the batched metrics (fresh hits, the entries gauge) to the `metrics`
+    /// recorder. O(stripes); nothing without the `metrics` feature.
+    #[inline]
+    pub(crate) fn publish_metrics(&self) {
+        self.published.flush(&self.counters.hits, self.cache.len());
     }
 
     /// A process-unique id for an entry or an observer (timers are keyed by it).

@@ -220,9 +220,19 @@ impl Shared {
             opts.persist.is_some() && (self.tier.is_some() || !self.restored.is_empty())
         });
         self.counters.fetches.incr();
+        self.publish_metrics();
         tracing::debug!(key = %entry.key, "fetch start");
-        let task =
-            super::fetch::run_flight(self.clone(), entry.clone(), flight.clone(), opts, hydrate);
+        // The caller's span is current here (the task is about to leave it): the fetch's
+        // span is its child.
+        let trace = crate::telemetry::FetchTrace::start(&entry.key);
+        let task = super::fetch::run_flight(
+            self.clone(),
+            entry.clone(),
+            flight.clone(),
+            opts,
+            hydrate,
+            trace,
+        );
         Some((flight, task))
     }
 
@@ -325,6 +335,7 @@ impl Shared {
         };
         let attached = matches!(self.dispatch(entry, event), Outcome::Yes);
         if attached {
+            crate::telemetry::gauge_add(crate::telemetry::names::OBSERVERS, 1.0);
             self.events.emit(|| CacheEventKind::ObserverAdded {
                 key: entry.key.clone(),
             });
@@ -339,6 +350,7 @@ impl Shared {
         listener: &Arc<dyn EntryListener>,
     ) {
         self.dispatch(entry, Event::Detach { listener });
+        crate::telemetry::gauge_add(crate::telemetry::names::OBSERVERS, -1.0);
         self.events.emit(|| CacheEventKind::ObserverRemoved {
             key: entry.key.clone(),
         });

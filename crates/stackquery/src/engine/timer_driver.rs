@@ -21,6 +21,9 @@ pub(crate) async fn drive(shared: Weak<Shared>, wake: Arc<Notify>, _running: Run
             };
             let now = shared.runtime.now();
             let (due, next) = shared.timers.take_due(now);
+            if !due.is_empty() {
+                shared.publish_metrics();
+            }
             for (at, (id, kind), target) in due {
                 fire(&shared, at, now, id, kind, target);
             }

@@ -79,8 +79,6 @@ pub(crate) struct Machine<T> {
     listeners: CowList<Watcher>,
     /// The second tier was consulted for this entry (or it never needs to be).
     hydrated: bool,
-    /// Fresh hits served by the hit path (folded into the client's counters on removal).
-    hits: u64,
     /// The next fetch reads the shared tier first (another instance changed the key).
     reload: Reload,
 }
@@ -106,7 +104,6 @@ impl<T> Machine<T> {
             version: 0,
             listeners: CowList::default(),
             hydrated: false,
-            hits: 0,
             reload: Reload::No,
         }
     }

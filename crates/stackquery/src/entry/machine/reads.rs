@@ -1,6 +1,5 @@
 //! What can be read of a machine: freshness, snapshots, the hit path, and the facts the
-//! cache and the engine decide by. Nothing here changes the state (the hit path only
-//! counts its hit).
+//! cache and the engine decide by. Nothing here changes the state .
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -34,7 +33,7 @@ impl<T> Machine<T> {
         }
     }
 
-    /// The hit path: fresh data, counted as a hit, or nothing. An entry that has never
+    /// The hit path: fresh data, or nothing (the caller counts the hit). An entry that has never
     /// seen a query's options (created by a manual write) takes the slow path once, which
     /// records them.
     #[inline(always)]
@@ -45,9 +44,7 @@ impl<T> Machine<T> {
     ) -> Option<Arc<T>> {
         match &self.state.data {
             Some(d) if self.options.is_some() && self.is_fresh_with(stale_time, now) => {
-                let d = d.clone();
-                self.hits += 1;
-                Some(d)
+                Some(d.clone())
             }
             _ => None,
         }
@@ -113,10 +110,6 @@ impl<T> Machine<T> {
     #[allow(dead_code)]
     pub(crate) fn version(&self) -> u64 {
         self.version
-    }
-
-    pub(crate) fn hits(&self) -> u64 {
-        self.hits
     }
 
     /// Has observers to tell about changes (or about its removal).
