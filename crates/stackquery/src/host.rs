@@ -16,7 +16,7 @@ use tokio::time::Instant;
 /// A boxed, sendable future, as a [`Host`] receives and returns them.
 pub type HostFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
-/// An event loop the engine can run on instead of tokio (see the [module](self) docs).
+/// An event loop the engine can run on instead of tokio.
 ///
 /// Install one with [`QueryClientBuilder::host`](crate::QueryClientBuilder::host). The
 /// engine calls it from any thread that uses the client, and never under one of its

@@ -284,7 +284,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
     /// already in flight), and returns the observer's state afterwards.
     ///
     /// # Errors
-    /// The fetch's error, as for [`QueryClient::fetch_query`].
+    /// The fetch's error, as for [`QueryClient::fetch_query`](crate::QueryClient::fetch_query).
     pub async fn refetch(&self) -> Result<QueryState<T>, QueryError> {
         self.inner.activate();
         self.inner.shared.run(&self.inner.opts, Mode::Force).await?;
