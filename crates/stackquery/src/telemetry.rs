@@ -128,15 +128,15 @@ pub(crate) struct Published {
 }
 
 impl Published {
-    /// Publishes the fresh hits counted since the last call, and sets the entries gauge.
-    /// O(stripes); nothing without the feature.
+    /// Publishes the fresh hits counted since the last call (`hits`: the client's total so
+    /// far), and sets the entries gauge. Nothing without the feature.
     #[inline]
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn flush(&self, hits: &crate::stats::StripedCounter, entries: usize) {
+    pub(crate) fn flush(&self, hits: u64, entries: usize) {
         #[cfg(feature = "metrics")]
         {
             use std::sync::atomic::Ordering;
-            let now = hits.get();
+            let now = hits;
             // `fetch_max`: two flushes racing never publish a hit twice (the counter only
             // grows).
             let before = self.hits.fetch_max(now, Ordering::Relaxed);

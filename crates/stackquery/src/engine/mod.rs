@@ -119,7 +119,12 @@ impl Shared {
     /// recorder. O(stripes); nothing without the `metrics` feature.
     #[inline]
     pub(crate) fn publish_metrics(&self) {
-        self.published.flush(&self.counters.hits, self.cache.len());
+        // `TIMED` is a constant: without the feature the hit total (O(stripes)) is not
+        // even summed.
+        if crate::telemetry::TIMED {
+            self.published
+                .flush(self.counters.hits.get(), self.cache.len());
+        }
     }
 
     /// A process-unique id for an entry or an observer (timers are keyed by it).
