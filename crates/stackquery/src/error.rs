@@ -28,6 +28,11 @@ pub enum QueryError {
     /// The fetch function (or a user callback) panicked; the message is the panic payload.
     #[error("user code panicked: {0}")]
     Panicked(Arc<str>),
+    /// One attempt of the fetch function ran longer than the query's
+    /// [`fetch_timeout`](crate::QueryOptions::fetch_timeout) (after all retries: each
+    /// attempt has the whole timeout). Every waiter of the fetch gets it.
+    #[error("the fetch timed out after {0:?}")]
+    Timeout(std::time::Duration),
     /// A fetch had to start but the call was not made inside a tokio runtime.
     #[error("no tokio runtime: stackquery fetches run as tokio tasks")]
     NoRuntime,
@@ -36,7 +41,17 @@ pub enum QueryError {
 impl QueryError {
     /// Wraps any error as [`QueryError::Fetch`].
     pub fn fetch(err: impl Into<BoxError>) -> Self {
-        QueryError::Fetch(FetchError(Arc::from(err.into())))
+        let err = err.into();
+        // An attempt that ran past its `fetch_timeout` is a timeout, not a fetch error.
+        if let Some(t) = err.downcast_ref::<TimedOut>() {
+            return QueryError::Timeout(t.0);
+        }
+        QueryError::Fetch(FetchError(Arc::from(err)))
+    }
+
+    /// True for [`QueryError::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, QueryError::Timeout(_))
     }
 
     /// True for [`QueryError::Cancelled`].
@@ -117,3 +132,17 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> Arc<str> {
         Arc::from("non-string panic payload")
     }
 }
+
+/// The error of a fetch attempt that ran past its
+/// [`fetch_timeout`](crate::QueryOptions::fetch_timeout) (internal: it becomes
+/// [`QueryError::Timeout`]).
+#[derive(Debug)]
+pub(crate) struct TimedOut(pub(crate) std::time::Duration);
+
+impl fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "timed out after {:?}", self.0)
+    }
+}
+
+impl StdError for TimedOut {}

@@ -44,6 +44,10 @@ pub struct QueryOptions<T> {
     pub(crate) enabled: bool,
     pub(crate) placeholder_data: Option<Arc<T>>,
     pub(crate) persist: Option<PersistFns<T>>,
+    /// Bound on each attempt of the fetch function, in nanoseconds (`None`: unbounded).
+    /// Nanoseconds in a `NonZeroU64` rather than an `Option<Duration>`: one word in the
+    /// options every entry keeps.
+    pub(crate) fetch_timeout: Option<std::num::NonZeroU64>,
 }
 
 impl<T> Clone for QueryOptions<T> {
@@ -58,6 +62,7 @@ impl<T> Clone for QueryOptions<T> {
             enabled: self.enabled,
             placeholder_data: self.placeholder_data.clone(),
             persist: self.persist,
+            fetch_timeout: self.fetch_timeout,
         }
     }
 }
@@ -98,6 +103,7 @@ impl<T: Send + Sync + 'static> QueryOptions<T> {
             enabled: true,
             placeholder_data: None,
             persist: None,
+            fetch_timeout: None,
         }
     }
 }
@@ -133,6 +139,7 @@ impl<T> QueryOptions<T> {
             && self.refetch_interval == other.refetch_interval
             && self.enabled == other.enabled
             && self.persist.is_some() == other.persist.is_some()
+            && self.fetch_timeout == other.fetch_timeout
             && self.retry.same_as(&other.retry)
             && match (&self.placeholder_data, &other.placeholder_data) {
                 (None, None) => true,
@@ -153,6 +160,37 @@ impl<T> QueryOptions<T> {
     #[must_use]
     pub fn stale_time(mut self, d: Duration) -> Self {
         self.stale_time = Some(d);
+        self
+    }
+
+    /// Bounds each attempt of the fetch function: one that runs longer is dropped and
+    /// counts as a failure, [`QueryError::Timeout`](crate::QueryError::Timeout) (retried
+    /// like any failure; each attempt has the whole timeout). Without it a hung upstream
+    /// holds every waiter of the key until [`cancel_queries`](crate::QueryClient::cancel_queries),
+    /// and keeps its entry pinned past `max_queries`. Timed on the client's clock (tokio's
+    /// paused clock in tests). `Duration::ZERO` is "no timeout"; longer than 584 years
+    /// saturates.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stackquery::{key, QueryClient, QueryError, QueryOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let client = QueryClient::new();
+    /// let hung = QueryOptions::new(key!["upstream"], || async {
+    ///     std::future::pending::<Result<u32, std::io::Error>>().await
+    /// })
+    /// .fetch_timeout(Duration::from_secs(2))
+    /// .retry(0);
+    /// let err = client.fetch_query(&hung).await.unwrap_err();
+    /// assert!(matches!(err, QueryError::Timeout(d) if d == Duration::from_secs(2)));
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
+        let nanos = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        self.fetch_timeout = std::num::NonZeroU64::new(nanos);
         self
     }
 

@@ -245,7 +245,16 @@ async fn fetch_quietly<T: Send + Sync + 'static>(
         "fetch",
         &retry,
         &mut (),
-        |()| (opts.fetcher)(),
+        |()| match opts.fetch_timeout {
+            None => (opts.fetcher)(),
+            // Boxed like the plain attempt (one type, and the fetch task's future keeps
+            // its size): the attempt raced against the host's clock.
+            Some(nanos) => timed(
+                &guard.shared.runtime,
+                (opts.fetcher)(),
+                std::time::Duration::from_nanos(nanos.get()),
+            ),
+        },
         |(), error, failures, step| match step {
             Step::Failed => {
                 let event = Event::AttemptFailed {
@@ -417,4 +426,23 @@ async fn hydrate_flight<T: Send + Sync + 'static>(
         guard.shared.refresh(&guard.entry, opts);
     }
     true
+}
+
+/// An attempt of the fetch function bounded by `limit` on the host's clock: past it the
+/// attempt is dropped and fails with a `TimedOut` (turned into
+/// [`QueryError::Timeout`](crate::QueryError::Timeout) by `QueryError::fetch`).
+fn timed<T: Send + 'static>(
+    runtime: &crate::host::Runtime,
+    attempt: futures::future::BoxFuture<'static, Result<T, crate::error::BoxError>>,
+    limit: std::time::Duration,
+) -> futures::future::BoxFuture<'static, Result<T, crate::error::BoxError>> {
+    let sleep = runtime.sleep(limit);
+    Box::pin(async move {
+        match futures::future::select(attempt, sleep).await {
+            futures::future::Either::Left((result, _)) => result,
+            futures::future::Either::Right(((), _)) => {
+                Err(Box::new(crate::error::TimedOut(limit)) as _)
+            }
+        }
+    })
 }
