@@ -44,10 +44,11 @@ pub struct QueryOptions<T> {
     pub(crate) enabled: bool,
     pub(crate) placeholder_data: Option<Arc<T>>,
     pub(crate) persist: Option<PersistFns<T>>,
-    /// Bound on each attempt of the fetch function, in nanoseconds (`None`: unbounded).
-    /// Nanoseconds in a `NonZeroU64` rather than an `Option<Duration>`: one word in the
-    /// options every entry keeps.
-    pub(crate) fetch_timeout: Option<std::num::NonZeroU64>,
+    /// Bound on each attempt of the fetch function, in milliseconds (`None`: unbounded).
+    /// Milliseconds in a `NonZeroU32` rather than an `Option<Duration>`: it fits in the
+    /// padding after `enabled`, so the options every entry keeps (and every fetch task
+    /// carries) do not grow.
+    pub(crate) fetch_timeout: Option<std::num::NonZeroU32>,
 }
 
 impl<T> Clone for QueryOptions<T> {
@@ -168,8 +169,8 @@ impl<T> QueryOptions<T> {
     /// like any failure; each attempt has the whole timeout). Without it a hung upstream
     /// holds every waiter of the key until [`cancel_queries`](crate::QueryClient::cancel_queries),
     /// and keeps its entry pinned past `max_queries`. Timed on the client's clock (tokio's
-    /// paused clock in tests). `Duration::ZERO` is "no timeout"; longer than 584 years
-    /// saturates.
+    /// paused clock in tests). Kept in whole milliseconds (a shorter one is 1 ms; longer
+    /// than 49 days is 49 days); `Duration::ZERO` is "no timeout".
     ///
     /// ```
     /// use std::time::Duration;
@@ -189,8 +190,14 @@ impl<T> QueryOptions<T> {
     /// ```
     #[must_use]
     pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
-        let nanos = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
-        self.fetch_timeout = std::num::NonZeroU64::new(nanos);
+        self.fetch_timeout = if timeout.is_zero() {
+            None
+        } else {
+            let ms = u32::try_from(timeout.as_millis())
+                .unwrap_or(u32::MAX)
+                .max(1);
+            std::num::NonZeroU32::new(ms)
+        };
         self
     }
 

@@ -103,6 +103,10 @@ pub(crate) fn run_flight<T: Send + Sync + 'static>(
     trace: Option<Box<FetchTrace>>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let running = flight.running();
+    // The options live in a box of their own: the task holds one word for them instead
+    // of the whole options (their size would be paid in every copy of the task's future,
+    // and would push it out of the allocator's fast size classes).
+    let opts = Box::new(opts);
     // Boxed: one word in every fetch task instead of a whole `Span` (the task's size
     // decides its allocator class; only a process with a subscriber pays the box).
     let run_in: Option<Box<tracing::Span>> = match &trace {
@@ -132,7 +136,7 @@ async fn fetch_task<T: Send + Sync + 'static>(
     shared: Arc<Shared>,
     entry: Arc<Entry<T>>,
     flight: Arc<Flight<T>>,
-    opts: QueryOptions<T>,
+    opts: Box<QueryOptions<T>>,
     hydrate: Option<Reload>,
     trace: Option<Box<FetchTrace>>,
 ) {
@@ -249,10 +253,10 @@ async fn fetch_quietly<T: Send + Sync + 'static>(
             None => (opts.fetcher)(),
             // Boxed like the plain attempt (one type, and the fetch task's future keeps
             // its size): the attempt raced against the host's clock.
-            Some(nanos) => timed(
+            Some(ms) => timed(
                 &guard.shared.runtime,
                 (opts.fetcher)(),
-                std::time::Duration::from_nanos(nanos.get()),
+                std::time::Duration::from_millis(u64::from(ms.get())),
             ),
         },
         |(), error, failures, step| match step {
