@@ -218,11 +218,15 @@ pub(crate) fn data_future(
     })
 }
 
-/// A core call that yields a count, as the future a [`RustAwaitable`] runs.
-fn count_future(call: impl Future<Output = usize> + Send + 'static) -> crate::awaitable::PyFuture {
+/// A core call whose output converts to Python (a count, a flag, `None`), as the future
+/// a [`RustAwaitable`] runs.
+fn value_future<O>(call: impl Future<Output = O> + Send + 'static) -> crate::awaitable::PyFuture
+where
+    O: for<'py> IntoPyObject<'py> + Send + 'static,
+{
     Box::pin(async move {
-        let n = call.await;
-        Python::attach(|py| Ok(n.into_pyobject(py)?.into_any().unbind()))
+        let value = call.await;
+        Python::attach(|py| pyo3::IntoPyObjectExt::into_py_any(value, py))
     })
 }
 
@@ -570,7 +574,7 @@ impl NativeClient {
         let (lp, client) = self.client(py)?;
         Ok(RustAwaitable::new(
             lp,
-            count_future(async move { client.invalidate_queries(filter).await }),
+            value_future(async move { client.invalidate_queries(filter).await }),
         ))
     }
 
@@ -604,7 +608,7 @@ impl NativeClient {
         let (lp, client) = self.client(py)?;
         Ok(RustAwaitable::new(
             lp,
-            count_future(async move { client.cancel_queries(filter).await }),
+            value_future(async move { client.cancel_queries(filter).await }),
         ))
     }
 
@@ -622,9 +626,9 @@ impl NativeClient {
         let (lp, client) = self.client(py)?;
         Ok(RustAwaitable::new(
             lp,
-            Box::pin(async move {
+            value_future(async move {
                 client.flush_storage().await;
-                Ok(Python::attach(|py| py.None()))
+                None::<Py<PyAny>>
             }),
         ))
     }
@@ -636,15 +640,7 @@ impl NativeClient {
         let (lp, client) = self.client(py)?;
         Ok(RustAwaitable::new(
             lp,
-            Box::pin(async move {
-                let landed = client.shutdown(limit).await;
-                Ok(Python::attach(|py| {
-                    pyo3::types::PyBool::new(py, landed)
-                        .to_owned()
-                        .into_any()
-                        .unbind()
-                }))
-            }),
+            value_future(async move { client.shutdown(limit).await }),
         ))
     }
 
