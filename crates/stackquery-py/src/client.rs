@@ -280,7 +280,7 @@ pub(crate) fn to_pyerr(py: Python<'_>, e: QueryError) -> PyErr {
         }
         QueryError::TypeMismatch(_) => PyTypeError::new_err(e.to_string()),
         QueryError::Timeout(_) => pyo3::exceptions::PyTimeoutError::new_err(e.to_string()),
-        other => PyRuntimeError::new_err(other.to_string()),
+        other => PyRuntimeError::new_err(other.report().to_string()),
     }
 }
 

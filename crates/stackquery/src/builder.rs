@@ -12,6 +12,13 @@ use crate::options::Defaults;
 use crate::retry::retry_setters;
 use crate::storage::{Codec, Storage, TimeoutStorage, DEFAULT_DELETE_PREFIX_TIMEOUT};
 
+/// [`QueryClientBuilder::server`]'s retry delay (jittered down to half of it).
+const SERVER_RETRY_DELAY: Duration = Duration::from_millis(250);
+/// [`QueryClientBuilder::server`]'s bound on each fetch attempt.
+const SERVER_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// [`QueryClientBuilder::server`]'s bound on the entries in memory.
+const SERVER_MAX_QUERIES: usize = 10_000;
+
 /// Builds a [`QueryClient`] with client-wide defaults (each query may override them).
 ///
 /// ```
@@ -86,6 +93,56 @@ impl QueryClientBuilder {
     /// Default gc time for unused entries (built-in: 5 minutes).
     pub fn gc_time(mut self, d: Duration) -> Self {
         self.defaults.gc_time = d;
+        self
+    }
+
+    /// Defaults for a server: a request handler must answer in bounded time, and a dead
+    /// upstream must not cost every request seconds of retries.
+    ///
+    /// | setting | built-in | `server()` | why |
+    /// |---|---|---|---|
+    /// | retries | 3, after 1 s, 2 s, 4 s | 1, after 125–250 ms (jittered) | a dead upstream cost ~7 s per request; now ~250 ms |
+    /// | retry a timeout | yes | no | a hung upstream would hold the request twice as long |
+    /// | [`fetch_timeout`](Self::fetch_timeout) | none | 5 s per attempt | a hung upstream held every waiter of the key, and pinned its entry |
+    /// | [`max_queries`](Self::max_queries) | unbounded | 10,000 | keys built from request input must not grow memory without bound |
+    ///
+    /// Everything else keeps its built-in value (stale time 0, gc time 5 minutes): how
+    /// long data may be served stale is the data's business — set
+    /// [`stale_time`](Self::stale_time) too. Call `server()` first: setters after it
+    /// override its choices, and each query's own settings win over all of them.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stackquery::{key, QueryClient, QueryOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let client = QueryClient::builder()
+    ///     .server()
+    ///     .stale_time(Duration::from_secs(10))
+    ///     .build();
+    /// let down = QueryOptions::new(key!["upstream"], || async {
+    ///     Err::<u32, _>(std::io::Error::other("connection refused"))
+    /// });
+    /// let started = tokio::time::Instant::now();
+    /// assert!(client.fetch_query(&down).await.is_err());
+    /// // One retry, at most 250 ms later: not the ~7 s of the built-in three.
+    /// assert!(started.elapsed() <= Duration::from_millis(250));
+    /// # }
+    /// ```
+    pub fn server(self) -> Self {
+        self.retry_if(|failures, error| failures <= 1 && !error.is_timeout())
+            .retry_delay(|_| SERVER_RETRY_DELAY)
+            .retry_jitter(true)
+            .fetch_timeout(SERVER_FETCH_TIMEOUT)
+            .max_queries(SERVER_MAX_QUERIES)
+    }
+
+    /// Default bound on each attempt of every query's fetch function (built-in: none); a
+    /// query's own [`fetch_timeout`](crate::QueryOptions::fetch_timeout) wins, and
+    /// `Duration::ZERO` there turns the bound off for that query.
+    pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.defaults.fetch_timeout = crate::options::FetchTimeout::from_duration(timeout);
         self
     }
 

@@ -168,7 +168,7 @@ impl QueryClient {
     /// error (failures are logged and stay in the entry's state).
     pub async fn prefetch_query<T: Send + Sync + 'static>(&self, opts: &QueryOptions<T>) {
         if let Err(error) = self.fetch_query(opts).await {
-            tracing::debug!(key = %opts.key, %error, "prefetch failed");
+            tracing::debug!(key = %opts.key, error = %crate::error::report(&error), "prefetch failed");
         }
     }
 

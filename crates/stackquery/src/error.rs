@@ -11,31 +11,133 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 ///
 /// Cloning is cheap (an `Arc` bump): every deduplicated waiter of one fetch receives the same
 /// error value.
-#[derive(Clone, Debug, thiserror::Error)]
+///
+/// # The original error
+/// The fetch function's own error is this error's [`source`](StdError::source), not a
+/// copy of its text: `to_string()` says what stackquery saw ("the fetch function
+/// failed"), and an error reporter that walks the sources (`anyhow`'s `{:#}`, `tracing`'s
+/// error fields, [`QueryError::report`]) prints each cause once. Get the original back
+/// with [`downcast_ref`](Self::downcast_ref), which looks through the whole chain:
+///
+/// ```
+/// use stackquery::{key, QueryClient, QueryError, QueryOptions};
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("upstream answered {status}")]
+/// struct Upstream {
+///     status: u16,
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let client = QueryClient::new();
+/// let opts = QueryOptions::new(key!["user", 7], || async {
+///     Err::<String, _>(Upstream { status: 404 })
+/// })
+/// .retry(0);
+/// let err = client.fetch_query(&opts).await.unwrap_err();
+/// assert_eq!(err.downcast_ref::<Upstream>().map(|u| u.status), Some(404));
+/// assert_eq!(err.to_string(), "the fetch function failed");
+/// assert_eq!(err.report().to_string(), "the fetch function failed: upstream answered 404");
+/// # }
+/// ```
+///
+/// # In a web service
+/// Map each case to a response once, in one function; the status of an upstream's own
+/// error is found by [`downcast_ref`](Self::downcast_ref). With axum this is the body of
+/// an `IntoResponse` impl on your handler's error type (the whole service is in
+/// `examples/web_service.rs`):
+///
+/// ```
+/// use stackquery::QueryError;
+///
+/// # #[derive(Debug, thiserror::Error)]
+/// # #[error("upstream answered {status}")]
+/// # struct Upstream { status: u16 }
+/// /// The HTTP status and body for a query that failed.
+/// fn response_of(err: &QueryError) -> (u16, String) {
+///     if let Some(upstream) = err.downcast_ref::<Upstream>() {
+///         // The upstream's "not found" is ours; its other failures are a bad gateway.
+///         let status = if upstream.status == 404 { 404 } else { 502 };
+///         return (status, err.report().to_string());
+///     }
+///     let status = match err {
+///         QueryError::Timeout(_) => 504,   // gateway timeout: the upstream hung
+///         QueryError::Fetch(_) => 502,     // bad gateway: the upstream failed
+///         QueryError::Cancelled => 503,    // cancelled by a shutdown or an operator
+///         _ => 500,                        // panics, type mismatches: our bug
+///     };
+///     // Never show internal errors to clients: log the report, send a generic text.
+///     (status, format!("request failed ({status})"))
+/// }
+///
+/// assert_eq!(response_of(&QueryError::Timeout(std::time::Duration::from_secs(5))).0, 504);
+/// assert_eq!(response_of(&QueryError::fetch(Upstream { status: 404 })).0, 404);
+/// assert_eq!(response_of(&QueryError::fetch(Upstream { status: 500 })).0, 502);
+/// ```
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum QueryError {
-    /// The fetch function returned an error (after all retries).
-    #[error("fetch failed: {0}")]
-    Fetch(#[source] FetchError),
+    /// The fetch function returned an error (after all retries); it is this error's
+    /// source.
+    Fetch(FetchError),
     /// The fetch was cancelled (by [`cancel_queries`](crate::QueryClient::cancel_queries)).
-    #[error("the query was cancelled")]
     Cancelled,
     /// The key already holds data of another type.
     /// (Boxed behind an `Arc`: it is rare, and keeping it small keeps every entry's two
     /// error slots small.)
-    #[error("key {} holds {}, but {} was requested", .0.key, .0.stored, .0.requested)]
     TypeMismatch(Arc<TypeMismatch>),
     /// The fetch function (or a user callback) panicked; the message is the panic payload.
-    #[error("user code panicked: {0}")]
     Panicked(Arc<str>),
     /// One attempt of the fetch function ran longer than the query's
     /// [`fetch_timeout`](crate::QueryOptions::fetch_timeout) (after all retries: each
     /// attempt has the whole timeout). Every waiter of the fetch gets it.
-    #[error("the fetch timed out after {0:?}")]
     Timeout(std::time::Duration),
     /// A fetch had to start but the call was not made inside a tokio runtime.
-    #[error("no tokio runtime: stackquery fetches run as tokio tasks")]
     NoRuntime,
+    /// A second-tier operation failed ([`hydrate`](crate::QueryClient::hydrate), or a
+    /// [`StorageError`](crate::StorageError) a caller turned into a `QueryError` with `?`).
+    /// Queries themselves never fail for the second tier: they go on from memory.
+    Storage(crate::StorageError),
+}
+
+impl fmt::Display for QueryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // The cause is the source: not repeated here.
+            QueryError::Fetch(_) => f.write_str("the fetch function failed"),
+            QueryError::Cancelled => f.write_str("the query was cancelled"),
+            QueryError::TypeMismatch(m) => write!(
+                f,
+                "key {} holds {}, but {} was requested",
+                m.key, m.stored, m.requested
+            ),
+            QueryError::Panicked(message) => write!(f, "user code panicked: {message}"),
+            QueryError::Timeout(limit) => write!(f, "the fetch timed out after {limit:?}"),
+            QueryError::NoRuntime => {
+                f.write_str("no tokio runtime: stackquery fetches run as tokio tasks")
+            }
+            QueryError::Storage(_) => f.write_str("the second tier failed"),
+        }
+    }
+}
+
+impl StdError for QueryError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            // The fetch function's own error itself (not the `FetchError` wrapper), so
+            // `source()?.downcast_ref::<E>()` finds it.
+            QueryError::Fetch(e) => Some(e.inner()),
+            QueryError::Storage(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<crate::StorageError> for QueryError {
+    fn from(error: crate::StorageError) -> Self {
+        QueryError::Storage(error)
+    }
 }
 
 impl QueryError {
@@ -67,6 +169,54 @@ impl QueryError {
             _ => None,
         }
     }
+
+    /// The first error of type `E` in this error's chain of sources: the fetch function's
+    /// own error (or one of its causes), or the storage's. `None` if there is none.
+    pub fn downcast_ref<E: StdError + 'static>(&self) -> Option<&E> {
+        let mut next = self.source();
+        while let Some(error) = next {
+            if let Some(found) = error.downcast_ref::<E>() {
+                return Some(found);
+            }
+            next = error.source();
+        }
+        None
+    }
+
+    /// This error and each of its sources, joined by `": "`, for logs and messages
+    /// ("the fetch function failed: upstream answered 503: connection reset").
+    pub fn report(&self) -> Report<'_> {
+        Report(self)
+    }
+}
+
+/// An error and its chain of sources, displayed on one line, each separated by `": "`
+/// (made by [`QueryError::report`]).
+#[derive(Clone, Copy)]
+pub struct Report<'a>(&'a (dyn StdError + 'static));
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self.0, f)?;
+        let mut next = self.0.source();
+        while let Some(error) = next {
+            write!(f, ": {error}")?;
+            next = error.source();
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// [`Report`] for any error: the crate's log lines print whole chains with it, since
+/// errors no longer repeat their sources' text.
+pub(crate) fn report<E: StdError + 'static>(error: &E) -> Report<'_> {
+    Report(error)
 }
 
 /// Which two types met on one key (see [`QueryError::TypeMismatch`]).

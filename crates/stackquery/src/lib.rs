@@ -96,7 +96,7 @@ mod worker;
 
 pub use builder::QueryClientBuilder;
 pub use client::QueryClient;
-pub use error::{BoxError, FetchError, QueryError, TypeMismatch};
+pub use error::{BoxError, FetchError, QueryError, Report, TypeMismatch};
 pub use events::{CacheEvent, CacheEventKind, EventStream, EventStreamItem, StorageOutcome};
 pub use filter::QueryFilter;
 pub use host::{Host, HostFuture, TaskHandle};

@@ -44,11 +44,8 @@ pub struct QueryOptions<T> {
     pub(crate) enabled: bool,
     pub(crate) placeholder_data: Option<Arc<T>>,
     pub(crate) persist: Option<PersistFns<T>>,
-    /// Bound on each attempt of the fetch function, in milliseconds (`None`: unbounded).
-    /// Milliseconds in a `NonZeroU32` rather than an `Option<Duration>`: it fits in the
-    /// padding after `enabled`, so the options every entry keeps (and every fetch task
-    /// carries) do not grow.
-    pub(crate) fetch_timeout: Option<std::num::NonZeroU32>,
+    /// Bound on each attempt of the fetch function (unset: the client's default).
+    pub(crate) fetch_timeout: FetchTimeout,
 }
 
 impl<T> Clone for QueryOptions<T> {
@@ -104,7 +101,7 @@ impl<T: Send + Sync + 'static> QueryOptions<T> {
             enabled: true,
             placeholder_data: None,
             persist: None,
-            fetch_timeout: None,
+            fetch_timeout: FetchTimeout::UNSET,
         }
     }
 }
@@ -169,8 +166,9 @@ impl<T> QueryOptions<T> {
     /// like any failure; each attempt has the whole timeout). Without it a hung upstream
     /// holds every waiter of the key until [`cancel_queries`](crate::QueryClient::cancel_queries),
     /// and keeps its entry pinned past `max_queries`. Timed on the client's clock (tokio's
-    /// paused clock in tests). Kept in whole milliseconds (a shorter one is 1 ms; longer
-    /// than 49 days is 49 days); `Duration::ZERO` is "no timeout".
+    /// paused clock in tests). Kept in whole milliseconds (a shorter one is 1 ms; one of
+    /// 49 days or more is no timeout); `Duration::ZERO` is "no timeout", even when the
+    /// client sets a default ([`QueryClientBuilder::fetch_timeout`](crate::QueryClientBuilder::fetch_timeout)).
     ///
     /// ```
     /// use std::time::Duration;
@@ -190,14 +188,7 @@ impl<T> QueryOptions<T> {
     /// ```
     #[must_use]
     pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
-        self.fetch_timeout = if timeout.is_zero() {
-            None
-        } else {
-            let ms = u32::try_from(timeout.as_millis())
-                .unwrap_or(u32::MAX)
-                .max(1);
-            std::num::NonZeroU32::new(ms)
-        };
+        self.fetch_timeout = FetchTimeout::from_duration(timeout);
         self
     }
 
@@ -242,12 +233,55 @@ impl<T> QueryOptions<T> {
     }
 }
 
+/// A fetch timeout setting in whole milliseconds: 4 bytes rather than an
+/// `Option<Duration>`'s 16, so it fits in the padding after `QueryOptions::enabled` and the
+/// options every entry keeps (and every fetch task carries) do not grow. Three states: unset
+/// (the client's default applies), no bound, or a bound of 1 ms up to about 49 days.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FetchTimeout(u32);
+
+impl FetchTimeout {
+    /// Not set: the client's default applies.
+    pub(crate) const UNSET: Self = FetchTimeout(0);
+    /// Set to "no bound" (`Duration::ZERO`, or a bound past `u32::MAX` ms).
+    const NONE: Self = FetchTimeout(u32::MAX);
+
+    /// The setting for `timeout`: zero means no bound; a bound under 1 ms is 1 ms.
+    pub(crate) fn from_duration(timeout: Duration) -> Self {
+        if timeout.is_zero() {
+            return Self::NONE;
+        }
+        match u32::try_from(timeout.as_millis()) {
+            Ok(ms) if ms < u32::MAX => FetchTimeout(ms.max(1)),
+            _ => Self::NONE,
+        }
+    }
+
+    /// This setting, else `default` if unset.
+    pub(crate) fn or(self, default: Self) -> Self {
+        if self == Self::UNSET {
+            default
+        } else {
+            self
+        }
+    }
+
+    /// The bound, if any.
+    pub(crate) fn limit(self) -> Option<Duration> {
+        match self.0 {
+            0 | u32::MAX => None,
+            ms => Some(Duration::from_millis(u64::from(ms))),
+        }
+    }
+}
+
 /// Client-wide defaults, used where a query leaves a setting unset.
 #[derive(Clone, Debug)]
 pub(crate) struct Defaults {
     pub(crate) stale_time: Duration,
     pub(crate) gc_time: Duration,
     pub(crate) retry: RetryConfig,
+    pub(crate) fetch_timeout: FetchTimeout,
 }
 
 impl Default for Defaults {
@@ -256,6 +290,7 @@ impl Default for Defaults {
             stale_time: Duration::ZERO,
             gc_time: Duration::from_secs(300),
             retry: RetryConfig::default(),
+            fetch_timeout: FetchTimeout::UNSET,
         }
     }
 }
@@ -267,6 +302,11 @@ impl Defaults {
 
     pub(crate) fn gc_time<T>(&self, o: &QueryOptions<T>) -> Duration {
         o.gc_time.unwrap_or(self.gc_time)
+    }
+
+    /// The bound on each attempt of a fetch of `o`: the query's, else the client's.
+    pub(crate) fn fetch_timeout<T>(&self, o: &QueryOptions<T>) -> Option<Duration> {
+        o.fetch_timeout.or(self.fetch_timeout).limit()
     }
 
     /// The retry settings of a fetch of `o`: the query's, else the client's, else the

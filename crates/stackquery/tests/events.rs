@@ -169,7 +169,7 @@ async fn retries_and_failures() {
     assert_eq!(retries, 2);
     assert!(seen.iter().any(|e| matches!(
         e,
-        CacheEventKind::FetchFailed { error, .. } if error.to_string().contains("down")
+        CacheEventKind::FetchFailed { error, .. } if error.report().to_string().contains("down")
     )));
 }
 

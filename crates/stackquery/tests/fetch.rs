@@ -135,10 +135,12 @@ async fn concurrent_callers_on_many_tasks_share_one_fetch_and_one_error() {
     for t in tasks {
         let err = t.await.unwrap().unwrap_err();
         assert!(matches!(err, QueryError::Fetch(_)));
-        messages.push(err.to_string());
+        messages.push(err.report().to_string());
     }
     assert_eq!(calls.get(), 1);
-    assert!(messages.iter().all(|m| m == "fetch failed: upstream down"));
+    assert!(messages
+        .iter()
+        .all(|m| m == "the fetch function failed: upstream down"));
 }
 
 #[tokio::test(start_paused = true)]

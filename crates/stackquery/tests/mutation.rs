@@ -215,7 +215,7 @@ async fn optimistic_update_is_rolled_back_on_error() {
     );
 
     let err = call.await.unwrap().unwrap_err();
-    assert!(err.to_string().contains("server refused"));
+    assert!(err.report().to_string().contains("server refused"));
     let after = client.get_query_data::<Vec<String>>(&todos()).unwrap();
     assert_eq!(*after, ["buy milk"], "rolled back");
     assert_eq!(
@@ -432,7 +432,7 @@ async fn retries_spent_use_default_delays_and_report_the_last_error() {
         .retry(2),
     );
     let err = m.mutate(()).await.unwrap_err();
-    assert!(err.to_string().contains("fail 3"));
+    assert!(err.report().to_string().contains("fail 3"));
     assert_eq!(*stamps.lock().unwrap(), [0, 1, 3]);
     let s = m.state();
     assert!(s.is_error());
@@ -451,11 +451,11 @@ async fn retry_if_predicate_decides() {
             let n = c.next();
             async move { Err::<(), _>(if n == 1 { "transient" } else { "fatal" }.to_string()) }
         })
-        .retry_if(|count, err| count < 10 && err.to_string().contains("transient"))
+        .retry_if(|count, err| count < 10 && err.report().to_string().contains("transient"))
         .retry_delay(|_| Duration::from_millis(1)),
     );
     let err = m.mutate(()).await.unwrap_err();
-    assert!(err.to_string().contains("fatal"));
+    assert!(err.report().to_string().contains("fatal"));
     assert_eq!(calls.get(), 2);
 }
 

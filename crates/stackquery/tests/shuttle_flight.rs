@@ -95,6 +95,11 @@ mod options {
     }
 }
 
+/// Stand-in for `src/storage/error.rs`: `error.rs` names it for `QueryError::Storage`.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("storage stand-in")]
+pub(crate) struct StorageError;
+
 use flight::slot::Slot;
 
 fn deep() -> bool {

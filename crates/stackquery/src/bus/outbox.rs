@@ -129,7 +129,7 @@ async fn sender(state: Weak<State>, wake: Arc<Notify>, _running: Running) {
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, ?kind, "bus publish failed: will retry");
+                tracing::warn!(error = %crate::error::report(&error), ?kind, "bus publish failed: will retry");
                 drop(s);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);

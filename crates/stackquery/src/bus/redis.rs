@@ -546,7 +546,7 @@ impl Listener {
             Ok(msg) if msg.origin == self.id => {}
             Ok(msg) => self.emit(BusEvent::Message(msg)),
             Err(err) => {
-                tracing::debug!(channel = %self.channel, %err, "stackquery bus: skipped a message");
+                tracing::debug!(channel = %self.channel, error = %crate::error::report(&err), "stackquery bus: skipped a message");
             }
         }
     }
@@ -568,7 +568,7 @@ impl Listener {
             match subscribe(&self.client, &self.channel, self.connect_timeout).await {
                 Ok(pubsub) => return pubsub,
                 Err(err) => {
-                    tracing::debug!(channel = %self.channel, %err, "stackquery bus: reconnect failed");
+                    tracing::debug!(channel = %self.channel, error = %crate::error::report(&err), "stackquery bus: reconnect failed");
                 }
             }
             // Jittered so that instances cut off together do not reconnect in lockstep.

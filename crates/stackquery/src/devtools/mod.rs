@@ -98,7 +98,7 @@ pub enum DevtoolsError {
     )]
     NotLoopback(SocketAddr),
     /// The socket could not be bound or served.
-    #[error("devtools: cannot serve on {addr}: {source}")]
+    #[error("devtools: cannot serve on {addr}")]
     Io {
         /// The address.
         addr: SocketAddr,

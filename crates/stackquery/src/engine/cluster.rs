@@ -267,7 +267,7 @@ mod enabled {
                 Ok(Some(token)) => Acquired::Held(token),
                 Ok(None) => Acquired::Busy,
                 Err(error) => {
-                    tracing::warn!(key, %error, "lease unavailable: fetching locally");
+                    tracing::warn!(key, error = %crate::error::report(&error), "lease unavailable: fetching locally");
                     Acquired::Unreachable
                 }
             }
@@ -289,7 +289,7 @@ mod enabled {
         pub(crate) async fn release(&self, token: &LeaseToken) {
             if let Some(dedup) = &self.dedup {
                 if let Err(error) = dedup.leases.release(token).await {
-                    tracing::warn!(key = token.key(), %error, "lease release failed (it will expire)");
+                    tracing::warn!(key = token.key(), error = %crate::error::report(&error), "lease release failed (it will expire)");
                 }
             }
         }

@@ -149,7 +149,7 @@ impl<T: Send + Sync + 'static> EngineEntry for Entry<T> {
                 invalidated: p.invalidated,
             }),
             Err(error) => {
-                tracing::warn!(key = %self.key, %error, "not dehydrated: data does not encode");
+                tracing::warn!(key = %self.key, error = %crate::error::report(&error), "not dehydrated: data does not encode");
                 None
             }
         }
@@ -183,7 +183,7 @@ impl<T: Send + Sync + 'static> EngineEntry for Entry<T> {
             stale: state.is_stale(),
             invalidated: state.is_invalidated,
             failure_count: state.failure_count,
-            error: state.error.as_ref().map(ToString::to_string),
+            error: state.error.as_ref().map(|e| e.report().to_string()),
             persisted: persist.is_some(),
             data,
         }
@@ -199,7 +199,7 @@ impl<T: Send + Sync + 'static> EngineEntry for Entry<T> {
         let envelope = match q.decode(fns) {
             Ok(e) => e,
             Err(error) => {
-                tracing::warn!(key = %self.key, %error, "snapshot entry does not decode: ignored");
+                tracing::warn!(key = %self.key, error = %crate::error::report(&error), "snapshot entry does not decode: ignored");
                 return Ok(());
             }
         };

@@ -249,15 +249,11 @@ async fn fetch_quietly<T: Send + Sync + 'static>(
         "fetch",
         &retry,
         &mut (),
-        |()| match opts.fetch_timeout {
+        |()| match guard.shared.defaults.fetch_timeout(opts) {
             None => (opts.fetcher)(),
             // Boxed like the plain attempt (one type, and the fetch task's future keeps
             // its size): the attempt raced against the host's clock.
-            Some(ms) => timed(
-                &guard.shared.runtime,
-                (opts.fetcher)(),
-                std::time::Duration::from_millis(u64::from(ms.get())),
-            ),
+            Some(limit) => timed(&guard.shared.runtime, (opts.fetcher)(), limit),
         },
         |(), error, failures, step| match step {
             Step::Failed => {
@@ -272,14 +268,14 @@ async fn fetch_quietly<T: Send + Sync + 'static>(
                 if let Some(trace) = &guard.trace {
                     trace.retried();
                 }
-                tracing::debug!(%key, %error, failures, ?delay, "fetch retry");
+                tracing::debug!(%key, error = %crate::error::report(error), failures, ?delay, "fetch retry");
                 guard.shared.events.emit(|| CacheEventKind::FetchRetried {
                     key: key.clone(),
                     failures,
                     error: error.clone(),
                 });
             }
-            Step::GiveUp => tracing::warn!(%key, %error, failures, "fetch failed"),
+            Step::GiveUp => tracing::warn!(%key, error = %crate::error::report(error), failures, "fetch failed"),
         },
     )
     .await;
@@ -389,7 +385,7 @@ async fn hydrate_flight<T: Send + Sync + 'static>(
     let envelope = match restored.map(|q| q.decode(fns)) {
         Some(Ok(envelope)) => Some(envelope),
         Some(Err(error)) => {
-            tracing::warn!(%key, %error, "unusable snapshot entry: ignored");
+            tracing::warn!(%key, error = %crate::error::report(&error), "unusable snapshot entry: ignored");
             None
         }
         None => None,

@@ -160,7 +160,7 @@ where
             // Counted at once: a call dropped during the wait reports its failures.
             Step::Failed => run.failures = failures,
             Step::Retry(delay) => {
-                tracing::debug!(%error, failures, ?delay, "mutation retry");
+                tracing::debug!(error = %crate::error::report(error), failures, ?delay, "mutation retry");
                 run.cell.apply(
                     run.id,
                     Action::Failed {
@@ -169,7 +169,7 @@ where
                     },
                 );
             }
-            Step::GiveUp => tracing::warn!(%error, failures, "mutation failed"),
+            Step::GiveUp => tracing::warn!(error = %crate::error::report(error), failures, "mutation failed"),
         },
     )
     .await;

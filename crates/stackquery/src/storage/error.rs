@@ -9,13 +9,15 @@ use crate::BoxError;
 /// Why a second-tier operation failed.
 ///
 /// Cloning is cheap (the backend's error is behind an `Arc`), so one failure can be
-/// logged, counted and handed to several waiters. None of these reach a query's caller:
-/// the client treats a failing second tier as a miss and goes on from memory.
+/// logged, counted and handed to several waiters. Queries never fail with these: the
+/// client treats a failing second tier as a miss and goes on from memory. Code of yours
+/// that calls a storage (or [`hydrate`](crate::QueryClient::hydrate)) can still return one
+/// as a [`QueryError`](crate::QueryError) with `?` (there is a `From` conversion).
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageError {
     /// The backend failed (I/O, SQLite, network…); the source is the backend's own error.
-    #[error("storage backend error: {0}")]
+    #[error("the storage backend failed")]
     Backend(#[source] Arc<dyn StdError + Send + Sync + 'static>),
     /// The call did not finish within the deadline set by a
     /// [`TimeoutStorage`](crate::storage::TimeoutStorage).

@@ -339,7 +339,7 @@ impl RedisStorage {
                     *store.sweep.cursor.lock() = last;
                 }
                 // The next step tries again from the same place.
-                Err(error) => tracing::debug!(%error, "Redis storage index sweep failed"),
+                Err(error) => tracing::debug!(error = %crate::error::report(&error), "Redis storage index sweep failed"),
             }
         });
     }

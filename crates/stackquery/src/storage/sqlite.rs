@@ -497,7 +497,9 @@ fn run_worker(conn: &Connection, queue: &mpsc::Receiver<Job>, purge_interval: Op
                     match purge(conn, now_ms()) {
                         Ok(0) => {}
                         Ok(n) => tracing::debug!(purged = n, "SQLite storage purged expired rows"),
-                        Err(err) => tracing::warn!(%err, "SQLite storage purge failed"),
+                        Err(err) => {
+                            tracing::warn!(error = %crate::error::report(&err), "SQLite storage purge failed")
+                        }
                     }
                     next_purge = next_after(Instant::now());
                     continue;

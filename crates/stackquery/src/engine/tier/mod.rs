@@ -145,7 +145,7 @@ impl Tier {
             return Some(Landed::Written);
         };
         counters.l2_errors.incr();
-        tracing::warn!(key = %w.key, %error, "second tier write failed: deleting the stored copy");
+        tracing::warn!(key = %w.key, error = %crate::error::report(&error), "second tier write failed: deleting the stored copy");
         match self.storage.delete(&w.key).await {
             Ok(()) => Some(Landed::Deleted),
             Err(_) => {
@@ -234,10 +234,10 @@ impl Tier {
                 Err(error) => {
                     counters.l2_errors.incr();
                     if error.is_corrupt() {
-                        tracing::warn!(key, %error, "corrupt second-tier entry: treated as a miss and deleted");
+                        tracing::warn!(key, error = %crate::error::report(&error), "corrupt second-tier entry: treated as a miss and deleted");
                         self.delete(counters, key.to_string(), None);
                     } else {
-                        tracing::warn!(key, %error, "unreadable second-tier entry: treated as a miss (kept)");
+                        tracing::warn!(key, error = %crate::error::report(&error), "unreadable second-tier entry: treated as a miss (kept)");
                     }
                     (None, StorageOutcome::Error)
                 }
@@ -248,7 +248,7 @@ impl Tier {
             }
             Err(error) => {
                 counters.l2_errors.incr();
-                tracing::warn!(key, %error, "second tier read failed: going on without it");
+                tracing::warn!(key, error = %crate::error::report(&error), "second tier read failed: going on without it");
                 (None, StorageOutcome::Error)
             }
         }

@@ -362,7 +362,7 @@ impl InFlight {
                 Err(error) if transient(&error) => {
                     counters.l2_errors.incr();
                     tell(&prefix, StorageOutcome::Error);
-                    tracing::warn!(prefix, %error, "second tier prefix delete failed: will retry");
+                    tracing::warn!(prefix, error = %crate::error::report(&error), "second tier prefix delete failed: will retry");
                     q.requeue_prefix(item);
                     failed = true;
                 }
@@ -370,7 +370,7 @@ impl InFlight {
                     if let Err(error) = result {
                         counters.l2_errors.incr();
                         tell(&prefix, StorageOutcome::Error);
-                        tracing::warn!(prefix, %error, "second tier prefix delete refused: given up");
+                        tracing::warn!(prefix, error = %crate::error::report(&error), "second tier prefix delete refused: given up");
                     } else {
                         tell(&prefix, StorageOutcome::Deleted);
                     }
@@ -416,7 +416,7 @@ impl InFlight {
                 Err(error) => {
                     counters.l2_errors.incr();
                     tell(&key, StorageOutcome::Error);
-                    tracing::warn!(key, %error, "second tier write failed: will retry as a delete");
+                    tracing::warn!(key, error = %crate::error::report(&error), "second tier write failed: will retry as a delete");
                     // The old stored value must not come back: what is owed is a delete.
                     item.op = Op::Delete;
                     q.requeue(key, item);
@@ -444,7 +444,7 @@ fn prepare(op: &mut Op, key: &str, counters: &Counters) -> Attempt {
             Ok(bytes) => *op = Op::Encoded(bytes, ttl),
             Err(error) => {
                 counters.l2_errors.incr();
-                tracing::warn!(key, %error, "data does not encode: deleting the stored copy instead");
+                tracing::warn!(key, error = %crate::error::report(&error), "data does not encode: deleting the stored copy instead");
             }
         }
     }
@@ -468,7 +468,7 @@ async fn attempt_op(
             Ok(()) => return Ok(Landed::Written),
             Err(error) => {
                 counters.l2_errors.incr();
-                tracing::warn!(key, %error, "second tier write failed: deleting the stored copy");
+                tracing::warn!(key, error = %crate::error::report(&error), "second tier write failed: deleting the stored copy");
             }
         }
     }
@@ -476,7 +476,7 @@ async fn attempt_op(
         Ok(()) => Ok(Landed::Deleted),
         Err(error) if transient(&error) => Err(error),
         Err(error) => {
-            tracing::warn!(key, %error, "second tier delete refused: given up");
+            tracing::warn!(key, error = %crate::error::report(&error), "second tier delete refused: given up");
             Ok(Landed::Deleted)
         }
     }

@@ -159,7 +159,12 @@ async fn timeout_passes_errors_and_values_through() {
     let store = TimeoutStorage::new(FailingStorage, Duration::from_secs(1));
     let err = store.get("k").await.unwrap_err();
     assert!(matches!(&err, StorageError::Backend(e) if e.to_string() == "down"));
-    assert_eq!(err.to_string(), "storage backend error: down");
+    // The backend's text is the source's, not repeated in the error's own message.
+    assert_eq!(err.to_string(), "the storage backend failed");
+    assert_eq!(
+        crate::error::report(&err).to_string(),
+        "the storage backend failed: down"
+    );
     let start = tokio::time::Instant::now();
     let store = TimeoutStorage::new(MemoryStorage::new(), Duration::from_secs(1));
     store.set("k", b"v".to_vec(), None).await.unwrap();
@@ -174,6 +179,8 @@ fn storage_error_is_cloneable_and_keeps_its_source() {
     let copy = err.clone();
     let source = std::error::Error::source(&copy).unwrap();
     assert_eq!(source.to_string(), "no access");
+    // The source is the backend's error itself, so it downcasts.
+    assert!(source.downcast_ref::<std::io::Error>().is_some());
     match err {
         StorageError::Backend(inner) => {
             assert!(inner.downcast_ref::<std::io::Error>().is_some());
