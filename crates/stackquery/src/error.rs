@@ -98,7 +98,8 @@ pub enum QueryError {
     /// A second-tier operation failed ([`hydrate`](crate::QueryClient::hydrate), or a
     /// [`StorageError`](crate::StorageError) a caller turned into a `QueryError` with `?`).
     /// Queries themselves never fail for the second tier: they go on from memory.
-    Storage(crate::StorageError),
+    /// (Behind an `Arc`, like `TypeMismatch`: rare, and the entry's error slots stay small.)
+    Storage(Arc<crate::StorageError>),
 }
 
 impl fmt::Display for QueryError {
@@ -128,7 +129,7 @@ impl StdError for QueryError {
             // The fetch function's own error itself (not the `FetchError` wrapper), so
             // `source()?.downcast_ref::<E>()` finds it.
             QueryError::Fetch(e) => Some(e.inner()),
-            QueryError::Storage(e) => Some(e),
+            QueryError::Storage(e) => Some(&**e),
             _ => None,
         }
     }
@@ -136,7 +137,7 @@ impl StdError for QueryError {
 
 impl From<crate::StorageError> for QueryError {
     fn from(error: crate::StorageError) -> Self {
-        QueryError::Storage(error)
+        QueryError::Storage(Arc::new(error))
     }
 }
 

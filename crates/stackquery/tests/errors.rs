@@ -80,7 +80,10 @@ fn a_storage_error_converts_with_the_question_mark() {
         Ok(())
     }
     let err = restore().unwrap_err();
-    assert!(matches!(&err, QueryError::Storage(StorageError::Corrupt(m)) if m == "truncated"));
+    let QueryError::Storage(storage) = &err else {
+        panic!("not a storage error: {err:?}")
+    };
+    assert!(matches!(&**storage, StorageError::Corrupt(m) if m == "truncated"));
     assert!(err.downcast_ref::<StorageError>().is_some());
     assert_eq!(
         err.report().to_string(),

@@ -410,7 +410,7 @@ async fn retries_count_and_delay_on_paused_clock() {
     assert!(states.all()[3]
         .failure_reason
         .as_ref()
-        .is_some_and(|e| e.to_string().contains("attempt 2")));
+        .is_some_and(|e| e.report().to_string().contains("attempt 2")));
 }
 
 /// Retries spent: the call fails with the last error, `failure_count` = attempts, and

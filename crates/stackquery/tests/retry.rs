@@ -51,6 +51,7 @@ async fn failure_count_updates_on_each_attempt_and_resets_on_success() {
         .failure_reason
         .as_ref()
         .unwrap()
+        .report()
         .to_string()
         .contains("fail 1"));
     assert!(s.is_loading());
@@ -82,10 +83,10 @@ async fn retry_if_predicate_decides_per_error() {
         })
     });
     let opts = opts
-        .retry_if(|count, err| count < 10 && err.to_string().contains("transient"))
+        .retry_if(|count, err| count < 10 && err.report().to_string().contains("transient"))
         .retry_delay(|_| Duration::from_millis(1));
     let err = client.fetch_query(&opts).await.unwrap_err();
-    assert!(err.to_string().contains("fatal"));
+    assert!(err.report().to_string().contains("fatal"));
     assert_eq!(calls.get(), 2, "the fatal error is not retried");
 }
 

@@ -1,6 +1,7 @@
 //! The one error type of the storage layer.
 
 use std::error::Error as StdError;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,27 +14,46 @@ use crate::BoxError;
 /// client treats a failing second tier as a miss and goes on from memory. Code of yours
 /// that calls a storage (or [`hydrate`](crate::QueryClient::hydrate)) can still return one
 /// as a [`QueryError`](crate::QueryError) with `?` (there is a `From` conversion).
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum StorageError {
     /// The backend failed (I/O, SQLite, network…); the source is the backend's own error.
-    #[error("the storage backend failed")]
-    Backend(#[source] Arc<dyn StdError + Send + Sync + 'static>),
+    Backend(Arc<dyn StdError + Send + Sync + 'static>),
     /// The call did not finish within the deadline set by a
     /// [`TimeoutStorage`](crate::storage::TimeoutStorage).
-    #[error("storage call timed out after {0:?}")]
     Timeout(Duration),
     /// Stored bytes could not be decoded: truncated, damaged, written by an unknown
     /// format version, or not an envelope at all. Such an entry is a miss.
-    #[error("corrupt storage entry: {0}")]
     Corrupt(String),
     /// Data could not be encoded by the chosen [`Codec`](crate::storage::Codec) (e.g. a
     /// map with non-string keys in JSON); nothing was written.
-    #[error("cannot encode storage entry: {0}")]
     Encode(String),
     /// The backend (or this build, for lack of a cargo feature) cannot do this operation.
-    #[error("not supported by this storage: {0}")]
     Unsupported(&'static str),
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // The backend's text is the source's: not repeated here.
+            StorageError::Backend(_) => f.write_str("the storage backend failed"),
+            StorageError::Timeout(limit) => write!(f, "storage call timed out after {limit:?}"),
+            StorageError::Corrupt(why) => write!(f, "corrupt storage entry: {why}"),
+            StorageError::Encode(why) => write!(f, "cannot encode storage entry: {why}"),
+            StorageError::Unsupported(what) => write!(f, "not supported by this storage: {what}"),
+        }
+    }
+}
+
+impl StdError for StorageError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            // The backend's error itself (not the `Arc` around it, whose `source` would
+            // skip it), so `source()?.downcast_ref::<E>()` finds it.
+            StorageError::Backend(e) => Some(&**e),
+            _ => None,
+        }
+    }
 }
 
 impl StorageError {

@@ -236,7 +236,8 @@ async fn opening_bad_paths_is_an_error_value() {
     std::fs::write(&file, b"x").unwrap();
     let err = SqliteStorage::open(file.join("cache.sqlite")).unwrap_err();
     assert!(matches!(err, StorageError::Backend(_)));
-    assert!(err.to_string().contains("plain-file"), "{err}");
+    let report = crate::error::report(&err).to_string();
+    assert!(report.contains("plain-file"), "{report}");
     // A directory is not a database file.
     assert!(SqliteStorage::open(dir.path()).is_err());
     // Nor is a file of garbage.
