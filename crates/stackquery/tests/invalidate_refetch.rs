@@ -168,6 +168,20 @@ async fn concurrent_fresh_reads_after_an_invalidation_share_one_fetch() {
     assert_eq!(calls.get(), 2);
 }
 
+/// Protects deduplication across the two reads on a cold key of a client with no second
+/// tier: the first fetch can only deliver fetched data, so a fresh read joins it — one
+/// fetch, one value for both.
+#[tokio::test(start_paused = true)]
+async fn a_fresh_read_joins_the_first_fetch_of_a_cold_key() {
+    let client = QueryClient::new();
+    let (opts, calls) = slow_counter(key!["cold"], SEC);
+    let opts = opts.stale_time(Duration::MAX);
+    let (plain, fresh) = tokio::join!(client.fetch_query(&opts), client.fetch_query_fresh(&opts));
+    assert_eq!((*plain.unwrap(), *fresh.unwrap()), (1, 1));
+    assert_eq!(calls.get(), 1);
+    assert_eq!(client.stats().dedup_joins, 1);
+}
+
 /// Protects the server case the feature is for: nothing observes the queries, the server
 /// invalidates with `All` after a write, and reads that race the invalidation or follow
 /// it get the refetched data — one fetch per entry, however many readers.
@@ -424,7 +438,7 @@ mod sqlite {
 mod redis {
     use super::*;
     use common::redis_server::RedisServer;
-    use stackquery::bus::RedisBus;
+    use stackquery::bus::{RedisBus, RedisLeases};
     use stackquery::storage::RedisStorage;
 
     macro_rules! server_or_skip {
@@ -438,6 +452,11 @@ mod redis {
 
     /// One instance: its own storage connection and bus (as in `redis_cluster.rs`).
     async fn instance(server: &RedisServer, ns: &str) -> QueryClient {
+        instance_with(server, ns, false).await
+    }
+
+    /// An instance, with cluster-wide deduplication when `dedup`.
+    async fn instance_with(server: &RedisServer, ns: &str, dedup: bool) -> QueryClient {
         let storage = RedisStorage::builder(server.url())
             .namespace(ns)
             .connect()
@@ -448,7 +467,15 @@ mod redis {
             .connect()
             .await
             .expect("bus");
-        let client = QueryClient::builder().storage(storage).bus(bus).build();
+        let mut builder = QueryClient::builder().storage(storage.clone()).bus(bus);
+        if dedup {
+            builder = builder.cluster_dedup(
+                RedisLeases::new(&storage),
+                Duration::from_millis(1500),
+                Duration::from_secs(10),
+            );
+        }
+        let client = builder.build();
         // Start the bus listener (it starts with the first use of the client).
         client.set_query_data(key!["__warmup"], 0_u8).unwrap();
         client
@@ -527,6 +554,32 @@ mod redis {
         let (qc, calls_c) = named(k.clone(), "C", Duration::ZERO);
         assert_eq!(*c.fetch_query_fresh(&qc).await.unwrap(), "C-v1");
         assert_eq!(calls_c.get(), 1);
+    }
+
+    /// Protects the fresh rule on the cluster-dedup path: a cold fresh read under
+    /// cluster-wide deduplication reads the shared tier for another holder's result, and
+    /// must not take a copy past the reader's stale time there either (a plain read
+    /// would); it takes the lease and fetches.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fresh_read_under_cluster_dedup_fetches_past_a_stale_stored_copy() {
+        let server = server_or_skip!("a_fresh_read_under_cluster_dedup_fetches_past_a_stale");
+        let a = instance_with(&server, "ryw-dedup", true).await;
+        let k = key!["dedup", 1];
+        let (qa, _) = named(k.clone(), "A", Duration::ZERO);
+        a.fetch_query(&qa).await.unwrap();
+        a.flush_storage().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        // A stale time shorter than the stored copy's age.
+        let stale = Duration::from_millis(20);
+        let d = instance_with(&server, "ryw-dedup", true).await;
+        let (qd, _) = named(k.clone(), "D", Duration::from_secs(30));
+        let plain = d.fetch_query(&qd.stale_time(stale)).await.unwrap();
+        assert_eq!(plain.as_str(), "A-v1", "plain: the stale copy, at once");
+        let c = instance_with(&server, "ryw-dedup", true).await;
+        let (qc, calls_c) = named(k.clone(), "C", Duration::ZERO);
+        let fresh = c.fetch_query_fresh(&qc.stale_time(stale)).await.unwrap();
+        assert_eq!((fresh.as_str(), calls_c.get()), ("C-v1", 1));
     }
 
     /// Protects the in-flight rule across instances: a fetch B began before A's
