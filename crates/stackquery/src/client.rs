@@ -259,17 +259,16 @@ impl QueryClient {
         &self,
         opts: &QueryOptions<T>,
     ) -> Result<Arc<T>, QueryError> {
-        // The hit path of `fetch_query` (whose notion of fresh data is this one: within
-        // the stale time and not invalidated), kept apart from it so that its future stays
-        // as small as it is.
+        // The hit path of `fetch_query`, whose fresh data is this one's (within the stale
+        // time, not invalidated): repeated here rather than shared, so that `fetch_query`'s
+        // own hit path stays exactly as it is.
         self.shared.cluster.ensure_listening(&self.shared);
         let stale_time = self.shared.defaults.stale_time(opts);
+        let now = || self.shared.runtime.now();
         let probe = self.shared.cache.with(&opts.key, |e| {
             match e.as_any().downcast_ref::<Entry<T>>() {
-                Some(entry) => match entry.fresh_data(stale_time, || self.shared.runtime.now()) {
-                    Some(data) => Ok(Ok(data)),
-                    None => Ok(Err(e.clone())),
-                },
+                // Not fresh: keep the entry, so the slow path need not look it up again.
+                Some(entry) => Ok(entry.fresh_data(stale_time, now).ok_or_else(|| e.clone())),
                 None => Err(crate::engine::mismatch(e, std::any::type_name::<T>())),
             }
         });

@@ -87,7 +87,8 @@ impl<T> Entry<T> {
         gc_time: Duration,
         fresh: bool,
     ) -> Option<Arc<crate::flight::Flight<T>>> {
-        self.cell.read(|m| m.joinable(opts, stale_time, gc_time, fresh))
+        self.cell
+            .read(|m| m.joinable(opts, stale_time, gc_time, fresh))
     }
 
     /// The data held, fresh or stale (a plain read: not a hit, but a use for eviction).

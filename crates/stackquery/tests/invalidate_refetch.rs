@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{scripted, settle, slow_counter, Calls};
@@ -59,11 +58,7 @@ impl Kinds {
 
     /// Fetch calls of (active, inactive, disabled).
     fn calls(&self) -> [u32; 3] {
-        [
-            self.active.get(),
-            self.inactive.get(),
-            self.disabled.get(),
-        ]
+        [self.active.get(), self.inactive.get(), self.disabled.get()]
     }
 }
 
@@ -100,12 +95,26 @@ async fn each_refetch_type_refetches_exactly_its_entries() {
         assert_eq!(n, 4, "{refetch:?}: every matching entry is invalidated");
         let expected = [1 + u32::from(active), 1 + u32::from(inactive), 1];
         assert_eq!(kinds.calls(), expected, "{refetch:?}: fetch calls");
-        let waited = if active || inactive { SEC } else { Duration::ZERO };
-        assert_eq!(start.elapsed(), waited, "{refetch:?}: waits for its refetches");
+        let waited = if active || inactive {
+            SEC
+        } else {
+            Duration::ZERO
+        };
+        assert_eq!(
+            start.elapsed(),
+            waited,
+            "{refetch:?}: waits for its refetches"
+        );
         assert_eq!(invalidated(&client, "active"), !active, "{refetch:?}");
         assert_eq!(invalidated(&client, "inactive"), !inactive, "{refetch:?}");
-        assert!(invalidated(&client, "disabled"), "{refetch:?}: only marked stale");
-        assert!(invalidated(&client, "manual"), "{refetch:?}: only marked stale");
+        assert!(
+            invalidated(&client, "disabled"),
+            "{refetch:?}: only marked stale"
+        );
+        assert!(
+            invalidated(&client, "manual"),
+            "{refetch:?}: only marked stale"
+        );
         assert_eq!(
             *client.get_query_data::<u32>(&key!["t", "manual"]).unwrap(),
             0,
@@ -136,11 +145,19 @@ async fn after_refetch_none_fetch_query_serves_stale_and_fetch_query_fresh_waits
     let state = client.get_query_state::<u32>(&key!["profile"]).unwrap();
     assert!(state.is_invalidated && !state.is_fetching(), "{state:?}");
 
-    assert_eq!(*client.fetch_query(&opts).await.unwrap(), 1, "stale, at once");
+    assert_eq!(
+        *client.fetch_query(&opts).await.unwrap(),
+        1,
+        "stale, at once"
+    );
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert_eq!(*client.fetch_query_fresh(&opts).await.unwrap(), 2, "waited");
     assert_eq!(start.elapsed(), SEC, "the fetch's whole second");
-    assert_eq!(calls.get(), 2, "the fresh read joined the background refresh");
+    assert_eq!(
+        calls.get(),
+        2,
+        "the fresh read joined the background refresh"
+    );
 
     // Fresh now: both reads are hits.
     let hits = client.stats().hits;
@@ -162,7 +179,10 @@ async fn concurrent_fresh_reads_after_an_invalidation_share_one_fetch() {
         .invalidate_queries_with(key!["feed"], RefetchType::None)
         .await;
     let reads = join_all((0..20).map(|_| client.fetch_query_fresh(&opts))).await;
-    assert!(reads.iter().all(|r| matches!(r.as_deref(), Ok(2))), "{reads:?}");
+    assert!(
+        reads.iter().all(|r| matches!(r.as_deref(), Ok(2))),
+        "{reads:?}"
+    );
     assert_eq!(calls.get(), 2);
     assert_eq!(*client.fetch_query(&opts).await.unwrap(), 2);
     assert_eq!(calls.get(), 2);
@@ -198,8 +218,15 @@ async fn a_server_with_no_observers_reads_fresh_data_after_invalidate_all_with_o
         join_all((0..10).map(|_| client.fetch_query_fresh(&opts))),
     );
     assert_eq!(n, 1);
-    assert!(reads.iter().all(|r| matches!(r.as_deref(), Ok(2))), "{reads:?}");
-    assert_eq!(calls.get(), 2, "the readers joined the invalidation's refetch");
+    assert!(
+        reads.iter().all(|r| matches!(r.as_deref(), Ok(2))),
+        "{reads:?}"
+    );
+    assert_eq!(
+        calls.get(),
+        2,
+        "the readers joined the invalidation's refetch"
+    );
     assert_eq!(start.elapsed(), SEC);
 
     // Read after the invalidation returned: a hit.
@@ -227,9 +254,16 @@ async fn a_fetch_in_flight_before_the_invalidation_does_not_satisfy_a_fresh_read
         assert_eq!(calls.get(), 1, "the early fetch runs");
         client.invalidate_queries_with(key!["doc"], refetch).await;
         let fresh = client.fetch_query_fresh(&opts).await.unwrap();
-        assert_eq!(*fresh, 2, "{refetch:?}: a fetch begun after the invalidation");
+        assert_eq!(
+            *fresh, 2,
+            "{refetch:?}: a fetch begun after the invalidation"
+        );
         assert_eq!(start.elapsed(), Duration::from_millis(1300), "{refetch:?}");
-        assert_eq!(*early.await.unwrap().unwrap(), 1, "the early caller's own value");
+        assert_eq!(
+            *early.await.unwrap().unwrap(),
+            1,
+            "the early caller's own value"
+        );
         let state = client.get_query_state::<u32>(&key!["doc"]).unwrap();
         assert_eq!(state.data.as_deref(), Some(&2), "{refetch:?}");
         assert!(!state.is_invalidated && !state.is_fetching(), "{state:?}");
@@ -248,7 +282,11 @@ async fn an_invalidation_replaces_a_refresh_that_began_before_it() {
     let opts = opts.stale_time(Duration::from_secs(10));
     client.fetch_query(&opts).await.unwrap();
     tokio::time::sleep(Duration::from_secs(11)).await;
-    assert_eq!(*client.fetch_query(&opts).await.unwrap(), 1, "stale: a refresh starts");
+    assert_eq!(
+        *client.fetch_query(&opts).await.unwrap(),
+        1,
+        "stale: a refresh starts"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let start = Instant::now();
     client
@@ -281,14 +319,21 @@ async fn fresh_reads_follow_the_stale_time() {
     assert_eq!((calls.get(), start.elapsed()), (1, Duration::ZERO), "a hit");
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(*client.fetch_query_fresh(&opts).await.unwrap(), 2);
-    assert_eq!(start.elapsed(), Duration::from_secs(7), "waited past the stale time");
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(7),
+        "waited past the stale time"
+    );
 
     let (zero, zero_calls) = slow_counter(key!["now"], SEC);
     let zero = zero.stale_time(Duration::ZERO);
     assert_eq!(*client.fetch_query_fresh(&zero).await.unwrap(), 1);
     assert_eq!(*client.fetch_query_fresh(&zero).await.unwrap(), 2);
     let reads = join_all((0..5).map(|_| client.fetch_query_fresh(&zero))).await;
-    assert!(reads.iter().all(|r| matches!(r.as_deref(), Ok(3))), "{reads:?}");
+    assert!(
+        reads.iter().all(|r| matches!(r.as_deref(), Ok(3))),
+        "{reads:?}"
+    );
     assert_eq!(zero_calls.get(), 3);
 }
 
@@ -305,7 +350,11 @@ async fn hand_set_entries_are_fetched_by_the_next_fresh_read_and_writes_are_fres
     assert_eq!(n, 1);
     let (opts, calls) = scripted(key!["cfg"], |n| async move { Ok(10 + n) });
     let opts = opts.stale_time(Duration::MAX);
-    assert_eq!(calls.get(), 0, "no fetch function was known: nothing refetched");
+    assert_eq!(
+        calls.get(),
+        0,
+        "no fetch function was known: nothing refetched"
+    );
     assert_eq!(*client.fetch_query_fresh(&opts).await.unwrap(), 11);
     client
         .invalidate_queries_with(key!["cfg"], RefetchType::None)
@@ -368,7 +417,11 @@ async fn a_fresh_read_takes_only_a_fresh_stored_copy() {
     assert_eq!(*e.fetch_query_fresh(&qe).await.unwrap(), "E-v1");
     assert_eq!(calls_e.get(), 1);
     settle().await;
-    assert_eq!(calls_d.get(), 1, "D refreshes the invalidated copy in the background");
+    assert_eq!(
+        calls_d.get(),
+        1,
+        "D refreshes the invalidated copy in the background"
+    );
 }
 
 /// Instances sharing one SQLite file, no bus (real time: blocking file I/O).
@@ -516,7 +569,11 @@ mod redis {
             let (qb, calls_b) = named(k.clone(), "B", Duration::from_millis(200));
             assert_eq!(*a.fetch_query(&qa).await.unwrap(), "A-v1");
             a.flush_storage().await;
-            assert_eq!(*b.fetch_query(&qb).await.unwrap(), "A-v1", "from the shared tier");
+            assert_eq!(
+                *b.fetch_query(&qb).await.unwrap(),
+                "A-v1",
+                "from the shared tier"
+            );
             assert_eq!(calls_b.get(), 0);
 
             a.invalidate_queries_with(k.clone(), refetch).await;
@@ -524,7 +581,11 @@ mod redis {
                 heard(&b, &k)
             })
             .await;
-            assert_eq!(*b.fetch_query(&qb).await.unwrap(), "A-v1", "{refetch:?}: stale");
+            assert_eq!(
+                *b.fetch_query(&qb).await.unwrap(),
+                "A-v1",
+                "{refetch:?}: stale"
+            );
             let fresh = b.fetch_query_fresh(&qb).await.unwrap();
             assert_eq!(fresh.as_str(), "B-v1", "{refetch:?}");
             assert_eq!(calls_b.get(), 1, "{refetch:?}: joined B's own refresh");
@@ -549,7 +610,11 @@ mod redis {
         // will write its own copy.
         let d = instance(&server, "ryw-new").await;
         let (qd, _) = named(k.clone(), "D", Duration::from_secs(30));
-        assert_eq!(*d.fetch_query(&qd).await.unwrap(), "A-v1", "plain: stale, at once");
+        assert_eq!(
+            *d.fetch_query(&qd).await.unwrap(),
+            "A-v1",
+            "plain: stale, at once"
+        );
         let c = instance(&server, "ryw-new").await;
         let (qc, calls_c) = named(k.clone(), "C", Duration::ZERO);
         assert_eq!(*c.fetch_query_fresh(&qc).await.unwrap(), "C-v1");
@@ -605,18 +670,26 @@ mod redis {
             calls_b.get() == 1
         })
         .await;
-        a.invalidate_queries_with(k.clone(), RefetchType::All)
-            .await;
+        a.invalidate_queries_with(k.clone(), RefetchType::All).await;
         eventually("B to hear the invalidation", Duration::from_secs(5), || {
             heard(&b, &k)
         })
         .await;
-        assert!(!early.is_finished(), "the invalidation arrived during B's fetch");
+        assert!(
+            !early.is_finished(),
+            "the invalidation arrived during B's fetch"
+        );
         let fresh = b.fetch_query_fresh(&qb).await.unwrap();
         assert_eq!(fresh.as_str(), "B-v2");
-        assert_eq!(*early.await.unwrap().unwrap(), "B-v1", "the early caller's value");
         assert_eq!(
-            b.get_query_data::<String>(&k).as_deref().map(String::as_str),
+            *early.await.unwrap().unwrap(),
+            "B-v1",
+            "the early caller's value"
+        );
+        assert_eq!(
+            b.get_query_data::<String>(&k)
+                .as_deref()
+                .map(String::as_str),
             Some("B-v2")
         );
     }

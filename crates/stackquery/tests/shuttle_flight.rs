@@ -652,7 +652,10 @@ fn entry_fresh_read_after_an_invalidation_never_gets_older_data() {
             .count();
         assert_eq!(after_it, 1, "{:?}", history.begun);
         drop(history);
-        assert_eq!(h.fetch_calls.load(SeqCst), h.history.lock().unwrap().begun.len());
+        assert_eq!(
+            h.fetch_calls.load(SeqCst),
+            h.history.lock().unwrap().begun.len()
+        );
     });
 }
 

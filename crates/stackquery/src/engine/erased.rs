@@ -23,8 +23,7 @@ pub(crate) type Settled = BoxFuture<'static, ()>;
 /// An entry as the engine stores it: the cache's view plus the engine's bulk operations.
 pub(crate) trait EngineEntry: AnyEntry {
     /// Marks the entry stale; refetches it if `refetch` covers it (see [`RefetchType`]).
-    fn invalidate(self: Arc<Self>, shared: &Arc<Shared>, refetch: RefetchType)
-        -> Option<Settled>;
+    fn invalidate(self: Arc<Self>, shared: &Arc<Shared>, refetch: RefetchType) -> Option<Settled>;
     fn refetch(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled>;
     /// Cancels the fetch in flight; the future resolves once its task has stopped.
     fn cancel(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled>;
