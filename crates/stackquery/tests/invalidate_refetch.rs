@@ -424,6 +424,70 @@ async fn a_fresh_read_takes_only_a_fresh_stored_copy() {
     );
 }
 
+/// A shared in-memory store whose reads are answered half a second after the value was
+/// read (within the client's storage timeout; writes are immediate).
+#[derive(Clone, Default)]
+struct SlowReads(MemoryStorage);
+
+#[stackquery::storage::async_trait]
+impl stackquery::Storage for SlowReads {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, stackquery::StorageError> {
+        let read = self.0.get(key).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        read
+    }
+    async fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<(), stackquery::StorageError> {
+        self.0.set(key, value, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), stackquery::StorageError> {
+        self.0.delete(key).await
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, stackquery::StorageError> {
+        self.0.delete_prefix(prefix).await
+    }
+}
+
+/// Protects the in-flight rule for a read of the second tier: a cold read that was
+/// reading the stored copy when the invalidation came settles after it with data from
+/// before it. That data is kept as invalidated (stale), like a fetch's, so a fresh read
+/// made once it has settled does not take it as fresh: it fetches.
+#[tokio::test(start_paused = true)]
+async fn a_stored_copy_read_before_an_invalidation_is_kept_as_invalidated() {
+    let store = SlowReads::default();
+    let writer = QueryClient::builder().storage(store.clone()).build();
+    let (stored, _) = named(key!["acct"], "W", Duration::ZERO);
+    writer.fetch_query(&stored).await.unwrap();
+    writer.flush_storage().await;
+
+    let client = QueryClient::builder().storage(store.clone()).build();
+    let (opts, calls) = named(key!["acct"], "B", SEC);
+    let cold = tokio::spawn({
+        let (client, opts) = (client.clone(), opts.clone());
+        async move { client.fetch_query(&opts).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await; // reading the store
+    client
+        .invalidate_queries_with(key!["acct"], RefetchType::None)
+        .await;
+    assert_eq!(
+        cold.await.unwrap().unwrap().as_str(),
+        "W-v1",
+        "its own caller"
+    );
+    let state = client.get_query_state::<String>(&key!["acct"]).unwrap();
+    assert!(state.is_invalidated, "kept as invalidated: {state:?}");
+    assert_eq!(
+        client.fetch_query_fresh(&opts).await.unwrap().as_str(),
+        "B-v1"
+    );
+    assert_eq!(calls.get(), 1);
+}
+
 /// Instances sharing one SQLite file, no bus (real time: blocking file I/O).
 #[cfg(feature = "sqlite")]
 mod sqlite {

@@ -170,17 +170,17 @@ impl<T> Machine<T> {
             fx.arm_gc = true;
             match &result {
                 Ok(data) if self.data_gen == flight.data_gen => {
+                    // Data read before an invalidation came is stale, wherever it was
+                    // read from: the fetch function, or a stored copy the invalidation
+                    // had not flagged yet.
+                    let outdated = self.inval_gen != flight.inval_gen;
                     let (at, invalidated, age) = match source {
                         Source::Stored {
                             at,
                             invalidated,
                             age,
-                        } => (at, invalidated, age),
-                        Source::Fetch => (
-                            SystemTime::now(),
-                            self.inval_gen != flight.inval_gen,
-                            Duration::ZERO,
-                        ),
+                        } => (at, invalidated || outdated, age),
+                        Source::Fetch => (SystemTime::now(), outdated, Duration::ZERO),
                     };
                     self.take_data(data.clone(), at, invalidated, age, now);
                     stored = self.state.data_updated_at.is_some();
