@@ -17,6 +17,7 @@ use crate::key::QueryKey;
 use crate::mutation::{Mutation, MutationOptions};
 use crate::observer::QueryObserver;
 use crate::options::{Defaults, QueryOptions};
+use crate::refetch::RefetchType;
 use crate::scope::KeyScope;
 use crate::snapshot::DehydratedState;
 use crate::state::QueryState;
@@ -195,6 +196,97 @@ impl QueryClient {
         self.shared.run(opts, Mode::Force).await
     }
 
+    /// The key's data if it is fresh, else the result of a fetch: never stale data, and
+    /// never data older than an invalidation — read-your-writes after
+    /// [`invalidate_queries`](Self::invalidate_queries). (TanStack Query's `fetchQuery`;
+    /// [`fetch_query`](Self::fetch_query) serves stale data at once instead.)
+    ///
+    /// * Fresh (younger than the stale time, not invalidated): from the cache, the same
+    ///   hit path as `fetch_query`.
+    /// * Stale, invalidated or missing: waits for a fetch. It joins the fetch in flight
+    ///   only if that fetch began after the key's latest invalidation and manual write; an
+    ///   older one may have read the very data the invalidation says changed, so a new
+    ///   fetch replaces it (its own callers still get its result; the cache no longer
+    ///   stores it). Concurrent calls share one fetch, and an invalidation's refetch
+    ///   ([`invalidate_queries_with`](Self::invalidate_queries_with)) is joined too.
+    /// * A persisted key read from the second tier (or a restored snapshot): only a
+    ///   stored copy that is neither invalidated nor older than the stale time is taken;
+    ///   otherwise the fetch function runs.
+    ///
+    /// With a zero stale time (the default) data is never fresh, so every call fetches
+    /// (deduplicated with the calls in flight). A call made while an invalidation is under
+    /// way may return the data from before it; a call made after it has returned never
+    /// does.
+    ///
+    /// # Other instances
+    /// "Fresh" is judged with what this client knows: its own invalidations, the other
+    /// instances' once their bus messages have arrived (a bus delivers them
+    /// asynchronously, after their stored copies are flagged), and the flags on stored
+    /// copies it reads. Without a bus, an instance that already holds the key in memory
+    /// does not hear of another instance's invalidation and serves its copy until its
+    /// stale time passes; with a shared storage it still never takes an invalidated
+    /// stored copy.
+    ///
+    /// # Errors
+    /// As [`fetch_query`](Self::fetch_query).
+    ///
+    /// ```
+    /// use stackquery::{key, QueryClient, QueryOptions, RefetchType};
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stackquery::QueryError> {
+    /// let client = QueryClient::new();
+    /// let version = Arc::new(AtomicU32::new(0));
+    /// let v = version.clone();
+    /// let opts = QueryOptions::new(key!["profile"], move || {
+    ///     let v = v.clone();
+    ///     async move { Ok::<_, std::io::Error>(v.fetch_add(1, Ordering::SeqCst) + 1) }
+    /// })
+    /// .stale_time(Duration::from_secs(60));
+    /// assert_eq!(*client.fetch_query_fresh(&opts).await?, 1);
+    /// assert_eq!(*client.fetch_query_fresh(&opts).await?, 1); // fresh: from the cache
+    ///
+    /// // A write upstream, then an invalidation that refetches nothing.
+    /// client.invalidate_queries_with(key!["profile"], RefetchType::None).await;
+    /// assert_eq!(*client.fetch_query_fresh(&opts).await?, 2); // waited for a fetch
+    /// assert_eq!(version.load(Ordering::SeqCst), 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn fetch_query_fresh<T: Send + Sync + 'static>(
+        &self,
+        opts: &QueryOptions<T>,
+    ) -> Result<Arc<T>, QueryError> {
+        // The hit path of `fetch_query`, whose fresh data is this one's (within the stale
+        // time, not invalidated): repeated here rather than shared, so that `fetch_query`'s
+        // own hit path stays exactly as it is.
+        self.shared.cluster.ensure_listening(&self.shared);
+        let stale_time = self.shared.defaults.stale_time(opts);
+        let now = || self.shared.runtime.now();
+        let probe = self.shared.cache.with(&opts.key, |e| {
+            match e.as_any().downcast_ref::<Entry<T>>() {
+                // Not fresh: keep the entry, so the slow path need not look it up again.
+                Some(entry) => Ok(entry.fresh_data(stale_time, now).ok_or_else(|| e.clone())),
+                None => Err(crate::engine::mismatch(e, std::any::type_name::<T>())),
+            }
+        });
+        match probe {
+            Some(Ok(Ok(data))) => {
+                self.shared.counters.hits.incr();
+                tracing::trace!(key = %opts.key, "cache hit");
+                Ok(data)
+            }
+            Some(Err(e)) => Err(e),
+            Some(Ok(Err(entry))) => {
+                let entry = crate::engine::downcast(entry).ok();
+                Box::pin(self.shared.run_on(entry, opts, Mode::Fresh)).await
+            }
+            None => Box::pin(self.shared.run_on(None, opts, Mode::Fresh)).await,
+        }
+    }
+
     /// An observer of `opts`'s key. It does nothing until it has a subscriber.
     pub fn watch<T: Send + Sync + 'static>(&self, opts: &QueryOptions<T>) -> QueryObserver<T> {
         QueryObserver::new(self.shared.clone(), opts)
@@ -356,13 +448,76 @@ impl QueryClient {
     ///
     /// A fetch already in flight for an invalidated entry still delivers its result to its
     /// callers, but that result is stored as stale.
+    ///
+    /// This is [`invalidate_queries_with`](Self::invalidate_queries_with) with
+    /// [`RefetchType::Active`]; that method also refetches entries nobody observes (a
+    /// server's cache), or none at all.
     pub async fn invalidate_queries(&self, filter: impl Into<QueryFilter>) -> usize {
+        self.invalidate_queries_with(filter, RefetchType::Active)
+            .await
+    }
+
+    /// Marks matching entries stale (their data stays) and refetches those `refetch`
+    /// covers (TanStack Query's `refetchType`: [`Active`](RefetchType::Active),
+    /// [`Inactive`](RefetchType::Inactive), [`All`](RefetchType::All) or
+    /// [`None`](RefetchType::None)); waits for those refetches. Returns how many entries
+    /// were invalidated. A disabled query, and an entry only ever written by hand (no
+    /// fetch function is known for it), are only marked stale.
+    ///
+    /// Each refetch replaces the fetch already in flight for its entry, if any (that one
+    /// began before the invalidation): the old fetch's callers still get its result, but
+    /// the cache does not store it. An entry that is not refetched keeps its fetch in
+    /// flight, whose result is stored as stale. After this returns,
+    /// [`fetch_query_fresh`](Self::fetch_query_fresh) never serves data from before the
+    /// invalidation: it waits for (or joins) a fetch that began after it.
+    ///
+    /// # Other instances
+    /// The invalidated flags go to the second tier (write-behind), and then, with a bus,
+    /// the other instances hear of the invalidation: they mark their copies stale and
+    /// refetch their *active* ones, whatever `refetch` says here — the refetch type stays
+    /// on this instance (it is about what this instance reads next; every instance
+    /// refetching every copy it holds would multiply the upstream load by the number of
+    /// instances). Their next `fetch_query_fresh` waits for a fetch. Both happen after
+    /// this returns: await [`flush_storage`](Self::flush_storage) to have the stored
+    /// copies flagged before answering a request.
+    ///
+    /// ```
+    /// use stackquery::{key, QueryClient, QueryOptions, RefetchType};
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stackquery::QueryError> {
+    /// // A server: nothing observes its queries.
+    /// let client = QueryClient::new();
+    /// let calls = Arc::new(AtomicU32::new(0));
+    /// let c = calls.clone();
+    /// let opts = QueryOptions::new(key!["orders", 7], move || {
+    ///     let c = c.clone();
+    ///     async move { Ok::<_, std::io::Error>(c.fetch_add(1, Ordering::SeqCst) + 1) }
+    /// })
+    /// .stale_time(Duration::from_secs(60));
+    /// client.fetch_query(&opts).await?;
+    ///
+    /// // After a mutation: refetch what this server holds now, and wait for it.
+    /// let invalidated = client.invalidate_queries_with(key!["orders"], RefetchType::All).await;
+    /// assert_eq!(invalidated, 1);
+    /// assert_eq!(*client.fetch_query_fresh(&opts).await?, 2); // the refetched data
+    /// assert_eq!(calls.load(Ordering::SeqCst), 2, "one fetch for the invalidation");
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_queries_with(
+        &self,
+        filter: impl Into<QueryFilter>,
+        refetch: RefetchType,
+    ) -> usize {
         let filter = filter.into();
         let found = self.matching(&filter);
         let n = found.len();
         let waits: Vec<_> = found
             .iter()
-            .filter_map(|e| e.clone().invalidate(&self.shared))
+            .filter_map(|e| e.clone().invalidate(&self.shared, refetch))
             .collect();
         self.shared.invalidate_in_storage(covered(&filter, &found));
         tracing::debug!(entries = n, refetching = waits.len(), "invalidated");

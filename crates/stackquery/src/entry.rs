@@ -85,8 +85,10 @@ impl<T> Entry<T> {
         opts: &crate::options::QueryOptions<T>,
         stale_time: Duration,
         gc_time: Duration,
+        fresh: bool,
     ) -> Option<Arc<crate::flight::Flight<T>>> {
-        self.cell.read(|m| m.joinable(opts, stale_time, gc_time))
+        self.cell
+            .read(|m| m.joinable(opts, stale_time, gc_time, fresh))
     }
 
     /// The data held, fresh or stale (a plain read: not a hit, but a use for eviction).
@@ -296,7 +298,8 @@ mod host_clock_tests {
 
         let clock = move || at(0);
         let mut fx = Effects::default();
-        cell.transition(Event::Born, &Now::new(&clock), &mut fx, &armed);
+        let born = Event::Born { hydrated: true };
+        cell.transition(born, &Now::new(&clock), &mut fx, &armed);
         assert_eq!(armed.0.lock().unwrap().as_slice(), &[(Timer::Gc, at(60))]);
 
         let clock = move || at(5);

@@ -66,6 +66,9 @@ mod host;
 #[path = "../src/entry/machine/mod.rs"]
 mod machine;
 #[allow(dead_code, unreachable_pub)]
+#[path = "../src/refetch.rs"]
+mod refetch;
+#[allow(dead_code, unreachable_pub)]
 #[path = "../src/state.rs"]
 mod state;
 /// The part of `src/notify/` the machine uses: its copy-on-write listener list (the real
@@ -259,6 +262,8 @@ struct History {
     steps: u64,
     /// The step of the manual write, if one ran.
     write_at: Option<u64>,
+    /// The step of the last invalidation, if one ran.
+    invalidated_at: Option<u64>,
     /// (step, data_gen, inval_gen) of every flight begun.
     begun: Vec<(u64, u64, u64)>,
 }
@@ -289,6 +294,7 @@ impl Harness {
     /// engine's order with no lock held.
     fn dispatch(self: &Arc<Self>, event: Event<'_, Value>) -> Outcome<Value> {
         let is_write = matches!(event, Event::Write { .. });
+        let is_invalidation = matches!(event, Event::Invalidate { .. });
         let (fx, outcome, seq) = {
             let mut history = self.history.lock().unwrap();
             let mut fx = machine::Effects::default();
@@ -299,6 +305,9 @@ impl Harness {
             history.steps += 1;
             if is_write {
                 history.write_at = Some(seq);
+            }
+            if is_invalidation {
+                history.invalidated_at = Some(seq);
             }
             if let Some(start) = &fx.fetch {
                 let f = &start.flight;
@@ -338,11 +347,20 @@ impl Harness {
     /// `fetch_query`: stale-while-revalidate (with an infinite stale time, fresh means
     /// "not invalidated").
     async fn fetch(self: &Arc<Self>) -> Result<Value, error::QueryError> {
+        self.ask(Mode::Swr).await
+    }
+
+    /// `fetch_query_fresh`: fresh data, else a fetch that began after the invalidation.
+    async fn fetch_fresh(self: &Arc<Self>) -> Result<Value, error::QueryError> {
+        self.ask(Mode::Fresh).await
+    }
+
+    async fn ask(self: &Arc<Self>, mode: Mode) -> Result<Value, error::QueryError> {
         let event = Event::Ask(Ask {
             opts: &self.opts,
             stale_time: Duration::MAX,
             gc_time: Duration::MAX,
-            mode: Mode::Swr,
+            mode,
             even_if_removed: false,
             can_spawn: true,
         });
@@ -359,7 +377,16 @@ impl Harness {
 
     /// `invalidate_queries` of an observed entry: it refetches; waits for that fetch.
     async fn invalidate(self: &Arc<Self>) {
-        if let Outcome::Flight(f) = self.dispatch(Event::Invalidate { can_spawn: true }) {
+        self.invalidate_with(refetch::RefetchType::Active).await;
+    }
+
+    /// `invalidate_queries_with`: refetches if `refetch` covers the entry; waits for that.
+    async fn invalidate_with(self: &Arc<Self>, refetch: refetch::RefetchType) {
+        let event = Event::Invalidate {
+            can_spawn: true,
+            refetch,
+        };
+        if let Outcome::Flight(f) = self.dispatch(event) {
             let _ = f.wait().await;
         }
     }
@@ -585,6 +612,55 @@ fn entry_invalidate_and_manual_write_race_a_caller() {
             );
         }
         assert_quiescent(&h, &observer);
+    });
+}
+
+/// Read-your-writes after an invalidation, on an entry nobody observes: a fetch begins
+/// (a cold read), an invalidation that refetches nothing races it, and a fresh read
+/// follows the invalidation on the same thread while another fresh read races both. The
+/// read made after the invalidation returned never gets a value fetched before it (it does
+/// not join the older flight), fresh reads that follow the invalidation share one fetch,
+/// and every caller returns.
+#[test]
+fn entry_fresh_read_after_an_invalidation_never_gets_older_data() {
+    explore("entry_fresh_read_after_an_invalidation", || {
+        let h = Harness::new();
+        // A client with no second tier: every flight delivers fetched data.
+        h.dispatch(Event::Born { hydrated: true });
+        let h2 = h.clone();
+        let cold = shuttle::thread::spawn(move || shuttle::future::block_on(h2.fetch()));
+        let h2 = h.clone();
+        let racer = shuttle::thread::spawn(move || shuttle::future::block_on(h2.fetch_fresh()));
+        let h2 = h.clone();
+        let after = shuttle::thread::spawn(move || {
+            shuttle::future::block_on(async {
+                h2.invalidate_with(refetch::RefetchType::None).await;
+                h2.fetch_fresh().await
+            })
+        });
+        let got = after.join().unwrap().expect("fetched");
+        assert!(cold.join().unwrap().is_ok());
+        assert!(racer.join().unwrap().is_ok());
+        h.join_tasks();
+        let history = h.history.lock().unwrap();
+        let invalidated_at = history.invalidated_at.expect("the invalidation ran");
+        assert!(
+            got - 1000 > invalidated_at,
+            "the fresh read got {got}, fetched before the invalidation at step {invalidated_at}"
+        );
+        // At most: the cold fetch, one begun by the racer before the invalidation, and one
+        // after it (shared by every fresh read that follows the invalidation).
+        let after_it = history
+            .begun
+            .iter()
+            .filter(|b| b.0 > invalidated_at)
+            .count();
+        assert_eq!(after_it, 1, "{:?}", history.begun);
+        drop(history);
+        assert_eq!(
+            h.fetch_calls.load(SeqCst),
+            h.history.lock().unwrap().begun.len()
+        );
     });
 }
 

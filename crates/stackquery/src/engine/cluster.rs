@@ -4,7 +4,8 @@
 //! * Outgoing: `invalidate_queries`, `set_query_data` (after its shared-tier write has
 //!   landed) and `remove_queries` are published on the bus.
 //! * Incoming: another instance's invalidation marks matching entries stale (observed ones
-//!   refetch at once); its `set_query_data` marks the entry stale and flags it to reload
+//!   refetch at once; the sender's `RefetchType` is not carried, it is about what the
+//!   sender reads next); its `set_query_data` marks the entry stale and flags it to reload
 //!   from the shared tier first, so the update costs no upstream fetch; its removal removes.
 //! * Keeping up: the listener takes every message already waiting after each one it waits
 //!   for (up to [`MAX_BATCH`]), merges them per scope (a key invalidated 100 times is

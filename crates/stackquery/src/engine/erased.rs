@@ -13,6 +13,7 @@ use super::Shared;
 use crate::engine::tier::AfterWrite;
 use crate::entry::{AnyEntry, Entry, Event, Outcome, Reload};
 use crate::inspect::{DataDescription, QueryInfo};
+use crate::refetch::RefetchType;
 use crate::snapshot::DehydratedQuery;
 use crate::storage::Envelope;
 
@@ -21,7 +22,8 @@ pub(crate) type Settled = BoxFuture<'static, ()>;
 
 /// An entry as the engine stores it: the cache's view plus the engine's bulk operations.
 pub(crate) trait EngineEntry: AnyEntry {
-    fn invalidate(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled>;
+    /// Marks the entry stale; refetches it if `refetch` covers it (see [`RefetchType`]).
+    fn invalidate(self: Arc<Self>, shared: &Arc<Shared>, refetch: RefetchType) -> Option<Settled>;
     fn refetch(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled>;
     /// Cancels the fetch in flight; the future resolves once its task has stopped.
     fn cancel(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled>;
@@ -80,10 +82,10 @@ fn settled<T: Send + Sync + 'static>(outcome: Outcome<T>) -> Option<Settled> {
 }
 
 impl<T: Send + Sync + 'static> EngineEntry for Entry<T> {
-    fn invalidate(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {
+    fn invalidate(self: Arc<Self>, shared: &Arc<Shared>, refetch: RefetchType) -> Option<Settled> {
         // (The client writes the invalidated flag to the second tier, then announces it.)
         let can_spawn = shared.runtime.can_spawn();
-        settled(shared.dispatch(&self, Event::Invalidate { can_spawn }))
+        settled(shared.dispatch(&self, Event::Invalidate { can_spawn, refetch }))
     }
     fn refetch(self: Arc<Self>, shared: &Arc<Shared>) -> Option<Settled> {
         let can_spawn = shared.runtime.can_spawn();

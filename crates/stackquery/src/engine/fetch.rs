@@ -322,6 +322,12 @@ async fn cluster_step<T: Send + Sync + 'static>(
     let deadline = crate::deadline::after(dedup.max_wait);
     let notify = cluster.waiter(&key);
     let serve = |envelope: crate::storage::Envelope<T>| guard.settle_stored(envelope, false);
+    // The holder's result, never an invalidated copy; and for a flight that must deliver
+    // fresh data, never one older than the stale time either (it fetches instead).
+    let stale_time = shared.defaults.stale_time(opts);
+    let usable = |envelope: &crate::storage::Envelope<T>| {
+        !envelope.invalidated && (!guard.flight.fresh_only || fresh_copy(envelope, stale_time))
+    };
     let step = loop {
         let woken = notify.notified();
         tokio::pin!(woken);
@@ -329,7 +335,7 @@ async fn cluster_step<T: Send + Sync + 'static>(
         // The holder's result first: a lease released after its write is no invitation
         // to fetch again.
         if let Some(envelope) = tier.read(&shared.counters, &key, fns).await {
-            if !envelope.invalidated {
+            if usable(&envelope) {
                 serve(envelope);
                 break ClusterStep::Served;
             }
@@ -339,7 +345,7 @@ async fn cluster_step<T: Send + Sync + 'static>(
                 // Re-check: the holder may have written and released between our read
                 // and our acquire.
                 match tier.read(&shared.counters, &key, fns).await {
-                    Some(envelope) if !envelope.invalidated => {
+                    Some(envelope) if usable(&envelope) => {
                         cluster.release(&token).await;
                         serve(envelope);
                         break ClusterStep::Served;
@@ -406,6 +412,13 @@ async fn hydrate_flight<T: Send + Sync + 'static>(
     let Some(envelope) = envelope else {
         return false;
     };
+    let stale_time = guard.shared.defaults.stale_time(opts);
+    // A flight that must deliver fresh data (a caller refusing stale data waits on it, or
+    // an invalidation's refetch) never settles with a stale or invalidated copy: it
+    // fetches instead.
+    if guard.flight.fresh_only && !fresh_copy(&envelope, stale_time) {
+        return false;
+    }
     let at = envelope.data_updated_at();
     // A reload never takes invalidated data, and after lost messages only newer data;
     // otherwise fetch.
@@ -418,14 +431,19 @@ async fn hydrate_flight<T: Send + Sync + 'static>(
         return false;
     }
     guard.settle_stored(envelope, true);
-    let stale = !guard.entry.is_fresh_for(
-        guard.shared.defaults.stale_time(opts),
-        guard.shared.runtime.now(),
-    );
+    let stale = !guard
+        .entry
+        .is_fresh_for(stale_time, guard.shared.runtime.now());
     if stale {
         guard.shared.refresh(&guard.entry, opts);
     }
     true
+}
+
+/// Whether a stored copy is fresh: not invalidated, and younger than `stale_time` (its
+/// age by the wall clock, as hydration counts it).
+fn fresh_copy<T>(envelope: &crate::storage::Envelope<T>, stale_time: std::time::Duration) -> bool {
+    !envelope.invalidated && crate::deadline::age_of(envelope.data_updated_at()) < stale_time
 }
 
 /// An attempt of the fetch function bounded by `limit` on the host's clock: past it the

@@ -249,7 +249,10 @@ impl Shared {
             self.defaults.stale_time,
             self.defaults.gc_time,
         ));
-        self.dispatch(&entry, Event::Born);
+        // Nothing to read for it: no second tier, no snapshot item waiting. (`hydrate`
+        // applies a later item for a key in memory to its entry at once.)
+        let hydrated = self.tier.is_none() && self.restored.is_empty();
+        self.dispatch(&entry, Event::Born { hydrated });
         entry
     }
 

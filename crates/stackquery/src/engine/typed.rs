@@ -52,7 +52,8 @@ impl Shared {
         if let (Some(entry), true) = (&found, mode != Mode::Force) {
             let stale_time = self.defaults.stale_time(opts);
             let gc_time = self.defaults.gc_time(opts);
-            if let Some(flight) = entry.joinable(opts, stale_time, gc_time) {
+            let fresh = mode == Mode::Fresh;
+            if let Some(flight) = entry.joinable(opts, stale_time, gc_time, fresh) {
                 self.counters.misses.incr();
                 self.counters.dedup_joins.incr();
                 tracing::trace!(key = %opts.key, "cache miss: joined the fetch in flight");

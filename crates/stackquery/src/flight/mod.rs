@@ -34,6 +34,12 @@ pub(crate) struct Flight<T> {
     /// The entry's invalidation generation when the fetch began; if it moved, the result
     /// is stored but stays stale.
     pub(crate) inval_gen: u64,
+    /// The flight settles only with data fresh when it began: the fetch function's, or a
+    /// stored copy (second tier, snapshot) that is neither invalidated nor older than the
+    /// stale time. Only the first fetch of a cold key for a stale-while-revalidate caller
+    /// may take a stale stored copy; a caller that refuses stale data
+    /// (`fetch_query_fresh`) joins only flights with this set.
+    pub(crate) fresh_only: bool,
     /// Resolved when the fetch task has stopped (finished, or dropped after an abort):
     /// its fetch function's future is gone by then.
     stopped: Slot<()>,
@@ -56,13 +62,19 @@ impl<T> Drop for Running<T> {
 }
 
 impl<T> Flight<T> {
-    pub(crate) fn new(previous: QueryState<T>, data_gen: u64, inval_gen: u64) -> Self {
+    pub(crate) fn new(
+        previous: QueryState<T>,
+        data_gen: u64,
+        inval_gen: u64,
+        fresh_only: bool,
+    ) -> Self {
         Flight {
             result: Slot::new(),
             task: Mutex::new(Task::default()),
             previous,
             data_gen,
             inval_gen,
+            fresh_only,
             stopped: Slot::new(),
         }
     }

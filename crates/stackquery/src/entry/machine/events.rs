@@ -10,6 +10,7 @@ use crate::error::QueryError;
 use crate::flight::{FetchResult, Flight};
 use crate::notify::Snapshot;
 use crate::options::QueryOptions;
+use crate::refetch::RefetchType;
 
 /// Whether the next fetch of an entry reads the shared tier first. (Only the `redis`
 /// feature's bus ever asks for a reload.)
@@ -55,6 +56,10 @@ pub(crate) enum Mode {
     Ensure,
     /// Always fetch (joining a fetch in flight), return the fetched value.
     Force,
+    /// Fresh: return. Otherwise (stale, invalidated, none): wait for a fetch, joining the
+    /// one in flight only if it began after the latest invalidation and write and will
+    /// not settle with a stale stored copy; else start one (it replaces the flight).
+    Fresh,
 }
 
 /// Where settled data came from.
@@ -71,8 +76,10 @@ pub(crate) enum Source {
 
 /// Something that happens to an entry.
 pub(crate) enum Event<'a, T> {
-    /// A new entry: born unused, so born collectable.
-    Born,
+    /// A new entry: born unused, so born collectable. `hydrated`: there is nothing
+    /// stored to read for it (no second tier, no snapshot item waiting), so its first
+    /// fetch goes straight to the fetch function.
+    Born { hydrated: bool },
     /// A typed call (`fetch_query` and friends, an observer's first fetch) asks for data.
     Ask(Ask<'a, T>),
     /// A background refresh after a stale hydration (unless a fetch is in flight). Sent
@@ -113,8 +120,12 @@ pub(crate) enum Event<'a, T> {
         at: SystemTime,
         invalidated: bool,
     },
-    /// `invalidate_queries`: stale now; an active entry refetches.
-    Invalidate { can_spawn: bool },
+    /// `invalidate_queries`: stale now; the entries `refetch` covers refetch (a fetch in
+    /// flight is replaced: it began before the invalidation).
+    Invalidate {
+        can_spawn: bool,
+        refetch: RefetchType,
+    },
     /// `refetch_queries`: refetch unless disabled (joining a fetch in flight).
     Refetch { can_spawn: bool },
     /// `cancel_queries`: the fetch in flight ends as cancelled.

@@ -121,14 +121,17 @@ impl<T> Machine<T> {
     ) -> Outcome<T> {
         let version = self.version;
         let outcome = match event {
-            Event::Born => {
+            Event::Born { hydrated } => {
+                // Known at birth, so even the first flight is known to deliver fetched
+                // data (a caller refusing stale data can join it).
+                self.hydrated = hydrated;
                 fx.arm_gc = true;
                 Outcome::Done
             }
             Event::Ask(ask) => self.ask(fx, ask, now),
             Event::Refresh { opts } => {
                 if self.flight.is_none() && !self.removed {
-                    self.begin_fetch(fx, opts.clone());
+                    self.begin_fetch(fx, opts.clone(), false);
                 }
                 Outcome::Done
             }
@@ -197,18 +200,21 @@ impl<T> Machine<T> {
                 }
                 Outcome::Done
             }
-            Event::Invalidate { can_spawn } => {
+            Event::Invalidate { can_spawn, refetch } => {
                 self.inval_gen += 1;
                 self.apply(Action::Invalidate);
-                // Only an entry with an enabled observer refetches; a disabled query is
-                // marked stale and waits for an explicit fetch (as in TanStack Query). A
-                // fetch that began before the invalidation would come back stale, so a new
-                // one replaces it (its own waiters still get its result).
-                match self.options.as_deref().cloned() {
-                    Some(opts) if self.enabled_observers > 0 && !self.removed && can_spawn => {
-                        Outcome::Flight(self.begin_fetch(fx, opts))
-                    }
-                    _ => Outcome::Done,
+                // The refetch type picks the entries that refetch; a disabled query is
+                // marked stale and waits for an explicit fetch, and an entry written only
+                // by hand has no fetch function (as in TanStack Query). A fetch that began
+                // before the invalidation would come back stale, so a new one replaces it
+                // (its own waiters still get its result). The new one must deliver data
+                // newer than the invalidation: it never settles with a stale stored copy.
+                let refetch = refetch.covers(self.observers, self.enabled_observers)
+                    && !self.removed
+                    && can_spawn;
+                match self.options.as_deref().filter(|_| refetch).cloned() {
+                    Some(opts) => Outcome::Flight(self.begin_fetch(fx, opts, true)),
+                    None => Outcome::Done,
                 }
             }
             Event::Refetch { can_spawn } => {
@@ -220,7 +226,7 @@ impl<T> Machine<T> {
                     (Some(f), _) => Outcome::Flight(f.clone()),
                     (None, Some(opts)) if can_spawn => {
                         let opts = opts.clone();
-                        Outcome::Flight(self.begin_fetch(fx, opts))
+                        Outcome::Flight(self.begin_fetch(fx, opts, false))
                     }
                     _ => Outcome::Done,
                 }
@@ -276,7 +282,7 @@ impl<T> Machine<T> {
                     }
                 } else {
                     if let Some(opts) = self.options.as_deref().cloned().filter(|_| can_spawn) {
-                        self.begin_fetch(fx, opts);
+                        self.begin_fetch(fx, opts, false);
                     }
                     Outcome::No
                 }

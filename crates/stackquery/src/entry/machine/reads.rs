@@ -52,21 +52,34 @@ impl<T> Machine<T> {
 
     /// The flight a caller can join without changing anything: one is in flight, there is
     /// no data to serve instead, and the caller's options, stale time and gc time are the
-    /// ones the entry already has (so `Event::Ask` would only answer "wait"). `None`: ask.
+    /// ones the entry already has (so `Event::Ask` would only answer "wait"). With
+    /// `fresh` (a caller that refuses stale data), only a flight that
+    /// [delivers fresh data](Self::delivers_fresh). `None`: ask.
     pub(crate) fn joinable(
         &self,
         opts: &QueryOptions<T>,
         stale_time: Duration,
         gc_time: Duration,
+        fresh: bool,
     ) -> Option<Arc<Flight<T>>> {
         let flight = self.flight.as_ref()?;
         let unchanged = !self.removed
+            && (!fresh || self.delivers_fresh(flight))
             && self.state.data.is_none()
             && self.stale_time == stale_time
             && self.gc_time_asked
             && self.gc_time >= gc_time
             && self.options.as_ref().is_some_and(|o| o.same_as(opts));
         unchanged.then(|| flight.clone())
+    }
+
+    /// Whether `flight` delivers data newer than anything the entry has been told of: it
+    /// began after the latest invalidation (an older fetch may have read the data the
+    /// invalidation says changed) and the latest data replacement, and it settles only
+    /// with fresh data (no stale stored copy). A caller that refuses stale data waits for
+    /// such a flight only.
+    pub(crate) fn delivers_fresh(&self, flight: &Flight<T>) -> bool {
+        flight.fresh_only && flight.inval_gen == self.inval_gen && flight.data_gen == self.data_gen
     }
 
     pub(crate) fn data(&self) -> Option<&Arc<T>> {

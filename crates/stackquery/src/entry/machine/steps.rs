@@ -47,49 +47,65 @@ impl<T> Machine<T> {
         if mode != Mode::Force {
             if let Some(data) = self.state.data.clone() {
                 let fresh = self.is_fresh(stale_time, now.get());
-                // A failed start (no runtime) still serves the stale data.
-                if !fresh && mode == Mode::Swr && self.flight.is_none() {
-                    if can_spawn {
-                        self.begin_fetch(fx, opts.clone());
-                    } else {
-                        fx.arm_gc = true;
+                // `Fresh` refuses stale data: it waits for a fetch below.
+                if fresh || mode != Mode::Fresh {
+                    // A failed start (no runtime) still serves the stale data.
+                    if !fresh && mode == Mode::Swr && self.flight.is_none() {
+                        if can_spawn {
+                            self.begin_fetch(fx, opts.clone(), false);
+                        } else {
+                            fx.arm_gc = true;
+                        }
                     }
+                    return Outcome::Step(Step::Ready { data, fresh });
                 }
-                return Outcome::Step(Step::Ready { data, fresh });
             }
         }
+        // `Fresh` joins only a flight whose result is newer than what the entry was told
+        // (a fetch that began before an invalidation may have read the old data).
         if let Some(f) = &self.flight {
-            return Outcome::Step(Step::Wait {
-                flight: f.clone(),
-                joined: true,
-            });
+            if mode != Mode::Fresh || self.delivers_fresh(f) {
+                return Outcome::Step(Step::Wait {
+                    flight: f.clone(),
+                    joined: true,
+                });
+            }
         }
         if !can_spawn {
             fx.arm_gc = true;
             return Outcome::Failed(QueryError::NoRuntime);
         }
         Outcome::Step(Step::Wait {
-            flight: self.begin_fetch(fx, opts.clone()),
+            flight: self.begin_fetch(fx, opts.clone(), mode == Mode::Fresh),
             joined: false,
         })
     }
 
     /// Starts a fetch. A flight already attached is detached: its waiters still get its
-    /// result, but the entry takes the new one.
+    /// result, but the entry takes the new one. With `fresh_only`, a read of the second
+    /// tier first takes only a fresh copy (see [`Flight::fresh_only`]).
     pub(super) fn begin_fetch(
         &mut self,
         fx: &mut Effects<T>,
         opts: QueryOptions<T>,
+        fresh_only: bool,
     ) -> Arc<Flight<T>> {
         let previous = match &self.flight {
             Some(old) => old.previous.clone(),
             None => self.state.clone(),
         };
-        let flight = Arc::new(Flight::new(previous, self.data_gen, self.inval_gen));
         // The first fetch of a cold key (or one another instance changed) may read the
         // second tier first; callers that join this flight share that read too.
         let reload = self.reload;
         let hydrate = reload != Reload::No || (!self.hydrated && self.state.data.is_none());
+        // A flight that reads no stored copy delivers the fetch function's data.
+        let fresh_only = fresh_only || !hydrate;
+        let flight = Arc::new(Flight::new(
+            previous,
+            self.data_gen,
+            self.inval_gen,
+            fresh_only,
+        ));
         self.hydrated = true;
         self.reload = Reload::No;
         self.apply(Action::Fetch);
@@ -154,17 +170,17 @@ impl<T> Machine<T> {
             fx.arm_gc = true;
             match &result {
                 Ok(data) if self.data_gen == flight.data_gen => {
+                    // Data read before an invalidation came is stale, wherever it was
+                    // read from: the fetch function, or a stored copy the invalidation
+                    // had not flagged yet.
+                    let outdated = self.inval_gen != flight.inval_gen;
                     let (at, invalidated, age) = match source {
                         Source::Stored {
                             at,
                             invalidated,
                             age,
-                        } => (at, invalidated, age),
-                        Source::Fetch => (
-                            SystemTime::now(),
-                            self.inval_gen != flight.inval_gen,
-                            Duration::ZERO,
-                        ),
+                        } => (at, invalidated || outdated, age),
+                        Source::Fetch => (SystemTime::now(), outdated, Duration::ZERO),
                     };
                     self.take_data(data.clone(), at, invalidated, age, now);
                     stored = self.state.data_updated_at.is_some();
