@@ -61,6 +61,11 @@ impl Shared {
         let Some(p) = entry.persisted() else {
             return Err(after);
         };
+        let ttl = p.storage_ttl.or_else(|| {
+            self.tier
+                .as_ref()
+                .and_then(|tier| tier.ttl_rule(&entry.key))
+        });
         Ok(PendingWrite {
             key: entry.key.to_string(),
             fns,
@@ -68,6 +73,7 @@ impl Shared {
             at: p.at,
             invalidated: p.invalidated,
             gc_time: p.gc_time,
+            ttl,
             after,
         })
     }
