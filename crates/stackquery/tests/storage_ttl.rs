@@ -18,11 +18,14 @@ use stackquery::{key, QueryClient, QueryClientBuilder, QueryKey, QueryOptions};
 
 const HOUR: Duration = Duration::from_secs(3_600);
 
+/// The key and ttl of each `set`, in order.
+type Sets = Arc<Mutex<Vec<(String, Option<Duration>)>>>;
+
 /// A store that records the ttl of every `set` (and stores it in memory).
 #[derive(Clone, Default)]
 struct Recording {
     inner: MemoryStorage,
-    sets: Arc<Mutex<Vec<(String, Option<Duration>)>>>,
+    sets: Sets,
 }
 
 impl Recording {
@@ -448,18 +451,19 @@ async fn redis_honours_per_entry_and_jittered_ttls() {
     let client = items_client(store.clone(), |b| {
         b.storage_ttl(ttl).storage_ttl_jitter(0.5)
     });
-    let short = persisted(key!["short"], 1).storage_ttl(Duration::from_millis(800));
-    client.fetch_query(&short).await.unwrap();
-    let started = std::time::Instant::now();
-    write_items(&client, 100).await;
-
     let raw = redis::Client::open(server.url()).unwrap();
     let mut raw = raw.get_multiplexed_async_connection().await.unwrap();
+    // Jittered into (750, 1500] ms; read at once, well within its shortest life.
+    let short = persisted(key!["short"], 1).storage_ttl(Duration::from_millis(1_500));
+    client.fetch_query(&short).await.unwrap();
+    client.flush_storage().await;
     let short_pttl = pttl(&mut raw, &store, short.key()).await;
     assert!(
-        (1..=800).contains(&short_pttl),
-        "PTTL {short_pttl} of an 800 ms ttl"
+        (1..=1_500).contains(&short_pttl),
+        "PTTL {short_pttl} of a 1,500 ms ttl"
     );
+    let started = std::time::Instant::now();
+    write_items(&client, 100).await;
     let mut ttls = Vec::new();
     for i in 0..100 {
         let ms = pttl(&mut raw, &store, &key!["item", i]).await;
@@ -471,7 +475,7 @@ async fn redis_honours_per_entry_and_jittered_ttls() {
     assert_spread(&ttls, ttl, 0.5, slack);
 
     // Real time passes: the short key is a miss, the others read back.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
     assert_eq!(store.get(&short.key().to_string()).await.unwrap(), None);
     let reader = items_client(store.clone(), |b| b);
     assert_eq!(

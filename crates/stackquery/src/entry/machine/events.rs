@@ -268,6 +268,4 @@ pub(crate) struct Persisted<T> {
     pub(crate) at: SystemTime,
     pub(crate) invalidated: bool,
     pub(crate) gc_time: Duration,
-    /// The second-tier ttl its last options asked for (`None`: the client's rule).
-    pub(crate) storage_ttl: Option<Duration>,
 }

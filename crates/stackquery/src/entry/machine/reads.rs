@@ -147,7 +147,6 @@ impl<T> Machine<T> {
             at: self.state.data_updated_at?,
             invalidated: self.state.is_invalidated,
             gc_time: self.gc_time,
-            storage_ttl: self.options.as_ref().and_then(|o| o.storage_ttl.get()),
         })
     }
 
