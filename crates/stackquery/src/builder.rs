@@ -177,14 +177,21 @@ impl QueryClientBuilder {
     /// use std::time::Duration;
     /// use stackquery::{key, MemoryStorage, QueryClient};
     ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let store = MemoryStorage::new();
     /// let client = QueryClient::builder()
-    ///     .storage(MemoryStorage::new())
+    ///     .storage(store.clone())
     ///     .storage_ttl(Duration::from_secs(24 * 3_600))
     ///     .storage_ttl_prefix(key!["session"], Duration::from_secs(15 * 60))
     ///     .persist_prefix::<String>(key!["session"])
     ///     .build();
-    /// // Stored for 15 minutes, not a day.
     /// client.set_query_data(key!["session", "abc"], "Ada".to_string()).unwrap();
+    /// client.flush_storage().await;
+    /// assert_eq!(store.len(), 1);
+    /// tokio::time::advance(Duration::from_secs(15 * 60)).await;
+    /// assert_eq!(store.len(), 0); // stored for 15 minutes, not a day
+    /// # }
     /// ```
     pub fn storage_ttl_prefix(mut self, prefix: impl Into<QueryKey>, ttl: Duration) -> Self {
         self.tier.ttl.add_rule(prefix.into(), ttl);
@@ -220,7 +227,7 @@ impl QueryClientBuilder {
     ///     .storage_ttl_jitter(0.5) // each copy lives between 50 s and 100 s
     ///     .persist_prefix::<u32>(key!["item"])
     ///     .build();
-    /// for i in 0..20 {
+    /// for i in 0..20_u32 {
     ///     client.set_query_data(key!["item", i], i).unwrap();
     /// }
     /// client.flush_storage().await;
