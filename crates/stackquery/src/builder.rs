@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::client::QueryClient;
 use crate::engine::cluster::Cluster;
-use crate::engine::tier::{Tier, TierConfig};
+use crate::engine::tier::{clamp_jitter, Tier, TierConfig};
 use crate::key::QueryKey;
 use crate::options::Defaults;
 use crate::retry::retry_setters;
@@ -56,7 +56,7 @@ impl Default for QueryClientBuilder {
             storage_delete_prefix_timeout: DEFAULT_DELETE_PREFIX_TIMEOUT,
             tier: TierConfig {
                 codec: Codec::Json,
-                ttl: None,
+                ttl: Default::default(),
             },
             cluster: Cluster::default(),
             persist_rules: Default::default(),
@@ -213,9 +213,98 @@ impl QueryClientBuilder {
         self
     }
 
-    /// Time to live of second-tier entries (default: each query's gc time).
+    /// Time to live of second-tier entries (default: each query's gc time). A query's own
+    /// [`QueryOptions::storage_ttl`](crate::QueryOptions::storage_ttl) and the
+    /// [`storage_ttl_prefix`](Self::storage_ttl_prefix) rules win over it.
+    /// `Duration::MAX` never expires. See [`storage_ttl_jitter`](Self::storage_ttl_jitter)
+    /// to keep keys written together from expiring together.
     pub fn storage_ttl(mut self, ttl: Duration) -> Self {
-        self.tier.ttl = Some(ttl);
+        self.tier.ttl.default = Some(ttl);
+        self
+    }
+
+    /// Time to live of the second-tier entries of every key under `prefix` (the key
+    /// itself included): wins over the client's [`storage_ttl`](Self::storage_ttl), while a
+    /// query's own [`QueryOptions::storage_ttl`](crate::QueryOptions::storage_ttl) wins over
+    /// it. Rules are tried in the order added (the first covering a key applies), like
+    /// [`persist_prefix`](Self::persist_prefix) rules, and apply to manual writes of keys
+    /// no query has used yet. `Duration::MAX` never expires.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stackquery::{key, MemoryStorage, QueryClient};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let store = MemoryStorage::new();
+    /// let client = QueryClient::builder()
+    ///     .storage(store.clone())
+    ///     .storage_ttl(Duration::from_secs(24 * 3_600))
+    ///     .storage_ttl_prefix(key!["session"], Duration::from_secs(15 * 60))
+    ///     .persist_prefix::<String>(key!["session"])
+    ///     .build();
+    /// client.set_query_data(key!["session", "abc"], "Ada".to_string()).unwrap();
+    /// client.flush_storage().await;
+    /// assert_eq!(store.len(), 1);
+    /// tokio::time::advance(Duration::from_secs(15 * 60)).await;
+    /// assert_eq!(store.len(), 0); // stored for 15 minutes, not a day
+    /// # }
+    /// ```
+    pub fn storage_ttl_prefix(mut self, prefix: impl Into<QueryKey>, ttl: Duration) -> Self {
+        self.tier.ttl.add_rule(prefix.into(), ttl);
+        self
+    }
+
+    /// Spreads the expiry of second-tier entries: each write's ttl (whichever setting gave
+    /// it, the gc time included) is **shortened** by an independent random part of up to
+    /// `fraction` of it, uniform in `(ttl · (1 − fraction), ttl]`. Keys written in the same
+    /// instant (a batch, a warm-up, a burst after a deploy) then expire spread over that
+    /// window instead of all at once, so their refetches do not stampede the upstream
+    /// together. Default 0 (no jitter); 0.1 spreads over the last 10 % of each ttl.
+    ///
+    /// Why shortening only: a ttl bounds how long a stored copy can be read back, so a
+    /// configured ttl must stay a maximum age — a jitter that lengthened it would let
+    /// others read copies older than asked. Shortening only costs a refetch a little
+    /// sooner. A ttl of `Duration::MAX` ("never") is not jittered.
+    ///
+    /// `fraction` is clamped to `[0, 1]` (with a warning in the log): NaN or negative is 0,
+    /// more than 1 is 1 (a ttl anywhere in `(0, ttl]`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stackquery::storage::MemoryStorage;
+    /// use stackquery::{key, QueryClient};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let store = MemoryStorage::new();
+    /// let client = QueryClient::builder()
+    ///     .storage(store.clone())
+    ///     .storage_ttl(Duration::from_secs(100))
+    ///     .storage_ttl_jitter(0.5) // each copy lives between 50 s and 100 s
+    ///     .persist_prefix::<u32>(key!["item"])
+    ///     .build();
+    /// for i in 0..20_u32 {
+    ///     client.set_query_data(key!["item", i], i).unwrap();
+    /// }
+    /// client.flush_storage().await;
+    ///
+    /// tokio::time::advance(Duration::from_secs(50)).await;
+    /// assert_eq!(store.len(), 20); // none expires before 50 s
+    /// tokio::time::advance(Duration::from_secs(50)).await;
+    /// assert_eq!(store.len(), 0); // and none outlives its 100 s
+    /// # }
+    /// ```
+    pub fn storage_ttl_jitter(mut self, fraction: f64) -> Self {
+        let clamped = clamp_jitter(fraction).unwrap_or_else(|clamped| {
+            tracing::warn!(
+                fraction,
+                clamped,
+                "storage_ttl_jitter: the fraction is not in [0, 1], clamped"
+            );
+            clamped
+        });
+        self.tier.ttl.set_jitter(clamped);
         self
     }
 

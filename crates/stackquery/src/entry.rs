@@ -124,6 +124,20 @@ impl<T> Entry<T> {
         self.cell.read(|m| m.options().and_then(|o| o.persist))
     }
 
+    /// How the entry's last options persist it, and the second-tier ttl they ask for
+    /// (`None`: the client's rule), in one read: what a second-tier write needs of them.
+    pub(crate) fn persist_settings(
+        &self,
+    ) -> (
+        Option<crate::storage::typed::PersistFns<T>>,
+        Option<Duration>,
+    ) {
+        self.cell.read(|m| {
+            m.options()
+                .map_or((None, None), |o| (o.persist, o.storage_ttl.get()))
+        })
+    }
+
     /// Observers subscribed, and how many of them are enabled.
     pub(crate) fn observer_counts(&self) -> (u32, u32) {
         self.cell.read(Machine::observer_counts)

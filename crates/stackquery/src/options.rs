@@ -14,6 +14,9 @@ use crate::key::QueryKey;
 use crate::retry::{retry_setters, Retry, RetryConfig, QUERY_RETRIES};
 use crate::storage::typed::PersistFns;
 
+mod storage_ttl;
+pub(crate) use storage_ttl::CompactTtl;
+
 pub(crate) type Fetcher<T> = Arc<dyn Fn() -> BoxFuture<'static, Result<T, BoxError>> + Send + Sync>;
 
 /// What to fetch (a key and an async function) and how to cache it.
@@ -46,6 +49,9 @@ pub struct QueryOptions<T> {
     pub(crate) persist: Option<PersistFns<T>>,
     /// Bound on each attempt of the fetch function (unset: the client's default).
     pub(crate) fetch_timeout: FetchTimeout,
+    /// This query's second-tier ttl. Three bytes (`options/storage_ttl.rs`): they fit in
+    /// the padding that was left after `enabled` and `fetch_timeout`.
+    pub(crate) storage_ttl: CompactTtl,
 }
 
 impl<T> Clone for QueryOptions<T> {
@@ -61,6 +67,7 @@ impl<T> Clone for QueryOptions<T> {
             placeholder_data: self.placeholder_data.clone(),
             persist: self.persist,
             fetch_timeout: self.fetch_timeout,
+            storage_ttl: self.storage_ttl,
         }
     }
 }
@@ -75,6 +82,7 @@ impl<T> fmt::Debug for QueryOptions<T> {
             .field("refetch_interval", &self.refetch_interval)
             .field("enabled", &self.enabled)
             .field("persist", &self.persist.is_some())
+            .field("storage_ttl", &self.storage_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -102,6 +110,7 @@ impl<T: Send + Sync + 'static> QueryOptions<T> {
             placeholder_data: None,
             persist: None,
             fetch_timeout: FetchTimeout::UNSET,
+            storage_ttl: CompactTtl::UNSET,
         }
     }
 }
@@ -138,6 +147,7 @@ impl<T> QueryOptions<T> {
             && self.enabled == other.enabled
             && self.persist.is_some() == other.persist.is_some()
             && self.fetch_timeout == other.fetch_timeout
+            && self.storage_ttl == other.storage_ttl
             && self.retry.same_as(&other.retry)
             && match (&self.placeholder_data, &other.placeholder_data) {
                 (None, None) => true,
@@ -189,6 +199,54 @@ impl<T> QueryOptions<T> {
     #[must_use]
     pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
         self.fetch_timeout = FetchTimeout::from_duration(timeout);
+        self
+    }
+
+    /// How long this query's copies live in the second tier: overrides the client's
+    /// [`storage_ttl`](crate::QueryClientBuilder::storage_ttl) (and its
+    /// [`storage_ttl_prefix`](crate::QueryClientBuilder::storage_ttl_prefix) rules), which
+    /// otherwise apply, else the entry's gc time. Each write counts it afresh from the
+    /// moment it lands; the client's
+    /// [`storage_ttl_jitter`](crate::QueryClientBuilder::storage_ttl_jitter), if any,
+    /// shortens it like any other ttl. `Duration::MAX` never expires. Only matters for a
+    /// persisted key ([`persist`](Self::persist) or a
+    /// [`persist_prefix`](crate::QueryClientBuilder::persist_prefix) rule); when several
+    /// queries of one key say different things, the options the entry was last used with
+    /// win.
+    ///
+    /// Kept to 6 significant digits, rounded down (exact to the millisecond up to 17
+    /// minutes, to the second up to 12 days): the options every entry keeps do not grow
+    /// for it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stackquery::storage::{MemoryStorage, Storage};
+    /// use stackquery::{key, QueryClient, QueryOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let store = MemoryStorage::new();
+    /// let client = QueryClient::builder()
+    ///     .storage(store.clone())
+    ///     .storage_ttl(Duration::from_secs(3_600)) // the default for persisted queries
+    ///     .build();
+    /// // Prices change often: a stored copy older than a minute is never read back.
+    /// let price = QueryOptions::new(key!["price", 7], || async { Ok::<_, std::io::Error>(12.5) })
+    ///     .persist()
+    ///     .storage_ttl(Duration::from_secs(60));
+    /// client.fetch_query(&price).await.unwrap();
+    /// client.flush_storage().await;
+    /// let stored = key!["price", 7].to_string();
+    ///
+    /// tokio::time::advance(Duration::from_secs(59)).await;
+    /// assert!(store.get(&stored).await.unwrap().is_some());
+    /// tokio::time::advance(Duration::from_secs(1)).await;
+    /// assert_eq!(store.get(&stored).await.unwrap(), None); // 60 s, not the client's hour
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn storage_ttl(mut self, ttl: Duration) -> Self {
+        self.storage_ttl = CompactTtl::new(ttl);
         self
     }
 

@@ -55,12 +55,19 @@ impl Shared {
         entry: &Entry<T>,
         after: Option<AfterWrite>,
     ) -> Result<PendingWrite<T>, Option<AfterWrite>> {
-        let Some(fns) = self.persist_fns(entry) else {
+        // As `persist_fns`, with the query's ttl from the same read of the entry.
+        let (own_fns, own_ttl) = entry.persist_settings();
+        let Some(fns) = own_fns.or_else(|| self.persist_rules.find::<T>(&entry.key)) else {
             return Err(after);
         };
         let Some(p) = entry.persisted() else {
             return Err(after);
         };
+        let ttl = own_ttl.or_else(|| {
+            self.tier
+                .as_ref()
+                .and_then(|tier| tier.ttl_rule(&entry.key))
+        });
         Ok(PendingWrite {
             key: entry.key.to_string(),
             fns,
@@ -68,6 +75,7 @@ impl Shared {
             at: p.at,
             invalidated: p.invalidated,
             gc_time: p.gc_time,
+            ttl,
             after,
         })
     }

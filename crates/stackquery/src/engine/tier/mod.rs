@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+mod ttl;
 pub(crate) mod write_queue;
 
 use crate::events::{CacheEventKind, Events, StorageOutcome};
@@ -21,6 +22,8 @@ pub(crate) use crate::storage::typed::PersistFns;
 use crate::storage::{Codec, Envelope, Storage};
 use crate::worker::Worker;
 use write_queue::{Encoder, Op, WriteQueue};
+
+pub(crate) use ttl::{clamp_jitter, TtlPolicy};
 
 pub(crate) use write_queue::{AfterWrite, Landed};
 
@@ -32,15 +35,17 @@ pub(crate) struct PendingWrite<T> {
     pub(crate) at: SystemTime,
     pub(crate) invalidated: bool,
     pub(crate) gc_time: Duration,
+    /// The entry's own ttl: its query's, else a prefix rule's (`None`: the client's).
+    pub(crate) ttl: Option<Duration>,
     pub(crate) after: Option<AfterWrite>,
 }
 
 /// Settings of the second tier.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub(crate) struct TierConfig {
     pub(crate) codec: Codec,
-    /// `None`: follow each query's gc time.
-    pub(crate) ttl: Option<Duration>,
+    /// The ttl of each write (`ttl.rs`).
+    pub(crate) ttl: TtlPolicy,
 }
 
 /// The client's view of its second tier.
@@ -56,12 +61,14 @@ pub(crate) struct Tier {
 }
 
 impl Tier {
-    /// The second-tier ttl of an entry: configured, else its gc time ("forever": none).
-    fn ttl(&self, gc_time: Duration) -> Option<Duration> {
-        self.config
-            .ttl
-            .or(Some(gc_time))
-            .filter(|d| *d != Duration::MAX)
+    /// The ttl of one write (see `ttl.rs`; `None`: never expires).
+    fn ttl<T>(&self, w: &PendingWrite<T>) -> Option<Duration> {
+        self.config.ttl.ttl_of(w.ttl, w.gc_time)
+    }
+
+    /// The ttl a prefix rule gives `key`, if any covers it.
+    pub(crate) fn ttl_rule(&self, key: &crate::key::QueryKey) -> Option<Duration> {
+        self.config.ttl.rule_for(key)
     }
 
     pub(crate) fn new(storage: Arc<dyn Storage>, config: TierConfig) -> Self {
@@ -82,7 +89,7 @@ impl Tier {
         w: PendingWrite<T>,
     ) {
         let codec = self.config.codec;
-        let ttl = self.ttl(w.gc_time);
+        let ttl = self.ttl(&w);
         let (fns, data, at, invalidated) = (w.fns, w.data, w.at, w.invalidated);
         let encoder: Encoder = Box::new(move || (fns.encode)(&data, at, invalidated, codec));
         self.queue.push(w.key, Op::Set(encoder, ttl), w.after);
@@ -133,7 +140,7 @@ impl Tier {
         counters: &Arc<Counters>,
         w: &PendingWrite<T>,
     ) -> Option<Landed> {
-        let ttl = self.ttl(w.gc_time);
+        let ttl = self.ttl(w);
         let result = match (w.fns.encode)(&w.data, w.at, w.invalidated, self.config.codec) {
             Ok(bytes) => {
                 counters.l2_writes.incr();
