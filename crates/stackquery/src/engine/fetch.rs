@@ -249,15 +249,21 @@ async fn fetch_quietly<T: Send + Sync + 'static>(
         "fetch",
         &retry,
         &mut (),
-        |()| match opts.fetch_timeout {
-            None => (opts.fetcher)(),
-            // Boxed like the plain attempt (one type, and the fetch task's future keeps
-            // its size): the attempt raced against the host's clock.
-            Some(ms) => timed(
-                &guard.shared.runtime,
-                (opts.fetcher)(),
-                std::time::Duration::from_millis(u64::from(ms.get())),
-            ),
+        |(), attempt| {
+            // (A fetch function that takes a context gets the key, the attempt and a
+            // token, the child of the flight's: `fetcher.rs`.)
+            let call = opts.fetcher.call(key, attempt, guard.flight.cancellation());
+            match opts.fetch_timeout {
+                None => call,
+                // Boxed like the plain attempt (one type, and the fetch task's future
+                // keeps its size): the attempt raced against the host's clock. A timeout
+                // drops the attempt, which fires its token.
+                Some(ms) => timed(
+                    &guard.shared.runtime,
+                    call,
+                    std::time::Duration::from_millis(u64::from(ms.get())),
+                ),
+            }
         },
         |(), error, failures, step| match step {
             Step::Failed => {
@@ -279,6 +285,10 @@ async fn fetch_quietly<T: Send + Sync + 'static>(
                     error: error.clone(),
                 });
             }
+            // The entry stopped waiting for it (its token fired): no failure to warn of.
+            Step::GiveUp if error.is_cancelled() => {
+                tracing::debug!(%key, failures, "fetch cancelled");
+            }
             Step::GiveUp => tracing::warn!(%key, %error, failures, "fetch failed"),
         },
     )
@@ -288,6 +298,7 @@ async fn fetch_quietly<T: Send + Sync + 'static>(
             guard.end("ok");
             tracing::debug!(%key, "fetch success");
         }
+        Err(error) if error.is_cancelled() => guard.end("cancelled"),
         Err(_) => {
             guard.shared.counters.errors.incr();
             guard.end("error");

@@ -140,6 +140,9 @@ impl Shared {
         if let Some((flight, result)) = fx.resolve {
             flight.resolve(result);
         }
+        if let Some(token) = fx.cancel {
+            token.cancel();
+        }
     }
 
     fn spawn_fetch<T: Send + Sync + 'static>(

@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::error::QueryError;
 use crate::host::TaskHandle;
 use crate::state::QueryState;
@@ -37,6 +39,10 @@ pub(crate) struct Flight<T> {
     /// Resolved when the fetch task has stopped (finished, or dropped after an abort):
     /// its fetch function's future is gone by then.
     stopped: Slot<()>,
+    /// Fired when the entry stops waiting for this fetch (cancelled, removed, reset): each
+    /// attempt's token is its child. Only a fetch function that takes a context has one
+    /// (`None` is one word and no allocation).
+    cancel: Option<CancellationToken>,
 }
 
 /// The fetch's task as far as cancelling it goes.
@@ -56,7 +62,14 @@ impl<T> Drop for Running<T> {
 }
 
 impl<T> Flight<T> {
-    pub(crate) fn new(previous: QueryState<T>, data_gen: u64, inval_gen: u64) -> Self {
+    /// `cancellable`: the fetch function takes a context, so the flight carries a
+    /// cancellation token for its attempts.
+    pub(crate) fn new(
+        previous: QueryState<T>,
+        data_gen: u64,
+        inval_gen: u64,
+        cancellable: bool,
+    ) -> Self {
         Flight {
             result: Slot::new(),
             task: Mutex::new(Task::default()),
@@ -64,7 +77,13 @@ impl<T> Flight<T> {
             data_gen,
             inval_gen,
             stopped: Slot::new(),
+            cancel: cancellable.then(CancellationToken::new),
         }
+    }
+
+    /// The flight's cancellation token, if its fetch function takes a context.
+    pub(crate) fn cancellation(&self) -> Option<&CancellationToken> {
+        self.cancel.as_ref()
     }
 
     /// Records the task that now runs the fetch. A cancel that came first (while the

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::QueryError;
 use crate::flight::{FetchResult, Flight};
@@ -240,6 +241,9 @@ pub(crate) struct Effects<T> {
     pub(crate) removed: Option<Listeners>,
     /// Wake the waiters of a settled (or cancelled) flight with its result.
     pub(crate) resolve: Option<(Arc<Flight<T>>, FetchResult<T>)>,
+    /// Fire the cancellation token of a fetch the entry stopped waiting for (cancelled,
+    /// removed, reset): its fetch function hears it (see `FetchContext`).
+    pub(crate) cancel: Option<CancellationToken>,
     /// The entry's data was used (a read or an overwrite): a second chance for eviction.
     pub(crate) used: bool,
     /// The gc deadline restarts if nothing uses the entry (internal to the transition).
@@ -256,6 +260,7 @@ impl<T> Default for Effects<T> {
             notify: None,
             removed: None,
             resolve: None,
+            cancel: None,
             used: false,
             arm_gc: false,
         }

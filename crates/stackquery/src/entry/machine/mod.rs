@@ -228,6 +228,9 @@ impl<T> Machine<T> {
             Event::Cancel => match self.flight.clone() {
                 Some(f) => {
                     self.settle(fx, &f, Err(QueryError::Cancelled), Source::Fetch, now);
+                    // Told at once: the task's abort drops the attempt only when its
+                    // host gets to it.
+                    fx.cancel = f.cancellation().cloned();
                     Outcome::Flight(f)
                 }
                 None => Outcome::Done,
@@ -235,8 +238,9 @@ impl<T> Machine<T> {
             Event::Reset => {
                 self.data_gen += 1;
                 self.inval_gen += 1;
-                // A fetch in flight goes on for its waiters but no longer writes here.
-                self.flight = None;
+                // A fetch in flight goes on for its waiters but no longer writes here;
+                // its fetch function hears that the entry stopped waiting for it.
+                fx.cancel = self.detach_flight();
                 self.updated_at = None;
                 self.apply(Action::Reset);
                 fx.arm_gc = true;
@@ -244,7 +248,8 @@ impl<T> Machine<T> {
             }
             Event::Remove => {
                 self.removed = true;
-                self.flight = None;
+                // (The token is fired by the cache once its lock is released.)
+                fx.cancel = self.detach_flight();
                 self.gc_deadline = None;
                 // The cache drops these timers from the queue (it holds the queue).
                 let gc = self.gc_timer_at.take();

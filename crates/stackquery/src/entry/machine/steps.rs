@@ -85,7 +85,13 @@ impl<T> Machine<T> {
             Some(old) => old.previous.clone(),
             None => self.state.clone(),
         };
-        let flight = Arc::new(Flight::new(previous, self.data_gen, self.inval_gen));
+        let cancellable = opts.takes_context();
+        let flight = Arc::new(Flight::new(
+            previous,
+            self.data_gen,
+            self.inval_gen,
+            cancellable,
+        ));
         // The first fetch of a cold key (or one another instance changed) may read the
         // second tier first; callers that join this flight share that read too.
         let reload = self.reload;
@@ -100,6 +106,12 @@ impl<T> Machine<T> {
             hydrate: hydrate.then_some(reload),
         }));
         flight
+    }
+
+    /// Drops the flight in flight, if any, without settling it (its waiters still get
+    /// its result); returns its cancellation token, for the engine to fire.
+    pub(super) fn detach_flight(&mut self) -> Option<tokio_util::sync::CancellationToken> {
+        self.flight.take()?.cancellation().cloned()
     }
 
     pub(super) fn attach(
