@@ -266,18 +266,17 @@ pub(crate) enum Step {
 ///
 /// `attempt` and `report` both receive `ctx`, the caller's state (handed over rather than
 /// captured so that both may use it, and so that the future needs `ctx: Send`, not
-/// `Sync`); `attempt` also receives the number of attempts that failed before it (0 for
-/// the first). Each attempt runs under the crate's panic policy (`what` names it in the
-/// log); `report` does the caller's bookkeeping and logging for each failure (see
-/// [`Step`]). A panic is never retried: it is a bug in the user's function, not a
-/// transient failure. Nor is a cancelled attempt (its callers asked to stop), nor
-/// anything where the host cannot time the wait (tokio: off a runtime).
+/// `Sync`). Each attempt runs under the crate's panic policy (`what` names it in the log);
+/// `report` does the caller's bookkeeping and logging for each failure (see [`Step`]).
+/// A panic is never retried: it is a bug in the user's function, not a transient failure.
+/// Nor is a cancelled attempt (its callers asked to stop), nor anything where the host
+/// cannot time the wait (tokio: off a runtime).
 pub(crate) async fn run_with_retries<C, T, Fut>(
     runtime: &crate::host::Runtime,
     what: &'static str,
     retry: &Retry<'_>,
     ctx: &mut C,
-    mut attempt: impl FnMut(&mut C, u32) -> Fut,
+    mut attempt: impl FnMut(&mut C) -> Fut,
     mut report: impl FnMut(&mut C, &QueryError, u32, Step),
 ) -> Result<T, QueryError>
 where
@@ -285,7 +284,7 @@ where
 {
     let mut failures: u32 = 0;
     loop {
-        let error = match contain_async(what, || attempt(ctx, failures)).await {
+        let error = match contain_async(what, || attempt(ctx)).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(e)) => QueryError::fetch(e),
             Err(panicked) => panicked,
@@ -377,9 +376,8 @@ mod tests {
             "test",
             &retry,
             &mut steps,
-            |_, failures| {
+            |_| {
                 let n = calls.fetch_add(1, Ordering::SeqCst);
-                assert_eq!(failures, n, "each attempt is told the failures before it");
                 async move {
                     if n < 2 {
                         Err(BoxError::from("transient"))
@@ -416,7 +414,7 @@ mod tests {
             "test",
             &retry,
             &mut (),
-            |_, _| {
+            |_| {
                 calls.fetch_add(1, Ordering::SeqCst);
                 async { Err(BoxError::from("down")) }
             },

@@ -248,10 +248,15 @@ async fn fetch_quietly<T: Send + Sync + 'static>(
         &guard.shared.runtime,
         "fetch",
         &retry,
-        &mut (),
-        |(), attempt| {
-            // (A fetch function that takes a context gets the key, the attempt and a
+        // The attempts made so far: the number of the next (a fetch function that takes
+        // a context is told it).
+        &mut 0_u32,
+        |attempts| {
+            let attempt = *attempts;
+            *attempts += 1;
+            // (A function that takes a context gets the key, the attempt number and a
             // token, the child of the flight's: `fetcher.rs`.)
+            let key = &guard.entry.key;
             let call = opts.fetcher.call(key, attempt, guard.flight.cancellation());
             match opts.fetch_timeout {
                 None => call,
@@ -265,7 +270,7 @@ async fn fetch_quietly<T: Send + Sync + 'static>(
                 ),
             }
         },
-        |(), error, failures, step| match step {
+        |_, error, failures, step| match step {
             Step::Failed => {
                 let event = Event::AttemptFailed {
                     flight: &guard.flight,

@@ -155,7 +155,7 @@ where
         "mutation_fn",
         &retry,
         &mut run,
-        |run, _| (run.opts.mutation_fn)(run.vars.clone()),
+        |run| (run.opts.mutation_fn)(run.vars.clone()),
         |run, error, failures, step| match step {
             // Counted at once: a call dropped during the wait reports its failures.
             Step::Failed => run.failures = failures,
