@@ -26,12 +26,7 @@ pub(crate) trait FetchFn<T>: Send + Sync {
 
     /// Starts attempt `attempt` (0-based) of a fetch of `key`. `flight` is the flight's
     /// cancellation token (present when [`takes_context`](Self::takes_context)).
-    fn call(
-        &self,
-        key: &QueryKey,
-        attempt: u32,
-        flight: Option<&CancellationToken>,
-    ) -> Attempt<T>;
+    fn call(&self, key: &QueryKey, attempt: u32, flight: Option<&CancellationToken>) -> Attempt<T>;
 }
 
 /// A zero-argument fetch function (`QueryOptions::new`): called as it always was.
@@ -67,12 +62,7 @@ where
         true
     }
 
-    fn call(
-        &self,
-        key: &QueryKey,
-        attempt: u32,
-        flight: Option<&CancellationToken>,
-    ) -> Attempt<T> {
+    fn call(&self, key: &QueryKey, attempt: u32, flight: Option<&CancellationToken>) -> Attempt<T> {
         // Each attempt has a token of its own, a child of the flight's: dropping one
         // attempt (a timeout) fires its token only, and the flight's firing (cancel,
         // removal, reset) reaches whichever attempt runs.

@@ -188,7 +188,11 @@ async fn a_timeout_fires_its_attempts_token_and_the_retry_gets_a_live_one() {
     assert_eq!(probe.attempts(), vec![0, 1]);
     assert_eq!(*live_at_end.lock().unwrap(), vec![true]);
     tokio::time::sleep(secs(60)).await;
-    assert_eq!(probe.fired(), vec![(0, secs(1))], "only the timed-out attempt");
+    assert_eq!(
+        probe.fired(),
+        vec![(0, secs(1))],
+        "only the timed-out attempt"
+    );
 }
 
 /// `remove_queries` fires the token without stopping the fetch: a fetch function that
@@ -314,7 +318,11 @@ async fn a_fetch_replaced_by_a_refetch_is_not_cancelled() {
     let first = fetch_in_background(&client, &opts);
     settle().await;
     client.invalidate_queries(key!["observed"]).await;
-    assert_eq!(probe.attempts(), vec![0, 0], "a second fetch replaced the first");
+    assert_eq!(
+        probe.attempts(),
+        vec![0, 0],
+        "a second fetch replaced the first"
+    );
     assert_eq!(*first.await.unwrap().unwrap(), 7);
     tokio::time::sleep(secs(60)).await;
     assert_eq!(probe.fired(), vec![]);
