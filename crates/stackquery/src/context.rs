@@ -33,6 +33,33 @@ use crate::key::QueryKey;
 /// cancelled: its callers still wait for its result.
 ///
 /// Cloning is cheap (two reference-count bumps); the token can be handed to other tasks.
+///
+/// A removal does not stop the fetch: a function that listens stops itself.
+///
+/// ```
+/// use std::time::Duration;
+/// use stackquery::{key, FetchContext, QueryClient, QueryError, QueryOptions};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let client = QueryClient::new();
+/// let opts = QueryOptions::with_context(key!["export"], |ctx: FetchContext| async move {
+///     tokio::select! {
+///         _ = ctx.cancelled() => Err("nobody wants the export any more"),
+///         _ = tokio::time::sleep(Duration::from_secs(60)) => Ok(ctx.attempt()),
+///     }
+/// })
+/// .retry(3);
+/// let fetch = tokio::spawn({
+///     let (client, opts) = (client.clone(), opts.clone());
+///     async move { client.fetch_query(&opts).await }
+/// });
+/// tokio::time::sleep(Duration::from_secs(1)).await;
+/// client.remove_queries(key!["export"]);
+/// // Ended at the removal, not retried.
+/// assert!(matches!(fetch.await.unwrap(), Err(QueryError::Cancelled)));
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct FetchContext {
     key: QueryKey,

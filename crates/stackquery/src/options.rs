@@ -15,6 +15,10 @@ use crate::storage::typed::PersistFns;
 
 /// What to fetch (a key and an async function) and how to cache it.
 ///
+/// The function takes no argument ([`new`](Self::new)), or a [`FetchContext`] on each
+/// attempt ([`with_context`](Self::with_context)): the key, the attempt number and a
+/// cancellation token that fires when nobody will take the attempt's result.
+///
 /// Every setting left unset falls back to the client's default; a setting that is set,
 /// even to the built-in default value, wins over the client's (`stale_time(ZERO)` on a
 /// client whose default is 60 s gives 0). Cloning is cheap (reference-count bumps).
