@@ -9,7 +9,9 @@
 //! 2. write the entry behind to the second tier;
 //! 3. announce the write to the other instances, once it has landed;
 //! 4. notify the observers (user code may run here);
-//! 5. wake the waiters of a settled flight.
+//! 5. wake the waiters of a settled flight;
+//! 6. fire the cancellation token of a fetch the entry stopped waiting for (a cancel or a
+//!    reset; a removal's is fired by the cache, after its lock): see `FetchContext`.
 //!
 //! Writing before waking means a caller that flushes the storage after its fetch returns
 //! finds the write queued; notifying before waking means a caller that reads an observer

@@ -225,7 +225,7 @@ pub(crate) trait TimerSink {
 }
 
 /// What the engine runs after a transition, in this order: start the fetch, write behind,
-/// announce, notify, wake the settled flight's waiters.
+/// announce, notify, wake the settled flight's waiters, fire a detached fetch's token.
 pub(crate) struct Effects<T> {
     /// Timer changes (applied by [`Cell::transition`] under the lock).
     pub(super) timers: [Option<TimerChange>; 2],
