@@ -230,15 +230,20 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
     fn mark_removed(&self) -> Removed {
         // A removal computes no deadline (it clears them): the clock is never read.
         let clock = Instant::now;
-        let mut fx = Effects::default();
-        let deadlines = match self.transition(Event::Remove, &Now::new(&clock), &mut fx, &NoTimers)
-        {
-            Outcome::Deadlines { gc, stale } => [gc, stale],
-            _ => [None, None],
-        };
-        Removed {
-            deadlines,
-            cancel: fx.cancel,
+        match self.transition(
+            Event::Remove,
+            &Now::new(&clock),
+            &mut Effects::default(),
+            &NoTimers,
+        ) {
+            Outcome::Deadlines { gc, stale, cancel } => Removed {
+                deadlines: [gc, stale],
+                cancel,
+            },
+            _ => Removed {
+                deadlines: [None, None],
+                cancel: None,
+            },
         }
     }
 }

@@ -168,10 +168,15 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
     /// whose entries were removed under it (their fetch functions hear that the entry
     /// stopped waiting: see `FetchContext`). Firing wakes tasks, so it waits for the lock
     /// to be released; it runs no user code.
-    fn unlock(&self, mut reg: MutexGuard<'_, Registry>) {
-        if reg.detached.is_empty() {
-            return;
+    #[inline]
+    fn unlock(&self, reg: MutexGuard<'_, Registry>) {
+        if !reg.detached.is_empty() {
+            Self::fire_detached(reg);
         }
+    }
+
+    #[cold]
+    fn fire_detached(mut reg: MutexGuard<'_, Registry>) {
         let detached = std::mem::take(&mut reg.detached);
         drop(reg);
         for token in detached {
@@ -192,7 +197,9 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
         let marked = removed.mark_removed();
         let [gc, stale] = marked.deadlines;
         self.timers.disarm_entry(removed.id(), gc, stale);
-        reg.detached.extend(marked.cancel);
+        if let Some(token) = marked.cancel {
+            reg.detached.push(token);
+        }
         // Ring slots of removed entries are dropped lazily; compact when they pile up.
         if reg.ring.len() > 2 * self.len() + 64 {
             let shards = &self.shards;

@@ -93,11 +93,19 @@ impl<T: Send + Sync + 'static> EngineEntry for Entry<T> {
         let Outcome::Flight(f) = shared.dispatch(&self, Event::Cancel) else {
             return None;
         };
+        // Its fetch function hears it at once (a context's token); the abort drops the
+        // attempt only when the host gets to the task.
+        if let Some(token) = f.cancellation() {
+            token.cancel();
+        }
         f.abort_task();
         Some(async move { f.stopped().await }.boxed())
     }
     fn reset(self: Arc<Self>, shared: &Arc<Shared>) {
-        shared.dispatch(&self, Event::Reset);
+        // (Fired with no lock held, after the reset's effects.)
+        if let Outcome::Detached(Some(token)) = shared.dispatch(&self, Event::Reset) {
+            token.cancel();
+        }
     }
     fn notify_removed(self: Arc<Self>, shared: &Arc<Shared>) {
         shared

@@ -9,9 +9,7 @@
 //! 2. write the entry behind to the second tier;
 //! 3. announce the write to the other instances, once it has landed;
 //! 4. notify the observers (user code may run here);
-//! 5. wake the waiters of a settled flight;
-//! 6. fire the cancellation token of a fetch the entry stopped waiting for (a cancel or a
-//!    reset; a removal's is fired by the cache, after its lock): see `FetchContext`.
+//! 5. wake the waiters of a settled flight.
 //!
 //! Writing before waking means a caller that flushes the storage after its fetch returns
 //! finds the write queued; notifying before waking means a caller that reads an observer
@@ -141,9 +139,6 @@ impl Shared {
         }
         if let Some((flight, result)) = fx.resolve {
             flight.resolve(result);
-        }
-        if let Some(token) = fx.cancel {
-            token.cancel();
         }
     }
 

@@ -62,13 +62,12 @@ impl<T> Drop for Running<T> {
 }
 
 impl<T> Flight<T> {
-    /// `cancellable`: the fetch function takes a context, so the flight carries a
-    /// cancellation token for its attempts.
+    /// `cancel`: the flight's cancellation token, when its fetch function takes a context.
     pub(crate) fn new(
         previous: QueryState<T>,
         data_gen: u64,
         inval_gen: u64,
-        cancellable: bool,
+        cancel: Option<CancellationToken>,
     ) -> Self {
         Flight {
             result: Slot::new(),
@@ -77,7 +76,7 @@ impl<T> Flight<T> {
             data_gen,
             inval_gen,
             stopped: Slot::new(),
-            cancel: cancellable.then(CancellationToken::new),
+            cancel,
         }
     }
 

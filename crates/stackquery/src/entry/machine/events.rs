@@ -179,7 +179,8 @@ pub(crate) enum Outcome<T> {
     Step(Step<T>),
     /// A fetch could not start: `Ask` fails with it.
     Failed(QueryError),
-    /// A flight to wait on (`Invalidate`, `Refetch`, `Cancel`).
+    /// A flight to wait on (`Invalidate`, `Refetch`, `Cancel`). After `Cancel`, the caller
+    /// fires its cancellation token (see `FetchContext`) and stops its task.
     Flight(Arc<Flight<T>>),
     /// `Attach`: joined; `Write`: written; `Settled`: data stored; `RemoteChange` without
     /// `refetch_now`: the entry should refetch later.
@@ -187,11 +188,17 @@ pub(crate) enum Outcome<T> {
     /// The opposite of `Yes`.
     No,
     Gc(GcVerdict),
-    /// `Remove`: the timers the entry had armed (the caller drops them from the queue).
+    /// `Remove`: the timers the entry had armed (the caller drops them from the queue),
+    /// and the cancellation token of the fetch it detached, for the caller to fire once
+    /// its lock is released.
     Deadlines {
         gc: Option<Instant>,
         stale: Option<Instant>,
+        cancel: Option<CancellationToken>,
     },
+    /// `Reset`: the cancellation token of the fetch it detached, for the caller to fire
+    /// (its fetch function hears that the entry stopped waiting for it).
+    Detached(Option<CancellationToken>),
 }
 
 /// A fetch to start (the engine spawns its task).
@@ -225,7 +232,7 @@ pub(crate) trait TimerSink {
 }
 
 /// What the engine runs after a transition, in this order: start the fetch, write behind,
-/// announce, notify, wake the settled flight's waiters, fire a detached fetch's token.
+/// announce, notify, wake the settled flight's waiters.
 pub(crate) struct Effects<T> {
     /// Timer changes (applied by [`Cell::transition`] under the lock).
     pub(super) timers: [Option<TimerChange>; 2],
@@ -241,9 +248,6 @@ pub(crate) struct Effects<T> {
     pub(crate) removed: Option<Listeners>,
     /// Wake the waiters of a settled (or cancelled) flight with its result.
     pub(crate) resolve: Option<(Arc<Flight<T>>, FetchResult<T>)>,
-    /// Fire the cancellation token of a fetch the entry stopped waiting for (cancelled,
-    /// removed, reset): its fetch function hears it (see `FetchContext`).
-    pub(crate) cancel: Option<CancellationToken>,
     /// The entry's data was used (a read or an overwrite): a second chance for eviction.
     pub(crate) used: bool,
     /// The gc deadline restarts if nothing uses the entry (internal to the transition).
@@ -260,7 +264,6 @@ impl<T> Default for Effects<T> {
             notify: None,
             removed: None,
             resolve: None,
-            cancel: None,
             used: false,
             arm_gc: false,
         }

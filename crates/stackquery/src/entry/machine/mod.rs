@@ -228,9 +228,6 @@ impl<T> Machine<T> {
             Event::Cancel => match self.flight.clone() {
                 Some(f) => {
                     self.settle(fx, &f, Err(QueryError::Cancelled), Source::Fetch, now);
-                    // Told at once: the task's abort drops the attempt only when its
-                    // host gets to it.
-                    fx.cancel = f.cancellation().cloned();
                     Outcome::Flight(f)
                 }
                 None => Outcome::Done,
@@ -240,21 +237,21 @@ impl<T> Machine<T> {
                 self.inval_gen += 1;
                 // A fetch in flight goes on for its waiters but no longer writes here;
                 // its fetch function hears that the entry stopped waiting for it.
-                fx.cancel = self.detach_flight();
+                let cancel = self.detach_flight();
                 self.updated_at = None;
                 self.apply(Action::Reset);
                 fx.arm_gc = true;
-                Outcome::Done
+                Outcome::Detached(cancel)
             }
             Event::Remove => {
                 self.removed = true;
                 // (The token is fired by the cache once its lock is released.)
-                fx.cancel = self.detach_flight();
+                let cancel = self.detach_flight();
                 self.gc_deadline = None;
                 // The cache drops these timers from the queue (it holds the queue).
                 let gc = self.gc_timer_at.take();
                 let stale = self.stale_timer_at.take();
-                Outcome::Deadlines { gc, stale }
+                Outcome::Deadlines { gc, stale, cancel }
             }
             Event::TellRemoved => {
                 fx.removed = Some(std::mem::take(&mut self.listeners).snapshot());

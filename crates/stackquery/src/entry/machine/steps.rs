@@ -81,17 +81,15 @@ impl<T> Machine<T> {
         fx: &mut Effects<T>,
         opts: QueryOptions<T>,
     ) -> Arc<Flight<T>> {
+        // Only a fetch function that takes a context is given a token.
+        let cancel = opts
+            .takes_context()
+            .then(tokio_util::sync::CancellationToken::new);
         let previous = match &self.flight {
             Some(old) => old.previous.clone(),
             None => self.state.clone(),
         };
-        let cancellable = opts.takes_context();
-        let flight = Arc::new(Flight::new(
-            previous,
-            self.data_gen,
-            self.inval_gen,
-            cancellable,
-        ));
+        let flight = Arc::new(Flight::new(previous, self.data_gen, self.inval_gen, cancel));
         // The first fetch of a cold key (or one another instance changed) may read the
         // second tier first; callers that join this flight share that read too.
         let reload = self.reload;
