@@ -230,21 +230,19 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
     fn mark_removed(&self) -> Removed {
         // A removal computes no deadline (it clears them): the clock is never read.
         let clock = Instant::now;
-        match self.transition(
-            Event::Remove,
+        let mut cancel = None;
+        let deadlines = match self.transition(
+            Event::Remove {
+                cancel: &mut cancel,
+            },
             &Now::new(&clock),
             &mut Effects::default(),
             &NoTimers,
         ) {
-            Outcome::Deadlines { gc, stale, cancel } => Removed {
-                deadlines: [gc, stale],
-                cancel,
-            },
-            _ => Removed {
-                deadlines: [None, None],
-                cancel: None,
-            },
-        }
+            Outcome::Deadlines { gc, stale } => [gc, stale],
+            _ => [None, None],
+        };
+        Removed { deadlines, cancel }
     }
 }
 

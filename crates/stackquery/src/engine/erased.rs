@@ -102,8 +102,16 @@ impl<T: Send + Sync + 'static> EngineEntry for Entry<T> {
         Some(async move { f.stopped().await }.boxed())
     }
     fn reset(self: Arc<Self>, shared: &Arc<Shared>) {
-        // (Fired with no lock held, after the reset's effects.)
-        if let Outcome::Detached(Some(token)) = shared.dispatch(&self, Event::Reset) {
+        let mut cancel = None;
+        shared.dispatch(
+            &self,
+            Event::Reset {
+                cancel: &mut cancel,
+            },
+        );
+        // With no lock held, after the reset's effects: the detached fetch's function
+        // hears that the entry stopped waiting for it.
+        if let Some(token) = cancel {
             token.cancel();
         }
     }

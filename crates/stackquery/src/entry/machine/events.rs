@@ -120,11 +120,21 @@ pub(crate) enum Event<'a, T> {
     Refetch { can_spawn: bool },
     /// `cancel_queries`: the fetch in flight ends as cancelled.
     Cancel,
-    /// `reset_queries`: back to the initial state.
-    Reset,
+    /// `reset_queries`: back to the initial state. The fetch in flight, if any, is
+    /// detached: its cancellation token goes into `cancel`, for the caller to fire.
+    Reset {
+        cancel: &'a mut Option<CancellationToken>,
+    },
     /// The entry left the cache: nothing writes into it or schedules work for it again.
-    /// (Called under the cache's lock: it tells nobody.)
-    Remove,
+    /// (Called under the cache's lock: it tells nobody.) The fetch in flight, if any, is
+    /// detached: its cancellation token goes into `cancel`, for the cache to fire once
+    /// its lock is released.
+    ///
+    /// (The token comes back through the event rather than in the answer or the effects:
+    /// a field there would grow what every transition writes.)
+    Remove {
+        cancel: &'a mut Option<CancellationToken>,
+    },
     /// After `Remove`, with no lock held: the observers hear that the entry is gone.
     TellRemoved,
     /// Another instance changed the key: stale, maybe reload from the shared tier, and an
@@ -188,17 +198,11 @@ pub(crate) enum Outcome<T> {
     /// The opposite of `Yes`.
     No,
     Gc(GcVerdict),
-    /// `Remove`: the timers the entry had armed (the caller drops them from the queue),
-    /// and the cancellation token of the fetch it detached, for the caller to fire once
-    /// its lock is released.
+    /// `Remove`: the timers the entry had armed (the caller drops them from the queue).
     Deadlines {
         gc: Option<Instant>,
         stale: Option<Instant>,
-        cancel: Option<CancellationToken>,
     },
-    /// `Reset`: the cancellation token of the fetch it detached, for the caller to fire
-    /// (its fetch function hears that the entry stopped waiting for it).
-    Detached(Option<CancellationToken>),
 }
 
 /// A fetch to start (the engine spawns its task).

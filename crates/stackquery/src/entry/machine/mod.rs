@@ -232,26 +232,25 @@ impl<T> Machine<T> {
                 }
                 None => Outcome::Done,
             },
-            Event::Reset => {
+            Event::Reset { cancel } => {
                 self.data_gen += 1;
                 self.inval_gen += 1;
                 // A fetch in flight goes on for its waiters but no longer writes here;
                 // its fetch function hears that the entry stopped waiting for it.
-                let cancel = self.detach_flight();
+                *cancel = self.detach_flight();
                 self.updated_at = None;
                 self.apply(Action::Reset);
                 fx.arm_gc = true;
-                Outcome::Detached(cancel)
+                Outcome::Done
             }
-            Event::Remove => {
+            Event::Remove { cancel } => {
                 self.removed = true;
-                // (The token is fired by the cache once its lock is released.)
-                let cancel = self.detach_flight();
+                *cancel = self.detach_flight();
                 self.gc_deadline = None;
                 // The cache drops these timers from the queue (it holds the queue).
                 let gc = self.gc_timer_at.take();
                 let stale = self.stale_timer_at.take();
-                Outcome::Deadlines { gc, stale, cancel }
+                Outcome::Deadlines { gc, stale }
             }
             Event::TellRemoved => {
                 fx.removed = Some(std::mem::take(&mut self.listeners).snapshot());
