@@ -24,7 +24,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use stackquery::{key, FetchContext, QueryClient, QueryError, QueryOptions, RefetchType, SqliteStorage};
+use stackquery::{
+    key, FetchContext, QueryClient, QueryError, QueryOptions, RefetchType, SqliteStorage,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -67,7 +69,10 @@ impl Upstream {
             }
             let users = self.users.lock().unwrap();
             let name = users.get(&id).ok_or(UpstreamError::NotFound(id))?;
-            Ok(User { id, name: name.clone() })
+            Ok(User {
+                id,
+                name: name.clone(),
+            })
         };
         // A real client would pass the token to its HTTP call; here it ends the wait.
         tokio::select! {
@@ -182,7 +187,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build();
     let upstream = Arc::new(Upstream::default());
     upstream.users.lock().unwrap().insert(1, "Ada".into());
-    let app = App { client: client.clone(), upstream: upstream.clone() };
+    let app = App {
+        client: client.clone(),
+        upstream: upstream.clone(),
+    };
     let router = Router::new()
         .route("/users/{id}", get(get_user).put(put_user))
         .with_state(app);
@@ -198,17 +206,39 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(async move { axum::serve(listener, router).await });
 
     let show = |what: &str, (code, body): (u16, String)| println!("{what:<44} {code} {body}");
-    show("GET /users/1 (cold: fetched)", call(addr, "GET", "/users/1", "").await);
-    show("GET /users/1 (fresh: from memory)", call(addr, "GET", "/users/1", "").await);
+    show(
+        "GET /users/1 (cold: fetched)",
+        call(addr, "GET", "/users/1", "").await,
+    );
+    show(
+        "GET /users/1 (fresh: from memory)",
+        call(addr, "GET", "/users/1", "").await,
+    );
     let rename = r#"{"name":"Ada Lovelace"}"#;
-    show("PUT /users/1 (write, then a fresh read)", call(addr, "PUT", "/users/1", rename).await);
-    show("GET /users/404 (the upstream's 404)", call(addr, "GET", "/users/404", "").await);
+    show(
+        "PUT /users/1 (write, then a fresh read)",
+        call(addr, "PUT", "/users/1", rename).await,
+    );
+    show(
+        "GET /users/404 (the upstream's 404)",
+        call(addr, "GET", "/users/404", "").await,
+    );
     upstream.mode.store(DOWN, Ordering::SeqCst);
-    show("GET /users/2 (upstream down: 1 retry)", call(addr, "GET", "/users/2", "").await);
+    show(
+        "GET /users/2 (upstream down: 1 retry)",
+        call(addr, "GET", "/users/2", "").await,
+    );
     upstream.mode.store(HUNG, Ordering::SeqCst);
-    show("GET /users/3 (upstream hung: timeout)", call(addr, "GET", "/users/3", "").await);
+    show(
+        "GET /users/3 (upstream hung: timeout)",
+        call(addr, "GET", "/users/3", "").await,
+    );
     let stats = client.stats();
-    println!("cache: {} entries, weight {} bytes", client.query_count(), stats.total_weight);
+    println!(
+        "cache: {} entries, weight {} bytes",
+        client.query_count(),
+        stats.total_weight
+    );
     client.shutdown(Duration::from_secs(1)).await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -163,6 +163,15 @@ impl TimerSink for NoTimers {
     fn disarm(&self, _: Timer, _: Instant) {}
 }
 
+/// What [`AnyEntry::mark_removed`] hands the cache.
+pub(crate) struct Removed {
+    /// The deadlines of the entry's gc and stale timers, to drop from the queue.
+    pub(crate) deadlines: [Option<Instant>; 2],
+    /// The cancellation token of the fetch the entry had in flight (only a fetch function
+    /// that takes a context has one), to fire once the cache's lock is released.
+    pub(crate) cancel: Option<tokio_util::sync::CancellationToken>,
+}
+
 /// What the cache needs from an entry without knowing its data type.
 pub(crate) trait AnyEntry: Send + Sync + 'static {
     fn id(&self) -> u64;
@@ -185,8 +194,10 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     fn gc_timer_fired(&self, fired_at: Instant, now: Instant) -> GcVerdict;
     /// The entry left the cache: detach any fetch so nothing writes into it again.
     /// Called under the cache's lock, so it notifies nobody (see `Event::TellRemoved`).
-    /// Returns the deadlines of its gc and stale timers, for the caller to drop.
-    fn mark_removed(&self) -> [Option<Instant>; 2];
+    /// Returns the deadlines of its gc and stale timers, for the caller to drop, and the
+    /// detached fetch's cancellation token, for the caller to fire once the lock is
+    /// released.
+    fn mark_removed(&self) -> Removed;
 }
 
 impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
@@ -232,18 +243,22 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
             _ => GcVerdict::Keep,
         }
     }
-    fn mark_removed(&self) -> [Option<Instant>; 2] {
+    fn mark_removed(&self) -> Removed {
         // A removal computes no deadline (it clears them): the clock is never read.
         let clock = Instant::now;
-        match self.transition(
-            Event::Remove,
+        let mut cancel = None;
+        let deadlines = match self.transition(
+            Event::Remove {
+                cancel: &mut cancel,
+            },
             &Now::new(&clock),
             &mut Effects::default(),
             &NoTimers,
         ) {
             Outcome::Deadlines { gc, stale } => [gc, stale],
             _ => [None, None],
-        }
+        };
+        Removed { deadlines, cancel }
     }
 }
 

@@ -81,7 +81,9 @@ pub enum QueryError {
     /// The fetch function returned an error (after all retries); it is this error's
     /// source.
     Fetch(FetchError),
-    /// The fetch was cancelled (by [`cancel_queries`](crate::QueryClient::cancel_queries)).
+    /// The fetch was cancelled (by [`cancel_queries`](crate::QueryClient::cancel_queries)),
+    /// or, for a fetch function that takes a [`FetchContext`](crate::FetchContext), its
+    /// attempt failed after its cancellation token fired (the entry was removed or reset).
     Cancelled,
     /// The key already holds data of another type.
     /// (Boxed behind an `Arc`: it is rare, and keeping it small keeps every entry's two
@@ -148,6 +150,10 @@ impl QueryError {
         // An attempt that ran past its `fetch_timeout` is a timeout, not a fetch error.
         if let Some(t) = err.downcast_ref::<TimedOut>() {
             return QueryError::Timeout(t.0);
+        }
+        // An attempt whose cancellation token fired (see `FetchContext`) was cancelled.
+        if err.is::<CancelledAttempt>() {
+            return QueryError::Cancelled;
         }
         QueryError::Fetch(FetchError(Arc::from(err)))
     }
@@ -297,3 +303,16 @@ impl fmt::Display for TimedOut {
 }
 
 impl StdError for TimedOut {}
+
+/// The error of a fetch attempt whose cancellation token had fired (internal: it becomes
+/// [`QueryError::Cancelled`], which is never retried).
+#[derive(Debug)]
+pub(crate) struct CancelledAttempt;
+
+impl fmt::Display for CancelledAttempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the fetch attempt was cancelled")
+    }
+}
+
+impl StdError for CancelledAttempt {}

@@ -282,7 +282,7 @@ impl RedisLeases {
                     return;
                 }
                 Err(error) => {
-                    tracing::warn!(key = token.key(), %error, "lease renewal failed (retried at the next tick)");
+                    tracing::warn!(key = token.key(), error = %crate::error::report(&error), "lease renewal failed (retried at the next tick)");
                 }
             }
             // After a stall longer than a period (a slow renewal, a busy runtime) the next

@@ -57,6 +57,7 @@ mod builder;
 pub mod bus;
 mod cache;
 mod client;
+mod context;
 mod deadline;
 #[cfg(feature = "devtools")]
 #[cfg_attr(docsrs, doc(cfg(feature = "devtools")))]
@@ -65,6 +66,7 @@ mod engine;
 mod entry;
 mod error;
 mod events;
+mod fetcher;
 mod filter;
 mod flight;
 #[cfg(test)]
@@ -97,6 +99,7 @@ mod worker;
 
 pub use builder::QueryClientBuilder;
 pub use client::QueryClient;
+pub use context::FetchContext;
 pub use error::{BoxError, FetchError, QueryError, Report, TypeMismatch};
 pub use events::{CacheEvent, CacheEventKind, EventStream, EventStreamItem, StorageOutcome};
 pub use filter::QueryFilter;

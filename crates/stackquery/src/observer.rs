@@ -568,7 +568,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
         };
         // `Swr` starts a background fetch for missing or stale data and returns at once.
         if let Err(error) = self.shared.ask(&entry, &self.opts, Mode::Swr, false, None) {
-            tracing::debug!(key = %self.opts.key, %error, "observer fetch did not start");
+            tracing::debug!(key = %self.opts.key, error = %crate::error::report(&error), "observer fetch did not start");
         }
     }
 }

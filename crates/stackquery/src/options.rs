@@ -6,10 +6,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use futures::FutureExt;
-
+use crate::context::FetchContext;
 use crate::error::BoxError;
+use crate::fetcher::{Fetcher, Plain, WithContext};
 use crate::key::QueryKey;
 use crate::retry::{retry_setters, Retry, RetryConfig, QUERY_RETRIES};
 use crate::storage::typed::PersistFns;
@@ -17,9 +16,11 @@ use crate::storage::typed::PersistFns;
 mod storage_ttl;
 pub(crate) use storage_ttl::CompactTtl;
 
-pub(crate) type Fetcher<T> = Arc<dyn Fn() -> BoxFuture<'static, Result<T, BoxError>> + Send + Sync>;
-
 /// What to fetch (a key and an async function) and how to cache it.
+///
+/// The function takes no argument ([`new`](Self::new)), or a [`FetchContext`] on each
+/// attempt ([`with_context`](Self::with_context)): the key, the attempt number and a
+/// cancellation token that fires when nobody will take the attempt's result.
 ///
 /// Every setting left unset falls back to the client's default; a setting that is set,
 /// even to the built-in default value, wins over the client's (`stale_time(ZERO)` on a
@@ -98,9 +99,69 @@ impl<T: Send + Sync + 'static> QueryOptions<T> {
         Fut: Future<Output = Result<T, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        let fetcher: Fetcher<T> = Arc::new(move || fetch().map(|r| r.map_err(Into::into)).boxed());
+        Self::with_fetcher(key.into(), Arc::new(Plain(fetch)))
+    }
+
+    /// Options for `key`, fetched by `fetch`, which is given a [`FetchContext`] on each
+    /// attempt: the key, the attempt number (from 0) and a cancellation token, the
+    /// equivalent of TanStack Query's `AbortSignal`. The token fires when nobody will take
+    /// the attempt's result: [`cancel_queries`](crate::QueryClient::cancel_queries), the
+    /// attempt's [`fetch_timeout`](Self::fetch_timeout), the entry's removal or reset (see
+    /// [`FetchContext`] for the details). Listening to it is optional; a function that
+    /// does can stop its work (close a connection, abort a request in another task) early.
+    ///
+    /// Only fetches of such options create a token (one allocation per fetch and one per
+    /// attempt); [`new`](Self::new) pays for none.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stackquery::{key, FetchContext, QueryClient, QueryError, QueryOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let client = QueryClient::new();
+    /// let (told, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    /// let opts = QueryOptions::with_context(key!["report", 7], move |ctx: FetchContext| {
+    ///     let told = told.clone();
+    ///     async move {
+    ///         assert_eq!(ctx.key(), &key!["report", 7]);
+    ///         // The work runs in a task of its own (a download, say); the token stops it.
+    ///         let token = ctx.cancellation().clone();
+    ///         let work = tokio::spawn(async move {
+    ///             tokio::select! {
+    ///                 _ = token.cancelled() => {
+    ///                     let _ = told.send("stopped");
+    ///                     None
+    ///                 }
+    ///                 _ = tokio::time::sleep(Duration::from_secs(60)) => Some(42_u32),
+    ///             }
+    ///         });
+    ///         work.await.ok().flatten().ok_or("no report")
+    ///     }
+    /// });
+    ///
+    /// let fetch = tokio::spawn({
+    ///     let (client, opts) = (client.clone(), opts.clone());
+    ///     async move { client.fetch_query(&opts).await }
+    /// });
+    /// tokio::time::sleep(Duration::from_secs(1)).await;
+    /// client.cancel_queries(key!["report"]).await;
+    /// assert_eq!(heard.recv().await, Some("stopped"));
+    /// assert!(matches!(fetch.await.unwrap(), Err(QueryError::Cancelled)));
+    /// # }
+    /// ```
+    pub fn with_context<F, Fut, E>(key: impl Into<QueryKey>, fetch: F) -> Self
+    where
+        F: Fn(FetchContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        Self::with_fetcher(key.into(), Arc::new(WithContext(fetch)))
+    }
+
+    fn with_fetcher(key: QueryKey, fetcher: Fetcher<T>) -> Self {
         QueryOptions {
-            key: key.into(),
+            key,
             fetcher,
             stale_time: None,
             gc_time: None,
@@ -154,6 +215,13 @@ impl<T> QueryOptions<T> {
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                 _ => false,
             }
+    }
+
+    /// Whether the fetch function takes a [`FetchContext`]: only then does a fetch of these
+    /// options carry a cancellation token.
+    #[inline]
+    pub(crate) fn takes_context(&self) -> bool {
+        self.fetcher.takes_context()
     }
 
     /// The query's key.

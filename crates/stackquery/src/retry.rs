@@ -269,7 +269,8 @@ pub(crate) enum Step {
 /// `Sync`). Each attempt runs under the crate's panic policy (`what` names it in the log);
 /// `report` does the caller's bookkeeping and logging for each failure (see [`Step`]).
 /// A panic is never retried: it is a bug in the user's function, not a transient failure.
-/// Nor is anything retried where the host cannot time the wait (tokio: off a runtime).
+/// Nor is a cancelled attempt (its callers asked to stop), nor anything where the host
+/// cannot time the wait (tokio: off a runtime).
 pub(crate) async fn run_with_retries<C, T, Fut>(
     runtime: &crate::host::Runtime,
     what: &'static str,
@@ -291,11 +292,11 @@ where
         failures = failures.saturating_add(1);
         report(ctx, &error, failures, Step::Failed);
         // The one place for "a panic is never retried": a panic is a bug in the user's
-        // function, not a transient failure.
-        let again = !matches!(error, QueryError::Panicked(_))
+        // function, not a transient failure. A cancelled attempt's callers asked to stop.
+        let again = !matches!(error, QueryError::Panicked(_) | QueryError::Cancelled)
             && retry.policy.should_retry(failures, &error);
         if again && !runtime.can_spawn() {
-            tracing::warn!(what, %error, "not retried: no runtime to time the delay");
+            tracing::warn!(what, error = %crate::error::report(&error), "not retried: no runtime to time the delay");
         } else if again {
             let delay = retry.delay(failures - 1);
             report(ctx, &error, failures, Step::Retry(delay));

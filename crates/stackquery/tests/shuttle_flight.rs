@@ -95,6 +95,10 @@ mod options {
         pub(crate) fn same_as(&self, _: &Self) -> bool {
             true
         }
+        /// The harness's fetches take no context: their flights carry no token.
+        pub(crate) fn takes_context(&self) -> bool {
+            false
+        }
     }
 }
 

@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
+use tokio_util::sync::CancellationToken;
 
 mod prefix_index;
 
@@ -33,6 +34,9 @@ struct Registry {
     /// CLOCK ring of (entry id, key); ids tell a live slot from one left by a removed entry.
     /// Kept only under `max_queries`: an unbounded cache never evicts.
     ring: VecDeque<(u64, QueryKey)>,
+    /// The cancellation tokens of fetches whose entries were removed under this lock:
+    /// fired once it is released ([`Cache::unlock`]), since firing one wakes its waiters.
+    detached: Vec<CancellationToken>,
 }
 
 /// The entry map, over the stored entry type `E` (the engine stores its own extension of
@@ -148,13 +152,36 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
         if self.max.is_some() {
             reg.ring.push_back((entry.id(), key.clone()));
         }
+        self.unlock(reg);
         entry
     }
 
     /// Removes `key` (only if it is entry `id`, when given).
     pub(crate) fn remove(&self, key: &QueryKey, id: Option<u64>) -> Option<Arc<E>> {
         let mut reg = self.registry.lock();
-        self.remove_locked(&mut reg, key, id)
+        let removed = self.remove_locked(&mut reg, key, id);
+        self.unlock(reg);
+        removed
+    }
+
+    /// Releases the registry lock, then fires the cancellation tokens of the fetches
+    /// whose entries were removed under it (their fetch functions hear that the entry
+    /// stopped waiting: see `FetchContext`). Firing wakes tasks, so it waits for the lock
+    /// to be released; it runs no user code.
+    #[inline]
+    fn unlock(&self, reg: MutexGuard<'_, Registry>) {
+        if !reg.detached.is_empty() {
+            Self::fire_detached(reg);
+        }
+    }
+
+    #[cold]
+    fn fire_detached(mut reg: MutexGuard<'_, Registry>) {
+        let detached = std::mem::take(&mut reg.detached);
+        drop(reg);
+        for token in detached {
+            token.cancel();
+        }
     }
 
     fn remove_locked(&self, reg: &mut Registry, key: &QueryKey, id: Option<u64>) -> Option<Arc<E>> {
@@ -167,8 +194,12 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
         }?;
         self.len.fetch_sub(1, Ordering::Relaxed);
         reg.index.remove(key);
-        let [gc, stale] = removed.mark_removed();
+        let marked = removed.mark_removed();
+        let [gc, stale] = marked.deadlines;
         self.timers.disarm_entry(removed.id(), gc, stale);
+        if let Some(token) = marked.cancel {
+            reg.detached.push(token);
+        }
         // Ring slots of removed entries are dropped lazily; compact when they pile up.
         if reg.ring.len() > 2 * self.len() + 64 {
             let shards = &self.shards;
@@ -220,10 +251,12 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
     pub(crate) fn remove_matching(&self, scope: &KeyScope) -> Vec<Arc<E>> {
         let victims = self.matching_unsorted(scope);
         let mut reg = self.registry.lock();
-        victims
+        let removed = victims
             .iter()
             .filter_map(|e| self.remove_locked(&mut reg, e.key(), Some(e.id())))
-            .collect()
+            .collect();
+        self.unlock(reg);
+        removed
     }
 
     /// Gc: removes entry `id` at `key` if its deadline has passed and it is unused.
@@ -257,6 +290,9 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
             }
             Some(GcVerdict::Keep) | None => {}
         }
+        // (An entry the gc collects has no fetch in flight, unless one began between its
+        // verdict and its removal.)
+        self.unlock(reg);
     }
 
     /// After a manual write: `max_queries(0)` keeps nothing, the written entry included.
@@ -279,6 +315,7 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
         if excess > 0 {
             self.evict_locked(&mut reg, excess);
         }
+        self.unlock(reg);
     }
 
     /// CLOCK sweep: evicts up to `n` unpinned entries, giving referenced ones a second

@@ -95,11 +95,27 @@ impl<T: Send + Sync + 'static> EngineEntry for Entry<T> {
         let Outcome::Flight(f) = shared.dispatch(&self, Event::Cancel) else {
             return None;
         };
+        // Its fetch function hears it at once (a context's token); the abort drops the
+        // attempt only when the host gets to the task.
+        if let Some(token) = f.cancellation() {
+            token.cancel();
+        }
         f.abort_task();
         Some(async move { f.stopped().await }.boxed())
     }
     fn reset(self: Arc<Self>, shared: &Arc<Shared>) {
-        shared.dispatch(&self, Event::Reset);
+        let mut cancel = None;
+        shared.dispatch(
+            &self,
+            Event::Reset {
+                cancel: &mut cancel,
+            },
+        );
+        // With no lock held, after the reset's effects: the detached fetch's function
+        // hears that the entry stopped waiting for it.
+        if let Some(token) = cancel {
+            token.cancel();
+        }
     }
     fn notify_removed(self: Arc<Self>, shared: &Arc<Shared>) {
         shared

@@ -248,14 +248,25 @@ async fn fetch_quietly<T: Send + Sync + 'static>(
         &guard.shared.runtime,
         "fetch",
         &retry,
-        &mut (),
-        |()| match guard.shared.defaults.fetch_timeout(opts) {
-            None => (opts.fetcher)(),
-            // Boxed like the plain attempt (one type, and the fetch task's future keeps
-            // its size): the attempt raced against the host's clock.
-            Some(limit) => timed(&guard.shared.runtime, (opts.fetcher)(), limit),
+        // The attempts made so far: the number of the next (a fetch function that takes
+        // a context is told it).
+        &mut 0_u32,
+        |attempts| {
+            let attempt = *attempts;
+            *attempts += 1;
+            // (A function that takes a context gets the key, the attempt number and a
+            // token, the child of the flight's: `fetcher.rs`.)
+            let key = &guard.entry.key;
+            let call = opts.fetcher.call(key, attempt, guard.flight.cancellation());
+            match guard.shared.defaults.fetch_timeout(opts) {
+                None => call,
+                // Boxed like the plain attempt (one type, and the fetch task's future
+                // keeps its size): the attempt raced against the host's clock. A timeout
+                // drops the attempt, which fires its token.
+                Some(limit) => timed(&guard.shared.runtime, call, limit),
+            }
         },
-        |(), error, failures, step| match step {
+        |_, error, failures, step| match step {
             Step::Failed => {
                 let event = Event::AttemptFailed {
                     flight: &guard.flight,
@@ -275,6 +286,10 @@ async fn fetch_quietly<T: Send + Sync + 'static>(
                     error: error.clone(),
                 });
             }
+            // The entry stopped waiting for it (its token fired): no failure to warn of.
+            Step::GiveUp if error.is_cancelled() => {
+                tracing::debug!(%key, failures, "fetch cancelled");
+            }
             Step::GiveUp => tracing::warn!(%key, error = %crate::error::report(error), failures, "fetch failed"),
         },
     )
@@ -284,6 +299,7 @@ async fn fetch_quietly<T: Send + Sync + 'static>(
             guard.end("ok");
             tracing::debug!(%key, "fetch success");
         }
+        Err(error) if error.is_cancelled() => guard.end("cancelled"),
         Err(_) => {
             guard.shared.counters.errors.incr();
             guard.end("error");

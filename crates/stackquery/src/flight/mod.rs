@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::error::QueryError;
 use crate::host::TaskHandle;
 use crate::state::QueryState;
@@ -43,6 +45,10 @@ pub(crate) struct Flight<T> {
     /// Resolved when the fetch task has stopped (finished, or dropped after an abort):
     /// its fetch function's future is gone by then.
     stopped: Slot<()>,
+    /// Fired when the entry stops waiting for this fetch (cancelled, removed, reset): each
+    /// attempt's token is its child. Only a fetch function that takes a context has one
+    /// (`None` is one word and no allocation).
+    cancel: Option<CancellationToken>,
 }
 
 /// The fetch's task as far as cancelling it goes.
@@ -62,11 +68,13 @@ impl<T> Drop for Running<T> {
 }
 
 impl<T> Flight<T> {
+    /// `cancel`: the flight's cancellation token, when its fetch function takes a context.
     pub(crate) fn new(
         previous: QueryState<T>,
         data_gen: u64,
         inval_gen: u64,
         fresh_only: bool,
+        cancel: Option<CancellationToken>,
     ) -> Self {
         Flight {
             result: Slot::new(),
@@ -76,7 +84,13 @@ impl<T> Flight<T> {
             inval_gen,
             fresh_only,
             stopped: Slot::new(),
+            cancel,
         }
+    }
+
+    /// The flight's cancellation token, if its fetch function takes a context.
+    pub(crate) fn cancellation(&self) -> Option<&CancellationToken> {
+        self.cancel.as_ref()
     }
 
     /// Records the task that now runs the fetch. A cancel that came first (while the

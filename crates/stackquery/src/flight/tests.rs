@@ -9,7 +9,7 @@ use futures::FutureExt;
 
 #[tokio::test]
 async fn every_waiter_gets_the_first_result() {
-    let f = Arc::new(Flight::<u32>::new(QueryState::default(), 0, 0, true));
+    let f = Arc::new(Flight::<u32>::new(QueryState::default(), 0, 0, true, None));
     let waiters: Vec<_> = (0..10)
         .map(|_| {
             let f = f.clone();
@@ -27,7 +27,7 @@ async fn every_waiter_gets_the_first_result() {
 
 #[test]
 fn a_dropped_waiter_unregisters_and_its_slot_is_reused() {
-    let f = Flight::<u32>::new(QueryState::default(), 0, 0, true);
+    let f = Flight::<u32>::new(QueryState::default(), 0, 0, true, None);
     let mut a = Box::pin(f.wait());
     assert!(a.as_mut().now_or_never().is_none());
     assert_eq!(f.waiters(), 1);

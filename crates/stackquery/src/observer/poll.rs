@@ -122,7 +122,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             // Joins a fetch in flight, so polls never overlap; a failed poll is logged and
             // the next one tries again.
             if let Err(error) = shared.run(&opts, Mode::Force).await {
-                tracing::debug!(key = %opts.key, %error, "poll failed");
+                tracing::debug!(key = %opts.key, error = %crate::error::report(&error), "poll failed");
             }
         });
     }

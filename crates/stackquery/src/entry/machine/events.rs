@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::QueryError;
 use crate::flight::{FetchResult, Flight};
@@ -130,11 +131,21 @@ pub(crate) enum Event<'a, T> {
     Refetch { can_spawn: bool },
     /// `cancel_queries`: the fetch in flight ends as cancelled.
     Cancel,
-    /// `reset_queries`: back to the initial state.
-    Reset,
+    /// `reset_queries`: back to the initial state. The fetch in flight, if any, is
+    /// detached: its cancellation token goes into `cancel`, for the caller to fire.
+    Reset {
+        cancel: &'a mut Option<CancellationToken>,
+    },
     /// The entry left the cache: nothing writes into it or schedules work for it again.
-    /// (Called under the cache's lock: it tells nobody.)
-    Remove,
+    /// (Called under the cache's lock: it tells nobody.) The fetch in flight, if any, is
+    /// detached: its cancellation token goes into `cancel`, for the cache to fire once
+    /// its lock is released.
+    ///
+    /// (The token comes back through the event rather than in the answer or the effects:
+    /// a field there would grow what every transition writes.)
+    Remove {
+        cancel: &'a mut Option<CancellationToken>,
+    },
     /// After `Remove`, with no lock held: the observers hear that the entry is gone.
     TellRemoved,
     /// Another instance changed the key: stale, maybe reload from the shared tier, and an
@@ -189,7 +200,8 @@ pub(crate) enum Outcome<T> {
     Step(Step<T>),
     /// A fetch could not start: `Ask` fails with it.
     Failed(QueryError),
-    /// A flight to wait on (`Invalidate`, `Refetch`, `Cancel`).
+    /// A flight to wait on (`Invalidate`, `Refetch`, `Cancel`). After `Cancel`, the caller
+    /// fires its cancellation token (see `FetchContext`) and stops its task.
     Flight(Arc<Flight<T>>),
     /// `Attach`: joined; `Write`: written; `Settled`: data stored; `RemoteChange` without
     /// `refetch_now`: the entry should refetch later.

@@ -238,19 +238,20 @@ impl<T> Machine<T> {
                 }
                 None => Outcome::Done,
             },
-            Event::Reset => {
+            Event::Reset { cancel } => {
                 self.data_gen += 1;
                 self.inval_gen += 1;
-                // A fetch in flight goes on for its waiters but no longer writes here.
-                self.flight = None;
+                // A fetch in flight goes on for its waiters but no longer writes here;
+                // its fetch function hears that the entry stopped waiting for it.
+                *cancel = self.detach_flight();
                 self.updated_at = None;
                 self.apply(Action::Reset);
                 fx.arm_gc = true;
                 Outcome::Done
             }
-            Event::Remove => {
+            Event::Remove { cancel } => {
                 self.removed = true;
-                self.flight = None;
+                *cancel = self.detach_flight();
                 self.gc_deadline = None;
                 // The cache drops these timers from the queue (it holds the queue).
                 let gc = self.gc_timer_at.take();

@@ -90,6 +90,10 @@ impl<T> Machine<T> {
         opts: QueryOptions<T>,
         fresh_only: bool,
     ) -> Arc<Flight<T>> {
+        // Only a fetch function that takes a context is given a token.
+        let cancel = opts
+            .takes_context()
+            .then(tokio_util::sync::CancellationToken::new);
         let previous = match &self.flight {
             Some(old) => old.previous.clone(),
             None => self.state.clone(),
@@ -105,6 +109,7 @@ impl<T> Machine<T> {
             self.data_gen,
             self.inval_gen,
             fresh_only,
+            cancel,
         ));
         self.hydrated = true;
         self.reload = Reload::No;
@@ -116,6 +121,12 @@ impl<T> Machine<T> {
             hydrate: hydrate.then_some(reload),
         }));
         flight
+    }
+
+    /// Drops the flight in flight, if any, without settling it (its waiters still get
+    /// its result); returns its cancellation token, for the engine to fire.
+    pub(super) fn detach_flight(&mut self) -> Option<tokio_util::sync::CancellationToken> {
+        self.flight.take()?.cancellation().cloned()
     }
 
     pub(super) fn attach(

@@ -1,0 +1,92 @@
+//! The fetch function as the engine calls it: one attempt at a time, given the key, the
+//! attempt number and the flight's cancellation token, whichever of the two shapes the
+//! user wrote (a zero-argument closure, or one that takes a [`FetchContext`]).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::FetchContext;
+use crate::error::{BoxError, CancelledAttempt};
+use crate::key::QueryKey;
+
+/// A query's fetch function (one pointer pair in the options, whichever its shape).
+pub(crate) type Fetcher<T> = Arc<dyn FetchFn<T>>;
+
+/// One attempt's future.
+pub(crate) type Attempt<T> = BoxFuture<'static, Result<T, BoxError>>;
+
+pub(crate) trait FetchFn<T>: Send + Sync {
+    /// Whether the function takes a [`FetchContext`]: only then does its flight carry a
+    /// cancellation token (the zero-argument shape pays for none).
+    fn takes_context(&self) -> bool;
+
+    /// Starts attempt `attempt` (0-based) of a fetch of `key`. `flight` is the flight's
+    /// cancellation token (present when [`takes_context`](Self::takes_context)).
+    fn call(&self, key: &QueryKey, attempt: u32, flight: Option<&CancellationToken>) -> Attempt<T>;
+}
+
+/// A zero-argument fetch function (`QueryOptions::new`): called as it always was.
+pub(crate) struct Plain<F>(pub(crate) F);
+
+impl<T, F, Fut, E> FetchFn<T> for Plain<F>
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+    E: Into<BoxError> + 'static,
+{
+    fn takes_context(&self) -> bool {
+        false
+    }
+
+    #[inline]
+    fn call(&self, _: &QueryKey, _: u32, _: Option<&CancellationToken>) -> Attempt<T> {
+        (self.0)().map(|r| r.map_err(Into::into)).boxed()
+    }
+}
+
+/// A fetch function that takes a [`FetchContext`] (`QueryOptions::with_context`).
+pub(crate) struct WithContext<F>(pub(crate) F);
+
+impl<T, F, Fut, E> FetchFn<T> for WithContext<F>
+where
+    T: Send + 'static,
+    F: Fn(FetchContext) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+    E: Into<BoxError> + 'static,
+{
+    fn takes_context(&self) -> bool {
+        true
+    }
+
+    fn call(&self, key: &QueryKey, attempt: u32, flight: Option<&CancellationToken>) -> Attempt<T> {
+        // Each attempt has a token of its own, a child of the flight's: dropping one
+        // attempt (a timeout) fires its token only, and the flight's firing (cancel,
+        // removal, reset) reaches whichever attempt runs.
+        let token = flight.map_or_else(CancellationToken::new, CancellationToken::child_token);
+        if token.is_cancelled() {
+            // Nobody will take this attempt's result: it is not made.
+            return futures::future::ready(Err(Box::new(CancelledAttempt) as BoxError)).boxed();
+        }
+        let ctx = FetchContext::new(key.clone(), attempt, token.clone());
+        let fetch = (self.0)(ctx);
+        // Made before the future is first polled, so an attempt dropped unpolled fires its
+        // token too; disarmed once the function finished by itself.
+        let fire_if_dropped = token.drop_guard();
+        async move {
+            let result = fetch.await;
+            let token = fire_if_dropped.disarm();
+            match result {
+                Ok(value) => Ok(value),
+                // Its callers asked to stop: whatever the function reports, the attempt
+                // was cancelled (and is not retried).
+                Err(_) if token.is_cancelled() => Err(Box::new(CancelledAttempt) as BoxError),
+                Err(error) => Err(error.into()),
+            }
+        }
+        .boxed()
+    }
+}
