@@ -297,7 +297,9 @@ impl QueryClient {
         let key = key.into();
         let entry = self.shared.typed_entry::<T>(&key)?;
         self.shared.write(&entry, data, None);
-        self.shared.cache.drop_if_keeping_nothing();
+        self.shared
+            .cache
+            .drop_if_keeping_nothing(&entry.key, entry.id);
         self.shared.send_removals();
         Ok(())
     }
@@ -337,7 +339,9 @@ impl QueryClient {
                 .shared
                 .write(&entry, new.clone(), Some((old.as_ref(), gen)))
             {
-                self.shared.cache.drop_if_keeping_nothing();
+                self.shared
+                    .cache
+                    .drop_if_keeping_nothing(&entry.key, entry.id);
                 self.shared.send_removals();
                 return Ok(Some(new));
             }
@@ -492,6 +496,9 @@ impl QueryClient {
                 }
             };
         }
+        // Restored data weighs (under a weight bound): trim to it.
+        shared.cache.evict_if_over_capacity();
+        shared.send_removals();
         Ok(used)
     }
 
@@ -553,6 +560,7 @@ impl QueryClient {
     pub fn stats(&self) -> CacheStats {
         let mut stats = self.shared.counters.snapshot(self.shared.cache.len());
         (stats.evictions, stats.gc_collections) = self.shared.cache.removals();
+        stats.total_weight = self.shared.cache.weight();
         self.shared.publish_metrics();
         stats
     }
@@ -670,6 +678,7 @@ impl QueryClient {
     pub(crate) fn assemble(
         defaults: Defaults,
         max_queries: Option<usize>,
+        weight_bound: Option<crate::weight::WeightBound>,
         tier: Option<Arc<Tier>>,
         cluster: Cluster,
         persist_rules: crate::persist_rules::PersistRules,
@@ -679,6 +688,7 @@ impl QueryClient {
         let shared = Shared::new(
             defaults,
             max_queries,
+            weight_bound,
             tier,
             cluster,
             persist_rules,

@@ -117,6 +117,13 @@ impl<T> Entry<T> {
         self.cell.read(|m| m.is_fresh(stale_time, now))
     }
 
+    /// The weigher of the entry's last options (for data stored without a query at hand:
+    /// manual writes, snapshots).
+    pub(crate) fn weigher(&self) -> Option<Arc<crate::weight::Weigher<T>>> {
+        self.cell
+            .read(|m| m.options().and_then(|o| o.weigher.clone()))
+    }
+
     /// Whether the entry's last options say the query is persisted, and with what.
     pub(crate) fn persist_option(&self) -> Option<crate::storage::typed::PersistFns<T>> {
         self.cell.read(|m| m.options().and_then(|o| o.persist))
@@ -139,12 +146,13 @@ impl<T> Entry<T> {
 }
 
 /// No timers: for transitions that change none (gc verdicts, removal under the cache's
-/// lock, whose timers the cache drops itself).
+/// lock, whose timers and weight the cache drops itself).
 struct NoTimers;
 
 impl TimerSink for NoTimers {
     fn arm(&self, _: Timer, _: Option<Instant>, _: Instant) {}
     fn disarm(&self, _: Timer, _: Instant) {}
+    fn add_weight(&self, _: i64) {}
 }
 
 /// What the cache needs from an entry without knowing its data type.
@@ -156,8 +164,9 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
     /// Reads and clears the CLOCK bit.
     fn take_referenced(&self) -> bool;
-    /// Observed or fetching: never evicted or collected.
-    fn is_pinned(&self) -> bool;
+    /// For the eviction hand, in one read: `None` when observed or fetching (never
+    /// evicted or collected), else the weight the cache counts for the entry.
+    fn eviction_weight(&self) -> Option<u32>;
     /// Has at least one enabled observer.
     fn is_active(&self) -> bool;
     fn is_fetching(&self) -> bool;
@@ -169,8 +178,9 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     fn gc_timer_fired(&self, fired_at: Instant, now: Instant) -> GcVerdict;
     /// The entry left the cache: detach any fetch so nothing writes into it again.
     /// Called under the cache's lock, so it notifies nobody (see `Event::TellRemoved`).
-    /// Returns the deadlines of its gc and stale timers, for the caller to drop.
-    fn mark_removed(&self) -> [Option<Instant>; 2];
+    /// Returns the deadlines of its gc and stale timers and the weight the cache counted
+    /// for it, for the caller to drop.
+    fn mark_removed(&self) -> ([Option<Instant>; 2], u32);
 }
 
 impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
@@ -192,8 +202,8 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
     fn take_referenced(&self) -> bool {
         self.referenced.swap(false, Ordering::Relaxed)
     }
-    fn is_pinned(&self) -> bool {
-        self.cell.read(Machine::is_pinned)
+    fn eviction_weight(&self) -> Option<u32> {
+        self.cell.read(Machine::eviction_weight)
     }
     fn is_active(&self) -> bool {
         self.cell.read(Machine::is_active)
@@ -216,7 +226,7 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
             _ => GcVerdict::Keep,
         }
     }
-    fn mark_removed(&self) -> [Option<Instant>; 2] {
+    fn mark_removed(&self) -> ([Option<Instant>; 2], u32) {
         // A removal computes no deadline (it clears them): the clock is never read.
         let clock = Instant::now;
         match self.transition(
@@ -225,8 +235,8 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
             &mut Effects::default(),
             &NoTimers,
         ) {
-            Outcome::Deadlines { gc, stale } => [gc, stale],
-            _ => [None, None],
+            Outcome::Deadlines { gc, stale, weight } => ([gc, stale], weight),
+            _ => ([None, None], 0),
         }
     }
 }
@@ -274,6 +284,7 @@ mod host_clock_tests {
             self.0.lock().unwrap().push((timer, at));
         }
         fn disarm(&self, _: Timer, _: Instant) {}
+        fn add_weight(&self, _: i64) {}
     }
 
     /// (Here, not beside the machine: `tests/shuttle_flight.rs` compiles the machine's files,
@@ -303,6 +314,7 @@ mod host_clock_tests {
         let mut fx = Effects::default();
         let write = Event::Write {
             data: Arc::new(7),
+            weight: 0,
             expect: None,
         };
         cell.transition(write, &Now::new(&clock), &mut fx, &armed);

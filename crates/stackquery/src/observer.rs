@@ -521,7 +521,9 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
         };
         if let Some(a) = attachment {
             self.shared.detach(&a.entry, &a.handle);
-            self.shared.cache.evict_if_over_capacity();
+            self.shared
+                .cache
+                .trim_after_release(&a.entry.key, a.entry.id);
             self.shared.send_removals();
         }
     }

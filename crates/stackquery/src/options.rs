@@ -13,6 +13,7 @@ use crate::error::BoxError;
 use crate::key::QueryKey;
 use crate::retry::{retry_setters, Retry, RetryConfig, QUERY_RETRIES};
 use crate::storage::typed::PersistFns;
+use crate::weight::Weigher;
 
 pub(crate) type Fetcher<T> = Arc<dyn Fn() -> BoxFuture<'static, Result<T, BoxError>> + Send + Sync>;
 
@@ -49,6 +50,9 @@ pub struct QueryOptions<T> {
     /// padding after `enabled`, so the options every entry keeps (and every fetch task
     /// carries) do not grow.
     pub(crate) fetch_timeout: Option<std::num::NonZeroU32>,
+    /// Weighs the query's data for the client's weight bound (`None`: the default
+    /// weight). A thin `Arc`: one word.
+    pub(crate) weigher: Option<Arc<Weigher<T>>>,
 }
 
 impl<T> Clone for QueryOptions<T> {
@@ -64,6 +68,7 @@ impl<T> Clone for QueryOptions<T> {
             placeholder_data: self.placeholder_data.clone(),
             persist: self.persist,
             fetch_timeout: self.fetch_timeout,
+            weigher: self.weigher.clone(),
         }
     }
 }
@@ -78,6 +83,7 @@ impl<T> fmt::Debug for QueryOptions<T> {
             .field("refetch_interval", &self.refetch_interval)
             .field("enabled", &self.enabled)
             .field("persist", &self.persist.is_some())
+            .field("weigher", &self.weigher.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -105,7 +111,68 @@ impl<T: Send + Sync + 'static> QueryOptions<T> {
             placeholder_data: None,
             persist: None,
             fetch_timeout: None,
+            weigher: None,
         }
+    }
+
+    /// Weighs this query's data for the client's
+    /// [`max_weight`](crate::QueryClientBuilder::max_weight) bound: `weigher(&data)` is the
+    /// weight of an entry holding `data` (in any unit, as long as the bound uses the same).
+    /// Without it the query's data weighs the client's
+    /// [`default_weight`](crate::QueryClientBuilder::default_weight).
+    ///
+    /// The weigher runs each time data of this query is stored — a fetch settles, or data
+    /// is read from the second tier — and for manual writes and restored snapshots of a
+    /// key whose last query had it. It runs with no lock held (it may call the client),
+    /// not at all on a client without a weight bound, and a weigher that panics weighs
+    /// the default weight (logged). Keep it cheap: it runs on every fill.
+    ///
+    /// ```
+    /// use stackquery::{key, QueryOptions};
+    ///
+    /// let opts = QueryOptions::new(key!["thumbnail", 7], || async {
+    ///     Ok::<_, std::io::Error>(vec![0_u8; 4096])
+    /// })
+    /// // Weight in KiB, rounded up.
+    /// .weigher(|bytes: &Vec<u8>| u32::try_from(bytes.len().div_ceil(1024)).unwrap_or(u32::MAX));
+    /// # let _ = opts;
+    /// ```
+    #[must_use]
+    pub fn weigher(mut self, weigher: impl Fn(&T) -> u32 + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Weigher::new(weigher));
+        self
+    }
+}
+
+impl<T: serde::Serialize + Send + Sync + 'static> QueryOptions<T> {
+    /// Weighs this query's data by its serialised size, for the client's
+    /// [`max_weight`](crate::QueryClientBuilder::max_weight) bound: the weight is the
+    /// length in bytes of the data as compact JSON (`serde_json::to_vec(&data)?.len()`,
+    /// counted without building it; saturated at `u32::MAX`). Data that does not
+    /// serialise weighs the client's default weight (logged). The same rules as
+    /// [`weigher`](Self::weigher) apply (which this replaces, and which replaces it).
+    ///
+    /// The serialised length is a proxy for the memory the data holds, not its exact
+    /// size; it costs one serialisation per stored value.
+    ///
+    /// ```
+    /// use stackquery::{key, QueryClient, QueryOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stackquery::QueryError> {
+    /// let client = QueryClient::builder().max_weight(1 << 20).build(); // 1 MiB of JSON
+    /// let opts = QueryOptions::new(key!["tags"], || async {
+    ///     Ok::<_, std::io::Error>(vec!["a".to_string(), "bc".to_string()])
+    /// })
+    /// .weigh_serialized();
+    /// client.fetch_query(&opts).await?;
+    /// assert_eq!(client.stats().total_weight, r#"["a","bc"]"#.len() as u64);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn weigh_serialized(mut self) -> Self {
+        self.weigher = Some(Weigher::serialized());
+        self
     }
 }
 
@@ -141,6 +208,11 @@ impl<T> QueryOptions<T> {
             && self.enabled == other.enabled
             && self.persist.is_some() == other.persist.is_some()
             && self.fetch_timeout == other.fetch_timeout
+            && match (&self.weigher, &other.weigher) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
             && self.retry.same_as(&other.retry)
             && match (&self.placeholder_data, &other.placeholder_data) {
                 (None, None) => true,

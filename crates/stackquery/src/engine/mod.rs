@@ -66,6 +66,7 @@ impl Shared {
     pub(crate) fn new(
         defaults: Defaults,
         max_queries: Option<usize>,
+        weight_bound: Option<crate::weight::WeightBound>,
         tier: Option<Arc<Tier>>,
         cluster: Cluster,
         persist_rules: PersistRules,
@@ -88,7 +89,12 @@ impl Shared {
             ));
             Shared {
                 defaults,
-                cache: Cache::new(max_queries, timers.clone(), events.subscriber_count()),
+                cache: Cache::new(
+                    max_queries,
+                    weight_bound,
+                    timers.clone(),
+                    events.subscriber_count(),
+                ),
                 timers,
                 counters,
                 tier,
