@@ -121,7 +121,7 @@ impl<T> Entry<T> {
     /// manual writes, snapshots).
     pub(crate) fn weigher(&self) -> Option<Arc<crate::weight::Weigher<T>>> {
         self.cell
-            .read(|m| m.options().and_then(|o| o.weigher.clone()))
+            .read(|m| m.options().and_then(|o| o.weigher_fn().cloned()))
     }
 
     /// Whether the entry's last options say the query is persisted, and with what.

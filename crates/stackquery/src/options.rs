@@ -43,16 +43,34 @@ pub struct QueryOptions<T> {
     pub(crate) retry: RetryConfig,
     pub(crate) refetch_interval: Option<Duration>,
     pub(crate) enabled: bool,
-    pub(crate) placeholder_data: Option<Arc<T>>,
+    /// Settings most queries never set (the placeholder, the weigher), behind one
+    /// pointer: every entry keeps its last options, and a field here costs it nothing.
+    pub(crate) extras: Option<Arc<Extras<T>>>,
     pub(crate) persist: Option<PersistFns<T>>,
     /// Bound on each attempt of the fetch function, in milliseconds (`None`: unbounded).
     /// Milliseconds in a `NonZeroU32` rather than an `Option<Duration>`: it fits in the
     /// padding after `enabled`, so the options every entry keeps (and every fetch task
     /// carries) do not grow.
     pub(crate) fetch_timeout: Option<std::num::NonZeroU32>,
+}
+
+/// The rarely set settings of a [`QueryOptions`] (see its `extras`). Shared by clones of
+/// the options, copied when a clone changes one.
+pub(crate) struct Extras<T> {
+    /// Data shown to observers while the first fetch is pending.
+    placeholder_data: Option<Arc<T>>,
     /// Weighs the query's data for the client's weight bound (`None`: the default
-    /// weight). A thin `Arc`: one word.
-    pub(crate) weigher: Option<Arc<Weigher<T>>>,
+    /// weight).
+    weigher: Option<Arc<Weigher<T>>>,
+}
+
+impl<T> Clone for Extras<T> {
+    fn clone(&self) -> Self {
+        Extras {
+            placeholder_data: self.placeholder_data.clone(),
+            weigher: self.weigher.clone(),
+        }
+    }
 }
 
 impl<T> Clone for QueryOptions<T> {
@@ -65,10 +83,9 @@ impl<T> Clone for QueryOptions<T> {
             retry: self.retry.clone(),
             refetch_interval: self.refetch_interval,
             enabled: self.enabled,
-            placeholder_data: self.placeholder_data.clone(),
+            extras: self.extras.clone(),
             persist: self.persist,
             fetch_timeout: self.fetch_timeout,
-            weigher: self.weigher.clone(),
         }
     }
 }
@@ -83,7 +100,7 @@ impl<T> fmt::Debug for QueryOptions<T> {
             .field("refetch_interval", &self.refetch_interval)
             .field("enabled", &self.enabled)
             .field("persist", &self.persist.is_some())
-            .field("weigher", &self.weigher.is_some())
+            .field("weigher", &self.weigher_fn().is_some())
             .finish_non_exhaustive()
     }
 }
@@ -108,10 +125,9 @@ impl<T: Send + Sync + 'static> QueryOptions<T> {
             retry: RetryConfig::default(),
             refetch_interval: None,
             enabled: true,
-            placeholder_data: None,
+            extras: None,
             persist: None,
             fetch_timeout: None,
-            weigher: None,
         }
     }
 
@@ -139,7 +155,7 @@ impl<T: Send + Sync + 'static> QueryOptions<T> {
     /// ```
     #[must_use]
     pub fn weigher(mut self, weigher: impl Fn(&T) -> u32 + Send + Sync + 'static) -> Self {
-        self.weigher = Some(Weigher::new(weigher));
+        self.extras_mut().weigher = Some(Weigher::new(weigher));
         self
     }
 }
@@ -171,7 +187,7 @@ impl<T: serde::Serialize + Send + Sync + 'static> QueryOptions<T> {
     /// ```
     #[must_use]
     pub fn weigh_serialized(mut self) -> Self {
-        self.weigher = Some(Weigher::serialized());
+        self.extras_mut().weigher = Some(Weigher::serialized());
         self
     }
 }
@@ -208,17 +224,33 @@ impl<T> QueryOptions<T> {
             && self.enabled == other.enabled
             && self.persist.is_some() == other.persist.is_some()
             && self.fetch_timeout == other.fetch_timeout
-            && match (&self.weigher, &other.weigher) {
-                (None, None) => true,
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                _ => false,
-            }
             && self.retry.same_as(&other.retry)
-            && match (&self.placeholder_data, &other.placeholder_data) {
+            && match (&self.extras, &other.extras) {
                 (None, None) => true,
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                 _ => false,
             }
+    }
+
+    /// The rarely set settings, to change one (copied first if a clone shares them).
+    fn extras_mut(&mut self) -> &mut Extras<T> {
+        let extras = self.extras.get_or_insert_with(|| {
+            Arc::new(Extras {
+                placeholder_data: None,
+                weigher: None,
+            })
+        });
+        Arc::make_mut(extras)
+    }
+
+    /// Data shown to observers while the first fetch is pending.
+    pub(crate) fn placeholder(&self) -> Option<&Arc<T>> {
+        self.extras.as_ref()?.placeholder_data.as_ref()
+    }
+
+    /// The query's weigher, if it has one.
+    pub(crate) fn weigher_fn(&self) -> Option<&Arc<Weigher<T>>> {
+        self.extras.as_ref()?.weigher.as_ref()
     }
 
     /// The query's key.
@@ -309,7 +341,7 @@ impl<T> QueryOptions<T> {
     /// Data shown to observers while the first fetch is pending; never cached.
     #[must_use]
     pub fn placeholder_data(mut self, data: T) -> Self {
-        self.placeholder_data = Some(Arc::new(data));
+        self.extras_mut().placeholder_data = Some(Arc::new(data));
         self
     }
 }

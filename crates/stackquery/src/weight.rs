@@ -14,9 +14,9 @@ use std::sync::Arc;
 use crate::key::QueryKey;
 
 /// A query's weigher: the weight of its data, `None` when it could not be weighed (the
-/// default weight applies). Behind an `Arc` in the options (a thin pointer: the options
-/// grow by one word); the box of a plain function (the serialised weigher) allocates
-/// nothing.
+/// default weight applies). Kept behind an `Arc` in the options' rarely set settings
+/// (`options::Extras`), so clones share it; the box of a plain function (the serialised
+/// weigher) allocates nothing.
 pub(crate) struct Weigher<T>(Box<dyn Fn(&T) -> Option<u32> + Send + Sync>);
 
 impl<T: 'static> Weigher<T> {

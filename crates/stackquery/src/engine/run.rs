@@ -405,7 +405,7 @@ impl Shared {
         key: &QueryKey,
     ) -> u32 {
         let bound = self.cache.weight_bound();
-        crate::weight::weigh(bound, opts.weigher.as_deref(), data, key)
+        crate::weight::weigh(bound, opts.weigher_fn().map(|w| &**w), data, key)
     }
 
     /// Starts a background fetch unless one is in flight (after a stale hydration).
