@@ -323,14 +323,16 @@ impl QueryClientBuilder {
             );
             Arc::new(Tier::new(bounded, self.tier))
         });
-        let weight_bound = self.max_weight.map(|max| crate::weight::WeightBound {
-            max,
-            default: self.default_weight,
-        });
+        let bounds = crate::cache::Bounds {
+            max_queries: self.max_queries,
+            weight: self.max_weight.map(|max| crate::weight::WeightBound {
+                max,
+                default: self.default_weight,
+            }),
+        };
         QueryClient::assemble(
             self.defaults,
-            self.max_queries,
-            weight_bound,
+            bounds,
             tier,
             self.cluster,
             self.persist_rules,

@@ -677,8 +677,7 @@ impl QueryClient {
     /// Puts a client together (called by [`QueryClientBuilder::build`]).
     pub(crate) fn assemble(
         defaults: Defaults,
-        max_queries: Option<usize>,
-        weight_bound: Option<crate::weight::WeightBound>,
+        bounds: crate::cache::Bounds,
         tier: Option<Arc<Tier>>,
         cluster: Cluster,
         persist_rules: crate::persist_rules::PersistRules,
@@ -687,8 +686,7 @@ impl QueryClient {
     ) -> QueryClient {
         let shared = Shared::new(
             defaults,
-            max_queries,
-            weight_bound,
+            bounds,
             tier,
             cluster,
             persist_rules,

@@ -17,7 +17,10 @@ use crate::key::QueryKey;
 /// default weight applies). Kept behind an `Arc` in the options' rarely set settings
 /// (`options::Extras`), so clones share it; the box of a plain function (the serialised
 /// weigher) allocates nothing.
-pub(crate) struct Weigher<T>(Box<dyn Fn(&T) -> Option<u32> + Send + Sync>);
+pub(crate) struct Weigher<T>(Box<WeighFn<T>>);
+
+/// A weigher's function: `None` when it could not weigh.
+type WeighFn<T> = dyn Fn(&T) -> Option<u32> + Send + Sync;
 
 impl<T: 'static> Weigher<T> {
     /// A user's weigher.

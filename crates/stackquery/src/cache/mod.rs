@@ -65,12 +65,7 @@ pub(crate) struct Cache<E: ?Sized + AnyEntry> {
 impl<E: ?Sized + AnyEntry> Cache<E> {
     /// `listeners`: while above zero, evictions and collections are logged for
     /// [`take_removals`](Self::take_removals) (the engine's event stream).
-    pub(crate) fn new(
-        max: Option<usize>,
-        weight_bound: Option<WeightBound>,
-        timers: Arc<Timers>,
-        listeners: Arc<AtomicUsize>,
-    ) -> Self {
+    pub(crate) fn new(bounds: Bounds, timers: Arc<Timers>, listeners: Arc<AtomicUsize>) -> Self {
         let n = (std::thread::available_parallelism().map_or(4, |n| n.get()) * 8)
             .next_power_of_two()
             .max(16);
@@ -81,8 +76,8 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
             mask: n - 1,
             registry: Mutex::new(Registry::default()),
             len: AtomicUsize::new(0),
-            max,
-            weight_bound,
+            max: bounds.max_queries,
+            weight_bound: bounds.weight,
             weight: AtomicU64::new(0),
             timers,
             evicted: AtomicU64::new(0),
@@ -419,6 +414,15 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
     pub(crate) fn clear(&self) -> Vec<Arc<E>> {
         self.remove_matching(&KeyScope::All)
     }
+}
+
+/// The cache's size bounds (none: it never evicts).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bounds {
+    /// `max_queries`: the most entries in memory.
+    pub(crate) max_queries: Option<usize>,
+    /// `max_weight` (and the default weight): the most the entries may weigh together.
+    pub(crate) weight: Option<WeightBound>,
 }
 
 /// Why the cache removed an entry by itself.

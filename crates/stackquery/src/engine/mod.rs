@@ -65,8 +65,7 @@ impl Shared {
     /// Builds the context; its timer driver holds it weakly.
     pub(crate) fn new(
         defaults: Defaults,
-        max_queries: Option<usize>,
-        weight_bound: Option<crate::weight::WeightBound>,
+        bounds: crate::cache::Bounds,
         tier: Option<Arc<Tier>>,
         cluster: Cluster,
         persist_rules: PersistRules,
@@ -89,12 +88,7 @@ impl Shared {
             ));
             Shared {
                 defaults,
-                cache: Cache::new(
-                    max_queries,
-                    weight_bound,
-                    timers.clone(),
-                    events.subscriber_count(),
-                ),
+                cache: Cache::new(bounds, timers.clone(), events.subscriber_count()),
                 timers,
                 counters,
                 tier,
