@@ -46,16 +46,16 @@ pub(crate) struct WeightBound {
     pub(crate) default: u32,
 }
 
-/// The weight of `data` stored under `key`: 0 without a bound, the default without a
-/// weigher, else the weigher's answer (the default when it panics or fails). Call with
-/// no lock held.
+/// The weight of `data` stored under `key` on a client with `bound`: the default without
+/// a weigher, else the weigher's answer (the default when it panics or fails). Call with
+/// no lock held. (A client without a bound weighs nothing: its callers return 0 before
+/// they get here, inline.)
 pub(crate) fn weigh<T>(
-    bound: Option<&WeightBound>,
+    bound: &WeightBound,
     weigher: Option<&Weigher<T>>,
     data: &T,
     key: &QueryKey,
 ) -> u32 {
-    let Some(bound) = bound else { return 0 };
     let Some(weigher) = weigher else {
         return bound.default;
     };
@@ -131,25 +131,24 @@ mod tests {
         assert_eq!(serialized_len(&data).unwrap(), json.len() as u64);
         let w = Weigher::serialized();
         assert_eq!(
-            weigh(Some(&BOUND), Some(&*w), &data, &key!["k"]) as usize,
+            weigh(&BOUND, Some(&*w), &data, &key!["k"]) as usize,
             json.len()
         );
     }
 
-    /// No bound: nothing runs and nothing weighs; no weigher: the default; a weigher that
-    /// panics or data that does not serialise: the default.
+    /// No weigher: the default; a weigher that panics or data that does not serialise: the
+    /// default.
     #[test]
     fn fallbacks() {
         let k = key!["k"];
         let panics = Weigher::<u32>::new(|_| panic!("weigher boom"));
-        assert_eq!(weigh(None, Some(&*panics), &1, &k), 0, "no bound: not run");
-        assert_eq!(weigh(Some(&BOUND), None, &1_u32, &k), 3);
-        assert_eq!(weigh(Some(&BOUND), Some(&*panics), &1, &k), 3);
+        assert_eq!(weigh(&BOUND, None, &1_u32, &k), 3);
+        assert_eq!(weigh(&BOUND, Some(&*panics), &1, &k), 3);
         let doubles = Weigher::<u32>::new(|n| n * 2);
-        assert_eq!(weigh(Some(&BOUND), Some(&*doubles), &21, &k), 42);
+        assert_eq!(weigh(&BOUND, Some(&*doubles), &21, &k), 42);
         // JSON maps need string keys: a map keyed by a tuple does not serialise.
         let map: std::collections::HashMap<(u8, u8), u8> = [((1, 2), 3)].into();
         let w = Weigher::serialized();
-        assert_eq!(weigh(Some(&BOUND), Some(&*w), &map, &k), 3);
+        assert_eq!(weigh(&BOUND, Some(&*w), &map, &k), 3);
     }
 }

@@ -145,6 +145,7 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
         self.max.is_some() || self.weight_bound.is_some()
     }
 
+    #[inline]
     fn over_weight(&self) -> bool {
         self.weight_bound
             .is_some_and(|b| self.weight.load(Ordering::Relaxed) > b.max)
@@ -304,14 +305,16 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
     /// insertion already made room for the entry, and a write never pushes out the very
     /// entry it wrote for the count.)
     pub(crate) fn drop_if_keeping_nothing(&self, key: &QueryKey, id: u64) {
-        if self.max == Some(0) || self.over_weight() {
+        if self.over() {
             self.trim(Some((key, id)), true);
         }
     }
 
     /// Trim back to the bounds (after something that may have left the cache above one).
     pub(crate) fn evict_if_over_capacity(&self) {
-        self.trim(None, false);
+        if self.over() {
+            self.trim(None, false);
+        }
     }
 
     /// After entry `id` at `key` stored data (a fetch settled, data read from the second
@@ -319,21 +322,31 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
     /// whole bound goes first (it is not kept, and should not push out every other entry
     /// on its way out); any other entry that just stored its data gets a second chance
     /// like a used one, so older unused entries go first.
+    #[inline]
     pub(crate) fn trim_after_store(&self, key: &QueryKey, id: u64) {
-        self.trim(Some((key, id)), true);
+        // (Checked here, inline: the fill path of a cache within its bounds, or without
+        // any, pays two loads and no call.)
+        if self.over() {
+            self.trim(Some((key, id)), true);
+        }
     }
 
     /// After entry `id` at `key` lost its last pin (an observer left): trim back to the
     /// bounds, the entry first if it is heavier than the whole weight bound.
     pub(crate) fn trim_after_release(&self, key: &QueryKey, id: u64) {
-        self.trim(Some((key, id)), false);
+        if self.over() {
+            self.trim(Some((key, id)), false);
+        }
     }
 
+    /// Above a bound (a hint: `trim` decides under the registry lock).
+    #[inline]
+    fn over(&self) -> bool {
+        self.max.is_some_and(|max| self.len() > max) || self.over_weight()
+    }
+
+    #[inline(never)]
     fn trim(&self, changed: Option<(&QueryKey, u64)>, spare: bool) {
-        let over_count = self.max.is_some_and(|max| self.len() > max);
-        if !over_count && !self.over_weight() {
-            return;
-        }
         let mut reg = self.registry.lock();
         if let (Some(bound), Some((key, id))) = (&self.weight_bound, changed) {
             let too_heavy = self
