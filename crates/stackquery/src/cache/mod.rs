@@ -303,17 +303,19 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
     /// written entry included; the weight bound trims what the write added (see
     /// [`trim_after_store`](Self::trim_after_store)). (With a count bound above 0 the
     /// insertion already made room for the entry, and a write never pushes out the very
-    /// entry it wrote for the count.)
+    /// entry it wrote for the count: pinned entries may hold the count above its bound,
+    /// and a write does not trim them back.)
     pub(crate) fn drop_if_keeping_nothing(&self, key: &QueryKey, id: u64) {
-        if self.over() {
-            self.trim(Some((key, id)), true);
+        let keep_nothing = self.max == Some(0) && self.len() > 0;
+        if keep_nothing || self.over_weight() {
+            self.trim(Some((key, id)), true, keep_nothing);
         }
     }
 
     /// Trim back to the bounds (after something that may have left the cache above one).
     pub(crate) fn evict_if_over_capacity(&self) {
         if self.over() {
-            self.trim(None, false);
+            self.trim(None, false, true);
         }
     }
 
@@ -327,7 +329,7 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
         // (Checked here, inline: the fill path of a cache within its bounds, or without
         // any, pays two loads and no call.)
         if self.over() {
-            self.trim(Some((key, id)), true);
+            self.trim(Some((key, id)), true, true);
         }
     }
 
@@ -335,7 +337,7 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
     /// bounds, the entry first if it is heavier than the whole weight bound.
     pub(crate) fn trim_after_release(&self, key: &QueryKey, id: u64) {
         if self.over() {
-            self.trim(Some((key, id)), false);
+            self.trim(Some((key, id)), false, true);
         }
     }
 
@@ -346,7 +348,9 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
     }
 
     #[inline(never)]
-    fn trim(&self, changed: Option<(&QueryKey, u64)>, spare: bool) {
+    /// Evicts for the weight bound, and for the count bound when `count` (see
+    /// `drop_if_keeping_nothing` for a trim that leaves the count alone).
+    fn trim(&self, changed: Option<(&QueryKey, u64)>, spare: bool, count: bool) {
         let mut reg = self.registry.lock();
         if let (Some(bound), Some((key, id))) = (&self.weight_bound, changed) {
             let too_heavy = self
@@ -360,7 +364,10 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
                 self.evict_one(&mut reg, key, id);
             }
         }
-        let excess = self.max.map_or(0, |max| self.len().saturating_sub(max));
+        let excess = match self.max {
+            Some(max) if count => self.len().saturating_sub(max),
+            _ => 0,
+        };
         let keep = changed.filter(|_| spare).map(|(_, id)| id);
         self.evict_locked(&mut reg, excess, keep);
     }
