@@ -347,9 +347,10 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
         self.max.is_some_and(|max| self.len() > max) || self.over_weight()
     }
 
-    #[inline(never)]
     /// Evicts for the weight bound, and for the count bound when `count` (see
-    /// `drop_if_keeping_nothing` for a trim that leaves the count alone).
+    /// `drop_if_keeping_nothing` for a trim that leaves the count alone). Out of line:
+    /// the callers' inline `over` check keeps it off the path of a cache within bounds.
+    #[inline(never)]
     fn trim(&self, changed: Option<(&QueryKey, u64)>, spare: bool, count: bool) {
         let mut reg = self.registry.lock();
         if let (Some(bound), Some((key, id))) = (&self.weight_bound, changed) {
