@@ -367,3 +367,33 @@ async fn data_read_from_the_second_tier_is_weighed() {
     assert!(reader.get_query_data::<Vec<u8>>(&key!["small"]).is_none());
     assert_eq!(reader.stats().total_weight, 32);
 }
+
+/// Guards snapshots: a restored item that replaces an entry's data is weighed by the
+/// entry's weigher, and the total follows it.
+#[tokio::test(start_paused = true)]
+async fn a_restored_snapshot_is_weighed() {
+    let opts = |text: &'static str| {
+        QueryOptions::new(key!["doc"], move || async move {
+            Ok::<_, String>(text.to_string())
+        })
+        .persist()
+        .weigh_serialized()
+    };
+    let source = QueryClient::new();
+    source.fetch_query(&opts("a longer text")).await.unwrap();
+    let mut snapshot = source.dehydrate();
+    assert_eq!(snapshot.queries.len(), 1);
+    // Newer than anything the other client holds (newer data wins a restore).
+    snapshot.queries[0].data_updated_at_ms += 3_600_000;
+
+    let client = QueryClient::builder().max_weight(1_000).build();
+    client.fetch_query(&opts("short")).await.unwrap();
+    assert_eq!(client.stats().total_weight, r#""short""#.len() as u64);
+    assert_eq!(client.hydrate(snapshot).unwrap(), 1);
+    let data = client.get_query_data::<String>(&key!["doc"]).unwrap();
+    assert_eq!(data.as_str(), "a longer text");
+    assert_eq!(
+        client.stats().total_weight,
+        r#""a longer text""#.len() as u64
+    );
+}
