@@ -31,7 +31,9 @@ use crate::workloads::{current_thread, multi_thread, on_worker, Never, FRESH_FOR
 /// `floor-key-clone` its reference: the `RwLock<HashMap>` floor, the key cloned per lookup
 /// (`floor-key-built`: the key built per lookup with `key!`, as the options are).
 /// `hit-events` and `fill-events` are `hit` and `fill` with a subscriber of the event
-/// stream held (issue 15: the cost of the stream when someone listens).
+/// stream held (issue 15: the cost of the stream when someone listens). `fill-weighed`
+/// is `fill` on a client with a weight bound (never reached), each query with a weigher:
+/// the cost of weighing every fill.
 pub(crate) const LOOPS: &[&str] = &[
     "hit",
     "hit-events",
@@ -41,6 +43,7 @@ pub(crate) const LOOPS: &[&str] = &[
     "floor-key-clone",
     "floor-key-built",
     "fill",
+    "fill-weighed",
     "set",
     "dedup",
     "join",
@@ -57,6 +60,7 @@ pub(crate) fn run(what: &str, ops: Option<usize>) {
         "floor-key-clone" => floor_key(false, ops.unwrap_or(50_000_000)),
         "floor-key-built" => floor_key(true, ops.unwrap_or(50_000_000)),
         "fill" | "set" => fill(what == "fill", false, ops.unwrap_or(2_000_000)),
+        "fill-weighed" => fill_weighed(ops.unwrap_or(2_000_000)),
         "dedup" => dedup(ops.unwrap_or(1_000_000), 100_000, 10),
         "join" => dedup(ops.unwrap_or(10_000), 1_000, 300),
         "join-hand" => join_hand(ops.unwrap_or(10_000)),
@@ -171,6 +175,39 @@ fn fill(fetch: bool, events: bool, ops: usize) -> usize {
                     client.set_query_data(k[i].clone(), i as u64).expect("set");
                 }
             }
+            client
+        });
+        drop(client);
+    }
+    rounds * ROUND
+}
+
+/// `fill` through `fetch_query` under `max_weight` (never reached), every query weighed
+/// by a weigher of its own.
+fn fill_weighed(ops: usize) -> usize {
+    const ROUND: usize = 100_000;
+    let rt = multi_thread();
+    let opts: Arc<Vec<QueryOptions<u64>>> = Arc::new(
+        (0..ROUND)
+            .map(|i| {
+                QueryOptions::new(
+                    key!["fill", i],
+                    move || async move { Ok::<_, Never>(i as u64) },
+                )
+                .stale_time(FRESH_FOR)
+                .weigher(|_: &u64| 8)
+            })
+            .collect(),
+    );
+    let rounds = ops.div_ceil(ROUND);
+    for _ in 0..rounds {
+        let o = opts.clone();
+        let client = on_worker(&rt, async move {
+            let client = QueryClient::builder().max_weight(u64::MAX).build();
+            for q in o.iter() {
+                black_box(client.fetch_query(q).await.expect("fetch"));
+            }
+            assert_eq!(client.stats().total_weight, 8 * ROUND as u64);
             client
         });
         drop(client);

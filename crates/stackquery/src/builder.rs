@@ -36,6 +36,8 @@ const SERVER_MAX_QUERIES: usize = 10_000;
 pub struct QueryClientBuilder {
     defaults: Defaults,
     max_queries: Option<usize>,
+    max_weight: Option<u64>,
+    default_weight: u32,
     storage: Option<Arc<dyn Storage>>,
     storage_timeout: Duration,
     storage_delete_prefix_timeout: Duration,
@@ -51,6 +53,8 @@ impl Default for QueryClientBuilder {
         QueryClientBuilder {
             defaults: Defaults::default(),
             max_queries: None,
+            max_weight: None,
+            default_weight: 1,
             storage: None,
             storage_timeout: Duration::from_secs(1),
             storage_delete_prefix_timeout: DEFAULT_DELETE_PREFIX_TIMEOUT,
@@ -71,6 +75,8 @@ impl fmt::Debug for QueryClientBuilder {
         f.debug_struct("QueryClientBuilder")
             .field("defaults", &self.defaults)
             .field("max_queries", &self.max_queries)
+            .field("max_weight", &self.max_weight)
+            .field("default_weight", &self.default_weight)
             .field("storage", &self.storage.is_some())
             .field("storage_timeout", &self.storage_timeout)
             .field(
@@ -172,6 +178,71 @@ impl QueryClientBuilder {
     /// observed or fetching, so concurrent callers still share one fetch.
     pub fn max_queries(mut self, n: usize) -> Self {
         self.max_queries = Some(n);
+        self
+    }
+
+    /// Bound on the total weight of the entries in memory, like moka's weigher: each
+    /// entry weighs what its query's [`weigher`](crate::QueryOptions::weigher) (or
+    /// [`weigh_serialized`](crate::QueryOptions::weigh_serialized)) says of its data, and
+    /// data of a query without one weighs the [`default_weight`](Self::default_weight)
+    /// (1 unless set). An entry without data weighs 0. The total is in
+    /// [`CacheStats::total_weight`](crate::CacheStats::total_weight).
+    ///
+    /// * An entry is weighed each time it stores data (a fetch settles, a read from the
+    ///   second tier, `set_query_data`, a restored snapshot) — with no lock held, before
+    ///   the data goes in — and re-weighed with every new value. Removal, gc, reset and
+    ///   eviction take its weight off the total.
+    /// * When the total exceeds the bound, entries are evicted as under
+    ///   [`max_queries`](Self::max_queries): least recently used first (CLOCK), never an
+    ///   entry that is observed or fetching. The entry that just stored its data gets a
+    ///   second chance, so older unused entries go first. If pinned entries alone weigh
+    ///   more than the bound, every other entry is evicted and the total stays above the
+    ///   bound until they are released (the next fetch or departing observer trims it).
+    /// * An entry heavier than the whole bound is not kept (as in moka): its callers get
+    ///   the data, and it is evicted as soon as nothing pins it.
+    /// * Both bounds can be set: each is kept.
+    ///
+    /// Without this bound no weigher runs and every weight is 0.
+    ///
+    /// ```
+    /// use stackquery::{key, QueryClient, QueryOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stackquery::QueryError> {
+    /// // Keep at most 10 KiB of pages in memory, weighed by their length.
+    /// let client = QueryClient::builder().max_weight(10 * 1024).build();
+    /// let page = |id: u32, len: usize| {
+    ///     QueryOptions::new(key!["page", id], move || async move {
+    ///         Ok::<_, std::io::Error>("x".repeat(len))
+    ///     })
+    ///     .weigher(|html: &String| u32::try_from(html.len()).unwrap_or(u32::MAX))
+    /// };
+    /// client.fetch_query(&page(1, 4 * 1024)).await?;
+    /// client.fetch_query(&page(2, 4 * 1024)).await?;
+    /// assert_eq!(client.stats().total_weight, 8 * 1024);
+    /// // A third page does not fit: the least recently used page makes room.
+    /// client.fetch_query(&page(3, 4 * 1024)).await?;
+    /// assert_eq!(client.stats().total_weight, 8 * 1024);
+    /// assert!(client.get_query_data::<String>(&key!["page", 1]).is_none());
+    /// // Heavier than the whole bound: served, but not kept.
+    /// let huge = client.fetch_query(&page(4, 64 * 1024)).await?;
+    /// assert_eq!(huge.len(), 64 * 1024);
+    /// assert!(client.get_query_data::<String>(&key!["page", 4]).is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn max_weight(mut self, max: u64) -> Self {
+        self.max_weight = Some(max);
+        self
+    }
+
+    /// The weight of data whose query has no [`weigher`](crate::QueryOptions::weigher)
+    /// (data written by hand before any query of its key ran, for one), and of data whose
+    /// weigher panicked or could not serialise it (default 1). Used only with
+    /// [`max_weight`](Self::max_weight). With a byte-sized bound, 1 makes such entries
+    /// almost free, so bound their number with [`max_queries`](Self::max_queries), or set
+    /// a typical size here.
+    pub fn default_weight(mut self, weight: u32) -> Self {
+        self.default_weight = weight;
         self
     }
 
@@ -398,9 +469,16 @@ impl QueryClientBuilder {
             );
             Arc::new(Tier::new(bounded, self.tier))
         });
+        let bounds = crate::cache::Bounds {
+            max_queries: self.max_queries,
+            weight: self.max_weight.map(|max| crate::weight::WeightBound {
+                max,
+                default: self.default_weight,
+            }),
+        };
         QueryClient::assemble(
             self.defaults,
-            self.max_queries,
+            bounds,
             tier,
             self.cluster,
             self.persist_rules,

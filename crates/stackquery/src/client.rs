@@ -389,7 +389,9 @@ impl QueryClient {
         let key = key.into();
         let entry = self.shared.typed_entry::<T>(&key)?;
         self.shared.write(&entry, data, None);
-        self.shared.cache.drop_if_keeping_nothing();
+        self.shared
+            .cache
+            .drop_if_keeping_nothing(&entry.key, entry.id);
         self.shared.send_removals();
         Ok(())
     }
@@ -429,7 +431,9 @@ impl QueryClient {
                 .shared
                 .write(&entry, new.clone(), Some((old.as_ref(), gen)))
             {
-                self.shared.cache.drop_if_keeping_nothing();
+                self.shared
+                    .cache
+                    .drop_if_keeping_nothing(&entry.key, entry.id);
                 self.shared.send_removals();
                 return Ok(Some(new));
             }
@@ -647,6 +651,9 @@ impl QueryClient {
                 }
             };
         }
+        // Restored data weighs (under a weight bound): trim to it.
+        shared.cache.evict_if_over_capacity();
+        shared.send_removals();
         Ok(used)
     }
 
@@ -708,6 +715,7 @@ impl QueryClient {
     pub fn stats(&self) -> CacheStats {
         let mut stats = self.shared.counters.snapshot(self.shared.cache.len());
         (stats.evictions, stats.gc_collections) = self.shared.cache.removals();
+        stats.total_weight = self.shared.cache.weight();
         self.shared.publish_metrics();
         stats
     }
@@ -824,7 +832,7 @@ impl QueryClient {
     /// Puts a client together (called by [`QueryClientBuilder::build`]).
     pub(crate) fn assemble(
         defaults: Defaults,
-        max_queries: Option<usize>,
+        bounds: crate::cache::Bounds,
         tier: Option<Arc<Tier>>,
         cluster: Cluster,
         persist_rules: crate::persist_rules::PersistRules,
@@ -833,7 +841,7 @@ impl QueryClient {
     ) -> QueryClient {
         let shared = Shared::new(
             defaults,
-            max_queries,
+            bounds,
             tier,
             cluster,
             persist_rules,

@@ -119,6 +119,13 @@ impl<T> Entry<T> {
         self.cell.read(|m| m.is_fresh(stale_time, now))
     }
 
+    /// The weigher of the entry's last options (for data stored without a query at hand:
+    /// manual writes, snapshots).
+    pub(crate) fn weigher(&self) -> Option<Arc<crate::weight::Weigher<T>>> {
+        self.cell
+            .read(|m| m.options().and_then(|o| o.weigher_fn().cloned()))
+    }
+
     /// Whether the entry's last options say the query is persisted, and with what.
     pub(crate) fn persist_option(&self) -> Option<crate::storage::typed::PersistFns<T>> {
         self.cell.read(|m| m.options().and_then(|o| o.persist))
@@ -155,12 +162,13 @@ impl<T> Entry<T> {
 }
 
 /// No timers: for transitions that change none (gc verdicts, removal under the cache's
-/// lock, whose timers the cache drops itself).
+/// lock, whose timers and weight the cache drops itself).
 struct NoTimers;
 
 impl TimerSink for NoTimers {
     fn arm(&self, _: Timer, _: Option<Instant>, _: Instant) {}
     fn disarm(&self, _: Timer, _: Instant) {}
+    fn add_weight(&self, _: i64) {}
 }
 
 /// What [`AnyEntry::mark_removed`] hands the cache.
@@ -170,6 +178,8 @@ pub(crate) struct Removed {
     /// The cancellation token of the fetch the entry had in flight (only a fetch function
     /// that takes a context has one), to fire once the cache's lock is released.
     pub(crate) cancel: Option<tokio_util::sync::CancellationToken>,
+    /// The weight the cache counted for the entry, to take off its total.
+    pub(crate) weight: u32,
 }
 
 /// What the cache needs from an entry without knowing its data type.
@@ -181,8 +191,9 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
     /// Reads and clears the CLOCK bit.
     fn take_referenced(&self) -> bool;
-    /// Observed or fetching: never evicted or collected.
-    fn is_pinned(&self) -> bool;
+    /// For the eviction hand, in one read: `None` when observed or fetching (never
+    /// evicted or collected), else the weight the cache counts for the entry.
+    fn eviction_weight(&self) -> Option<u32>;
     /// Has at least one enabled observer.
     fn is_active(&self) -> bool;
     fn is_fetching(&self) -> bool;
@@ -194,9 +205,9 @@ pub(crate) trait AnyEntry: Send + Sync + 'static {
     fn gc_timer_fired(&self, fired_at: Instant, now: Instant) -> GcVerdict;
     /// The entry left the cache: detach any fetch so nothing writes into it again.
     /// Called under the cache's lock, so it notifies nobody (see `Event::TellRemoved`).
-    /// Returns the deadlines of its gc and stale timers, for the caller to drop, and the
-    /// detached fetch's cancellation token, for the caller to fire once the lock is
-    /// released.
+    /// Returns the deadlines of its gc and stale timers and the weight the cache counted
+    /// for it, for the caller to drop, and the detached fetch's cancellation token, for
+    /// the caller to fire once the lock is released.
     fn mark_removed(&self) -> Removed;
 }
 
@@ -219,8 +230,8 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
     fn take_referenced(&self) -> bool {
         self.referenced.swap(false, Ordering::Relaxed)
     }
-    fn is_pinned(&self) -> bool {
-        self.cell.read(Machine::is_pinned)
+    fn eviction_weight(&self) -> Option<u32> {
+        self.cell.read(Machine::eviction_weight)
     }
     fn is_active(&self) -> bool {
         self.cell.read(Machine::is_active)
@@ -247,7 +258,7 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
         // A removal computes no deadline (it clears them): the clock is never read.
         let clock = Instant::now;
         let mut cancel = None;
-        let deadlines = match self.transition(
+        let (deadlines, weight) = match self.transition(
             Event::Remove {
                 cancel: &mut cancel,
             },
@@ -255,10 +266,14 @@ impl<T: Send + Sync + 'static> AnyEntry for Entry<T> {
             &mut Effects::default(),
             &NoTimers,
         ) {
-            Outcome::Deadlines { gc, stale } => [gc, stale],
-            _ => [None, None],
+            Outcome::Deadlines { gc, stale, weight } => ([gc, stale], weight),
+            _ => ([None, None], 0),
         };
-        Removed { deadlines, cancel }
+        Removed {
+            deadlines,
+            cancel,
+            weight,
+        }
     }
 }
 
@@ -283,6 +298,11 @@ mod size_tests {
         // entry for the client's striped counter (issue 15).
         assert!(size_of::<Machine<Arc<u64>>>() <= 264);
         assert!(size_of::<Entry<Arc<u64>>>() <= 312);
+        // Every fetched entry keeps its last options in a box: the weight bound's weigher
+        // lives with the placeholder behind one pointer (`options::Extras`), so the box
+        // stays 184 B (192 B would take a 208 B chunk from glibc's malloc instead of 192 B:
+        // +16 B per entry).
+        assert!(size_of::<crate::options::QueryOptions<Arc<u64>>>() <= 184);
     }
 }
 
@@ -305,6 +325,7 @@ mod host_clock_tests {
             self.0.lock().unwrap().push((timer, at));
         }
         fn disarm(&self, _: Timer, _: Instant) {}
+        fn add_weight(&self, _: i64) {}
     }
 
     /// (Here, not beside the machine: `tests/shuttle_flight.rs` compiles the machine's files,
@@ -335,6 +356,7 @@ mod host_clock_tests {
         let mut fx = Effects::default();
         let write = Event::Write {
             data: Arc::new(7),
+            weight: 0,
             expect: None,
         };
         cell.transition(write, &Now::new(&clock), &mut fx, &armed);

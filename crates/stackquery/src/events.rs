@@ -77,7 +77,7 @@ pub enum CacheEventKind {
         /// Its key.
         key: QueryKey,
     },
-    /// A query entry was evicted to keep the cache within `max_queries`.
+    /// A query entry was evicted to keep the cache within `max_queries` or `max_weight`.
     QueryEvicted {
         /// Its key.
         key: QueryKey,

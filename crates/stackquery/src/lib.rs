@@ -95,6 +95,7 @@ mod sync;
 pub mod telemetry;
 mod timers;
 mod user_code;
+mod weight;
 mod worker;
 
 pub use builder::QueryClientBuilder;

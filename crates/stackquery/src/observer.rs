@@ -396,7 +396,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             is_placeholder_data: false,
             stale: raw.stale,
         };
-        let data = match (&raw.data, &self.opts.placeholder_data) {
+        let data = match (&raw.data, self.opts.placeholder()) {
             (Some(d), _) => Some(d.clone()),
             (None, Some(p)) if raw.status != QueryStatus::Error => {
                 out.is_placeholder_data = true;
@@ -521,7 +521,9 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
         };
         if let Some(a) = attachment {
             self.shared.detach(&a.entry, &a.handle);
-            self.shared.cache.evict_if_over_capacity();
+            self.shared
+                .cache
+                .trim_after_release(&a.entry.key, a.entry.id);
             self.shared.send_removals();
         }
     }

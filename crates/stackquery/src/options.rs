@@ -12,6 +12,7 @@ use crate::fetcher::{Fetcher, Plain, WithContext};
 use crate::key::QueryKey;
 use crate::retry::{retry_setters, Retry, RetryConfig, QUERY_RETRIES};
 use crate::storage::typed::PersistFns;
+use crate::weight::Weigher;
 
 mod storage_ttl;
 pub(crate) use storage_ttl::CompactTtl;
@@ -46,13 +47,34 @@ pub struct QueryOptions<T> {
     pub(crate) retry: RetryConfig,
     pub(crate) refetch_interval: Option<Duration>,
     pub(crate) enabled: bool,
-    pub(crate) placeholder_data: Option<Arc<T>>,
+    /// Settings most queries never set (the placeholder, the weigher), behind one
+    /// pointer: every entry keeps its last options, and a field here costs it nothing.
+    pub(crate) extras: Option<Arc<Extras<T>>>,
     pub(crate) persist: Option<PersistFns<T>>,
     /// Bound on each attempt of the fetch function (unset: the client's default).
     pub(crate) fetch_timeout: FetchTimeout,
     /// This query's second-tier ttl. Three bytes (`options/storage_ttl.rs`): they fit in
     /// the padding that was left after `enabled` and `fetch_timeout`.
     pub(crate) storage_ttl: CompactTtl,
+}
+
+/// The rarely set settings of a [`QueryOptions`] (see its `extras`). Shared by clones of
+/// the options, copied when a clone changes one.
+pub(crate) struct Extras<T> {
+    /// Data shown to observers while the first fetch is pending.
+    placeholder_data: Option<Arc<T>>,
+    /// Weighs the query's data for the client's weight bound (`None`: the default
+    /// weight).
+    weigher: Option<Arc<Weigher<T>>>,
+}
+
+impl<T> Clone for Extras<T> {
+    fn clone(&self) -> Self {
+        Extras {
+            placeholder_data: self.placeholder_data.clone(),
+            weigher: self.weigher.clone(),
+        }
+    }
 }
 
 impl<T> Clone for QueryOptions<T> {
@@ -65,7 +87,7 @@ impl<T> Clone for QueryOptions<T> {
             retry: self.retry.clone(),
             refetch_interval: self.refetch_interval,
             enabled: self.enabled,
-            placeholder_data: self.placeholder_data.clone(),
+            extras: self.extras.clone(),
             persist: self.persist,
             fetch_timeout: self.fetch_timeout,
             storage_ttl: self.storage_ttl,
@@ -84,6 +106,7 @@ impl<T> fmt::Debug for QueryOptions<T> {
             .field("enabled", &self.enabled)
             .field("persist", &self.persist.is_some())
             .field("storage_ttl", &self.storage_ttl)
+            .field("weigher", &self.weigher_fn().is_some())
             .finish_non_exhaustive()
     }
 }
@@ -168,11 +191,71 @@ impl<T: Send + Sync + 'static> QueryOptions<T> {
             retry: RetryConfig::default(),
             refetch_interval: None,
             enabled: true,
-            placeholder_data: None,
+            extras: None,
             persist: None,
             fetch_timeout: FetchTimeout::UNSET,
             storage_ttl: CompactTtl::UNSET,
         }
+    }
+
+    /// Weighs this query's data for the client's
+    /// [`max_weight`](crate::QueryClientBuilder::max_weight) bound: `weigher(&data)` is the
+    /// weight of an entry holding `data` (in any unit, as long as the bound uses the same).
+    /// Without it the query's data weighs the client's
+    /// [`default_weight`](crate::QueryClientBuilder::default_weight).
+    ///
+    /// The weigher runs each time data of this query is stored — a fetch settles, or data
+    /// is read from the second tier — and for manual writes and restored snapshots of a
+    /// key whose last query had it. It runs with no lock held (it may call the client),
+    /// not at all on a client without a weight bound, and a weigher that panics weighs
+    /// the default weight (logged). Keep it cheap: it runs on every fill.
+    ///
+    /// ```
+    /// use stackquery::{key, QueryOptions};
+    ///
+    /// let opts = QueryOptions::new(key!["thumbnail", 7], || async {
+    ///     Ok::<_, std::io::Error>(vec![0_u8; 4096])
+    /// })
+    /// // Weight in KiB, rounded up.
+    /// .weigher(|bytes: &Vec<u8>| u32::try_from(bytes.len().div_ceil(1024)).unwrap_or(u32::MAX));
+    /// # let _ = opts;
+    /// ```
+    #[must_use]
+    pub fn weigher(mut self, weigher: impl Fn(&T) -> u32 + Send + Sync + 'static) -> Self {
+        self.extras_mut().weigher = Some(Weigher::new(weigher));
+        self
+    }
+}
+
+impl<T: serde::Serialize + Send + Sync + 'static> QueryOptions<T> {
+    /// Weighs this query's data by its serialised size, for the client's
+    /// [`max_weight`](crate::QueryClientBuilder::max_weight) bound: the weight is the
+    /// length in bytes of the data as compact JSON (`serde_json::to_vec(&data)?.len()`,
+    /// counted without building it; saturated at `u32::MAX`). Data that does not
+    /// serialise weighs the client's default weight (logged). The same rules as
+    /// [`weigher`](Self::weigher) apply (which this replaces, and which replaces it).
+    ///
+    /// The serialised length is a proxy for the memory the data holds, not its exact
+    /// size; it costs one serialisation per stored value.
+    ///
+    /// ```
+    /// use stackquery::{key, QueryClient, QueryOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stackquery::QueryError> {
+    /// let client = QueryClient::builder().max_weight(1 << 20).build(); // 1 MiB of JSON
+    /// let opts = QueryOptions::new(key!["tags"], || async {
+    ///     Ok::<_, std::io::Error>(vec!["a".to_string(), "bc".to_string()])
+    /// })
+    /// .weigh_serialized();
+    /// client.fetch_query(&opts).await?;
+    /// assert_eq!(client.stats().total_weight, r#"["a","bc"]"#.len() as u64);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn weigh_serialized(mut self) -> Self {
+        self.extras_mut().weigher = Some(Weigher::serialized());
+        self
     }
 }
 
@@ -210,7 +293,7 @@ impl<T> QueryOptions<T> {
             && self.fetch_timeout == other.fetch_timeout
             && self.storage_ttl == other.storage_ttl
             && self.retry.same_as(&other.retry)
-            && match (&self.placeholder_data, &other.placeholder_data) {
+            && match (&self.extras, &other.extras) {
                 (None, None) => true,
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                 _ => false,
@@ -222,6 +305,27 @@ impl<T> QueryOptions<T> {
     #[inline]
     pub(crate) fn takes_context(&self) -> bool {
         self.fetcher.takes_context()
+    }
+
+    /// The rarely set settings, to change one (copied first if a clone shares them).
+    fn extras_mut(&mut self) -> &mut Extras<T> {
+        let extras = self.extras.get_or_insert_with(|| {
+            Arc::new(Extras {
+                placeholder_data: None,
+                weigher: None,
+            })
+        });
+        Arc::make_mut(extras)
+    }
+
+    /// Data shown to observers while the first fetch is pending.
+    pub(crate) fn placeholder(&self) -> Option<&Arc<T>> {
+        self.extras.as_ref()?.placeholder_data.as_ref()
+    }
+
+    /// The query's weigher, if it has one.
+    pub(crate) fn weigher_fn(&self) -> Option<&Arc<Weigher<T>>> {
+        self.extras.as_ref()?.weigher.as_ref()
     }
 
     /// The query's key.
@@ -354,7 +458,7 @@ impl<T> QueryOptions<T> {
     /// Data shown to observers while the first fetch is pending; never cached.
     #[must_use]
     pub fn placeholder_data(mut self, data: T) -> Self {
-        self.placeholder_data = Some(Arc::new(data));
+        self.extras_mut().placeholder_data = Some(Arc::new(data));
         self
     }
 }

@@ -146,7 +146,7 @@ pub struct CacheStats {
     /// Fetches that failed for good: retries spent, or the fetch function panicked (a
     /// cancelled fetch is not an error here).
     pub errors: u64,
-    /// Entries evicted to respect `max_queries`.
+    /// Entries evicted to respect `max_queries` or `max_weight`.
     pub evictions: u64,
     /// Unused entries removed after their `gc_time`.
     pub gc_collections: u64,
@@ -164,11 +164,15 @@ pub struct CacheStats {
     pub bus_out: u64,
     /// Entries in memory now.
     pub entries: usize,
+    /// What the entries in memory weigh together now, as
+    /// [`max_weight`](crate::QueryClientBuilder::max_weight) counts it (0 on a client
+    /// without a weight bound: nothing is weighed there).
+    pub total_weight: u64,
 }
 
 impl Counters {
-    /// The counters kept here (the cache's evictions and collections are filled in by the
-    /// client, from the cache).
+    /// The counters kept here (the cache's evictions, collections and total weight are
+    /// filled in by the client, from the cache).
     pub(crate) fn snapshot(&self, entries: usize) -> CacheStats {
         CacheStats {
             hits: self.hits.get(),
@@ -187,6 +191,7 @@ impl Counters {
             bus_in: self.bus_in.get(),
             bus_out: self.bus_out.get(),
             entries,
+            total_weight: 0,
         }
     }
 }

@@ -27,7 +27,7 @@
 //! | `stackquery_dedup_joins_total` | counter | calls that joined a fetch in flight |
 //! | `stackquery_retries_total` | counter | failed attempts tried again |
 //! | `stackquery_errors_total` | counter | fetches that failed for good |
-//! | `stackquery_evictions_total` | counter | entries evicted for `max_queries` |
+//! | `stackquery_evictions_total` | counter | entries evicted for `max_queries` or `max_weight` |
 //! | `stackquery_gc_total` | counter | entries collected by the gc |
 //! | `stackquery_l2_hits_total`, `_l2_misses_total`, `_l2_errors_total`, `_l2_writes_total` | counter | second-tier reads, failures and writes |
 //! | `stackquery_bus_in_total`, `stackquery_bus_out_total` | counter | invalidation-bus messages |
@@ -64,7 +64,7 @@ pub mod names {
     pub const RETRIES: &str = "stackquery_retries_total";
     /// Fetches that failed for good.
     pub const ERRORS: &str = "stackquery_errors_total";
-    /// Entries evicted for `max_queries`.
+    /// Entries evicted for `max_queries` or `max_weight`.
     pub const EVICTIONS: &str = "stackquery_evictions_total";
     /// Entries collected by the gc.
     pub const GC: &str = "stackquery_gc_total";

@@ -16,8 +16,9 @@
 //!    fetch as a task, notify, wake the waiters), with no lock held. Properties: exactly
 //!    one fetch per generation, every caller returns, every flight settles, no deadlock (a
 //!    listener reads the entry back, which would deadlock if notification ran under the
-//!    lock), a fetch never overwrites a newer manual write, and no lost final state (the
-//!    observer's last delivered version is the entry's last).
+//!    lock), a fetch never overwrites a newer manual write, no lost final state (the
+//!    observer's last delivered version is the entry's last), and the weight the cache
+//!    was told about always adds up to the weight of the data the entry ends with.
 //!
 //! Fast: a few thousand schedules per check (random + PCT). `STACKQUERY_DEEP=1`: 100,000
 //! random and 20,000 PCT schedules per check. `STACKQUERY_SHUTTLE_ITERS=N` overrides.
@@ -242,15 +243,25 @@ use machine::{
 };
 use std::time::Duration;
 
-/// The harness has no timer queue: timer changes are checked by the unit tests.
-struct NoTimers;
+/// The harness has no timer queue (timer changes are checked by the unit tests); it sums
+/// the weight changes the cell reports, as the cache's total would.
+#[derive(Default)]
+struct Weights(std::sync::atomic::AtomicI64);
 
-impl TimerSink for NoTimers {
+impl TimerSink for Weights {
     fn arm(&self, _: Timer, _: Option<tokio::time::Instant>, _: tokio::time::Instant) {}
     fn disarm(&self, _: Timer, _: tokio::time::Instant) {}
+    fn add_weight(&self, delta: i64) {
+        self.0.fetch_add(delta, Relaxed);
+    }
 }
 
 type Value = u64;
+
+/// The weight of a value, as a weigher would give it (values are small: no truncation).
+fn weight_of(v: Value) -> u32 {
+    v as u32
+}
 
 /// What the fetch of the flight begun at step `seq` of the history returns: the final
 /// data tells which flight produced it, and when that flight began.
@@ -281,6 +292,8 @@ struct Harness {
     history: shuttle::sync::Mutex<History>,
     /// The fetch tasks, joined before the final checks.
     tasks: shuttle::sync::Mutex<Vec<shuttle::future::JoinHandle<()>>>,
+    /// The weight total the cell's transitions reported.
+    weights: Weights,
 }
 
 impl Harness {
@@ -291,6 +304,7 @@ impl Harness {
             fetch_calls: AtomicUsize::new(0),
             history: shuttle::sync::Mutex::new(History::default()),
             tasks: shuttle::sync::Mutex::new(Vec::new()),
+            weights: Weights::default(),
         })
     }
 
@@ -304,7 +318,7 @@ impl Harness {
             let mut fx = machine::Effects::default();
             let clock = tokio::time::Instant::now;
             let now = deadline::Now::new(&clock);
-            let outcome = self.cell.transition(event, &now, &mut fx, &NoTimers);
+            let outcome = self.cell.transition(event, &now, &mut fx, &self.weights);
             let seq = history.steps;
             history.steps += 1;
             if is_write {
@@ -332,6 +346,7 @@ impl Harness {
                 let event = Event::Settled {
                     flight: &f,
                     result: Ok(Arc::new(fetched_value(seq))),
+                    weight: weight_of(fetched_value(seq)),
                     source: Source::Fetch,
                     write: false,
                 };
@@ -398,6 +413,7 @@ impl Harness {
     fn set(self: &Arc<Self>, v: Value) {
         let event = Event::Write {
             data: Arc::new(v),
+            weight: weight_of(v),
             expect: None,
         };
         self.dispatch(event);
@@ -510,6 +526,13 @@ fn assert_quiescent(h: &Harness, observer: &Observer) {
     assert!(!now.fetching, "a flight never settled");
     let last = observer.last.lock().unwrap().expect("observer told");
     assert_eq!(last, now, "lost final state");
+    // Whichever store won, the weight reported for it replaced every earlier one.
+    let counted = h.weights.0.load(Relaxed);
+    assert_eq!(
+        counted,
+        i64::from(now.data.map_or(0, weight_of)),
+        "weight total drifted"
+    );
 }
 
 /// Three callers on two threads and a task race on a cold key: exactly one fetch, one

@@ -9,6 +9,10 @@
 //!   size of the cache; the matches are returned sorted by key.
 //! * Eviction is CLOCK (second chance), a close approximation of LRU whose hit path is a
 //!   single relaxed store: entries that are observed or fetching are skipped.
+//! * Two bounds drive it, alone or together: the number of entries (`max_queries`) and
+//!   their total weight (`max_weight`). The total is an atomic the entries keep up to
+//!   date themselves, under their own locks (`TimerSink::add_weight`); an entry's removal
+//!   takes its weight off (`remove_locked`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -24,6 +28,7 @@ use crate::entry::{AnyEntry, GcVerdict};
 use crate::key::{KeyHashBuilder, QueryKey};
 use crate::scope::KeyScope;
 use crate::timers::{TimerKind, TimerTarget, Timers};
+use crate::weight::WeightBound;
 use prefix_index::PrefixIndex;
 
 type Shard<E> = HashMap<QueryKey, Arc<E>, KeyHashBuilder>;
@@ -32,7 +37,8 @@ type Shard<E> = HashMap<QueryKey, Arc<E>, KeyHashBuilder>;
 struct Registry {
     index: PrefixIndex,
     /// CLOCK ring of (entry id, key); ids tell a live slot from one left by a removed entry.
-    /// Kept only under `max_queries`: an unbounded cache never evicts.
+    /// Kept only under a bound (`max_queries`, `max_weight`): an unbounded cache never
+    /// evicts.
     ring: VecDeque<(u64, QueryKey)>,
     /// The cancellation tokens of fetches whose entries were removed under this lock:
     /// fired once it is released ([`Cache::unlock`]), since firing one wakes its waiters.
@@ -47,9 +53,13 @@ pub(crate) struct Cache<E: ?Sized + AnyEntry> {
     registry: Mutex<Registry>,
     len: AtomicUsize,
     max: Option<usize>,
+    /// The weight bound, if any, and the total weight of the entries in the map (kept
+    /// only under a bound: every weight is 0 without one).
+    weight_bound: Option<WeightBound>,
+    weight: AtomicU64,
     /// An entry's timers leave with it, so nothing is kept for entries that are gone.
     timers: Arc<Timers>,
-    /// Entries evicted for `max_queries`, and collected by the gc (the cache reports its
+    /// Entries evicted for a bound, and collected by the gc (the cache reports its
     /// own removals: it knows nothing of the client's other counters).
     evicted: AtomicU64,
     collected: AtomicU64,
@@ -59,11 +69,7 @@ pub(crate) struct Cache<E: ?Sized + AnyEntry> {
 impl<E: ?Sized + AnyEntry> Cache<E> {
     /// `listeners`: while above zero, evictions and collections are logged for
     /// [`take_removals`](Self::take_removals) (the engine's event stream).
-    pub(crate) fn new(
-        max: Option<usize>,
-        timers: Arc<Timers>,
-        listeners: Arc<AtomicUsize>,
-    ) -> Self {
+    pub(crate) fn new(bounds: Bounds, timers: Arc<Timers>, listeners: Arc<AtomicUsize>) -> Self {
         let n = (std::thread::available_parallelism().map_or(4, |n| n.get()) * 8)
             .next_power_of_two()
             .max(16);
@@ -74,7 +80,9 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
             mask: n - 1,
             registry: Mutex::new(Registry::default()),
             len: AtomicUsize::new(0),
-            max,
+            max: bounds.max_queries,
+            weight_bound: bounds.weight,
+            weight: AtomicU64::new(0),
             timers,
             evicted: AtomicU64::new(0),
             collected: AtomicU64::new(0),
@@ -118,6 +126,35 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
         self.len.load(Ordering::Relaxed)
     }
 
+    /// The `max_weight` bound and the default weight, if the client has a weight bound.
+    pub(crate) fn weight_bound(&self) -> Option<&WeightBound> {
+        self.weight_bound.as_ref()
+    }
+
+    /// The total weight of the entries in memory (0 without a weight bound).
+    pub(crate) fn weight(&self) -> u64 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// An entry's counted weight changed by `delta` (called under that entry's lock, see
+    /// `TimerSink::add_weight`). Wrapping two's-complement arithmetic: a negative delta
+    /// subtracts, and since each entry's changes and its removal reach the total in order,
+    /// the total never goes below 0.
+    pub(crate) fn add_weight(&self, delta: i64) {
+        self.weight.fetch_add(delta as u64, Ordering::Relaxed);
+    }
+
+    /// Evicts under a bound: keeps the eviction ring.
+    fn bounded(&self) -> bool {
+        self.max.is_some() || self.weight_bound.is_some()
+    }
+
+    #[inline]
+    fn over_weight(&self) -> bool {
+        self.weight_bound
+            .is_some_and(|b| self.weight.load(Ordering::Relaxed) > b.max)
+    }
+
     /// Runs `f` on the entry under the shard's read lock (no reference-count traffic).
     #[inline]
     pub(crate) fn with<R>(&self, key: &QueryKey, f: impl FnOnce(&Arc<E>) -> R) -> Option<R> {
@@ -142,14 +179,14 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
             // Make room first, so the new entry is never its own victim.
             let target = max.saturating_sub(1);
             if self.len() > target {
-                self.evict_locked(&mut reg, self.len() - target);
+                self.evict_locked(&mut reg, self.len() - target, None);
             }
         }
         let entry = make();
         self.shard(key).write().insert(key.clone(), entry.clone());
         self.len.fetch_add(1, Ordering::Relaxed);
         reg.index.insert(key);
-        if self.max.is_some() {
+        if self.bounded() {
             reg.ring.push_back((entry.id(), key.clone()));
         }
         self.unlock(reg);
@@ -197,6 +234,10 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
         let marked = removed.mark_removed();
         let [gc, stale] = marked.deadlines;
         self.timers.disarm_entry(removed.id(), gc, stale);
+        if marked.weight > 0 {
+            self.weight
+                .fetch_sub(u64::from(marked.weight), Ordering::Relaxed);
+        }
         if let Some(token) = marked.cancel {
             reg.detached.push(token);
         }
@@ -295,34 +336,93 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
         self.unlock(reg);
     }
 
-    /// After a manual write: `max_queries(0)` keeps nothing, the written entry included.
-    /// (With a bound above 0 the insertion already made room for it, and a write never
-    /// pushes out the very entry it wrote.)
-    pub(crate) fn drop_if_keeping_nothing(&self) {
-        if self.max == Some(0) {
-            self.evict_if_over_capacity();
+    /// After a manual write to entry `id` at `key`: `max_queries(0)` keeps nothing, the
+    /// written entry included; the weight bound trims what the write added (see
+    /// [`trim_after_store`](Self::trim_after_store)). (With a count bound above 0 the
+    /// insertion already made room for the entry, and a write never pushes out the very
+    /// entry it wrote for the count: pinned entries may hold the count above its bound,
+    /// and a write does not trim them back.)
+    pub(crate) fn drop_if_keeping_nothing(&self, key: &QueryKey, id: u64) {
+        let keep_nothing = self.max == Some(0) && self.len() > 0;
+        if keep_nothing || self.over_weight() {
+            self.trim(Some((key, id)), true, keep_nothing);
         }
     }
 
-    /// After a fetch settles or an observer leaves: trim back to `max_queries`.
+    /// Trim back to the bounds (after something that may have left the cache above one).
     pub(crate) fn evict_if_over_capacity(&self) {
-        let Some(max) = self.max else { return };
-        if self.len() <= max {
-            return;
+        if self.over() {
+            self.trim(None, false, true);
         }
+    }
+
+    /// After entry `id` at `key` stored data (a fetch settled, data read from the second
+    /// tier): trim back to the bounds. Under the weight bound, an entry heavier than the
+    /// whole bound goes first (it is not kept, and should not push out every other entry
+    /// on its way out); any other entry that just stored its data gets a second chance
+    /// like a used one, so older unused entries go first.
+    #[inline]
+    pub(crate) fn trim_after_store(&self, key: &QueryKey, id: u64) {
+        // (Checked here, inline: the fill path of a cache within its bounds, or without
+        // any, pays two loads and no call.)
+        if self.over() {
+            self.trim(Some((key, id)), true, true);
+        }
+    }
+
+    /// After entry `id` at `key` lost its last pin (an observer left): trim back to the
+    /// bounds, the entry first if it is heavier than the whole weight bound.
+    pub(crate) fn trim_after_release(&self, key: &QueryKey, id: u64) {
+        if self.over() {
+            self.trim(Some((key, id)), false, true);
+        }
+    }
+
+    /// Above a bound (a hint: `trim` decides under the registry lock).
+    #[inline]
+    fn over(&self) -> bool {
+        self.max.is_some_and(|max| self.len() > max) || self.over_weight()
+    }
+
+    /// Evicts for the weight bound, and for the count bound when `count` (see
+    /// `drop_if_keeping_nothing` for a trim that leaves the count alone). Out of line:
+    /// the callers' inline `over` check keeps it off the path of a cache within bounds.
+    #[inline(never)]
+    fn trim(&self, changed: Option<(&QueryKey, u64)>, spare: bool, count: bool) {
         let mut reg = self.registry.lock();
-        let excess = self.len().saturating_sub(max);
-        if excess > 0 {
-            self.evict_locked(&mut reg, excess);
+        if let (Some(bound), Some((key, id))) = (&self.weight_bound, changed) {
+            let too_heavy = self
+                .with(key, |e| {
+                    e.id() == id
+                        && e.eviction_weight()
+                            .is_some_and(|w| u64::from(w) > bound.max)
+                })
+                .unwrap_or(false);
+            if too_heavy {
+                self.evict_one(&mut reg, key, id);
+            }
         }
+        let excess = match self.max {
+            Some(max) if count => self.len().saturating_sub(max),
+            _ => 0,
+        };
+        let keep = changed.filter(|_| spare).map(|(_, id)| id);
+        self.evict_locked(&mut reg, excess, keep);
+        // Tokens of fetches detached by the evictions fire once the lock is released.
         self.unlock(reg);
     }
 
-    /// CLOCK sweep: evicts up to `n` unpinned entries, giving referenced ones a second
-    /// chance. Stops after two full turns (every remaining entry may be pinned).
-    fn evict_locked(&self, reg: &mut Registry, mut n: usize) {
+    /// CLOCK sweep: evicts unpinned entries until `n` are gone and the total weight is
+    /// within its bound, giving referenced ones a second chance (and, under the weight
+    /// bound, the entry `keep` that just stored its data). An entry heavier than the whole
+    /// weight bound gets no second chance: it is never kept once unpinned. Stops after two
+    /// full turns (every remaining entry may be pinned: then the bounds stay exceeded until
+    /// pinned entries are released, and the next trim goes on).
+    fn evict_locked(&self, reg: &mut Registry, mut n: usize, keep: Option<u64>) {
         let mut budget = reg.ring.len() * 2;
-        while n > 0 && budget > 0 {
+        // The count bound alone keeps its historical behaviour: no spared newcomer.
+        let mut keep = keep.filter(|_| self.weight_bound.is_some());
+        while (n > 0 || self.over_weight()) && budget > 0 {
             budget -= 1;
             let Some((id, key)) = reg.ring.pop_front() else {
                 break;
@@ -330,21 +430,40 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
             let Some(entry) = self.get(&key).filter(|e| e.id() == id) else {
                 continue; // slot of a removed entry
             };
-            if entry.is_pinned() || entry.take_referenced() {
+            let Some(weight) = entry.eviction_weight() else {
+                reg.ring.push_back((id, key)); // pinned
+                continue;
+            };
+            let too_heavy = self.weight_bound.is_some_and(|b| u64::from(weight) > b.max);
+            // (The CLOCK bit is read and cleared either way: a spared newcomer that was
+            // also used keeps no second "second chance".)
+            let spared = keep == Some(id);
+            if !too_heavy && (entry.take_referenced() | spared) {
+                if spared {
+                    keep = None;
+                }
                 reg.ring.push_back((id, key));
                 continue;
             }
-            if self.remove_locked(reg, &key, Some(id)).is_some() {
-                self.evicted.fetch_add(1, Ordering::Relaxed);
-                crate::telemetry::count(crate::telemetry::names::EVICTIONS);
-                self.log_removal(&key, Removal::Evicted);
-                tracing::debug!(%key, "evicted");
-                n -= 1;
+            if self.evict_one(reg, &key, id) {
+                n = n.saturating_sub(1);
             }
         }
     }
 
-    /// Entries evicted for `max_queries` so far, and collected by the gc.
+    /// Evicts entry `id` at `key` (counted, logged). `false`: it was gone already.
+    fn evict_one(&self, reg: &mut Registry, key: &QueryKey, id: u64) -> bool {
+        if self.remove_locked(reg, key, Some(id)).is_none() {
+            return false;
+        }
+        self.evicted.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::count(crate::telemetry::names::EVICTIONS);
+        self.log_removal(key, Removal::Evicted);
+        tracing::debug!(%key, "evicted");
+        true
+    }
+
+    /// Entries evicted for a bound so far, and collected by the gc.
     pub(crate) fn removals(&self) -> (u64, u64) {
         (
             self.evicted.load(Ordering::Relaxed),
@@ -357,10 +476,19 @@ impl<E: ?Sized + AnyEntry> Cache<E> {
     }
 }
 
+/// The cache's size bounds (none: it never evicts).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bounds {
+    /// `max_queries`: the most entries in memory.
+    pub(crate) max_queries: Option<usize>,
+    /// `max_weight` (and the default weight): the most the entries may weigh together.
+    pub(crate) weight: Option<WeightBound>,
+}
+
 /// Why the cache removed an entry by itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Removal {
-    /// Evicted for `max_queries`.
+    /// Evicted for `max_queries` or `max_weight`.
     Evicted,
     /// Collected by the gc.
     Collected,

@@ -222,8 +222,11 @@ impl<T: Send + Sync + 'static> EngineEntry for Entry<T> {
             }
         };
         let at = envelope.data_updated_at();
+        // Weighed before the transition, with no lock held (a weigher is user code).
+        let weight = shared.weigh_for_entry(&self, &envelope.data);
         let event = Event::Restore {
             data: Arc::new(envelope.data),
+            weight,
             at,
             invalidated: envelope.invalidated,
         };

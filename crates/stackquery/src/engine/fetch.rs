@@ -37,11 +37,24 @@ struct FlightGuard<T: Send + Sync + 'static> {
 impl<T: Send + Sync + 'static> FlightGuard<T> {
     /// Settles the flight (through the entry's state machine, so its effects run in
     /// order: the write when `write`, then notification, then the waiters). `true`: the
-    /// entry stored the data.
-    fn settle(&self, result: FetchResult<T>, source: Source, write: bool) -> bool {
+    /// entry stored the data. Data is weighed first, by `opts`' weigher, with no lock held.
+    /// (Inlined, as it was before it weighed: called once per fill.)
+    #[inline]
+    fn settle(
+        &self,
+        result: FetchResult<T>,
+        opts: &QueryOptions<T>,
+        source: Source,
+        write: bool,
+    ) -> bool {
+        let weight = match &result {
+            Ok(data) => self.shared.weigh_for_query(opts, data, &self.entry.key),
+            Err(_) => 0,
+        };
         let event = Event::Settled {
             flight: &self.flight,
             result,
+            weight,
             source,
             write,
         };
@@ -54,7 +67,12 @@ impl<T: Send + Sync + 'static> FlightGuard<T> {
     /// Settles the flight with data read from the second tier (or a restored snapshot):
     /// its wall-clock stamp and invalidated flag are kept, and its age counts against the
     /// stale time. Without `keep_invalidated` the flag is dropped (a fresh cluster result).
-    fn settle_stored(&self, envelope: crate::storage::Envelope<T>, keep_invalidated: bool) {
+    fn settle_stored(
+        &self,
+        envelope: crate::storage::Envelope<T>,
+        opts: &QueryOptions<T>,
+        keep_invalidated: bool,
+    ) {
         let at = envelope.data_updated_at();
         let age = crate::deadline::age_of(at);
         tracing::debug!(key = %self.entry.key, ?age, "settled from the second tier");
@@ -63,7 +81,7 @@ impl<T: Send + Sync + 'static> FlightGuard<T> {
             invalidated: keep_invalidated && envelope.invalidated,
             age,
         };
-        self.settle(Ok(Arc::new(envelope.data)), source, false);
+        self.settle(Ok(Arc::new(envelope.data)), opts, source, false);
     }
 
     /// Records the fetch's outcome on its span, once.
@@ -77,7 +95,14 @@ impl<T: Send + Sync + 'static> FlightGuard<T> {
 impl<T: Send + Sync + 'static> Drop for FlightGuard<T> {
     fn drop(&mut self) {
         if !self.flight.is_resolved() {
-            self.settle(Err(QueryError::Cancelled), Source::Fetch, false);
+            let event = Event::Settled {
+                flight: &self.flight,
+                result: Err(QueryError::Cancelled),
+                weight: 0,
+                source: Source::Fetch,
+                write: false,
+            };
+            self.shared.dispatch(&self.entry, event);
         }
         self.end("cancelled");
     }
@@ -156,6 +181,11 @@ async fn fetch_task<T: Send + Sync + 'static>(
     if let Some(reload) = hydrate {
         if hydrate_flight(&guard, &opts, reload).await {
             guard.end("hydrated");
+            guard
+                .shared
+                .cache
+                .trim_after_store(&guard.entry.key, guard.entry.id);
+            guard.shared.send_removals();
             return;
         }
     }
@@ -164,6 +194,11 @@ async fn fetch_task<T: Send + Sync + 'static>(
         match cluster_step(&guard, &opts).await {
             ClusterStep::Served => {
                 guard.end("cluster");
+                guard
+                    .shared
+                    .cache
+                    .trim_after_store(&guard.entry.key, guard.entry.id);
+                guard.shared.send_removals();
                 return;
             }
             ClusterStep::Lease(token) => Some(token),
@@ -178,7 +213,7 @@ async fn fetch_task<T: Send + Sync + 'static>(
         // fetch never lets another instance take it over and fetch the key again.
         let work = async {
             let result = fetch_with_retries(&guard, &opts).await;
-            if guard.settle(result, Source::Fetch, false) {
+            if guard.settle(result, &opts, Source::Fetch, false) {
                 // The others are waiting on the shared tier: write it now, then tell them
                 // what landed (a failed write deleted the stored copy instead: they refetch).
                 guard.shared.write_now_then_announce(&guard.entry).await;
@@ -186,15 +221,21 @@ async fn fetch_task<T: Send + Sync + 'static>(
         };
         guard.shared.cluster.hold_while(&token, work).await;
         guard.shared.cluster.release(&token).await;
-        guard.shared.cache.evict_if_over_capacity();
+        guard
+            .shared
+            .cache
+            .trim_after_store(&guard.entry.key, guard.entry.id);
         guard.shared.send_removals();
         return;
     }
     let result = fetch_with_retries(&guard, &opts).await;
     // The second-tier write is queued before the waiters wake, so a caller that then
     // flushes the storage finds it.
-    guard.settle(result, Source::Fetch, true);
-    guard.shared.cache.evict_if_over_capacity();
+    guard.settle(result, &opts, Source::Fetch, true);
+    guard
+        .shared
+        .cache
+        .trim_after_store(&guard.entry.key, guard.entry.id);
     guard.shared.send_removals();
 }
 
@@ -337,7 +378,7 @@ async fn cluster_step<T: Send + Sync + 'static>(
     // "wait for the holder however long it takes", never an overflow panic.
     let deadline = crate::deadline::after(dedup.max_wait);
     let notify = cluster.waiter(&key);
-    let serve = |envelope: crate::storage::Envelope<T>| guard.settle_stored(envelope, false);
+    let serve = |envelope: crate::storage::Envelope<T>| guard.settle_stored(envelope, opts, false);
     // The holder's result, never an invalidated copy; and for a flight that must deliver
     // fresh data, never one older than the stale time either (it fetches instead).
     let stale_time = shared.defaults.stale_time(opts);
@@ -446,7 +487,7 @@ async fn hydrate_flight<T: Send + Sync + 'static>(
     if current.is_some() && (envelope.invalidated || (reload == Reload::IfNewer && not_newer)) {
         return false;
     }
-    guard.settle_stored(envelope, true);
+    guard.settle_stored(envelope, opts, true);
     let stale = !guard
         .entry
         .is_fresh_for(stale_time, guard.shared.runtime.now());

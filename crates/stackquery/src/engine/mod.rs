@@ -65,7 +65,7 @@ impl Shared {
     /// Builds the context; its timer driver holds it weakly.
     pub(crate) fn new(
         defaults: Defaults,
-        max_queries: Option<usize>,
+        bounds: crate::cache::Bounds,
         tier: Option<Arc<Tier>>,
         cluster: Cluster,
         persist_rules: PersistRules,
@@ -88,7 +88,7 @@ impl Shared {
             ));
             Shared {
                 defaults,
-                cache: Cache::new(max_queries, timers.clone(), events.subscriber_count()),
+                cache: Cache::new(bounds, timers.clone(), events.subscriber_count()),
                 timers,
                 counters,
                 tier,

@@ -31,9 +31,10 @@ use crate::key::QueryKey;
 use crate::options::QueryOptions;
 use crate::timers::{TimerKind, TimerTarget, Timers};
 
-/// The client's timer queue, seen from one entry.
+/// The client's timer queue and the cache's weight total, seen from one entry.
 struct EntryTimers<'a> {
     timers: &'a Timers,
+    cache: &'a crate::cache::Cache<dyn super::EngineEntry>,
     id: u64,
     key: &'a QueryKey,
 }
@@ -45,6 +46,9 @@ impl TimerSink for EntryTimers<'_> {
     }
     fn disarm(&self, timer: Timer, previous: Instant) {
         self.timers.disarm(self.id, kind(timer), Some(previous));
+    }
+    fn add_weight(&self, delta: i64) {
+        self.cache.add_weight(delta);
     }
 }
 
@@ -76,6 +80,7 @@ impl Shared {
     ) -> Outcome<T> {
         let sink = EntryTimers {
             timers: &self.timers,
+            cache: &self.cache,
             id: entry.id,
             key: &entry.key,
         };
@@ -204,6 +209,7 @@ impl Shared {
             let event = Event::Settled {
                 flight: &flight,
                 result: Err(QueryError::NoRuntime),
+                weight: 0,
                 source: crate::entry::Source::Fetch,
                 write: false,
             };
@@ -362,16 +368,53 @@ impl Shared {
     /// Writes data by hand (with `expect`: only if the entry still holds that data at that
     /// data generation). The write wins over any fetch that started before it; it goes to
     /// the second tier, and then to the other instances. `false`: someone wrote in between.
+    /// (The caller then trims the cache: `Cache::drop_if_keeping_nothing`.)
     pub(crate) fn write<T: Send + Sync + 'static>(
         self: &Arc<Self>,
         entry: &Arc<Entry<T>>,
         data: Arc<T>,
         expect: Option<(Option<&Arc<T>>, u64)>,
     ) -> bool {
-        matches!(
-            self.dispatch(entry, Event::Write { data, expect }),
-            Outcome::Yes
-        )
+        let weight = self.weigh_for_entry(entry, &data);
+        let event = Event::Write {
+            data,
+            weight,
+            expect,
+        };
+        matches!(self.dispatch(entry, event), Outcome::Yes)
+    }
+
+    /// The weight of `data` about to be stored in `entry` without a query at hand (a
+    /// manual write, a snapshot): weighed by the weigher of the entry's last options. Runs
+    /// the weigher with no lock held; 0 at once without a weight bound (inlined: one load
+    /// and a branch on the write path of a client without one).
+    #[inline]
+    pub(crate) fn weigh_for_entry<T: Send + Sync + 'static>(
+        &self,
+        entry: &Entry<T>,
+        data: &T,
+    ) -> u32 {
+        let Some(bound) = self.cache.weight_bound() else {
+            return 0;
+        };
+        let weigher = entry.weigher();
+        crate::weight::weigh(bound, weigher.as_deref(), data, &entry.key)
+    }
+
+    /// The weight of `data` fetched (or read from the second tier) for a query of `opts`:
+    /// weighed by the query's weigher, with no lock held. (Inlined: on the fill path of a
+    /// client without a weight bound it is one load and a branch.)
+    #[inline]
+    pub(crate) fn weigh_for_query<T>(
+        &self,
+        opts: &QueryOptions<T>,
+        data: &T,
+        key: &QueryKey,
+    ) -> u32 {
+        let Some(bound) = self.cache.weight_bound() else {
+            return 0;
+        };
+        crate::weight::weigh(bound, opts.weigher_fn().map(|w| &**w), data, key)
     }
 
     /// Starts a background fetch unless one is in flight (after a stale hydration).

@@ -103,9 +103,11 @@ pub(crate) enum Event<'a, T> {
     },
     /// `flight` ended with `result`, from `source`; stored data is written behind when
     /// `write` (a fetch's own result; the cluster's lease holder writes it itself).
+    /// `weight`: the weight of the data in `result` (weighed before, with no lock held).
     Settled {
         flight: &'a Arc<Flight<T>>,
         result: FetchResult<T>,
+        weight: u32,
         source: Source,
         write: bool,
     },
@@ -113,11 +115,13 @@ pub(crate) enum Event<'a, T> {
     /// generation (a compare-and-write).
     Write {
         data: Arc<T>,
+        weight: u32,
         expect: Option<(Option<&'a Arc<T>>, u64)>,
     },
     /// A snapshot item: taken only if newer than the data held.
     Restore {
         data: Arc<T>,
+        weight: u32,
         at: SystemTime,
         invalidated: bool,
     },
@@ -209,10 +213,12 @@ pub(crate) enum Outcome<T> {
     /// The opposite of `Yes`.
     No,
     Gc(GcVerdict),
-    /// `Remove`: the timers the entry had armed (the caller drops them from the queue).
+    /// `Remove`: the timers the entry had armed (the caller drops them from the queue)
+    /// and the weight the cache counted for it (the caller takes it off the total).
     Deadlines {
         gc: Option<Instant>,
         stale: Option<Instant>,
+        weight: u32,
     },
 }
 
@@ -244,6 +250,11 @@ pub(super) type TimerChange = (Timer, Option<Instant>, Option<Instant>);
 pub(crate) trait TimerSink {
     fn arm(&self, timer: Timer, previous: Option<Instant>, at: Instant);
     fn disarm(&self, timer: Timer, previous: Instant);
+    /// The weight the cache counts for the entry changed by `delta` (the cache's total
+    /// follows). Applied under the entry's lock like the timers, so the entry's removal,
+    /// which takes its whole weight off the total, always comes after every change it
+    /// counted: the total never dips below what the entries in memory weigh.
+    fn add_weight(&self, delta: i64);
 }
 
 /// What the engine runs after a transition, in this order: start the fetch, write behind,
@@ -267,6 +278,9 @@ pub(crate) struct Effects<T> {
     pub(crate) used: bool,
     /// The gc deadline restarts if nothing uses the entry (internal to the transition).
     pub(super) arm_gc: bool,
+    /// Change of the weight the cache counts for the entry (applied by
+    /// [`Cell::transition`] under the lock; 0 on a client without a weight bound).
+    pub(super) weight_delta: i64,
 }
 
 impl<T> Default for Effects<T> {
@@ -281,6 +295,7 @@ impl<T> Default for Effects<T> {
             resolve: None,
             used: false,
             arm_gc: false,
+            weight_delta: 0,
         }
     }
 }

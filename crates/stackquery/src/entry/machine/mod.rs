@@ -52,6 +52,11 @@ pub(crate) struct Machine<T> {
     /// Observers whose query is enabled: only these make the entry *active* (bulk
     /// refetches and invalidations fetch for it, as in TanStack Query).
     enabled_observers: u32,
+    /// The weight of the data held, as the cache's total counts it (0: no data, removed,
+    /// or a client without a weight bound). Set with the data, under this lock, so the
+    /// weight always belongs to the data it was computed for. (Fits in the padding after
+    /// the `u32` counts: the machine does not grow.)
+    weight: u32,
     /// The last options used with this key: lets bulk refetches run the fetch function.
     /// Boxed: entries only ever written by hand do not pay for them.
     options: Option<Box<QueryOptions<T>>>,
@@ -93,6 +98,7 @@ impl<T> Machine<T> {
             inval_gen: 0,
             observers: 0,
             enabled_observers: 0,
+            weight: 0,
             options: None,
             stale_time,
             gc_time,
@@ -154,14 +160,19 @@ impl<T> Machine<T> {
             Event::Settled {
                 flight,
                 result,
+                weight,
                 source,
                 write,
             } => {
-                let outcome = self.settle(fx, flight, result, source, now);
+                let outcome = self.settle(fx, flight, result, weight, source, now);
                 fx.write = write && matches!(outcome, Outcome::Yes);
                 outcome
             }
-            Event::Write { data, expect } => {
+            Event::Write {
+                data,
+                weight,
+                expect,
+            } => {
                 let unchanged = expect.is_none_or(|(expected, gen)| {
                     self.data_gen == gen
                         && match (&self.state.data, expected) {
@@ -178,13 +189,15 @@ impl<T> Machine<T> {
                 fx.arm_gc = true;
                 self.hydrated = true;
                 self.data_gen += 1;
-                self.take_data(data, SystemTime::now(), false, Duration::ZERO, now);
+                let at = SystemTime::now();
+                self.take_data(fx, data, weight, at, false, Duration::ZERO, now);
                 fx.write = true;
                 fx.announce = true;
                 Outcome::Yes
             }
             Event::Restore {
                 data,
+                weight,
                 at,
                 invalidated,
             } => {
@@ -196,7 +209,7 @@ impl<T> Machine<T> {
                 {
                     self.hydrated = true;
                     let age = crate::deadline::age_of(at);
-                    self.take_data(data, at, invalidated, age, now);
+                    self.take_data(fx, data, weight, at, invalidated, age, now);
                 }
                 Outcome::Done
             }
@@ -233,7 +246,7 @@ impl<T> Machine<T> {
             }
             Event::Cancel => match self.flight.clone() {
                 Some(f) => {
-                    self.settle(fx, &f, Err(QueryError::Cancelled), Source::Fetch, now);
+                    self.settle(fx, &f, Err(QueryError::Cancelled), 0, Source::Fetch, now);
                     Outcome::Flight(f)
                 }
                 None => Outcome::Done,
@@ -246,6 +259,7 @@ impl<T> Machine<T> {
                 *cancel = self.detach_flight();
                 self.updated_at = None;
                 self.apply(Action::Reset);
+                self.set_weight(fx, 0);
                 fx.arm_gc = true;
                 Outcome::Done
             }
@@ -256,7 +270,9 @@ impl<T> Machine<T> {
                 // The cache drops these timers from the queue (it holds the queue).
                 let gc = self.gc_timer_at.take();
                 let stale = self.stale_timer_at.take();
-                Outcome::Deadlines { gc, stale }
+                // From now on the entry counts for nothing (`set_weight` checks `removed`).
+                let weight = std::mem::take(&mut self.weight);
+                Outcome::Deadlines { gc, stale, weight }
             }
             Event::TellRemoved => {
                 fx.removed = Some(std::mem::take(&mut self.listeners).snapshot());
@@ -334,8 +350,9 @@ impl<T> Cell<T> {
         }
     }
 
-    /// Runs `event` through the machine under the lock, applies the timer changes to
-    /// `timers` before releasing it, and leaves the rest of the effects in `fx`.
+    /// Runs `event` through the machine under the lock, applies the timer changes and the
+    /// weight change to `timers` before releasing it, and leaves the rest of the effects
+    /// in `fx`.
     pub(crate) fn transition(
         &self,
         event: Event<'_, T>,
@@ -351,6 +368,10 @@ impl<T> Cell<T> {
                 (Some(previous), None) => timers.disarm(timer, previous),
                 (None, None) => {}
             }
+        }
+        // Under the lock too: see `TimerSink::add_weight`.
+        if fx.weight_delta != 0 {
+            timers.add_weight(std::mem::take(&mut fx.weight_delta));
         }
         drop(m);
         outcome

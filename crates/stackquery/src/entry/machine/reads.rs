@@ -135,6 +135,12 @@ impl<T> Machine<T> {
         self.observers > 0 || self.flight.is_some()
     }
 
+    /// What the eviction hand needs in one read: `None` when pinned (never evicted), else
+    /// the weight the cache counts for the entry.
+    pub(crate) fn eviction_weight(&self) -> Option<u32> {
+        (!self.is_pinned()).then_some(self.weight)
+    }
+
     pub(crate) fn is_active(&self) -> bool {
         self.enabled_observers > 0
     }

@@ -172,6 +172,7 @@ impl<T> Machine<T> {
         fx: &mut Effects<T>,
         flight: &Arc<Flight<T>>,
         mut result: FetchResult<T>,
+        weight: u32,
         source: Source,
         now: &Now<'_>,
     ) -> Outcome<T> {
@@ -193,7 +194,7 @@ impl<T> Machine<T> {
                         } => (at, invalidated || outdated, age),
                         Source::Fetch => (SystemTime::now(), outdated, Duration::ZERO),
                     };
-                    self.take_data(data.clone(), at, invalidated, age, now);
+                    self.take_data(fx, data.clone(), weight, at, invalidated, age, now);
                     stored = self.state.data_updated_at.is_some();
                 }
                 // A manual write landed meanwhile: the newer manual data stays, and it is
@@ -206,6 +207,7 @@ impl<T> Machine<T> {
                         }
                     }
                 }
+                // (A revert or an error keeps the data held, and with it its weight.)
                 Err(QueryError::Cancelled) => {
                     let previous = flight.previous.clone();
                     self.apply(Action::Revert { previous });
@@ -224,11 +226,14 @@ impl<T> Machine<T> {
         }
     }
 
-    /// Takes data `age` old, stamped `at`; a fetch in flight goes on for its waiters and
-    /// the entry still shows it.
+    /// Takes data `age` old, stamped `at`, weighing `weight`; a fetch in flight goes on for
+    /// its waiters and the entry still shows it.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn take_data(
         &mut self,
+        fx: &mut Effects<T>,
         data: Arc<T>,
+        weight: u32,
         at: SystemTime,
         invalidated: bool,
         age: Duration,
@@ -247,6 +252,18 @@ impl<T> Machine<T> {
         }
         let now = now.get();
         self.updated_at = Some(now.checked_sub(age).unwrap_or(now));
+        self.set_weight(fx, weight);
+    }
+
+    /// Records the weight of the data now held; the cache's total follows through `fx`
+    /// (applied under this lock). A removed entry counts for nothing: its weight left the
+    /// total with it, and nothing it stores later is counted.
+    pub(super) fn set_weight(&mut self, fx: &mut Effects<T>, weight: u32) {
+        if self.removed {
+            return;
+        }
+        fx.weight_delta += i64::from(weight) - i64::from(self.weight);
+        self.weight = weight;
     }
 
     pub(super) fn apply(&mut self, action: Action<T>) {
