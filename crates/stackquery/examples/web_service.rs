@@ -42,8 +42,6 @@ enum UpstreamError {
     NotFound(u64),
     #[error("upstream unavailable")]
     Unavailable,
-    #[error("the call was abandoned")]
-    Abandoned,
 }
 
 /// How the pretend upstream behaves.
@@ -61,24 +59,27 @@ struct Upstream {
 
 impl Upstream {
     async fn get(&self, id: u64, ctx: &FetchContext) -> Result<User, UpstreamError> {
-        let work = async {
-            match self.mode.load(Ordering::SeqCst) {
-                DOWN => return Err(UpstreamError::Unavailable),
-                HUNG => std::future::pending::<()>().await,
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        match self.mode.load(Ordering::SeqCst) {
+            DOWN => return Err(UpstreamError::Unavailable),
+            HUNG => {
+                // A real client's request lives on in a connection task: the token tells
+                // it nobody will take the answer (here: the attempt timed out).
+                let token = ctx.cancellation().clone();
+                let (key, attempt) = (ctx.key().clone(), ctx.attempt());
+                tokio::spawn(async move {
+                    token.cancelled().await;
+                    println!("  (upstream) {key}, attempt {attempt}: abandoned, its token fired");
+                });
+                std::future::pending::<()>().await;
             }
-            let users = self.users.lock().unwrap();
-            let name = users.get(&id).ok_or(UpstreamError::NotFound(id))?;
-            Ok(User {
-                id,
-                name: name.clone(),
-            })
-        };
-        // A real client would pass the token to its HTTP call; here it ends the wait.
-        tokio::select! {
-            result = work => result,
-            () = ctx.cancellation().cancelled() => Err(UpstreamError::Abandoned),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
+        let users = self.users.lock().unwrap();
+        let name = users.get(&id).ok_or(UpstreamError::NotFound(id))?;
+        Ok(User {
+            id,
+            name: name.clone(),
+        })
     }
 
     async fn put(&self, id: u64, name: String) {
@@ -187,6 +188,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build();
     let upstream = Arc::new(Upstream::default());
     upstream.users.lock().unwrap().insert(1, "Ada".into());
+    upstream.users.lock().unwrap().insert(2, "Grace".into());
     let app = App {
         client: client.clone(),
         upstream: upstream.clone(),
@@ -230,8 +232,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     upstream.mode.store(HUNG, Ordering::SeqCst);
     show(
-        "GET /users/3 (upstream hung: timeout)",
-        call(addr, "GET", "/users/3", "").await,
+        "GET /users/2 (upstream hung: timeout)",
+        call(addr, "GET", "/users/2", "").await,
+    );
+    upstream.mode.store(HEALTHY, Ordering::SeqCst);
+    show(
+        "GET /users/2 (upstream back: fetched)",
+        call(addr, "GET", "/users/2", "").await,
     );
     let stats = client.stats();
     println!(

@@ -23,8 +23,8 @@ where
     (opts, calls)
 }
 
-fn refused() -> impl std::future::Future<Output = Result<u32, std::io::Error>> {
-    async { Err(std::io::Error::other("connection refused")) }
+async fn refused() -> Result<u32, std::io::Error> {
+    Err(std::io::Error::other("connection refused"))
 }
 
 /// With the built-in defaults a dead upstream costs each request three retries after 1 s,
@@ -72,7 +72,7 @@ async fn a_hung_upstream_times_out_after_five_seconds_without_a_retry() {
 async fn the_profile_bounds_the_cache_at_ten_thousand_entries() {
     let server = QueryClient::builder().server().build();
     for id in 0..10_050u64 {
-        server.set_query_data(&key!["user", id], id).unwrap();
+        server.set_query_data(key!["user", id], id).unwrap();
     }
     assert_eq!(server.query_count(), 10_000);
     // The newest key is among the survivors (least recently used first out).
