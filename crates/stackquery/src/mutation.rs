@@ -72,6 +72,7 @@
 //! [`QueryError::Cancelled`]. To stop one call only, drop its future (or abort the task
 //! that awaits it).
 
+pub(crate) mod durable;
 mod listeners;
 mod run;
 mod state;
@@ -91,6 +92,7 @@ use self::listeners::StateCell;
 use self::run::execute;
 use crate::engine::mutation_scopes::Ticket;
 
+pub use self::durable::{DeadLetter, DurableMutation, DurableMutationOptions};
 pub use self::state::{MutationState, MutationStatus};
 
 type MutationFn<V, T> = Arc<dyn Fn(V) -> BoxFuture<'static, Result<T, BoxError>> + Send + Sync>;

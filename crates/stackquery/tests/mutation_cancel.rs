@@ -74,7 +74,11 @@ async fn cancel_drops_a_running_call_and_rolls_the_optimistic_update_back() {
     m.cancel();
     let result = call.await.unwrap();
     assert!(matches!(result, Err(QueryError::Cancelled)), "{result:?}");
-    assert_eq!(started.elapsed(), Duration::from_millis(50), "returned at once");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(50),
+        "returned at once"
+    );
     assert_eq!(
         *client.get_query_data::<u32>(&key!["count"]).unwrap(),
         1,
@@ -116,7 +120,11 @@ async fn cancel_during_a_retry_wait_stops_the_retries() {
     m.cancel();
     assert!(matches!(call.await.unwrap(), Err(QueryError::Cancelled)));
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(attempts.load(Ordering::SeqCst), 2, "no attempt after cancel");
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        2,
+        "no attempt after cancel"
+    );
     assert_eq!(m.state().failure_count, 2);
 }
 
@@ -146,7 +154,11 @@ async fn a_call_queued_in_a_scope_is_removed_and_never_runs() {
     assert_eq!(started.elapsed(), Duration::ZERO, "left the queue at once");
     assert!(matches!(queued.state().error, Some(QueryError::Cancelled)));
 
-    assert_eq!(*a.await.unwrap().unwrap(), 3, "the running call is not touched");
+    assert_eq!(
+        *a.await.unwrap().unwrap(),
+        3,
+        "the running call is not touched"
+    );
     assert_eq!(*c.await.unwrap().unwrap(), 1, "the queue went on");
     assert_eq!(
         log.lines(),
@@ -160,7 +172,11 @@ async fn a_call_queued_in_a_scope_is_removed_and_never_runs() {
         ],
         "the cancelled call never ran, no callback saw it"
     );
-    assert_eq!(started.elapsed(), Duration::from_millis(40), "3 then 1, no gap");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(40),
+        "3 then 1, no gap"
+    );
 }
 
 #[tokio::test(start_paused = true)]
