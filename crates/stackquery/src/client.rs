@@ -366,7 +366,7 @@ impl QueryClient {
     /// // Queued while "offline": a client on a runtime that stops before the calls run.
     /// let disk2 = disk.clone();
     /// std::thread::spawn(move || {
-    ///     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    ///     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     ///     rt.block_on(async {
     ///         let client = QueryClient::builder().storage(disk2).build();
     ///         let offline = DurableMutationOptions::new("send_email", |_: Email| {
