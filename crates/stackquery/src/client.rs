@@ -14,7 +14,7 @@ use crate::entry::{Entry, Mode};
 use crate::error::QueryError;
 use crate::filter::QueryFilter;
 use crate::key::QueryKey;
-use crate::mutation::{Mutation, MutationOptions};
+use crate::mutation::{DurableMutation, DurableMutationOptions, Mutation, MutationOptions};
 use crate::observer::QueryObserver;
 use crate::options::{Defaults, QueryOptions};
 use crate::refetch::RefetchType;
@@ -314,6 +314,100 @@ impl QueryClient {
         C: Send + 'static,
     {
         Mutation::new(self.shared.clone(), opts)
+    }
+
+    /// Registers the durable mutation queue `opts` on this client and resumes the calls
+    /// its storage still holds: a [`DurableMutation`] whose calls are written to the second
+    /// tier (or [`DurableMutationOptions::storage`]) before they run, so they survive a
+    /// restart — for offline-first clients and workers.
+    ///
+    /// * **Order**: one call at a time per queue, in the order of
+    ///   [`enqueue`](DurableMutation::enqueue); calls left by a previous process (read
+    ///   here with [`Storage::scan_prefix`](crate::Storage::scan_prefix)) run first, in
+    ///   their order.
+    /// * **Failures**: a call is retried per its retry policy (none by default); once the
+    ///   retries are spent it moves to the [dead letters](DurableMutation::dead_letters),
+    ///   out of the way of the calls behind it, until
+    ///   [`requeue_dead_letters`](DurableMutation::requeue_dead_letters). For an offline
+    ///   client, give a generous `retry_if` so that "no network" is waited out.
+    /// * **At least once**: a call's record is deleted after it ran, so a process that
+    ///   dies in between (or a failed delete) runs that one call again after the restart.
+    ///   Make the function idempotent (an idempotency key in the variables).
+    /// * **One consumer**: a queue name belongs to one client at a time (a second
+    ///   registration on this client is refused while the first handle lives). Two
+    ///   processes registering one name on a shared storage would both run its calls.
+    ///
+    /// The stored format: one JSON record per call, `{"v":1,"vars":…}`, under
+    /// `stackquery:mutations:<name>:<seq>` (20-digit sequence number), dead letters under
+    /// `stackquery:mutations-dead:<name>:<seq>`.
+    ///
+    /// ```
+    /// use stackquery::storage::MemoryStorage;
+    /// use stackquery::{DurableMutationOptions, QueryClient};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    /// struct Email { to: String }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stackquery::StorageError> {
+    /// let disk = Arc::new(MemoryStorage::new()); // SqliteStorage in a real app
+    /// let sent = Arc::new(Mutex::new(Vec::new()));
+    /// let send = |sent: Arc<Mutex<Vec<String>>>| {
+    ///     DurableMutationOptions::new("send_email", move |email: Email| {
+    ///         let sent = sent.clone();
+    ///         async move {
+    ///             sent.lock().unwrap().push(email.to);
+    ///             Ok::<_, std::io::Error>(())
+    ///         }
+    ///     })
+    /// };
+    ///
+    /// // Queued while "offline": a client on a runtime that stops before the calls run.
+    /// let disk2 = disk.clone();
+    /// std::thread::spawn(move || {
+    ///     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    ///     rt.block_on(async {
+    ///         let client = QueryClient::builder().storage(disk2).build();
+    ///         let offline = DurableMutationOptions::new("send_email", |_: Email| {
+    ///             std::future::pending::<Result<(), std::io::Error>>()
+    ///         });
+    ///         let queue = client.durable_mutation(offline).await.unwrap();
+    ///         queue.enqueue(Email { to: "ada@example.com".into() }).await.unwrap();
+    ///         queue.enqueue(Email { to: "bob@example.com".into() }).await.unwrap();
+    ///     });
+    /// })
+    /// .join()
+    /// .unwrap();
+    ///
+    /// // The next process registers the queue: the calls resume, in order.
+    /// let client = QueryClient::builder().storage(disk.clone()).build();
+    /// let queue = client.durable_mutation(send(sent.clone())).await?;
+    /// queue.wait_idle().await;
+    /// assert_eq!(*sent.lock().unwrap(), ["ada@example.com", "bob@example.com"]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`StorageError::Unsupported`](crate::StorageError::Unsupported) when there is no
+    /// storage, the storage cannot list keys, the name is empty or contains `:`, or the
+    /// name is already registered on this client; whatever the storage reports when
+    /// reading the queue.
+    pub async fn durable_mutation<V>(
+        &self,
+        opts: DurableMutationOptions<V>,
+    ) -> Result<DurableMutation<V>, crate::StorageError>
+    where
+        V: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let tier = self.shared.tier.as_ref().map(|tier| tier.storage.clone());
+        DurableMutation::open(
+            opts,
+            tier,
+            self.shared.runtime.clone(),
+            self.shared.durable_names.clone(),
+        )
+        .await
     }
 
     /// The cached data for `key`, fresh or stale. `None` when there is none, or when the

@@ -107,7 +107,10 @@ pub use filter::QueryFilter;
 pub use host::{Host, HostFuture, TaskHandle};
 pub use inspect::{DataDescription, QueryInfo};
 pub use key::{KeyPart, KeyStr, ParseKeyError, QueryKey};
-pub use mutation::{Mutation, MutationOptions, MutationState, MutationStatus};
+pub use mutation::{
+    DeadLetter, DurableMutation, DurableMutationOptions, Mutation, MutationOptions, MutationState,
+    MutationStatus,
+};
 pub use observer::{ObserverStream, QueryObserver};
 pub use options::QueryOptions;
 pub use refetch::RefetchType;

@@ -65,7 +65,14 @@
 //! mutation function is never run again. A call is never left `Pending`: a call whose
 //! future is dropped ends as `Error(QueryError::Cancelled)`, and if `on_mutate` had
 //! started, `on_error` and `on_settled` still run (so an optimistic update is rolled back).
+//!
+//! # Cancelling
+//! [`Mutation::cancel`] stops every call of a mutation that has not settled yet, running
+//! or queued in its scope, as if each call's future had been dropped: the caller gets
+//! [`QueryError::Cancelled`]. To stop one call only, drop its future (or abort the task
+//! that awaits it).
 
+pub(crate) mod durable;
 mod listeners;
 mod run;
 mod state;
@@ -85,6 +92,7 @@ use self::listeners::StateCell;
 use self::run::execute;
 use crate::engine::mutation_scopes::Ticket;
 
+pub use self::durable::{DeadLetter, DurableMutation, DurableMutationOptions};
 pub use self::state::{MutationState, MutationStatus};
 
 type MutationFn<V, T> = Arc<dyn Fn(V) -> BoxFuture<'static, Result<T, BoxError>> + Send + Sync>;
@@ -322,6 +330,8 @@ struct Inner<V, T> {
     cell: Arc<StateCell<T>>,
     exec: Exec<V, T>,
     scope: Option<Arc<str>>,
+    /// Bumped by [`Mutation::cancel`]; every unsettled call watches it (one `Arc`).
+    cancel: tokio::sync::watch::Sender<u64>,
 }
 
 /// One `mutate` call, handed to the type-erased executor.
@@ -330,6 +340,8 @@ pub(crate) struct Call<V, T> {
     vars: V,
     ticket: Option<Ticket>,
     cell: Arc<StateCell<T>>,
+    /// Changes when [`Mutation::cancel`] is called after this call was made.
+    cancel: tokio::sync::watch::Receiver<u64>,
 }
 
 impl<V, T> Clone for Mutation<V, T> {
@@ -375,6 +387,7 @@ where
                 cell: Arc::new(StateCell::new(events)),
                 exec,
                 scope,
+                cancel: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -456,7 +469,62 @@ where
             vars,
             ticket,
             cell: inner.cell.clone(),
+            cancel: inner.cancel.subscribe(),
         })
+    }
+
+    /// Cancels every call of this mutation (made through this handle or a clone of it)
+    /// that has not settled yet. Calls made after `cancel` returns are not affected.
+    ///
+    /// Each cancelled call ends as if its future had been dropped, and its caller gets
+    /// [`QueryError::Cancelled`]:
+    /// * a call that is **running** (its `on_mutate` has started) has its future dropped
+    ///   (the mutation function's future, or the wait before a retry); then `on_error`
+    ///   and `on_settled` run with `QueryError::Cancelled` and the context, so an
+    ///   optimistic update is rolled back — as TanStack Query reports a cancelled
+    ///   mutation (its `CancelledError` reaches `onError` / `onSettled`);
+    /// * a call **queued** in its scope behind another one leaves the queue and never
+    ///   runs: no callback runs (`on_mutate` never did), and the next call of the scope
+    ///   goes on.
+    ///
+    /// The state shows `Error(Cancelled)` if a cancelled call is the one shown. A call
+    /// stops when its future is next polled (at once for a call being awaited or
+    /// spawned); work the mutation function already sent to a server is not undone.
+    ///
+    /// ```
+    /// use stackquery::{key, MutationOptions, QueryClient, QueryError};
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let client = QueryClient::new();
+    /// client.set_query_data(key!["likes"], 10_u32).unwrap();
+    /// let (c1, c2) = (client.clone(), client.clone());
+    /// let like = client.mutation(
+    ///     MutationOptions::new(|_: ()| async {
+    ///         tokio::time::sleep(Duration::from_secs(60)).await; // a slow server
+    ///         Ok::<_, String>(())
+    ///     })
+    ///     .on_mutate(move |_| {
+    ///         let before = *c1.get_query_data::<u32>(&key!["likes"]).unwrap();
+    ///         c1.set_query_data(key!["likes"], before + 1).unwrap(); // optimistic
+    ///         before
+    ///     })
+    ///     .on_error(move |_err, _, before| {
+    ///         c2.set_query_data(key!["likes"], *before.unwrap()).unwrap(); // rollback
+    ///     }),
+    /// );
+    /// let call = tokio::spawn(like.mutate(()));
+    /// tokio::time::sleep(Duration::from_millis(10)).await;
+    /// assert_eq!(*client.get_query_data::<u32>(&key!["likes"]).unwrap(), 11);
+    ///
+    /// like.cancel();
+    /// assert!(matches!(call.await.unwrap(), Err(QueryError::Cancelled)));
+    /// assert_eq!(*client.get_query_data::<u32>(&key!["likes"]).unwrap(), 10);
+    /// # }
+    /// ```
+    pub fn cancel(&self) {
+        self.inner.cancel.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// A snapshot of the state of the latest call.

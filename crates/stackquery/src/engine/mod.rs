@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) persist_rules: PersistRules,
     /// Scope queues of mutations (see `mutation.rs`).
     pub(crate) mutation_scopes: mutation_scopes::Scopes,
+    /// Names of the durable mutation queues registered (one worker per queue).
+    pub(crate) durable_names: Arc<parking_lot::Mutex<std::collections::HashSet<Arc<str>>>>,
     /// Where the engine runs: its clock, tasks and sleeps (tokio unless the client was
     /// built with another [`Host`](crate::Host)).
     pub(crate) runtime: Runtime,
@@ -95,6 +97,7 @@ impl Shared {
                 restored: Restored::new(),
                 persist_rules,
                 mutation_scopes: mutation_scopes::Scopes::default(),
+                durable_names: Arc::default(),
                 cluster,
                 runtime,
                 events,

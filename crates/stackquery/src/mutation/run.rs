@@ -95,7 +95,41 @@ impl<V, T, C> Drop for Run<V, T, C> {
     }
 }
 
+/// Runs one call until it settles or [`Mutation::cancel`](super::Mutation::cancel) is
+/// called, whichever comes first. A cancelled call's work is dropped here, exactly as if
+/// the caller had dropped the future: its drop guard settles it (callbacks owed, state)
+/// and its ticket passes the scope's turn on.
 pub(crate) async fn execute<V, T, C>(
+    runtime: crate::host::Runtime,
+    opts: Arc<MutationOptions<V, T, C>>,
+    call: Call<V, T>,
+) -> Result<Arc<T>, QueryError>
+where
+    V: Clone + Send + 'static,
+    T: Send + Sync + 'static,
+    C: Send + 'static,
+{
+    let mut cancel = call.cancel.clone();
+    let outcome = {
+        let cancelled = std::pin::pin!(async move {
+            // The sender lives as long as the `Mutation`: once every handle is gone
+            // nobody can cancel, and the call runs to its end.
+            if cancel.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        });
+        let work = std::pin::pin!(run_call(runtime, opts, call));
+        // `select` polls the cancellation first, so a cancel wins a tie with the end.
+        match futures::future::select(cancelled, work).await {
+            futures::future::Either::Left(_) => None,
+            futures::future::Either::Right((result, _)) => Some(result),
+        }
+        // `work` is dropped here, before the caller hears of the cancellation.
+    };
+    outcome.unwrap_or(Err(QueryError::Cancelled))
+}
+
+async fn run_call<V, T, C>(
     runtime: crate::host::Runtime,
     opts: Arc<MutationOptions<V, T, C>>,
     call: Call<V, T>,
@@ -112,6 +146,7 @@ where
         vars,
         ticket,
         cell,
+        cancel: _,
     } = call;
     let mut run = Run {
         opts: opts.clone(),

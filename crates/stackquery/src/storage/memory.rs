@@ -208,4 +208,16 @@ impl Storage for MemoryStorage {
         }
         Ok(live)
     }
+
+    async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        let now = Instant::now();
+        let map = self.inner.map.lock();
+        // The map is ordered by key: the matches are one contiguous, sorted run.
+        Ok(map
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .filter(|(_, slot)| slot.is_live(now))
+            .map(|(key, slot)| (key.clone(), slot.value.clone()))
+            .collect())
+    }
 }

@@ -182,6 +182,23 @@ pub trait Storage: Send + Sync + 'static {
         let _ = prefix;
         Err(StorageError::Unsupported("delete_prefix"))
     }
+
+    /// The live (unexpired) entries whose key starts with the text `prefix`, as
+    /// `(key, bytes)` pairs sorted by key, byte-wise. The prefix is plain text, as for
+    /// [`delete_prefix`](Self::delete_prefix).
+    ///
+    /// The client does not use it for queries; [durable
+    /// mutations](crate::DurableMutation) read their queue with it. All the rows are
+    /// returned at once: use it for bounded sets of records.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Unsupported`] from backends that cannot list keys (the default
+    /// implementation); otherwise whatever the backend reports.
+    async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        let _ = prefix;
+        Err(StorageError::Unsupported("scan_prefix"))
+    }
 }
 
 /// A shared store is a store: `Arc<dyn Storage>` can be wrapped (e.g. in a
@@ -204,6 +221,9 @@ impl<S: Storage + ?Sized> Storage for Arc<S> {
     }
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError> {
         (**self).delete_prefix(prefix).await
+    }
+    async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        (**self).scan_prefix(prefix).await
     }
 }
 

@@ -521,6 +521,31 @@ impl Storage for RedisStorage {
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError> {
         self.delete_prefix_inner(prefix).await
     }
+
+    /// Reads the matching keys from the namespace's index (`ZRANGEBYLEX`, already in
+    /// byte order), then their entries in one `MGET`: two round trips, each bounded by the
+    /// per-call timeout. Members whose entry has expired are skipped.
+    async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        let (min, max) = member_range(prefix);
+        let members: Vec<Vec<u8>> = self
+            .send(
+                redis::cmd("ZRANGEBYLEX")
+                    .arg(&self.index_key)
+                    .arg(min)
+                    .arg(max),
+            )
+            .await?;
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        let entries: Vec<Vec<u8>> = members.iter().map(|m| self.entry_key(m)).collect();
+        let values: Vec<Option<Vec<u8>>> = self.send(redis::cmd("MGET").arg(entries)).await?;
+        Ok(members
+            .into_iter()
+            .zip(values)
+            .filter_map(|(member, value)| Some((String::from_utf8(member).ok()?, value?)))
+            .collect())
+    }
 }
 
 #[cfg(test)]

@@ -59,6 +59,10 @@ const GET: &str = "SELECT value FROM stackquery_cache
 const SET: &str = "INSERT INTO stackquery_cache (key, value, expires_at) VALUES (?1, ?2, ?3)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at";
 const DELETE: &str = "DELETE FROM stackquery_cache WHERE key = ?1";
+const SCAN_RANGE: &str = "SELECT key, value FROM stackquery_cache
+    WHERE key >= ?1 AND key < ?2 AND (expires_at IS NULL OR expires_at > ?3) ORDER BY key";
+const SCAN_FROM: &str = "SELECT key, value FROM stackquery_cache
+    WHERE key >= ?1 AND (expires_at IS NULL OR expires_at > ?2) ORDER BY key";
 /// Expired rows of a range go first, uncounted; the second statement then counts the live.
 const DELETE_EXPIRED_RANGE: &str = "DELETE FROM stackquery_cache
     WHERE key >= ?1 AND key < ?2 AND expires_at IS NOT NULL AND expires_at <= ?3";
@@ -426,6 +430,32 @@ impl Storage for SqliteStorage {
             delete_range(conn, &prefix, now_ms()).map_err(StorageError::backend)
         })
         .await
+    }
+
+    async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        let prefix = prefix.to_owned();
+        self.call(true, move |conn| {
+            scan_range(conn, &prefix, now_ms()).map_err(StorageError::backend)
+        })
+        .await
+    }
+}
+
+fn scan_range(
+    conn: &Connection,
+    prefix: &str,
+    now: i64,
+) -> rusqlite::Result<Vec<(String, Vec<u8>)>> {
+    let row = |row: &rusqlite::Row<'_>| Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?));
+    match prefix_upper_bound(prefix) {
+        Some(upper) => conn
+            .prepare_cached(SCAN_RANGE)?
+            .query_map((prefix, &upper, now), row)?
+            .collect(),
+        None => conn
+            .prepare_cached(SCAN_FROM)?
+            .query_map((prefix, now), row)?
+            .collect(),
     }
 }
 

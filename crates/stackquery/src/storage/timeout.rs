@@ -130,4 +130,9 @@ impl<S: Storage> Storage for TimeoutStorage<S> {
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError> {
         bounded(self.delete_prefix_timeout, self.inner.delete_prefix(prefix)).await
     }
+
+    /// Bounded like a prefix delete: it too walks a range of keys.
+    async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        bounded(self.delete_prefix_timeout, self.inner.scan_prefix(prefix)).await
+    }
 }
