@@ -346,7 +346,10 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
         inner.ensure_timers();
         // The data shown now is the previous data of the next key (a key with none keeps
         // the one before it).
-        if let Ok(QueryState { data: Some(data), .. }) = inner.raw_state() {
+        if let Ok(QueryState {
+            data: Some(data), ..
+        }) = inner.raw_state()
+        {
             let replaced = inner.previous.lock().replace(data);
             drop(replaced); // user data is dropped outside the lock
         }
@@ -447,11 +450,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
     fn mismatch(&self) -> QueryError {
         let key = self.opts().key.clone();
         let stored = self.shared.cache.get(&key).map_or("?", |e| e.type_name());
-        QueryError::type_mismatch(
-            key.to_string(),
-            stored,
-            std::any::type_name::<R>(),
-        )
+        QueryError::type_mismatch(key.to_string(), stored, std::any::type_name::<R>())
     }
 
     /// Raw entry state → what this observer shows (select, placeholder, pause).

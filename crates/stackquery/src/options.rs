@@ -498,7 +498,9 @@ impl<T> QueryOptions<T> {
 
     /// The rarely set settings, to change one (copied first if a clone shares them).
     fn extras_mut(&mut self) -> &mut Extras<T> {
-        let extras = self.extras.get_or_insert_with(|| Arc::new(Extras::default()));
+        let extras = self
+            .extras
+            .get_or_insert_with(|| Arc::new(Extras::default()));
         Arc::make_mut(extras)
     }
 

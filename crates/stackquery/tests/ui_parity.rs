@@ -42,12 +42,19 @@ mod initial_data {
         assert!(!state.is_placeholder_data);
         // Cached: a plain read finds it (a placeholder would not be there).
         assert_eq!(
-            client.get_query_data::<String>(&key!["settings"]).as_deref().map(String::as_str),
+            client
+                .get_query_data::<String>(&key!["settings"])
+                .as_deref()
+                .map(String::as_str),
             Some("initial")
         );
         tokio::time::advance(Duration::from_secs(59)).await;
         assert_eq!(client.fetch_query(&opts).await.unwrap().as_str(), "initial");
-        assert_eq!(calls.load(Ordering::SeqCst), 0, "fresh for the stale time: no fetch");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            0,
+            "fresh for the stale time: no fetch"
+        );
 
         tokio::time::advance(Duration::from_secs(1)).await;
         // Stale: served at once, refetched behind.
@@ -55,7 +62,10 @@ mod initial_data {
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(
-            client.get_query_data::<String>(&key!["settings"]).as_deref().map(String::as_str),
+            client
+                .get_query_data::<String>(&key!["settings"])
+                .as_deref()
+                .map(String::as_str),
             Some("fetched")
         );
     }
@@ -71,16 +81,29 @@ mod initial_data {
             .stale_time(Duration::from_secs(60));
         client.fetch_query(&opts).await.unwrap();
         let state = client.get_query_state::<String>(&key!["feed"]).unwrap();
-        assert_eq!(state.data_updated_at, Some(stamp), "the wall-clock stamp is kept");
+        assert_eq!(
+            state.data_updated_at,
+            Some(stamp),
+            "the wall-clock stamp is kept"
+        );
         // 40 s old at seeding: fresh for 20 s more on the client's clock.
         tokio::time::advance(Duration::from_secs(19)).await;
-        assert!(!client.get_query_state::<String>(&key!["feed"]).unwrap().is_stale());
+        assert!(!client
+            .get_query_state::<String>(&key!["feed"])
+            .unwrap()
+            .is_stale());
         client.fetch_query(&opts).await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 0);
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(client.get_query_state::<String>(&key!["feed"]).unwrap().is_stale());
+        assert!(client
+            .get_query_state::<String>(&key!["feed"])
+            .unwrap()
+            .is_stale());
         // `fetch_query_fresh` refuses the stale initial data and waits for the fetch.
-        assert_eq!(client.fetch_query_fresh(&opts).await.unwrap().as_str(), "fetched");
+        assert_eq!(
+            client.fetch_query_fresh(&opts).await.unwrap().as_str(),
+            "fetched"
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
@@ -100,7 +123,10 @@ mod initial_data {
         assert_eq!(ps.data.as_deref().map(String::as_str), Some("placeholder"));
         assert!(ps.is_placeholder_data);
         assert_eq!(is.data.as_deref().map(String::as_str), Some("initial"));
-        assert!(!is.is_placeholder_data, "a disabled observer shows the cached initial data");
+        assert!(
+            !is.is_placeholder_data,
+            "a disabled observer shows the cached initial data"
+        );
         assert_eq!(client.get_query_data::<String>(&key!["p"]), None);
         assert!(client.get_query_data::<String>(&key!["i"]).is_some());
         assert_eq!(calls.load(Ordering::SeqCst), 0);
@@ -121,10 +147,16 @@ mod initial_data {
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         // The entry is empty (its first fetch runs): the initial data is seeded and served.
-        assert_eq!(client.fetch_query(&with_initial).await.unwrap().as_str(), "initial");
+        assert_eq!(
+            client.fetch_query(&with_initial).await.unwrap().as_str(),
+            "initial"
+        );
         assert_eq!(first.await.unwrap().unwrap().as_str(), "fetched");
         assert_eq!(
-            client.get_query_data::<String>(&key!["k"]).as_deref().map(String::as_str),
+            client
+                .get_query_data::<String>(&key!["k"])
+                .as_deref()
+                .map(String::as_str),
             Some("fetched")
         );
         assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -165,7 +197,10 @@ mod initial_data {
             {
                 let (client, store) = client(&path);
                 let seeded = opts("never").initial_data("initial".to_string());
-                assert_eq!(client.fetch_query(&seeded).await.unwrap().as_str(), "initial");
+                assert_eq!(
+                    client.fetch_query(&seeded).await.unwrap().as_str(),
+                    "initial"
+                );
                 client.flush_storage().await;
                 assert_eq!(store.get(&key!["user", 1].to_string()).await.unwrap(), None);
                 client.clear();
@@ -174,8 +209,15 @@ mod initial_data {
             }
             let (client, _) = client(&path);
             let seeded = opts("never").initial_data("initial".to_string());
-            assert_eq!(client.fetch_query(&seeded).await.unwrap().as_str(), "stored");
-            assert_eq!(calls.load(Ordering::SeqCst), 1, "only the first client fetched");
+            assert_eq!(
+                client.fetch_query(&seeded).await.unwrap().as_str(),
+                "stored"
+            );
+            assert_eq!(
+                calls.load(Ordering::SeqCst),
+                1,
+                "only the first client fetched"
+            );
         }
 
         /// Stamped initial data newer than the stored copy wins over it.
@@ -193,7 +235,11 @@ mod initial_data {
                 let (client, _) = client(&path);
                 client.fetch_query(&opts("stored")).await.unwrap();
                 client.flush_storage().await;
-                client.get_query_state::<String>(&key!["user", 1]).unwrap().data_updated_at.unwrap()
+                client
+                    .get_query_state::<String>(&key!["user", 1])
+                    .unwrap()
+                    .data_updated_at
+                    .unwrap()
             };
             let (client, _) = client(&path);
             let older = opts("never")
@@ -249,7 +295,10 @@ mod keep_previous_data {
             (Some("page 3".to_string()), false, QueryStatus::Success)
         );
         let seen = seen.lock().unwrap();
-        assert!(seen.iter().all(|(data, _, _)| data.is_some()), "never blank: {seen:?}");
+        assert!(
+            seen.iter().all(|(data, _, _)| data.is_some()),
+            "never blank: {seen:?}"
+        );
         assert_eq!(seen.last().unwrap().0.as_deref(), Some("page 3"));
         // The observer left keys 1 and 2: nobody observes them.
         let info = client.query_info(&key!["todos", 1]).unwrap();
@@ -265,9 +314,15 @@ mod keep_previous_data {
         let _sub = observer.subscribe(|_| {});
         tokio::time::sleep(Duration::from_secs(2)).await;
         observer.set_options(page(2, false, &calls));
-        assert_eq!(shown(&observer.state()), (None, false, QueryStatus::Pending));
+        assert_eq!(
+            shown(&observer.state()),
+            (None, false, QueryStatus::Pending)
+        );
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(observer.state().data.as_deref().map(String::as_str), Some("page 2"));
+        assert_eq!(
+            observer.state().data.as_deref().map(String::as_str),
+            Some("page 2")
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -332,16 +387,29 @@ mod structural_sharing {
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
         let first = client.get_query_data::<Eq>(&key!["shared"]).unwrap();
-        let stamp = client.get_query_state::<Eq>(&key!["shared"]).unwrap().data_updated_at;
+        let stamp = client
+            .get_query_state::<Eq>(&key!["shared"])
+            .unwrap()
+            .data_updated_at;
         tokio::time::advance(Duration::from_secs(1)).await;
         let again = client.refetch_query(&o).await.unwrap();
         assert!(Arc::ptr_eq(&first, &again), "equal data: the held Arc");
         let state = client.get_query_state::<Eq>(&key!["shared"]).unwrap();
-        assert!(state.data_updated_at > stamp, "the stamp moves to the fetch");
-        assert_eq!(selects.load(Ordering::SeqCst), 1, "select did not run again");
+        assert!(
+            state.data_updated_at > stamp,
+            "the stamp moves to the fetch"
+        );
+        assert_eq!(
+            selects.load(Ordering::SeqCst),
+            1,
+            "select did not run again"
+        );
         {
             let datas = datas.lock().unwrap();
-            assert!(datas.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])), "{datas:?}");
+            assert!(
+                datas.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])),
+                "{datas:?}"
+            );
         }
         let changed = client.refetch_query(&o).await.unwrap();
         assert!(!Arc::ptr_eq(&first, &changed));

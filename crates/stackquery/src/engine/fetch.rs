@@ -480,7 +480,10 @@ async fn hydrate_flight<T: Send + Sync + 'static>(
             age,
         };
         guard.settle(Ok(data), opts, source, false);
-        if !guard.entry.is_fresh_for(stale_time, guard.shared.runtime.now()) {
+        if !guard
+            .entry
+            .is_fresh_for(stale_time, guard.shared.runtime.now())
+        {
             guard.shared.refresh(&guard.entry, opts);
         }
         return true;

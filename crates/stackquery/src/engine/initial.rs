@@ -58,7 +58,11 @@ impl Shared {
 
     /// Whether a first fetch of `opts` on `entry` would read a stored copy (the same rule
     /// as the fetch task's).
-    fn may_hydrate<T: Send + Sync + 'static>(&self, entry: &Entry<T>, opts: &QueryOptions<T>) -> bool {
+    fn may_hydrate<T: Send + Sync + 'static>(
+        &self,
+        entry: &Entry<T>,
+        opts: &QueryOptions<T>,
+    ) -> bool {
         let persisted =
             opts.persist.is_some() || self.persist_rules.find::<T>(&entry.key).is_some();
         persisted && (self.tier.is_some() || !self.restored.is_empty())
@@ -77,7 +81,9 @@ impl Shared {
         let (Some(held), _) = entry.data_and_gen() else {
             return fetched;
         };
-        if Arc::ptr_eq(&held, &fetched) || contain("structural_sharing", || eq(&held, &fetched)).unwrap_or(false) {
+        if Arc::ptr_eq(&held, &fetched)
+            || contain("structural_sharing", || eq(&held, &fetched)).unwrap_or(false)
+        {
             held
         } else {
             fetched
