@@ -98,6 +98,12 @@ impl<T> Entry<T> {
         data
     }
 
+    /// `None` when the entry holds data, else whether its second tier was consulted (for
+    /// seeding initial data).
+    pub(crate) fn seedable(&self) -> Option<bool> {
+        self.cell.read(Machine::seedable)
+    }
+
     /// The data held and its data generation (for a compare-and-write).
     pub(crate) fn data_and_gen(&self) -> (Option<Arc<T>>, u64) {
         self.cell.read(Machine::data_and_gen)

@@ -89,7 +89,7 @@ impl<T, R> Clone for QueryObserver<T, R> {
 impl<T, R> fmt::Debug for QueryObserver<T, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("QueryObserver")
-            .field("key", &self.inner.opts.key)
+            .field("key", &self.inner.opts.lock().key)
             .field("paused", &self.inner.paused.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
@@ -120,7 +120,11 @@ impl<T, R> Subscribers<T, R> {
 
 struct ObserverInner<T, R> {
     shared: Arc<Shared>,
-    opts: QueryOptions<R>,
+    /// The query observed; [`QueryObserver::set_options`] replaces it.
+    opts: Mutex<Arc<QueryOptions<R>>>,
+    /// The data of the last key shown before `set_options` switched keys, shown as
+    /// placeholder under `keep_previous_data` until the new key has data.
+    previous: Mutex<Option<Arc<R>>>,
     select: Arc<Selector<R, T>>,
     data_eq: Arc<DataEq<T>>,
     paused: AtomicBool,
@@ -137,8 +141,10 @@ struct ObserverInner<T, R> {
     weak_self: Weak<ObserverInner<T, R>>,
 }
 
-/// Forwards entry notifications to the observer without keeping it alive.
-struct EntryHook<T, R>(Weak<ObserverInner<T, R>>);
+/// Forwards entry notifications to the observer without keeping it alive; knows the
+/// entry it hooks (id and key), so a late removal notice from an entry the observer has
+/// switched away from (`set_options`) is ignored.
+struct EntryHook<T, R>(Weak<ObserverInner<T, R>>, u64, crate::key::QueryKey);
 
 impl<T: Send + Sync + 'static, R: Send + Sync + 'static> EntryListener for EntryHook<T, R> {
     fn changed(&self) {
@@ -148,7 +154,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> EntryListener for Entry
     }
     fn removed(&self) {
         if let Some(o) = self.0.upgrade() {
-            o.on_removed();
+            o.on_removed(self.1, &self.2);
         }
     }
 }
@@ -178,7 +184,8 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
         QueryObserver {
             inner: Arc::new_cyclic(|weak| ObserverInner {
                 shared,
-                opts,
+                opts: Mutex::new(Arc::new(opts)),
+                previous: Mutex::new(None),
                 select,
                 data_eq,
                 paused: AtomicBool::new(false),
@@ -210,7 +217,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
         let inner = self.inner.select.clone();
         QueryObserver::build(
             self.inner.shared.clone(),
-            self.inner.opts.clone(),
+            QueryOptions::clone(&self.inner.opts()),
             Arc::new(move |raw: &Arc<R>| Arc::new(f(&inner(raw)))),
             Arc::new(|a: &S, b: &S| a == b),
         )
@@ -287,8 +294,83 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> QueryObserver<T, R> {
     /// The fetch's error, as for [`QueryClient::fetch_query`](crate::QueryClient::fetch_query).
     pub async fn refetch(&self) -> Result<QueryState<T>, QueryError> {
         self.inner.activate();
-        self.inner.shared.run(&self.inner.opts, Mode::Force).await?;
+        let opts = self.inner.opts();
+        self.inner.shared.run(&opts, Mode::Force).await?;
         Ok(self.state())
+    }
+
+    /// Switches the observer to `opts` (TanStack Query's `setOptions`): usually a new key
+    /// (the next page, another id), or new settings for the same one. Subscribers stay;
+    /// the observer leaves its entry (whose gc timer starts if nobody else uses it),
+    /// joins the new key's (creating it), fetches it if its data is missing or stale (and
+    /// the query is enabled, the observer not paused), and polls by the new options. The
+    /// new state reaches listeners and streams as any change does; `select` stays.
+    ///
+    /// With [`keep_previous_data`](QueryOptions::keep_previous_data) on the new options,
+    /// while the new key has no data the state shows the data shown before the switch
+    /// (`status` `Success`, `is_placeholder_data`), until the new key's data arrives.
+    /// Switching again before that keeps the older key's data.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stackquery::{key, QueryClient, QueryOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let client = QueryClient::new();
+    /// let page = |n: u32| {
+    ///     QueryOptions::new(key!["todos", n], move || async move {
+    ///         tokio::time::sleep(Duration::from_secs(1)).await;
+    ///         Ok::<_, String>(format!("page {n}"))
+    ///     })
+    ///     .keep_previous_data(true)
+    /// };
+    /// let observer = client.watch(&page(1));
+    /// let _sub = observer.subscribe(|_| {});
+    /// tokio::time::sleep(Duration::from_secs(2)).await;
+    /// assert_eq!(observer.state().data.as_deref().map(String::as_str), Some("page 1"));
+    ///
+    /// observer.set_options(page(2));
+    /// let state = observer.state(); // page 2 is loading: page 1 stays on screen
+    /// assert_eq!(state.data.as_deref().map(String::as_str), Some("page 1"));
+    /// assert!(state.is_placeholder_data);
+    ///
+    /// tokio::time::sleep(Duration::from_secs(2)).await;
+    /// let state = observer.state();
+    /// assert_eq!(state.data.as_deref().map(String::as_str), Some("page 2"));
+    /// assert!(!state.is_placeholder_data);
+    /// # }
+    /// ```
+    pub fn set_options(&self, opts: QueryOptions<R>) {
+        let inner = &self.inner;
+        inner.ensure_timers();
+        // The data shown now is the previous data of the next key (a key with none keeps
+        // the one before it).
+        if let Ok(QueryState {
+            data: Some(data), ..
+        }) = inner.raw_state()
+        {
+            let replaced = inner.previous.lock().replace(data);
+            drop(replaced); // user data is dropped outside the lock
+        }
+        let (left, replaced) = {
+            let mut subs = inner.subs.lock();
+            let replaced = std::mem::replace(&mut *inner.opts.lock(), Arc::new(opts));
+            inner.stop_polling_locked(&mut subs);
+            (subs.attached.take(), replaced)
+        };
+        drop(replaced); // the old options (user closures) are dropped outside the locks
+        if let Some(a) = left {
+            inner.shared.detach(&a.entry, &a.handle);
+            inner
+                .shared
+                .cache
+                .trim_after_release(&a.entry.key, a.entry.id);
+            inner.shared.send_removals();
+        }
+        // With subscribers: join the new key, fetch, poll, deliver.
+        inner.activate();
+        inner.deliver();
     }
 
     /// Stops automatic fetching and polling; the state shows `FetchStatus::Paused` when no
@@ -350,10 +432,11 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
     fn raw_state(&self) -> Result<QueryState<R>, QueryError> {
         let attached = self.subs.lock().attached.as_ref().map(|a| a.entry.clone());
         let shared = &self.shared;
-        let stale_time = shared.defaults.stale_time(&self.opts);
+        let opts = self.opts();
+        let stale_time = shared.defaults.stale_time(&opts);
         let entry = match attached {
             Some(e) => e,
-            None => match shared.cache.get(&self.opts.key) {
+            None => match shared.cache.get(&opts.key) {
                 None => return Ok(QueryState::default()),
                 Some(e) => match e.into_any().downcast::<Entry<R>>() {
                     Ok(e) => e,
@@ -365,16 +448,9 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
     }
 
     fn mismatch(&self) -> QueryError {
-        let stored = self
-            .shared
-            .cache
-            .get(&self.opts.key)
-            .map_or("?", |e| e.type_name());
-        QueryError::type_mismatch(
-            self.opts.key.to_string(),
-            stored,
-            std::any::type_name::<R>(),
-        )
+        let key = self.opts().key.clone();
+        let stored = self.shared.cache.get(&key).map_or("?", |e| e.type_name());
+        QueryError::type_mismatch(key.to_string(), stored, std::any::type_name::<R>())
     }
 
     /// Raw entry state → what this observer shows (select, placeholder, pause).
@@ -396,12 +472,13 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             is_placeholder_data: false,
             stale: raw.stale,
         };
-        let data = match (&raw.data, self.opts.placeholder()) {
+        let opts = self.opts();
+        let data = match (&raw.data, self.placeholder(&opts, raw.data.is_some())) {
             (Some(d), _) => Some(d.clone()),
             (None, Some(p)) if raw.status != QueryStatus::Error => {
                 out.is_placeholder_data = true;
                 out.status = QueryStatus::Success;
-                Some(p.clone())
+                Some(p)
             }
             _ => None,
         };
@@ -415,6 +492,28 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             out.fetch_status = FetchStatus::Paused;
         }
         out
+    }
+
+    /// The data shown while the key has none: the previous key's (under
+    /// `keep_previous_data`), else the query's placeholder. Once the key has data
+    /// (`has_data`), the previous key's is let go.
+    fn placeholder(&self, opts: &QueryOptions<R>, has_data: bool) -> Option<Arc<R>> {
+        if opts.keeps_previous_data() {
+            if has_data {
+                let gone = self.previous.lock().take();
+                drop(gone); // user data is dropped outside the lock
+                return None;
+            }
+            if let Some(previous) = self.previous.lock().clone() {
+                return Some(previous);
+            }
+        }
+        opts.placeholder().cloned()
+    }
+
+    /// The options observed now (a reference-count bump).
+    fn opts(&self) -> Arc<QueryOptions<R>> {
+        self.opts.lock().clone()
     }
 
     /// Runs select once per distinct raw value (memoised by pointer). Select runs with no
@@ -478,16 +577,19 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
         let Some(me) = self.weak_self.upgrade() else {
             return;
         };
-        let entry = match self.shared.typed_entry::<R>(&self.opts.key) {
+        let opts = self.opts();
+        let entry = match self.shared.typed_entry::<R>(&opts.key) {
             Ok(e) => e,
             Err(_) => return, // type mismatch: the state shows it
         };
-        let handle: Arc<dyn EntryListener> = Arc::new(EntryHook(Arc::downgrade(&me)));
-        if !self.shared.attach(&entry, handle.clone(), &self.opts) {
+        let hook = EntryHook(Arc::downgrade(&me), entry.id, entry.key.clone());
+        let handle: Arc<dyn EntryListener> = Arc::new(hook);
+        if !self.shared.attach(&entry, handle.clone(), &opts) {
             return;
         }
         let mut subs = self.subs.lock();
-        if subs.count() == 0 || subs.attached.is_some() {
+        // (Options switched meanwhile: the switch attaches to the new key itself.)
+        if subs.count() == 0 || subs.attached.is_some() || !Arc::ptr_eq(&opts, &self.opts()) {
             drop(subs);
             self.shared.detach(&entry, &handle);
             return;
@@ -543,9 +645,16 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
     }
 
     /// The entry left the cache: last state to listeners, streams end, detach.
-    fn on_removed(&self) {
+    fn on_removed(&self, id: u64, key: &crate::key::QueryKey) {
         let tx = {
             let mut subs = self.subs.lock();
+            let other = match &subs.attached {
+                Some(a) => a.entry.id != id,
+                None => *key != self.opts().key,
+            };
+            if other {
+                return; // an entry this observer switched away from
+            }
             subs.attached = None;
             self.stop_polling_locked(&mut subs);
             subs.stream_tx.take()
@@ -561,7 +670,8 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
 
     /// First subscriber: fetch if enabled, not paused, and the data is missing or stale.
     fn auto_fetch(&self) {
-        if !self.opts.enabled || self.paused.load(Ordering::SeqCst) {
+        let opts = self.opts();
+        if !opts.enabled || self.paused.load(Ordering::SeqCst) {
             return;
         }
         let entry = match self.subs.lock().attached.as_ref() {
@@ -569,8 +679,8 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             None => return,
         };
         // `Swr` starts a background fetch for missing or stale data and returns at once.
-        if let Err(error) = self.shared.ask(&entry, &self.opts, Mode::Swr, false, None) {
-            tracing::debug!(key = %self.opts.key, error = %crate::error::report(&error), "observer fetch did not start");
+        if let Err(error) = self.shared.ask(&entry, &opts, Mode::Swr, false, None) {
+            tracing::debug!(key = %opts.key, error = %crate::error::report(&error), "observer fetch did not start");
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::context::FetchContext;
 use crate::error::BoxError;
@@ -14,8 +14,13 @@ use crate::retry::{retry_setters, Retry, RetryConfig, QUERY_RETRIES};
 use crate::storage::typed::PersistFns;
 use crate::weight::Weigher;
 
+mod initial;
 mod storage_ttl;
+pub(crate) use initial::{stamp_and_age, InitialData};
 pub(crate) use storage_ttl::CompactTtl;
+
+/// The equality of structural sharing (`QueryOptions::structural_sharing`).
+pub(crate) type DataEq<T> = dyn Fn(&T, &T) -> bool + Send + Sync;
 
 /// What to fetch (a key and an async function) and how to cache it.
 ///
@@ -66,6 +71,30 @@ pub(crate) struct Extras<T> {
     /// Weighs the query's data for the client's weight bound (`None`: the default
     /// weight).
     weigher: Option<Arc<Weigher<T>>>,
+    /// Data a new entry (or one with no data) starts with: cached, judged by the stale
+    /// time from `initial_updated_at`.
+    initial: Option<InitialData<T>>,
+    /// The wall-clock stamp of the initial data (`None`: the moment it is seeded).
+    initial_updated_at: Option<SystemTime>,
+    /// An observer switched to this query's key by `set_options` shows the previous key's
+    /// data (as placeholder) until the new key has data.
+    keep_previous_data: bool,
+    /// Structural sharing: a fetch that returns data equal to the data held keeps the
+    /// held `Arc`.
+    structural_eq: Option<Arc<DataEq<T>>>,
+}
+
+impl<T> Default for Extras<T> {
+    fn default() -> Self {
+        Extras {
+            placeholder_data: None,
+            weigher: None,
+            initial: None,
+            initial_updated_at: None,
+            keep_previous_data: false,
+            structural_eq: None,
+        }
+    }
 }
 
 impl<T> Clone for Extras<T> {
@@ -73,6 +102,10 @@ impl<T> Clone for Extras<T> {
         Extras {
             placeholder_data: self.placeholder_data.clone(),
             weigher: self.weigher.clone(),
+            initial: self.initial.clone(),
+            initial_updated_at: self.initial_updated_at,
+            keep_previous_data: self.keep_previous_data,
+            structural_eq: self.structural_eq.clone(),
         }
     }
 }
@@ -107,6 +140,9 @@ impl<T> fmt::Debug for QueryOptions<T> {
             .field("persist", &self.persist.is_some())
             .field("storage_ttl", &self.storage_ttl)
             .field("weigher", &self.weigher_fn().is_some())
+            .field("initial_data", &self.initial().is_some())
+            .field("keep_previous_data", &self.keeps_previous_data())
+            .field("structural_sharing", &self.structural_eq().is_some())
             .finish_non_exhaustive()
     }
 }
@@ -227,6 +263,159 @@ impl<T: Send + Sync + 'static> QueryOptions<T> {
     }
 }
 
+impl<T: Send + Sync + 'static> QueryOptions<T> {
+    /// Data the query's entry starts with (TanStack Query's `initialData`). Unlike
+    /// [`placeholder_data`](Self::placeholder_data), it is *cached*: when these options
+    /// meet an entry holding no data (a new key, or one whose first fetch has not
+    /// returned), the entry takes `data` as its data (`status` `Success`, no fetch
+    /// needed), and it counts for freshness like fetched data: fresh for the stale time
+    /// from [`initial_data_updated_at`](Self::initial_data_updated_at) (default: the
+    /// moment it is seeded). So `fetch_query` returns fresh initial data with no fetch,
+    /// and stale initial data at once while it refetches in the background (`fetch_query_fresh`
+    /// waits for that fetch). A fetch in flight when it is seeded still replaces it.
+    ///
+    /// Seeded by the typed calls (`fetch_query` and friends) and by observers, including
+    /// disabled ones. Not written to the second tier by itself (every instance has it);
+    /// the first fetched data is. For a persisted query whose stored copy has not been
+    /// read yet, the stored copy is read first and wins if there is one, unless the
+    /// initial data has a stamp newer than the copy's.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stackquery::{key, QueryClient, QueryOptions, QueryStatus};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), stackquery::QueryError> {
+    /// let client = QueryClient::new();
+    /// let opts = QueryOptions::new(key!["settings"], || async {
+    ///     Ok::<_, std::io::Error>("fetched".to_string())
+    /// })
+    /// .initial_data("built in".to_string())
+    /// .stale_time(Duration::from_secs(60));
+    ///
+    /// // Fresh for a minute: served from the cache, no fetch.
+    /// assert_eq!(client.fetch_query(&opts).await?.as_str(), "built in");
+    /// let state = client.get_query_state::<String>(&key!["settings"]).unwrap();
+    /// assert_eq!(state.status, QueryStatus::Success);
+    ///
+    /// tokio::time::advance(Duration::from_secs(60)).await;
+    /// // Stale: served at once, refetched behind; `fetch_query_fresh` waits for that.
+    /// assert_eq!(client.fetch_query_fresh(&opts).await?.as_str(), "fetched");
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn initial_data(mut self, data: T) -> Self {
+        self.extras_mut().initial = Some(InitialData::Value(Arc::new(data)));
+        self
+    }
+
+    /// [`initial_data`](Self::initial_data) built by `make` when an entry is seeded (with
+    /// no lock held; it may run more than once when callers race, so keep it cheap). A
+    /// panic in it is logged and the entry gets no initial data.
+    ///
+    /// ```
+    /// use stackquery::{key, QueryClient, QueryOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stackquery::QueryError> {
+    /// let client = QueryClient::new();
+    /// let opts = QueryOptions::new(key!["todos"], || async { Ok::<_, String>(vec![1, 2]) })
+    ///     .initial_data_with(Vec::new)
+    ///     .stale_time(std::time::Duration::from_secs(5));
+    /// assert!(client.fetch_query(&opts).await?.is_empty());
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn initial_data_with(mut self, make: impl Fn() -> T + Send + Sync + 'static) -> Self {
+        self.extras_mut().initial = Some(InitialData::Lazy(Arc::new(make)));
+        self
+    }
+}
+
+impl<T> QueryOptions<T> {
+    /// When the [`initial_data`](Self::initial_data) was last known to be true (TanStack
+    /// Query's `initialDataUpdatedAt`), by the wall clock: the entry's `data_updated_at`,
+    /// and its freshness counts from there (its age now, by the wall clock, is carried
+    /// onto the client's clock). Unset, the initial data is stamped when it is seeded. A
+    /// stamp in the future counts as now. Also decides against a stored copy of a
+    /// persisted query: set, the newer of the two wins; unset, a stored copy always wins.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use stackquery::{key, QueryClient, QueryOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let client = QueryClient::new();
+    /// let an_hour_ago = SystemTime::now() - Duration::from_secs(3_600);
+    /// let opts = QueryOptions::new(key!["feed"], || async { Ok::<_, String>(2) })
+    ///     .initial_data(1)
+    ///     .initial_data_updated_at(an_hour_ago)
+    ///     .stale_time(Duration::from_secs(60));
+    /// let _ = client.fetch_query(&opts).await; // 1 at once, refetched behind (stale)
+    /// let state = client.get_query_state::<i32>(&key!["feed"]).unwrap();
+    /// assert!(state.data_updated_at.is_some());
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn initial_data_updated_at(mut self, at: SystemTime) -> Self {
+        self.extras_mut().initial_updated_at = Some(at);
+        self
+    }
+
+    /// When an observer is switched to these options by
+    /// [`QueryObserver::set_options`](crate::QueryObserver::set_options) (a new key, say
+    /// the next page), it keeps showing the data of the key it showed before, with
+    /// `is_placeholder_data` set, until the new key has data (TanStack Query's
+    /// `placeholderData: keepPreviousData`). The previous data wins over a
+    /// [`placeholder_data`](Self::placeholder_data); an error on the new key shows the
+    /// error, without data. See `set_options` for an example.
+    #[must_use]
+    pub fn keep_previous_data(mut self, on: bool) -> Self {
+        self.extras_mut().keep_previous_data = on;
+        self
+    }
+}
+
+impl<T: PartialEq + Send + Sync + 'static> QueryOptions<T> {
+    /// Structural sharing: when a fetch returns data equal (`PartialEq`) to the data the
+    /// entry holds, the entry keeps the `Arc` it holds instead of the new one. So callers
+    /// get the very same `Arc` (`Arc::ptr_eq`), and observers see no data change: a
+    /// `select` does not run again and its listeners are not told of new data. What does
+    /// change is told as usual: `data_updated_at` moves to the fetch (the data was
+    /// confirmed then, so its freshness starts again), an invalidation is cleared, and
+    /// the fetch status goes back to idle — an observer's listeners hear those changes,
+    /// with the same data. The stored copy in the second tier is rewritten with the new
+    /// stamp.
+    ///
+    /// The comparison runs once per fetch that returns data, with no lock held (it may
+    /// call the client); a comparison that panics counts as "changed" (logged). It
+    /// compares whole values: unlike TanStack Query's, it does not reuse equal parts of
+    /// unequal data. Manual writes are not compared.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use stackquery::{key, QueryClient, QueryOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stackquery::QueryError> {
+    /// let client = QueryClient::new();
+    /// let opts = QueryOptions::new(key!["tags"], || async {
+    ///     Ok::<_, std::io::Error>(vec!["a".to_string(), "b".to_string()])
+    /// })
+    /// .structural_sharing();
+    /// let first = client.fetch_query(&opts).await?;
+    /// let again = client.refetch_query(&opts).await?; // fetched again, equal
+    /// assert!(Arc::ptr_eq(&first, &again));
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn structural_sharing(mut self) -> Self {
+        self.extras_mut().structural_eq = Some(Arc::new(|a: &T, b: &T| a == b));
+        self
+    }
+}
+
 impl<T: serde::Serialize + Send + Sync + 'static> QueryOptions<T> {
     /// Weighs this query's data by its serialised size, for the client's
     /// [`max_weight`](crate::QueryClientBuilder::max_weight) bound: the weight is the
@@ -309,18 +498,31 @@ impl<T> QueryOptions<T> {
 
     /// The rarely set settings, to change one (copied first if a clone shares them).
     fn extras_mut(&mut self) -> &mut Extras<T> {
-        let extras = self.extras.get_or_insert_with(|| {
-            Arc::new(Extras {
-                placeholder_data: None,
-                weigher: None,
-            })
-        });
+        let extras = self
+            .extras
+            .get_or_insert_with(|| Arc::new(Extras::default()));
         Arc::make_mut(extras)
     }
 
     /// Data shown to observers while the first fetch is pending.
     pub(crate) fn placeholder(&self) -> Option<&Arc<T>> {
         self.extras.as_ref()?.placeholder_data.as_ref()
+    }
+
+    /// The query's initial data and its stamp (`None`: seeded now), if it has any.
+    pub(crate) fn initial(&self) -> Option<(&InitialData<T>, Option<SystemTime>)> {
+        let extras = self.extras.as_ref()?;
+        Some((extras.initial.as_ref()?, extras.initial_updated_at))
+    }
+
+    /// Whether an observer switched to this query shows the previous key's data meanwhile.
+    pub(crate) fn keeps_previous_data(&self) -> bool {
+        self.extras.as_ref().is_some_and(|e| e.keep_previous_data)
+    }
+
+    /// The equality of structural sharing, if the query opted in.
+    pub(crate) fn structural_eq(&self) -> Option<&Arc<DataEq<T>>> {
+        self.extras.as_ref()?.structural_eq.as_ref()
     }
 
     /// The query's weigher, if it has one.

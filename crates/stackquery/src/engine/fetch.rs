@@ -47,6 +47,8 @@ impl<T: Send + Sync + 'static> FlightGuard<T> {
         source: Source,
         write: bool,
     ) -> bool {
+        // Equal data keeps the held `Arc` (structural sharing; a pointer check without).
+        let result = result.map(|data| Shared::share_structure(&self.entry, opts, data));
         let weight = match &result {
             Ok(data) => self.shared.weigh_for_query(opts, data, &self.entry.key),
             Err(_) => 0,
@@ -466,10 +468,29 @@ async fn hydrate_flight<T: Send + Sync + 'static>(
         }
         (None, None) => None,
     };
+    let stale_time = guard.shared.defaults.stale_time(opts);
+    // Initial data stands in for a stored copy that is missing, or older than it.
+    if let Some((data, at, age)) = initial_instead(guard, opts, envelope.as_ref()) {
+        if guard.flight.fresh_only && age >= stale_time {
+            return false; // stale: the fetch function must deliver
+        }
+        let source = Source::Stored {
+            at,
+            invalidated: false,
+            age,
+        };
+        guard.settle(Ok(data), opts, source, false);
+        if !guard
+            .entry
+            .is_fresh_for(stale_time, guard.shared.runtime.now())
+        {
+            guard.shared.refresh(&guard.entry, opts);
+        }
+        return true;
+    }
     let Some(envelope) = envelope else {
         return false;
     };
-    let stale_time = guard.shared.defaults.stale_time(opts);
     // A flight that must deliver fresh data (a caller refusing stale data waits on it, or
     // an invalidation's refetch) never settles with a stale or invalidated copy: it
     // fetches instead.
@@ -495,6 +516,29 @@ async fn hydrate_flight<T: Send + Sync + 'static>(
         guard.shared.refresh(&guard.entry, opts);
     }
     true
+}
+
+/// The query's initial data (with its stamp and age), when it wins over `stored`: the
+/// entry holds no data, and there is no stored copy, or the initial data has a stamp
+/// (`initial_data_updated_at`) newer than the copy's. (Unstamped initial data is a
+/// fallback: any stored copy wins.) Built, if lazy, with no lock held.
+fn initial_instead<T: Send + Sync + 'static>(
+    guard: &FlightGuard<T>,
+    opts: &QueryOptions<T>,
+    stored: Option<&crate::storage::Envelope<T>>,
+) -> Option<(Arc<T>, std::time::SystemTime, std::time::Duration)> {
+    let (initial, given_at) = opts.initial()?;
+    let wins = match (stored, given_at) {
+        (None, _) => true,
+        (Some(stored), Some(at)) => at > stored.data_updated_at(),
+        (Some(_), None) => false,
+    };
+    if !wins || guard.entry.seedable().is_none() {
+        return None;
+    }
+    let data = initial.get().ok()?;
+    let (at, age) = crate::options::stamp_and_age(given_at);
+    Some((data, at, age))
 }
 
 /// Whether a stored copy is fresh: not invalidated, and younger than `stale_time` (its

@@ -10,6 +10,7 @@ mod announce;
 pub(crate) mod cluster;
 mod erased;
 mod fetch;
+mod initial;
 pub(crate) mod mutation_scopes;
 mod run;
 pub(crate) mod tier;

@@ -277,6 +277,8 @@ impl Shared {
         even_if_removed: bool,
         mut lead: Option<&mut Option<StartFetch<T>>>,
     ) -> Result<Option<Step<T>>, QueryError> {
+        // Initial data first, so the ask judges it like any data (fresh: served).
+        self.seed_initial(entry, opts);
         let event = Event::Ask(Ask {
             opts,
             stale_time: self.defaults.stale_time(opts),
@@ -344,6 +346,8 @@ impl Shared {
         };
         let attached = matches!(self.dispatch(entry, event), Outcome::Yes);
         if attached {
+            // A disabled observer fetches nothing, but shows the initial data.
+            self.seed_initial(entry, opts);
             crate::telemetry::gauge_add(crate::telemetry::names::OBSERVERS, 1.0);
             self.events.emit(|| CacheEventKind::ObserverAdded {
                 key: entry.key.clone(),

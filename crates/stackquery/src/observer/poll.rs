@@ -43,10 +43,11 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
     /// The poll interval, if this observer polls: a disabled query never fetches by itself,
     /// so it never polls; a zero interval means no polling.
     fn poll_interval(&self) -> Option<Duration> {
-        if !self.opts.enabled {
+        let opts = self.opts();
+        if !opts.enabled {
             return None;
         }
-        self.opts.refetch_interval.filter(|d| !d.is_zero())
+        opts.refetch_interval.filter(|d| !d.is_zero())
     }
 
     /// Starts polling (the observer has subscribers and an entry): first poll one interval
@@ -113,7 +114,7 @@ impl<T: Send + Sync + 'static, R: Send + Sync + 'static> ObserverInner<T, R> {
             return; // `next` arms the next poll
         }
         let shared = self.shared.clone();
-        let opts = self.opts.clone();
+        let opts = self.opts();
         // On the client's host (tokio by default). Without one, `next` is dropped at once
         // and arms the next poll: the beat goes on, as when the fetch fails.
         let runtime = shared.runtime.clone();

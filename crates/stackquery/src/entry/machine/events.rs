@@ -118,6 +118,14 @@ pub(crate) enum Event<'a, T> {
         weight: u32,
         expect: Option<(Option<&'a Arc<T>>, u64)>,
     },
+    /// Initial data (`QueryOptions::initial_data`), stamped `at`, `age` old: taken only
+    /// by an entry that holds no data. It does not supersede a fetch in flight.
+    Seed {
+        data: Arc<T>,
+        weight: u32,
+        at: SystemTime,
+        age: Duration,
+    },
     /// A snapshot item: taken only if newer than the data held.
     Restore {
         data: Arc<T>,

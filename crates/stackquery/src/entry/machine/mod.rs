@@ -195,6 +195,25 @@ impl<T> Machine<T> {
                 fx.announce = true;
                 Outcome::Yes
             }
+            Event::Seed {
+                data,
+                weight,
+                at,
+                age,
+            } => {
+                if self.removed || self.state.data.is_some() {
+                    return Outcome::No;
+                }
+                fx.arm_gc = true;
+                // The data generation stays: a fetch in flight (which began on the same
+                // empty entry) still replaces the initial data when it returns, as in
+                // TanStack Query. (A compare-and-write that expected no data fails all
+                // the same: it compares the data too.)
+                let data_gen = self.data_gen;
+                self.take_data(fx, data, weight, at, false, age, now);
+                self.data_gen = data_gen;
+                Outcome::Yes
+            }
             Event::Restore {
                 data,
                 weight,

@@ -82,6 +82,12 @@ impl<T> Machine<T> {
         flight.fresh_only && flight.inval_gen == self.inval_gen && flight.data_gen == self.data_gen
     }
 
+    /// For seeding initial data: `None` when the entry holds data (or was removed), else
+    /// whether its second tier has been consulted.
+    pub(crate) fn seedable(&self) -> Option<bool> {
+        (self.state.data.is_none() && !self.removed).then_some(self.hydrated)
+    }
+
     pub(crate) fn data(&self) -> Option<&Arc<T>> {
         self.state.data.as_ref()
     }
