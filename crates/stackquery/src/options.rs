@@ -15,6 +15,7 @@ use crate::storage::typed::PersistFns;
 use crate::weight::Weigher;
 
 mod storage_ttl;
+mod typed;
 pub(crate) use storage_ttl::CompactTtl;
 
 /// What to fetch (a key and an async function) and how to cache it.
