@@ -287,10 +287,11 @@ impl<T> fmt::Display for TypedKey<T> {
 /// #     use super::User;
 /// #     stackquery::query_keys! { pub users: ["users"] => Vec<User>; }
 /// # }
+/// # fn main() -> Result<(), stackquery::QueryError> {
 /// let client = QueryClient::new();
 /// // Guards E0308 (mismatched types): `users()` holds a `Vec<User>`, not a count.
 /// client.set_query_data_typed(keys::users(), 3_usize)?;
-/// # Ok::<(), stackquery::QueryError>(())
+/// # Ok(()) }
 /// ```
 #[macro_export]
 macro_rules! query_keys {

@@ -31,10 +31,7 @@ impl QueryClient {
     }
 
     /// [`get_query_state`](Self::get_query_state) with the type taken from the key.
-    pub fn get_query_state_typed<K: TypedQueryKey>(
-        &self,
-        key: K,
-    ) -> Option<QueryState<K::Data>> {
+    pub fn get_query_state_typed<K: TypedQueryKey>(&self, key: K) -> Option<QueryState<K::Data>> {
         self.get_query_state::<K::Data>(&key.as_query_key())
     }
 
