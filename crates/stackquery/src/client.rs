@@ -23,6 +23,8 @@ use crate::snapshot::DehydratedState;
 use crate::state::QueryState;
 use crate::stats::CacheStats;
 
+mod typed;
+
 /// What a filter covered, for the second tier and the bus: its whole key scope when it
 /// is by key only, else just the entries it matched.
 fn covered<'a>(filter: &'a QueryFilter, matched: &'a [ErasedEntry]) -> Covered<'a> {

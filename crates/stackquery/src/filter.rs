@@ -144,6 +144,18 @@ impl From<&QueryKey> for QueryFilter {
         QueryFilter::prefix(key.clone())
     }
 }
+/// The typed key's key, as a prefix (the data type plays no part in matching).
+impl<T> From<&crate::typed_key::TypedKey<T>> for QueryFilter {
+    fn from(key: &crate::typed_key::TypedKey<T>) -> Self {
+        QueryFilter::prefix(key.key().clone())
+    }
+}
+/// The typed key's key, as a prefix (the data type plays no part in matching).
+impl<T> From<crate::typed_key::TypedKey<T>> for QueryFilter {
+    fn from(key: crate::typed_key::TypedKey<T>) -> Self {
+        QueryFilter::prefix(key.into_key())
+    }
+}
 impl From<KeyScope> for QueryFilter {
     fn from(scope: KeyScope) -> Self {
         QueryFilter::with_scope(scope.normalized())

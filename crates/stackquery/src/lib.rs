@@ -94,6 +94,7 @@ mod subscription;
 mod sync;
 pub mod telemetry;
 mod timers;
+mod typed_key;
 mod user_code;
 mod weight;
 mod worker;
@@ -127,6 +128,7 @@ pub use storage::RedisStorage;
 pub use storage::SqliteStorage;
 pub use storage::{Codec, MemoryStorage, Storage, StorageError};
 pub use subscription::Subscription;
+pub use typed_key::{TypedKey, TypedQueryKey};
 
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

@@ -17,6 +17,7 @@ use crate::weight::Weigher;
 mod initial;
 mod storage_ttl;
 pub(crate) use initial::{stamp_and_age, InitialData};
+mod typed;
 pub(crate) use storage_ttl::CompactTtl;
 
 /// The equality of structural sharing (`QueryOptions::structural_sharing`).
