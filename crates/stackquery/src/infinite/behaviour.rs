@@ -63,7 +63,11 @@ where
 {
     /// The param of the page past `data`'s end in `direction` (user code: call it with
     /// no lock held).
-    pub(crate) fn param(&self, data: &InfiniteData<P, Param>, direction: Direction) -> Option<Param> {
+    pub(crate) fn param(
+        &self,
+        data: &InfiniteData<P, Param>,
+        direction: Direction,
+    ) -> Option<Param> {
         let ((last, last_param), (first, first_param)) = data.ends()?;
         match direction {
             Direction::Forward => (self.next)(last, &data.pages, last_param, &data.page_params),

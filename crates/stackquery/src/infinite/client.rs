@@ -124,9 +124,16 @@ impl QueryClient {
         P: Clone + Send + Sync + 'static,
         Param: Clone + PartialEq + Send + Sync + 'static,
     {
-        // The cached pages (even stale, with no refresh), else the first page; this also
-        // makes the entry remember the query's own options, for its refetches.
+        // The cached pages (even stale, with no refresh), else the first page only (as in
+        // TanStack Query); this also makes the entry remember the query's own options,
+        // for its refetches.
+        let cached = self
+            .get_query_data::<InfiniteData<P, Param>>(opts.key())
+            .is_some();
         let mut data = self.shared.run(&opts.query, Mode::Ensure).await?;
+        if !cached {
+            return Ok(data);
+        }
         for _ in 0..MORE_ROUNDS {
             // User code, with no lock held.
             let Some(target) = opts.page_param(&data, direction)? else {

@@ -80,16 +80,25 @@ mod tests {
         for i in 0..4 {
             d.push_back(i * 10, i, Some(3));
         }
-        assert_eq!((d.pages.clone(), d.page_params.clone()), (vec![10, 20, 30], vec![1, 2, 3]));
+        assert_eq!(
+            (d.pages.clone(), d.page_params.clone()),
+            (vec![10, 20, 30], vec![1, 2, 3])
+        );
         d.push_front(0, 0, Some(3));
-        assert_eq!((d.pages.clone(), d.page_params.clone()), (vec![0, 10, 20], vec![0, 1, 2]));
+        assert_eq!(
+            (d.pages.clone(), d.page_params.clone()),
+            (vec![0, 10, 20], vec![0, 1, 2])
+        );
         d.push_back(99, 9, None);
         assert_eq!(d.len(), 4);
     }
 
     #[test]
     fn mismatched_lists_have_no_ends() {
-        let d = InfiniteData { pages: vec![1], page_params: Vec::<u32>::new() };
+        let d = InfiniteData {
+            pages: vec![1],
+            page_params: Vec::<u32>::new(),
+        };
         assert!(d.ends().is_none());
         assert!(InfiniteData::<u8, u8>::default().ends().is_none());
     }

@@ -22,8 +22,8 @@ use futures::FutureExt;
 use crate::error::{BoxError, QueryError};
 use crate::key::QueryKey;
 use crate::options::QueryOptions;
-use behaviour::{Behaviour, FetchMore, RefetchAll};
 pub(crate) use behaviour::Direction;
+use behaviour::{Behaviour, FetchMore, RefetchAll};
 pub use data::InfiniteData;
 pub use observer::InfiniteQueryObserver;
 
@@ -127,7 +127,9 @@ where
         N: Fn(&P, &[P], &Param, &[Param]) -> Option<Param> + Send + Sync + 'static,
     {
         let behaviour = Arc::new(Behaviour {
-            fetch_page: Arc::new(move |param| fetch_page(param).map(|r| r.map_err(Into::into)).boxed()),
+            fetch_page: Arc::new(move |param| {
+                fetch_page(param).map(|r| r.map_err(Into::into)).boxed()
+            }),
             initial_param: initial_page_param,
             next: Arc::new(get_next_page_param),
             previous: None,
@@ -202,13 +204,19 @@ where
     /// Whether `data` has a page after its last one (`get_next_page_param` gives a
     /// param). `false` for empty data, and when the function panics (logged).
     pub fn has_next_page(&self, data: &InfiniteData<P, Param>) -> bool {
-        self.page_param(data, Direction::Forward).ok().flatten().is_some()
+        self.page_param(data, Direction::Forward)
+            .ok()
+            .flatten()
+            .is_some()
     }
 
     /// Whether `data` has a page before its first one (`get_previous_page_param` is set
     /// and gives a param).
     pub fn has_previous_page(&self, data: &InfiniteData<P, Param>) -> bool {
-        self.page_param(data, Direction::Backward).ok().flatten().is_some()
+        self.page_param(data, Direction::Backward)
+            .ok()
+            .flatten()
+            .is_some()
     }
 
     /// The param of the page past `data`'s end in `direction`, under the panic policy.
@@ -225,7 +233,10 @@ where
     pub(crate) fn fetch_more(
         &self,
         direction: Direction,
-    ) -> (QueryOptions<InfiniteData<P, Param>>, Arc<FetchMore<P, Param>>) {
+    ) -> (
+        QueryOptions<InfiniteData<P, Param>>,
+        Arc<FetchMore<P, Param>>,
+    ) {
         let more = Arc::new(FetchMore {
             behaviour: self.behaviour.clone(),
             direction,
@@ -247,7 +258,8 @@ where
 impl<P, Param> InfiniteQueryOptions<P, Param>
 where
     P: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
-    Param: serde::Serialize + serde::de::DeserializeOwned + Clone + PartialEq + Send + Sync + 'static,
+    Param:
+        serde::Serialize + serde::de::DeserializeOwned + Clone + PartialEq + Send + Sync + 'static,
 {
     /// Persists the pages to the client's second tier (see [`QueryOptions::persist`]):
     /// every page and param is stored, and a client started later reads them all back.

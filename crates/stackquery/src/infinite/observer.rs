@@ -146,10 +146,10 @@ where
     ///
     /// # Errors
     /// As [`QueryClient::fetch_previous_page`].
-    pub async fn fetch_previous_page(
-        &self,
-    ) -> Result<Arc<InfiniteData<P, Param>>, QueryError> {
+    pub async fn fetch_previous_page(&self) -> Result<Arc<InfiniteData<P, Param>>, QueryError> {
         let _counted = InFlight::new(&self.fetching[1]);
-        self.client.fetch_more(&self.opts, Direction::Backward).await
+        self.client
+            .fetch_more(&self.opts, Direction::Backward)
+            .await
     }
 }
