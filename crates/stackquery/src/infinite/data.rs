@@ -25,6 +25,9 @@ impl<P, Param> Default for InfiniteData<P, Param> {
     }
 }
 
+/// A page and its param.
+pub(crate) type End<'a, P, Param> = (&'a P, &'a Param);
+
 impl<P, Param> InfiniteData<P, Param> {
     /// How many pages it holds.
     pub fn len(&self) -> usize {
@@ -60,7 +63,7 @@ impl<P, Param> InfiniteData<P, Param> {
 
     /// The last page and its param, the first page and its param (`None` when empty or
     /// when the two lists disagree in length, as hand-written data may).
-    pub(crate) fn ends(&self) -> Option<((&P, &Param), (&P, &Param))> {
+    pub(crate) fn ends(&self) -> Option<(End<'_, P, Param>, End<'_, P, Param>)> {
         if self.pages.len() != self.page_params.len() {
             return None;
         }

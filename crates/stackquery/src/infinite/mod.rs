@@ -27,6 +27,9 @@ use behaviour::{Behaviour, FetchMore, RefetchAll};
 pub use data::InfiniteData;
 pub use observer::InfiniteQueryObserver;
 
+/// The options of an infinite query's cache entry.
+type Query<P, Param> = QueryOptions<InfiniteData<P, Param>>;
+
 /// What to fetch for an infinite query, and how to find the pages around the ones held.
 ///
 /// * `fetch_page(param)` fetches one page;
@@ -233,10 +236,7 @@ where
     pub(crate) fn fetch_more(
         &self,
         direction: Direction,
-    ) -> (
-        QueryOptions<InfiniteData<P, Param>>,
-        Arc<FetchMore<P, Param>>,
-    ) {
+    ) -> (Query<P, Param>, Arc<FetchMore<P, Param>>) {
         let more = Arc::new(FetchMore {
             behaviour: self.behaviour.clone(),
             direction,
