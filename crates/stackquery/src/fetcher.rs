@@ -25,8 +25,23 @@ pub(crate) trait FetchFn<T>: Send + Sync {
     fn takes_context(&self) -> bool;
 
     /// Starts attempt `attempt` (0-based) of a fetch of `key`. `flight` is the flight's
-    /// cancellation token (present when [`takes_context`](Self::takes_context)).
-    fn call(&self, key: &QueryKey, attempt: u32, flight: Option<&CancellationToken>) -> Attempt<T>;
+    /// cancellation token (present when [`takes_context`](Self::takes_context));
+    /// `previous` the entry's data when the flight began (only infinite queries read it:
+    /// a refetch re-fetches the pages it holds).
+    fn call(
+        &self,
+        key: &QueryKey,
+        attempt: u32,
+        flight: Option<&CancellationToken>,
+        previous: Option<&Arc<T>>,
+    ) -> Attempt<T>;
+
+    /// Whether these options serve one call only (an infinite query's next- or
+    /// previous-page fetch): the entry does not remember them for its later refetches,
+    /// which keep the query's own fetch function.
+    fn one_off(&self) -> bool {
+        false
+    }
 }
 
 /// A zero-argument fetch function (`QueryOptions::new`): called as it always was.
@@ -43,7 +58,13 @@ where
     }
 
     #[inline]
-    fn call(&self, _: &QueryKey, _: u32, _: Option<&CancellationToken>) -> Attempt<T> {
+    fn call(
+        &self,
+        _: &QueryKey,
+        _: u32,
+        _: Option<&CancellationToken>,
+        _: Option<&Arc<T>>,
+    ) -> Attempt<T> {
         (self.0)().map(|r| r.map_err(Into::into)).boxed()
     }
 }
@@ -62,7 +83,13 @@ where
         true
     }
 
-    fn call(&self, key: &QueryKey, attempt: u32, flight: Option<&CancellationToken>) -> Attempt<T> {
+    fn call(
+        &self,
+        key: &QueryKey,
+        attempt: u32,
+        flight: Option<&CancellationToken>,
+        _: Option<&Arc<T>>,
+    ) -> Attempt<T> {
         // Each attempt has a token of its own, a child of the flight's: dropping one
         // attempt (a timeout) fires its token only, and the flight's firing (cancel,
         // removal, reset) reaches whichever attempt runs.

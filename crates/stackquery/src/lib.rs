@@ -73,6 +73,7 @@ mod flight;
 #[path = "flight/tests.rs"]
 mod flight_tests;
 mod host;
+mod infinite;
 mod inspect;
 mod key;
 #[cfg(feature = "redis")]
@@ -106,6 +107,7 @@ pub use error::{BoxError, FetchError, QueryError, Report, TypeMismatch};
 pub use events::{CacheEvent, CacheEventKind, EventStream, EventStreamItem, StorageOutcome};
 pub use filter::QueryFilter;
 pub use host::{Host, HostFuture, TaskHandle};
+pub use infinite::{InfiniteData, InfiniteQueryObserver, InfiniteQueryOptions};
 pub use inspect::{DataDescription, QueryInfo};
 pub use key::{KeyPart, KeyStr, ParseKeyError, QueryKey};
 pub use mutation::{

@@ -219,7 +219,7 @@ impl<T: Send + Sync + 'static> QueryOptions<T> {
         Self::with_fetcher(key.into(), Arc::new(WithContext(fetch)))
     }
 
-    fn with_fetcher(key: QueryKey, fetcher: Fetcher<T>) -> Self {
+    pub(crate) fn with_fetcher(key: QueryKey, fetcher: Fetcher<T>) -> Self {
         QueryOptions {
             key,
             fetcher,
@@ -495,6 +495,13 @@ impl<T> QueryOptions<T> {
     #[inline]
     pub(crate) fn takes_context(&self) -> bool {
         self.fetcher.takes_context()
+    }
+
+    /// Whether these options serve one call only (see `FetchFn::one_off`): the entry
+    /// does not remember them.
+    #[inline]
+    pub(crate) fn one_off(&self) -> bool {
+        self.fetcher.one_off()
     }
 
     /// The rarely set settings, to change one (copied first if a clone shares them).

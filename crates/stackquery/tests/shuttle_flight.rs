@@ -97,6 +97,9 @@ mod options {
             true
         }
         /// The harness's fetches take no context: their flights carry no token.
+        pub(crate) fn one_off(&self) -> bool {
+            false
+        }
         pub(crate) fn takes_context(&self) -> bool {
             false
         }

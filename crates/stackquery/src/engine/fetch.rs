@@ -300,7 +300,10 @@ async fn fetch_quietly<T: Send + Sync + 'static>(
             // (A function that takes a context gets the key, the attempt number and a
             // token, the child of the flight's: `fetcher.rs`.)
             let key = &guard.entry.key;
-            let call = opts.fetcher.call(key, attempt, guard.flight.cancellation());
+            let previous = guard.flight.previous.data.as_ref();
+            let call = opts
+                .fetcher
+                .call(key, attempt, guard.flight.cancellation(), previous);
             match guard.shared.defaults.fetch_timeout(opts) {
                 None => call,
                 // Boxed like the plain attempt (one type, and the fetch task's future

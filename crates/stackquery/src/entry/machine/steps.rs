@@ -38,8 +38,9 @@ impl<T> Machine<T> {
             return Outcome::Removed;
         }
         // Remember the latest options (for refetches, persistence); skip the copy when the
-        // caller passes the same query again.
-        if !self.options.as_ref().is_some_and(|o| o.same_as(opts)) {
+        // caller passes the same query again. A one-off fetch (an infinite query's next
+        // page) is not how the entry refetches: its options are not remembered.
+        if !self.options.as_ref().is_some_and(|o| o.same_as(opts)) && !opts.one_off() {
             self.options = Some(Box::new(opts.clone()));
         }
         self.stale_time = stale_time;
