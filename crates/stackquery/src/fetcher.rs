@@ -27,6 +27,12 @@ pub(crate) trait FetchFn<T>: Send + Sync {
     /// Starts attempt `attempt` (0-based) of a fetch of `key`. `flight` is the flight's
     /// cancellation token (present when [`takes_context`](Self::takes_context)).
     fn call(&self, key: &QueryKey, attempt: u32, flight: Option<&CancellationToken>) -> Attempt<T>;
+
+    /// A streamed query's function (`stream.rs`): the engine runs it with a sink that
+    /// shows each item on the entry. `None` for every other function.
+    fn as_stream(&self) -> Option<&dyn crate::stream::StreamFetch<T>> {
+        None
+    }
 }
 
 /// A zero-argument fetch function (`QueryOptions::new`): called as it always was.

@@ -89,6 +89,7 @@ mod scope;
 mod snapshot;
 mod state;
 mod stats;
+mod stream;
 pub mod storage;
 mod subscription;
 mod sync;
@@ -116,6 +117,7 @@ pub use scope::KeyScope;
 pub use snapshot::{DehydratedQuery, DehydratedState};
 pub use state::{FetchStatus, QueryState, QueryStatus};
 pub use stats::CacheStats;
+pub use stream::{EmptyStream, RefetchMode, StreamedQuery};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use storage::RedisStorage;

@@ -182,7 +182,7 @@ impl<T: Send + Sync + 'static> QueryOptions<T> {
         Self::with_fetcher(key.into(), Arc::new(WithContext(fetch)))
     }
 
-    fn with_fetcher(key: QueryKey, fetcher: Fetcher<T>) -> Self {
+    pub(crate) fn with_fetcher(key: QueryKey, fetcher: Fetcher<T>) -> Self {
         QueryOptions {
             key,
             fetcher,
@@ -305,6 +305,12 @@ impl<T> QueryOptions<T> {
     #[inline]
     pub(crate) fn takes_context(&self) -> bool {
         self.fetcher.takes_context()
+    }
+
+    /// Whether these are a streamed query's options ([`StreamedQuery`](crate::StreamedQuery)).
+    #[inline]
+    pub(crate) fn is_streamed(&self) -> bool {
+        self.fetcher.as_stream().is_some()
     }
 
     /// The rarely set settings, to change one (copied first if a clone shares them).

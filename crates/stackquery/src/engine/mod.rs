@@ -12,6 +12,7 @@ mod erased;
 mod fetch;
 pub(crate) mod mutation_scopes;
 mod run;
+mod stream;
 pub(crate) mod tier;
 mod timer_driver;
 mod typed;
