@@ -89,8 +89,8 @@ mod scope;
 mod snapshot;
 mod state;
 mod stats;
-mod stream;
 pub mod storage;
+mod stream;
 mod subscription;
 mod sync;
 pub mod telemetry;
@@ -117,7 +117,6 @@ pub use scope::KeyScope;
 pub use snapshot::{DehydratedQuery, DehydratedState};
 pub use state::{FetchStatus, QueryState, QueryStatus};
 pub use stats::CacheStats;
-pub use stream::{EmptyStream, RefetchMode, StreamedQuery};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use storage::RedisStorage;
@@ -125,6 +124,7 @@ pub use storage::RedisStorage;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use storage::SqliteStorage;
 pub use storage::{Codec, MemoryStorage, Storage, StorageError};
+pub use stream::{EmptyStream, RefetchMode, StreamedQuery};
 pub use subscription::Subscription;
 
 #[cfg(doctest)]

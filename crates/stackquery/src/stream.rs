@@ -103,40 +103,40 @@ impl std::error::Error for EmptyStream {}
 /// data, keep the data small (a window, a count) with `reduce`, or use `latest`.
 ///
 /// ```
+/// use std::sync::{Arc, Mutex};
 /// use futures::StreamExt;
-/// use stackquery::{key, QueryClient, StreamedQuery};
+/// use stackquery::{key, QueryClient, QueryState, StreamedQuery};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), stackquery::QueryError> {
 /// let client = QueryClient::new();
 /// // A channel stands in for a WebSocket: each message is an item.
 /// let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<String, std::io::Error>>();
-/// let rx = std::sync::Mutex::new(Some(rx));
+/// let rx = Mutex::new(Some(rx));
 /// let chat = StreamedQuery::new(key!["chat", 7], move || {
 ///     let mut rx = rx.lock().unwrap().take().expect("one stream in this example");
 ///     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 /// })
 /// .append();
 ///
-/// let observer = client.observer(chat.clone());
-/// let mut updates = observer.stream();
+/// // An observer sees the data grow, item by item, while the fetch goes on.
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let _subscription = client.watch(&chat).subscribe({
+///     let seen = seen.clone();
+///     move |state: &QueryState<Vec<String>>| {
+///         let messages = state.data.as_ref().map_or(0, |d| d.len());
+///         seen.lock().unwrap().push((messages, state.is_fetching()));
+///     }
+/// });
 /// tx.send(Ok("hello".into())).unwrap();
 /// tx.send(Ok("world".into())).unwrap();
 /// drop(tx); // the stream ends
 ///
-/// // Observers see the data grow, item by item, while the fetch goes on.
-/// let mut seen = Vec::new();
-/// while let Some(state) = updates.next().await {
-///     if let Some(data) = &state.data {
-///         seen.push((data.len(), state.is_fetching()));
-///     }
-///     if !state.is_fetching() && state.data.is_some() {
-///         break;
-///     }
-/// }
-/// assert_eq!(seen, [(1, true), (2, true), (2, false)]);
-/// // `fetch_query` would have resolved at the end: the cached data is the whole stream.
-/// assert_eq!(*client.fetch_query(&chat.stale_time(std::time::Duration::MAX)).await?, ["hello", "world"]);
+/// // `fetch_query` joins the stream and resolves when it ends, with the whole data.
+/// assert_eq!(*client.fetch_query(&chat).await?, ["hello", "world"]);
+/// let mut seen = seen.lock().unwrap().clone();
+/// seen.dedup();
+/// assert_eq!(seen, [(0, true), (1, true), (2, true), (2, false)]);
 /// # Ok(()) }
 /// ```
 pub struct StreamedQuery<F> {
@@ -243,11 +243,7 @@ where
     fn fold<T: Send + Sync + 'static>(self, fold: Fold<T, I>) -> QueryOptions<T> {
         let make = self.make_stream;
         let streamed = Streamed {
-            make: Box::new(move || {
-                make()
-                    .map(|item| item.map_err(Into::into))
-                    .boxed()
-            }),
+            make: Box::new(move || make().map(|item| item.map_err(Into::into)).boxed()),
             fold: Arc::new(fold),
             mode: self.mode,
         };
@@ -376,7 +372,9 @@ async fn run<T: Send + Sync + 'static, I: Send + 'static>(
     };
     let mut stopped = cancel.map(|token| Box::pin(token.cancelled_owned()));
     loop {
-        let mut silent = idle.as_ref().map(|(limit, host)| (*limit, host.sleep(*limit)));
+        let mut silent = idle
+            .as_ref()
+            .map(|(limit, host)| (*limit, host.sleep(*limit)));
         let next = std::future::poll_fn(|cx| {
             if let Some(stopped) = &mut stopped {
                 if stopped.as_mut().poll(cx).is_ready() {
@@ -458,8 +456,16 @@ mod tests {
     #[tokio::test]
     async fn each_mode_starts_from_what_it_should() {
         for (mode, end, shown_after) in [
-            (RefetchMode::Reset, vec![1, 2], vec![None, Some(vec![1]), Some(vec![1, 2])]),
-            (RefetchMode::Append, vec![9, 1, 2], vec![Some(vec![9, 1]), Some(vec![9, 1, 2])]),
+            (
+                RefetchMode::Reset,
+                vec![1, 2],
+                vec![None, Some(vec![1]), Some(vec![1, 2])],
+            ),
+            (
+                RefetchMode::Append,
+                vec![9, 1, 2],
+                vec![Some(vec![9, 1]), Some(vec![9, 1, 2])],
+            ),
             (RefetchMode::Replace, vec![1, 2], vec![]),
         ] {
             let shown = Arc::new(Shown::default());

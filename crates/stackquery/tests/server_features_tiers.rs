@@ -121,8 +121,7 @@ mod redis {
     /// an entry nobody keeps.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_removal_sent_over_the_bus_fires_the_fetch_token_on_another_instance() {
-        let Some(server) = RedisServer::start("a_removal_sent_over_the_bus_fires_the_token")
-        else {
+        let Some(server) = RedisServer::start("a_removal_sent_over_the_bus_fires_the_token") else {
             return;
         };
         let a = instance(&server, "tokens", None).await;

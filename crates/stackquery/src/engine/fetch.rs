@@ -315,15 +315,17 @@ async fn fetch_quietly<T: Send + Sync + 'static>(
             .map(Arc::new)
         }
         // Boxed: the common fetch task's future keeps its size.
-        Some(stream) => Box::pin(super::stream::attempts(
-            &guard.shared,
-            &guard.entry,
-            &guard.flight,
-            opts,
-            stream,
-            |error, failures, step| report_attempt(guard, error, failures, step),
-        ))
-        .await,
+        Some(stream) => {
+            Box::pin(super::stream::attempts(
+                &guard.shared,
+                &guard.entry,
+                &guard.flight,
+                opts,
+                stream,
+                |error, failures, step| report_attempt(guard, error, failures, step),
+            ))
+            .await
+        }
     };
     match &value {
         Ok(_) => {
@@ -372,7 +374,9 @@ fn report_attempt<T: Send + Sync + 'static>(
         Step::GiveUp if error.is_cancelled() => {
             tracing::debug!(%key, failures, "fetch cancelled");
         }
-        Step::GiveUp => tracing::warn!(%key, error = %crate::error::report(error), failures, "fetch failed"),
+        Step::GiveUp => {
+            tracing::warn!(%key, error = %crate::error::report(error), failures, "fetch failed")
+        }
     }
 }
 

@@ -250,7 +250,15 @@ impl<T> Machine<T> {
         match data {
             Some(data) => {
                 let outdated = self.inval_gen != flight.inval_gen;
-                self.take_data(fx, data, weight, SystemTime::now(), outdated, Duration::ZERO, now);
+                self.take_data(
+                    fx,
+                    data,
+                    weight,
+                    SystemTime::now(),
+                    outdated,
+                    Duration::ZERO,
+                    now,
+                );
             }
             None => {
                 self.data_gen += 1;
