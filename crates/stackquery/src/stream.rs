@@ -251,10 +251,13 @@ where
     }
 }
 
+/// Folds one item into the data so far.
+type Push<T, I> = dyn Fn(Option<Arc<T>>, I) -> Arc<T> + Send + Sync;
+
 /// How items make the data: `push` folds one in (taking the data so far, which the
 /// entry may share: it copies it then), `empty` is the data of a stream with no item.
 struct Fold<T, I> {
-    push: Box<dyn Fn(Option<Arc<T>>, I) -> Arc<T> + Send + Sync>,
+    push: Box<Push<T, I>>,
     empty: Box<dyn Fn() -> Option<T> + Send + Sync>,
 }
 

@@ -399,7 +399,7 @@ async fn a_manual_write_during_a_stream_wins() {
     feed.send(1);
     run_tasks().await;
     client
-        .set_query_data(&key!["numbers"], vec![100_u32])
+        .set_query_data(key!["numbers"], vec![100_u32])
         .unwrap();
     feed.send(2);
     run_tasks().await;
