@@ -42,6 +42,12 @@ pub(crate) trait FetchFn<T>: Send + Sync {
     fn one_off(&self) -> bool {
         false
     }
+
+    /// A streamed query's function (`stream.rs`): the engine runs it with a sink that
+    /// shows each item on the entry. `None` for every other function.
+    fn as_stream(&self) -> Option<&dyn crate::stream::StreamFetch<T>> {
+        None
+    }
 }
 
 /// A zero-argument fetch function (`QueryOptions::new`): called as it always was.

@@ -91,6 +91,7 @@ mod snapshot;
 mod state;
 mod stats;
 pub mod storage;
+mod stream;
 mod subscription;
 mod sync;
 pub mod telemetry;
@@ -129,6 +130,7 @@ pub use storage::RedisStorage;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use storage::SqliteStorage;
 pub use storage::{Codec, MemoryStorage, Storage, StorageError};
+pub use stream::{EmptyStream, RefetchMode, StreamedQuery};
 pub use subscription::Subscription;
 pub use typed_key::{TypedKey, TypedQueryKey};
 

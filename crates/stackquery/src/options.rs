@@ -504,6 +504,12 @@ impl<T> QueryOptions<T> {
         self.fetcher.one_off()
     }
 
+    /// Whether these are a streamed query's options ([`StreamedQuery`](crate::StreamedQuery)).
+    #[inline]
+    pub(crate) fn is_streamed(&self) -> bool {
+        self.fetcher.as_stream().is_some()
+    }
+
     /// The rarely set settings, to change one (copied first if a clone shares them).
     fn extras_mut(&mut self) -> &mut Extras<T> {
         let extras = self

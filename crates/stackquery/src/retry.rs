@@ -249,6 +249,21 @@ impl Retry<'_> {
     }
 }
 
+impl<'a> Retry<'a> {
+    /// These settings, except that no attempt is retried once `stop` says so (a stream
+    /// that failed after its first item).
+    pub(crate) fn unless(self, stop: impl Fn() -> bool + Send + Sync + 'static) -> Retry<'a> {
+        let policy = self.policy.into_owned();
+        Retry {
+            policy: Cow::Owned(RetryPolicy::Predicate(Arc::new(move |failures, error| {
+                !stop() && policy.should_retry(failures, error)
+            }))),
+            delay: self.delay,
+            jitter: self.jitter,
+        }
+    }
+}
+
 /// What [`run_with_retries`] reports after a failed attempt, in this order: `Failed`, then
 /// `Retry` or `GiveUp`.
 #[derive(Clone, Copy, Debug)]

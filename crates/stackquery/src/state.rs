@@ -168,6 +168,9 @@ pub(crate) enum Action<T> {
     FetchGoesOn,
     /// A fetch ended but its result was not taken (a newer manual write stands).
     Superseded,
+    /// A streamed fetch restarts from nothing (refetch mode reset): no data, pending,
+    /// still fetching.
+    Restart,
 }
 
 /// Applies `action` to `state`. Pure: no clocks, no I/O.
@@ -216,7 +219,13 @@ pub(crate) fn reduce<T>(state: &mut QueryState<T>, action: Action<T>) {
             // write, a snapshot) and an invalidation made meanwhile both stand.
             state.fetch_status = FetchStatus::Idle;
             if state.status == QueryStatus::Pending {
-                state.status = previous.status;
+                // A streamed fetch that restarted from nothing (`Restart`) cleared the
+                // data it would go back to: with none left, the query is idle.
+                state.status = if state.data.is_none() && previous.data.is_some() {
+                    QueryStatus::Idle
+                } else {
+                    previous.status
+                };
             }
             state.failure_count = previous.failure_count;
             state.failure_reason = previous.failure_reason;
@@ -224,6 +233,13 @@ pub(crate) fn reduce<T>(state: &mut QueryState<T>, action: Action<T>) {
         Action::Reset => *state = QueryState::default(),
         Action::FetchGoesOn => state.fetch_status = FetchStatus::Fetching,
         Action::Superseded => state.fetch_status = FetchStatus::Idle,
+        Action::Restart => {
+            state.status = QueryStatus::Pending;
+            state.fetch_status = FetchStatus::Fetching;
+            state.data = None;
+            state.data_updated_at = None;
+            state.error = None;
+        }
     }
 }
 

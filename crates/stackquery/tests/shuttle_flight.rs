@@ -103,6 +103,10 @@ mod options {
         pub(crate) fn takes_context(&self) -> bool {
             false
         }
+        /// Nor is any of them streamed.
+        pub(crate) fn is_streamed(&self) -> bool {
+            false
+        }
     }
 }
 
@@ -332,7 +336,7 @@ impl Harness {
             }
             if let Some(start) = &fx.fetch {
                 let f = &start.flight;
-                history.begun.push((seq, f.data_gen, f.inval_gen));
+                history.begun.push((seq, f.data_gen(), f.inval_gen));
             }
             (fx, outcome, seq)
         };

@@ -286,60 +286,52 @@ async fn fetch_quietly<T: Send + Sync + 'static>(
     opts: &QueryOptions<T>,
 ) -> FetchResult<T> {
     let key = &guard.entry.key;
-    let retry = guard.shared.defaults.retry(opts);
-    let value = run_with_retries(
-        &guard.shared.runtime,
-        "fetch",
-        &retry,
-        // The attempts made so far: the number of the next (a fetch function that takes
-        // a context is told it).
-        &mut 0_u32,
-        |attempts| {
-            let attempt = *attempts;
-            *attempts += 1;
-            // (A function that takes a context gets the key, the attempt number and a
-            // token, the child of the flight's: `fetcher.rs`.)
-            let key = &guard.entry.key;
-            let previous = guard.flight.previous.data.as_ref();
-            let call = opts
-                .fetcher
-                .call(key, attempt, guard.flight.cancellation(), previous);
-            match guard.shared.defaults.fetch_timeout(opts) {
-                None => call,
-                // Boxed like the plain attempt (one type, and the fetch task's future
-                // keeps its size): the attempt raced against the host's clock. A timeout
-                // drops the attempt, which fires its token.
-                Some(limit) => timed(&guard.shared.runtime, call, limit),
-            }
-        },
-        |_, error, failures, step| match step {
-            Step::Failed => {
-                let event = Event::AttemptFailed {
-                    flight: &guard.flight,
-                    error: error.clone(),
-                };
-                guard.shared.dispatch(&guard.entry, event);
-            }
-            Step::Retry(delay) => {
-                guard.shared.counters.retries.incr();
-                if let Some(trace) = &guard.trace {
-                    trace.retried();
-                }
-                tracing::debug!(%key, error = %crate::error::report(error), failures, ?delay, "fetch retry");
-                guard.shared.events.emit(|| CacheEventKind::FetchRetried {
-                    key: key.clone(),
-                    failures,
-                    error: error.clone(),
-                });
-            }
-            // The entry stopped waiting for it (its token fired): no failure to warn of.
-            Step::GiveUp if error.is_cancelled() => {
-                tracing::debug!(%key, failures, "fetch cancelled");
-            }
-            Step::GiveUp => tracing::warn!(%key, error = %crate::error::report(error), failures, "fetch failed"),
-        },
-    )
-    .await;
+    let value = match opts.fetcher.as_stream() {
+        None => {
+            let retry = guard.shared.defaults.retry(opts);
+            run_with_retries(
+                &guard.shared.runtime,
+                "fetch",
+                &retry,
+                // The attempts made so far: the number of the next (a fetch function that
+                // takes a context is told it).
+                &mut 0_u32,
+                |attempts| {
+                    let attempt = *attempts;
+                    *attempts += 1;
+                    // (A function that takes a context gets the key, the attempt number
+                    // and a token, the child of the flight's: `fetcher.rs`.)
+                    let key = &guard.entry.key;
+                    let previous = guard.flight.previous.data.as_ref();
+                    let call =
+                        opts.fetcher
+                            .call(key, attempt, guard.flight.cancellation(), previous);
+                    match guard.shared.defaults.fetch_timeout(opts) {
+                        None => call,
+                        // Boxed like the plain attempt (one type, and the fetch task's
+                        // future keeps its size): the attempt raced against the host's
+                        // clock. A timeout drops the attempt, which fires its token.
+                        Some(limit) => timed(&guard.shared.runtime, call, limit),
+                    }
+                },
+                |_, error, failures, step| report_attempt(guard, error, failures, step),
+            )
+            .await
+            .map(Arc::new)
+        }
+        // Boxed: the common fetch task's future keeps its size.
+        Some(stream) => {
+            Box::pin(super::stream::attempts(
+                &guard.shared,
+                &guard.entry,
+                &guard.flight,
+                opts,
+                stream,
+                |error, failures, step| report_attempt(guard, error, failures, step),
+            ))
+            .await
+        }
+    };
     match &value {
         Ok(_) => {
             guard.end("ok");
@@ -351,7 +343,46 @@ async fn fetch_quietly<T: Send + Sync + 'static>(
             guard.end("error");
         }
     }
-    Ok(Arc::new(value?))
+    value
+}
+
+/// What a failed attempt of the fetch function leaves: the entry's failure count, the
+/// retry counter, the span, the event stream and the log.
+fn report_attempt<T: Send + Sync + 'static>(
+    guard: &FlightGuard<T>,
+    error: &QueryError,
+    failures: u32,
+    step: Step,
+) {
+    let key = &guard.entry.key;
+    match step {
+        Step::Failed => {
+            let event = Event::AttemptFailed {
+                flight: &guard.flight,
+                error: error.clone(),
+            };
+            guard.shared.dispatch(&guard.entry, event);
+        }
+        Step::Retry(delay) => {
+            guard.shared.counters.retries.incr();
+            if let Some(trace) = &guard.trace {
+                trace.retried();
+            }
+            tracing::debug!(%key, error = %crate::error::report(error), failures, ?delay, "fetch retry");
+            guard.shared.events.emit(|| CacheEventKind::FetchRetried {
+                key: key.clone(),
+                failures,
+                error: error.clone(),
+            });
+        }
+        // The entry stopped waiting for it (its token fired): no failure to warn of.
+        Step::GiveUp if error.is_cancelled() => {
+            tracing::debug!(%key, failures, "fetch cancelled");
+        }
+        Step::GiveUp => {
+            tracing::warn!(%key, error = %crate::error::report(error), failures, "fetch failed")
+        }
+    }
 }
 
 #[cfg(feature = "redis")]

@@ -13,6 +13,7 @@ mod fetch;
 mod initial;
 pub(crate) mod mutation_scopes;
 mod run;
+mod stream;
 pub(crate) mod tier;
 mod timer_driver;
 mod typed;

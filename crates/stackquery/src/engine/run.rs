@@ -202,8 +202,13 @@ impl Shared {
         let StartFetch {
             flight,
             mut opts,
+            replaced,
             hydrate,
         } = start;
+        // A refetch restarts a stream: the one it replaced stops (no lock is held here).
+        if let Some(replaced) = replaced {
+            replaced.cancel();
+        }
         if !self.runtime.can_spawn() {
             // Checked before the transition (`can_spawn`), so this is not expected.
             let event = Event::Settled {

@@ -15,6 +15,9 @@ use crate::error::QueryError;
 use crate::host::TaskHandle;
 use crate::state::QueryState;
 use crate::sync::Mutex;
+// Not `crate::sync`'s: only ever touched under the entry's lock, so a model checker has
+// nothing to preempt there.
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub(crate) mod slot;
 
@@ -31,8 +34,11 @@ pub(crate) struct Flight<T> {
     /// The entry's state when the fetch began: what a cancel goes back to.
     pub(crate) previous: QueryState<T>,
     /// The entry's data generation when the fetch began; a manual write bumps it, and
-    /// then this fetch's result must not overwrite the newer manual data.
-    pub(crate) data_gen: u64,
+    /// then this fetch's result must not overwrite the newer manual data. A streamed
+    /// query's items move it along with the entry's (`Machine::stream_item`, under the
+    /// entry's lock): its own items are no manual write. (An atomic only so the flight
+    /// can be shared; it is the size of the `u64` it replaced.)
+    data_gen: AtomicU64,
     /// The entry's invalidation generation when the fetch began; if it moved, the result
     /// is stored but stays stale.
     pub(crate) inval_gen: u64,
@@ -80,12 +86,24 @@ impl<T> Flight<T> {
             result: Slot::new(),
             task: Mutex::new(Task::default()),
             previous,
-            data_gen,
+            data_gen: AtomicU64::new(data_gen),
             inval_gen,
             fresh_only,
             stopped: Slot::new(),
             cancel,
         }
+    }
+
+    /// The data generation this flight's result may overwrite (see the field).
+    pub(crate) fn data_gen(&self) -> u64 {
+        // Written and read under the entry's lock only: the lock orders them.
+        self.data_gen.load(Ordering::Relaxed)
+    }
+
+    /// A streamed item of this flight replaced the entry's data, which is now at
+    /// generation `gen` (called under the entry's lock).
+    pub(crate) fn follow_data_gen(&self, gen: u64) {
+        self.data_gen.store(gen, Ordering::Relaxed);
     }
 
     /// The flight's cancellation token, if its fetch function takes a context.

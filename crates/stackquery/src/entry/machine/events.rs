@@ -111,6 +111,17 @@ pub(crate) enum Event<'a, T> {
         source: Source,
         write: bool,
     },
+    /// An item of `flight`'s stream arrived (a streamed query, `stream.rs`): the entry
+    /// shows `data` now, while the fetch goes on. `None`: the stream restarts from
+    /// nothing (refetch mode reset): the data is cleared and the query is pending again.
+    /// Taken only while `flight` is the entry's and no manual write came since it began
+    /// (`Yes`); otherwise `No`, and the stream stops. Never written behind: the fetch's
+    /// settled result is.
+    Streamed {
+        flight: &'a Arc<Flight<T>>,
+        data: Option<Arc<T>>,
+        weight: u32,
+    },
     /// A manual write; with `expect`, only if the entry still holds that data at that data
     /// generation (a compare-and-write).
     Write {
@@ -234,6 +245,10 @@ pub(crate) enum Outcome<T> {
 pub(crate) struct StartFetch<T> {
     pub(crate) flight: Arc<Flight<T>>,
     pub(crate) opts: QueryOptions<T>,
+    /// The token of the streamed fetch this one replaced (a refetch restarts a stream):
+    /// the engine fires it, with no lock held, so the old stream stops. (In the boxed
+    /// fetch effect: transitions that start no fetch do not carry it.)
+    pub(crate) replaced: Option<CancellationToken>,
     /// Read the second tier first, with this reload rule, if the query is persisted and
     /// something can be read (`None`: go straight to the fetch function).
     pub(crate) hydrate: Option<Reload>,

@@ -168,6 +168,11 @@ impl<T> Machine<T> {
                 fx.write = write && matches!(outcome, Outcome::Yes);
                 outcome
             }
+            Event::Streamed {
+                flight,
+                data,
+                weight,
+            } => self.stream_item(fx, flight, data, weight, now),
             Event::Write {
                 data,
                 weight,

@@ -79,7 +79,9 @@ impl<T> Machine<T> {
     /// with fresh data (no stale stored copy). A caller that refuses stale data waits for
     /// such a flight only.
     pub(crate) fn delivers_fresh(&self, flight: &Flight<T>) -> bool {
-        flight.fresh_only && flight.inval_gen == self.inval_gen && flight.data_gen == self.data_gen
+        flight.fresh_only
+            && flight.inval_gen == self.inval_gen
+            && flight.data_gen() == self.data_gen
     }
 
     /// For seeding initial data: `None` when the entry holds data (or was removed), else

@@ -99,6 +99,12 @@ impl<T> Machine<T> {
             Some(old) => old.previous.clone(),
             None => self.state.clone(),
         };
+        // A stream never ends by itself: the one this fetch replaces is stopped (its
+        // waiters get what it gathered). Other fetches replaced go on for their waiters.
+        let replaced = match &self.flight {
+            Some(old) if opts.is_streamed() => old.cancellation().cloned(),
+            _ => None,
+        };
         // The first fetch of a cold key (or one another instance changed) may read the
         // second tier first; callers that join this flight share that read too.
         let reload = self.reload;
@@ -119,6 +125,7 @@ impl<T> Machine<T> {
         fx.fetch = Some(Box::new(StartFetch {
             flight: flight.clone(),
             opts,
+            replaced,
             hydrate: hydrate.then_some(reload),
         }));
         flight
@@ -182,7 +189,7 @@ impl<T> Machine<T> {
             self.flight = None;
             fx.arm_gc = true;
             match &result {
-                Ok(data) if self.data_gen == flight.data_gen => {
+                Ok(data) if self.data_gen == flight.data_gen() => {
                     // Data read before an invalidation came is stale, wherever it was
                     // read from: the fetch function, or a stored copy the invalidation
                     // had not flagged yet.
@@ -225,6 +232,45 @@ impl<T> Machine<T> {
         } else {
             Outcome::No
         }
+    }
+
+    /// An item of `flight`'s stream: the entry shows `data` (or, `None`, nothing: the
+    /// stream restarted) while the fetch goes on. `Yes`: taken; `No`: the flight is no
+    /// longer the entry's, or a manual write came since it began (the stream stops).
+    pub(super) fn stream_item(
+        &mut self,
+        fx: &mut Effects<T>,
+        flight: &Arc<Flight<T>>,
+        data: Option<Arc<T>>,
+        weight: u32,
+        now: &Now<'_>,
+    ) -> Outcome<T> {
+        if !self.is_current(flight) || self.data_gen != flight.data_gen() {
+            return Outcome::No;
+        }
+        match data {
+            Some(data) => {
+                let outdated = self.inval_gen != flight.inval_gen;
+                self.take_data(
+                    fx,
+                    data,
+                    weight,
+                    SystemTime::now(),
+                    outdated,
+                    Duration::ZERO,
+                    now,
+                );
+            }
+            None => {
+                self.data_gen += 1;
+                self.updated_at = None;
+                self.apply(Action::Restart);
+                self.set_weight(fx, 0);
+            }
+        }
+        // The flight's own items are no manual write: its result may still land.
+        flight.follow_data_gen(self.data_gen);
+        Outcome::Yes
     }
 
     /// Takes data `age` old, stamped `at`, weighing `weight`; a fetch in flight goes on for
