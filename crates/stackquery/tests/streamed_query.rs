@@ -3,6 +3,8 @@
 //! drop it, and failures are retried only before the first item. Every test runs on
 //! tokio's paused clock, each stream fed by hand through a channel.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -434,7 +436,27 @@ async fn latest_and_reduce() {
 /// does not wait for.)
 #[tokio::test]
 async fn a_persisted_stream_is_written_behind_when_it_ends() {
-    let store = SqliteStorage::open_in_memory().unwrap();
+    persisted_stream_is_written_at_its_end(SqliteStorage::open_in_memory().unwrap()).await;
+}
+
+/// The same on a Redis tier (its own `redis-server`; real time).
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persisted_stream_is_written_behind_when_it_ends_in_redis() {
+    let Some(server) = common::redis_server::RedisServer::start("a_persisted_stream_in_redis")
+    else {
+        return;
+    };
+    let store = stackquery::storage::RedisStorage::builder(server.url())
+        .namespace("streamed")
+        .connect()
+        .await
+        .expect("storage");
+    persisted_stream_is_written_at_its_end(store).await;
+}
+
+/// The scenario of the two tests above, on `store`.
+async fn persisted_stream_is_written_at_its_end<S: Storage + Clone>(store: S) {
     let client = QueryClient::builder().storage(store.clone()).build();
     let feeds = Arc::new(Feeds::default());
     let opts = numbers(&feeds, RefetchMode::Reset).persist();
