@@ -49,6 +49,8 @@
 //! # let _ = flags; Ok(()) }
 //! ```
 
+// docs.rs builds with `--cfg docsrs` on nightly: each feature-gated item gets a badge naming
+// its feature. `doc(cfg)` is unstable, so `.ci/run` checks this build with RUSTC_BOOTSTRAP=1.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
