@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::Either;
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, PubSub};
@@ -517,19 +518,25 @@ impl Listener {
         // invalidation. `None` ("never") sends no pings at all.
         let mut next_ping = crate::deadline::after(self.ping_interval);
         loop {
-            let ping_due = async {
-                match next_ping {
+            let due = next_ping;
+            let ping_due = async move {
+                match due {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                msg = stream.next() => match msg {
+            // `futures`' select (tokio's `select!` needs its `macros` feature, which the
+            // library does not force on users). It polls its first future first: the ping
+            // goes first so that a steady flood of messages cannot starve it.
+            let ping_due = std::pin::pin!(ping_due);
+            match futures::future::select(ping_due, stream.next()).await {
+                Either::Right((msg, _)) => match msg {
                     Some(msg) => self.deliver(msg.get_payload_bytes()),
                     None => return,
                 },
-                () = ping_due => {
-                    let pong = tokio::time::timeout(self.timeout, sink.ping::<redis::Value>()).await;
+                Either::Left(((), _)) => {
+                    let pong =
+                        tokio::time::timeout(self.timeout, sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         tracing::warn!(channel = %self.channel, "stackquery bus: ping failed");
                         return;
