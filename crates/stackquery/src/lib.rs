@@ -101,6 +101,9 @@ mod weight;
 mod worker;
 
 pub use builder::QueryClientBuilder;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use bus::RedisBus;
 pub use client::QueryClient;
 pub use context::FetchContext;
 pub use error::{BoxError, FetchError, QueryError, Report, TypeMismatch};
@@ -121,8 +124,8 @@ pub use stats::CacheStats;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use storage::RedisStorage;
-#[cfg(feature = "sqlite")]
-#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+#[cfg(any(feature = "sqlite", feature = "sqlite-system"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "sqlite-system"))))]
 pub use storage::SqliteStorage;
 pub use storage::{Codec, MemoryStorage, Storage, StorageError};
 pub use subscription::Subscription;

@@ -57,8 +57,8 @@ const DEFAULT_CAPACITY: usize = 16_384;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), stackquery::StorageError> {
-/// let a = RedisBus::connect("redis://127.0.0.1:6379", "myapp").await?;
-/// let b = RedisBus::connect("redis://127.0.0.1:6379", "myapp").await?;
+/// let a = RedisBus::connect_namespaced("redis://127.0.0.1:6379", "myapp").await?;
+/// let b = RedisBus::connect_namespaced("redis://127.0.0.1:6379", "myapp").await?;
 /// let mut heard_by_b = b.subscribe();
 ///
 /// a.publish(BusMessageKind::Invalidate { scope: KeyScope::Prefix(key!["user"]) }).await?;
@@ -154,16 +154,35 @@ impl RedisBus {
     }
 
     /// Connects to the server at `url` and subscribes to `<namespace>:bus`, with the
-    /// default settings.
+    /// default settings otherwise: the same arguments as
+    /// [`RedisStorage::connect_namespaced`](crate::RedisStorage::connect_namespaced).
     ///
     /// # Errors
     ///
     /// As [`RedisBusBuilder::connect`].
-    pub async fn connect(
+    pub async fn connect_namespaced(
         url: impl Into<String>,
         namespace: impl Into<String>,
     ) -> Result<Self, StorageError> {
         Self::builder(url).namespace(namespace).connect().await
+    }
+
+    /// Connects to the server at `url` and subscribes to `<namespace>:bus`.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisBusBuilder::connect`].
+    #[deprecated(
+        since = "0.1.0",
+        note = "takes a namespace where `RedisStorage::connect` does not: use \
+                `RedisBus::connect_namespaced(url, namespace)` (the same arguments) or \
+                `RedisBus::builder(url).namespace(namespace).connect()`"
+    )]
+    pub async fn connect(
+        url: impl Into<String>,
+        namespace: impl Into<String>,
+    ) -> Result<Self, StorageError> {
+        Self::connect_namespaced(url, namespace).await
     }
 
     /// This bus's id, stamped on everything it publishes.
