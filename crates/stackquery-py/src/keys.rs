@@ -147,6 +147,7 @@ pub(crate) fn key_tuple<'py>(py: Python<'py>, key: &QueryKey) -> PyResult<Bound<
             KeyPart::Int(i) => i.into_pyobject(py)?.into_any(),
             KeyPart::UInt(u) => u.into_pyobject(py)?.into_any(),
             KeyPart::Str(s) => PyString::new(py, s).into_any(),
+            KeyPart::Null => py.None().into_bound(py),
             #[allow(unreachable_patterns)]
             _ => return Err(PyOverflowError::new_err("unknown key part")),
         });

@@ -31,17 +31,21 @@ pub enum KeyPart {
     UInt(u64),
     /// A string part (short strings are stored inline: see [`KeyStr`]).
     Str(KeyStr),
+    /// A null part: what `None` makes (`key!["user", None::<u64>]`); written `null`. Sorts
+    /// before every other part.
+    Null,
 }
 
 impl KeyPart {
-    /// The variant's place in the order: booleans, integers, large unsigned, strings.
+    /// The variant's place in the order: null, booleans, integers, large unsigned, strings.
     #[inline]
     fn rank(&self) -> u8 {
         match self {
-            KeyPart::Bool(_) => 0,
-            KeyPart::Int(_) => 1,
-            KeyPart::UInt(_) => 2,
-            KeyPart::Str(_) => 3,
+            KeyPart::Null => 0,
+            KeyPart::Bool(_) => 1,
+            KeyPart::Int(_) => 2,
+            KeyPart::UInt(_) => 3,
+            KeyPart::Str(_) => 4,
         }
     }
 }
@@ -52,7 +56,7 @@ impl PartialOrd for KeyPart {
         Some(self.cmp(other))
     }
 }
-/// By variant (in declaration order), then by value: what `derive(Ord)` gives, written out
+/// By variant (in `rank` order), then by value: what `derive(Ord)` gives, written out
 /// so that the common case, two parts of one kind, is one match (the cache's ordered index
 /// compares parts of ~40 keys per insert).
 impl Ord for KeyPart {
@@ -337,6 +341,7 @@ impl From<KeyStr> for KeyPart {
 impl fmt::Display for KeyPart {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            KeyPart::Null => f.write_str("null"),
             KeyPart::Bool(b) => write!(f, "{b}"),
             KeyPart::Int(i) => write!(f, "{i}"),
             KeyPart::UInt(u) => write!(f, "{u}"),
@@ -391,6 +396,7 @@ fn hash_parts(parts: &[KeyPart]) -> u64 {
     const BOOL: u128 = 1 << 64;
     const INT: u128 = 2 << 64;
     const UINT: u128 = 3 << 64;
+    const NULL: u128 = 4 << 64;
     let mut hasher = crate::random::key_hasher();
     for part in parts {
         match part {
@@ -398,6 +404,7 @@ fn hash_parts(parts: &[KeyPart]) -> u64 {
             KeyPart::Int(i) => hasher.write_u128(INT | u128::from(*i as u64)),
             KeyPart::UInt(u) => hasher.write_u128(UINT | u128::from(*u)),
             KeyPart::Str(s) => hasher.write(s.as_bytes()),
+            KeyPart::Null => hasher.write_u128(NULL),
         }
     }
     hasher.finish()
@@ -547,6 +554,7 @@ impl FromStr for QueryKey {
         let mut parts = Vec::with_capacity(items.len());
         for item in items {
             let part = match item {
+                serde_json::Value::Null => KeyPart::Null,
                 serde_json::Value::Bool(b) => KeyPart::Bool(b),
                 serde_json::Value::String(s) => KeyPart::from(s),
                 serde_json::Value::Number(n) => {
@@ -606,7 +614,9 @@ impl From<&QueryKey> for QueryKey {
     }
 }
 
-/// Builds a [`QueryKey`] from parts: strings, integers and booleans.
+/// Builds a [`QueryKey`] from parts: anything that is [`IntoKeyPart`](crate::IntoKeyPart)
+/// (strings, `char`, integers up to 128 bits, booleans, `Option` of a part, `uuid::Uuid`
+/// with feature `uuid`; not floats).
 ///
 /// ```
 /// use stackquery::key;
@@ -619,7 +629,7 @@ impl From<&QueryKey> for QueryKey {
 macro_rules! key {
     () => { $crate::QueryKey::new(::std::iter::empty()) };
     ($($part:expr),+ $(,)?) => {
-        $crate::QueryKey::from([$($crate::KeyPart::from($part)),+])
+        $crate::QueryKey::from([$($crate::IntoKeyPart::into_key_part($part)),+])
     };
 }
 
@@ -678,7 +688,13 @@ mod tests {
         assert!("not json".parse::<QueryKey>().is_err());
         assert!("{}".parse::<QueryKey>().is_err());
         assert!("[1.5]".parse::<QueryKey>().is_err());
-        assert!("[null]".parse::<QueryKey>().is_err());
+        assert!("[[1]]".parse::<QueryKey>().is_err());
+        assert!(r#"[{"a":1}]"#.parse::<QueryKey>().is_err());
+        // `null` is a part now (what `None` makes), not bad text.
+        assert_eq!(
+            "[null]".parse::<QueryKey>().unwrap().parts(),
+            [KeyPart::Null]
+        );
     }
 
     #[test]
@@ -701,6 +717,8 @@ mod tests {
     /// own `Arc<str>`, every comparison derived. The new key must agree with it.
     #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
     enum OldPart {
+        // `None` sorts first, as `KeyPart::Null` (added after this representation).
+        Null,
         Bool(bool),
         Int(i64),
         UInt(u64),
@@ -710,6 +728,7 @@ mod tests {
     impl OldPart {
         fn new(p: &KeyPart) -> Self {
             match p {
+                KeyPart::Null => OldPart::Null,
                 KeyPart::Bool(b) => OldPart::Bool(*b),
                 KeyPart::Int(i) => OldPart::Int(*i),
                 KeyPart::UInt(u) => i64::try_from(*u).map_or(OldPart::UInt(*u), OldPart::Int),
@@ -728,6 +747,7 @@ mod tests {
     fn sample_parts() -> Vec<KeyPart> {
         let cap = KeyStr::INLINE_CAPACITY;
         let mut parts = vec![
+            KeyPart::Null,
             KeyPart::from(false),
             KeyPart::from(true),
             KeyPart::from(i64::MIN),
@@ -835,10 +855,8 @@ mod tests {
         let long = KeyStr::from(text(40, "é"));
         for k in [short, long] {
             let json = serde_json::to_string(&k).unwrap();
-            assert_eq!(
-                json,
-                serde_json::to_string(&Arc::<str>::from(k.as_str())).unwrap()
-            );
+            // As the `Arc<str>` it replaced serialized (serde's `rc`): a plain string.
+            assert_eq!(json, serde_json::to_string(k.as_str()).unwrap());
             assert_eq!(serde_json::from_str::<KeyStr>(&json).unwrap(), k);
         }
         assert!(serde_json::from_str::<KeyStr>("1").is_err());
@@ -878,6 +896,7 @@ mod tests {
                 old_a
                     .iter()
                     .map(|p| match p {
+                        OldPart::Null => "null".to_owned(),
                         OldPart::Bool(b) => b.to_string(),
                         OldPart::Int(i) => i.to_string(),
                         OldPart::UInt(u) => u.to_string(),

@@ -48,7 +48,53 @@
 //! assert_eq!(posts.as_str(), "posts of 1");
 //! # let _ = flags; Ok(()) }
 //! ```
+//!
+//! # Guides
+//!
+//! One runnable example per kind of program (`cargo run -p stackquery --example NAME`):
+//!
+//! - **A web service** (axum): [`web_service`](https://github.com/stackquery/stackquery/blob/main/crates/stackquery/examples/web_service.rs) — one client in the
+//!   app state built with [`QueryClientBuilder::server`], errors as HTTP statuses,
+//!   timeouts and cancellation.
+//! - **A worker or a CLI**: [`worker`](https://github.com/stackquery/stackquery/blob/main/crates/stackquery/examples/worker.rs) — a batch job that warms every key at
+//!   once, reads through the cache, persists to SQLite and calls
+//!   [`QueryClient::flush_storage`] before it exits; its next run reads SQLite instead of
+//!   the upstream.
+//! - **Many instances on Redis** (feature `redis`): [`multi_instance`](https://github.com/stackquery/stackquery/blob/main/crates/stackquery/examples/multi_instance.rs)
+//!   — `RedisStorage` as the shared tier, `RedisBus` carrying invalidations between
+//!   instances.
+//!
+//! # Features
+//!
+//! `sqlite` (default: `SqliteStorage`, SQLite compiled in), `sqlite-system` (the same,
+//! linked against the system's libsqlite3), `binary-codec`, `redis`, `metrics`, `devtools`,
+//! `uuid` (a UUID as a key part), `test-util`. The README lists what each adds and its
+//! dependency count. The library turns on only tokio's `rt`, `sync` and `time`: the
+//! runtime, `#[tokio::main]` included, is the application's.
+//!
+//! # Public dependencies
+//!
+//! These crates' types appear in stackquery's public API, so a semver-incompatible upgrade
+//! of one of them is a breaking release of stackquery too:
+//!
+//! - [`serde`]: `Serialize`/`DeserializeOwned` bound persisted data ([`PersistData`]), and
+//!   snapshots and envelopes derive both.
+//! - [`serde_json`]: `serde_json::Value` is the data of a [`DehydratedQuery`] (snapshots)
+//!   and what a [`storage::JsonConverter`] converts to and from.
+//! - [`async_trait`](storage::async_trait), re-exported as `stackquery::storage::async_trait`
+//!   for implementing [`Storage`]: use the re-export, not your own version.
+//! - [`futures`]' `Stream`: [`EventStream`] and [`ObserverStream`] implement it (and the
+//!   bus's subscription converts into one).
+//! - [`tokio`]: the client runs on the caller's tokio runtime; `tokio_util`'s
+//!   `CancellationToken` is what [`FetchContext`] hands a fetch.
+//! - Feature `uuid`: `uuid::Uuid`, a key part.
+//!
+//! `rusqlite`, `redis`, `postcard`, `axum`, `metrics` and the rest are private: none of
+//! their types is in the API (a backend's error reaches you only as the boxed source of a
+//! [`StorageError`]).
 
+// docs.rs builds with `--cfg docsrs` on nightly: each feature-gated item gets a badge naming
+// its feature. `doc(cfg)` is unstable, so `.ci/run` checks this build with RUSTC_BOOTSTRAP=1.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
@@ -76,6 +122,7 @@ mod host;
 mod infinite;
 mod inspect;
 mod key;
+mod key_parts;
 #[cfg(feature = "redis")]
 mod lease;
 mod mutation;
@@ -102,6 +149,9 @@ mod weight;
 mod worker;
 
 pub use builder::QueryClientBuilder;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use bus::RedisBus;
 pub use client::QueryClient;
 pub use context::FetchContext;
 pub use error::{BoxError, FetchError, QueryError, Report, TypeMismatch};
@@ -111,12 +161,13 @@ pub use host::{Host, HostFuture, TaskHandle};
 pub use infinite::{InfiniteData, InfiniteQueryObserver, InfiniteQueryOptions};
 pub use inspect::{DataDescription, QueryInfo};
 pub use key::{KeyPart, KeyStr, ParseKeyError, QueryKey};
+pub use key_parts::IntoKeyPart;
 pub use mutation::{
     DeadLetter, DurableMutation, DurableMutationOptions, Mutation, MutationOptions, MutationState,
     MutationStatus,
 };
 pub use observer::{ObserverStream, QueryObserver};
-pub use options::QueryOptions;
+pub use options::{PersistData, QueryOptions};
 pub use refetch::RefetchType;
 pub use retry::default_retry_delay;
 pub use scope::KeyScope;
@@ -126,8 +177,8 @@ pub use stats::CacheStats;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use storage::RedisStorage;
-#[cfg(feature = "sqlite")]
-#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+#[cfg(any(feature = "sqlite", feature = "sqlite-system"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "sqlite-system"))))]
 pub use storage::SqliteStorage;
 pub use storage::{Codec, MemoryStorage, Storage, StorageError};
 pub use stream::{EmptyStream, RefetchMode, StreamedQuery};

@@ -449,12 +449,37 @@ impl<T: serde::Serialize + Send + Sync + 'static> QueryOptions<T> {
     }
 }
 
-impl<T: serde::Serialize + serde::de::DeserializeOwned> QueryOptions<T> {
+/// The bound of [`QueryOptions::persist`]: a serde type (`Serialize + DeserializeOwned`),
+/// implemented for every such type. It exists for its compile error, which names the
+/// missing bound: with the bound on an `impl` block instead, calling `.persist()` on any
+/// other type reported a private *field* named `persist`.
+///
+/// ```compile_fail
+/// # use stackquery::{key, QueryOptions};
+/// struct NotSerde;
+/// // error: `.persist()` needs `NotSerde: serde::Serialize + serde::de::DeserializeOwned`
+/// let opts = QueryOptions::new(key!["x"], || async { Ok::<_, String>(NotSerde) }).persist();
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`.persist()` needs `{Self}: serde::Serialize + serde::de::DeserializeOwned`",
+    label = "this query's data type is not a serde type",
+    note = "derive `Serialize` and `Deserialize` for `{Self}`, or convert it yourself with `.persist_with::<C>()` (a `storage::JsonConverter`)"
+)]
+pub trait PersistData: serde::Serialize + serde::de::DeserializeOwned {}
+impl<T: serde::Serialize + serde::de::DeserializeOwned> PersistData for T {}
+
+impl<T> QueryOptions<T> {
     /// Opts this query into the client's second tier (its [`Storage`](crate::Storage)):
     /// a cold key is read from storage before fetching, and fetched or manually set data
     /// is written behind. Without a storage on the client this does nothing.
+    ///
+    /// `T` must be a serde type ([`PersistData`]); for any other type, see
+    /// [`persist_with`](Self::persist_with).
     #[must_use]
-    pub fn persist(mut self) -> Self {
+    pub fn persist(mut self) -> Self
+    where
+        T: PersistData,
+    {
         self.persist = Some(PersistFns::new());
         self
     }

@@ -8,7 +8,7 @@ use crate::key::QueryKey;
 /// Which keys an operation concerns: every key, a key and every key under it, or one key.
 ///
 /// A [`QueryFilter`](crate::QueryFilter) is a scope narrowed further by state; the bus
-/// ([`BusMessageKind`](crate::bus::BusMessageKind), feature `redis`) carries scopes
+/// (`stackquery::bus::BusMessageKind`, feature `redis`) carries scopes
 /// between instances.
 ///
 /// The empty key is a prefix of every key, so `Prefix(key![])` is the same scope as

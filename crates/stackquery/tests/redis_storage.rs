@@ -190,12 +190,44 @@ async fn connection_failures_are_backend_errors_not_panics() {
         .unwrap_err();
     assert!(matches!(err, StorageError::Backend(_)), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
-    let err = RedisBus::connect(format!("redis://127.0.0.1:{port}"), "x")
+    let err = RedisBus::connect_namespaced(format!("redis://127.0.0.1:{port}"), "x")
         .await
         .unwrap_err();
     assert!(matches!(err, StorageError::Backend(_)), "{err:?}");
     let err = RedisStorage::connect("not a url").await.unwrap_err();
     assert!(matches!(err, StorageError::Backend(_)), "{err:?}");
+}
+
+/// The short forms of the store and the bus take the same arguments and land in the same
+/// namespace (both exported from the crate root); the bus's old two-argument `connect`
+/// still works, deprecated; a message published on one namespaced bus reaches the other.
+#[tokio::test(flavor = "multi_thread")]
+async fn store_and_bus_short_forms_agree() {
+    let server = server_or_skip!("store_and_bus_short_forms_agree");
+    let store = stackquery::RedisStorage::connect_namespaced(server.url(), "app")
+        .await
+        .unwrap();
+    let bus = stackquery::RedisBus::connect_namespaced(server.url(), "app")
+        .await
+        .unwrap();
+    assert_eq!(store.namespace(), "app");
+    assert_eq!(bus.channel(), "app:bus");
+    let default = RedisStorage::connect(server.url()).await.unwrap();
+    assert_eq!(default.namespace(), "stackquery");
+    #[allow(deprecated)]
+    let old = RedisBus::connect(server.url(), "app").await.unwrap();
+    assert_eq!(old.channel(), bus.channel());
+
+    let mut heard = old.subscribe();
+    bus.publish(BusMessageKind::Invalidate {
+        scope: KeyScope::Prefix(key!["user"]),
+    })
+    .await
+    .unwrap();
+    match next_event(&mut heard, Duration::from_secs(5)).await {
+        BusEvent::Message(msg) => assert_eq!(msg.origin, bus.instance_id()),
+        other => panic!("{other:?}"),
+    }
 }
 
 /// A server that accepts but does not answer (here: `CLIENT PAUSE`) costs each call the

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::Either;
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, PubSub};
@@ -56,8 +57,8 @@ const DEFAULT_CAPACITY: usize = 16_384;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), stackquery::StorageError> {
-/// let a = RedisBus::connect("redis://127.0.0.1:6379", "myapp").await?;
-/// let b = RedisBus::connect("redis://127.0.0.1:6379", "myapp").await?;
+/// let a = RedisBus::connect_namespaced("redis://127.0.0.1:6379", "myapp").await?;
+/// let b = RedisBus::connect_namespaced("redis://127.0.0.1:6379", "myapp").await?;
 /// let mut heard_by_b = b.subscribe();
 ///
 /// a.publish(BusMessageKind::Invalidate { scope: KeyScope::Prefix(key!["user"]) }).await?;
@@ -153,16 +154,35 @@ impl RedisBus {
     }
 
     /// Connects to the server at `url` and subscribes to `<namespace>:bus`, with the
-    /// default settings.
+    /// default settings otherwise: the same arguments as
+    /// [`RedisStorage::connect_namespaced`](crate::RedisStorage::connect_namespaced).
     ///
     /// # Errors
     ///
     /// As [`RedisBusBuilder::connect`].
-    pub async fn connect(
+    pub async fn connect_namespaced(
         url: impl Into<String>,
         namespace: impl Into<String>,
     ) -> Result<Self, StorageError> {
         Self::builder(url).namespace(namespace).connect().await
+    }
+
+    /// Connects to the server at `url` and subscribes to `<namespace>:bus`.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisBusBuilder::connect`].
+    #[deprecated(
+        since = "0.1.0",
+        note = "takes a namespace where `RedisStorage::connect` does not: use \
+                `RedisBus::connect_namespaced(url, namespace)` (the same arguments) or \
+                `RedisBus::builder(url).namespace(namespace).connect()`"
+    )]
+    pub async fn connect(
+        url: impl Into<String>,
+        namespace: impl Into<String>,
+    ) -> Result<Self, StorageError> {
+        Self::connect_namespaced(url, namespace).await
     }
 
     /// This bus's id, stamped on everything it publishes.
@@ -517,19 +537,25 @@ impl Listener {
         // invalidation. `None` ("never") sends no pings at all.
         let mut next_ping = crate::deadline::after(self.ping_interval);
         loop {
-            let ping_due = async {
-                match next_ping {
+            let due = next_ping;
+            let ping_due = async move {
+                match due {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                msg = stream.next() => match msg {
+            // `futures`' select (tokio's `select!` needs its `macros` feature, which the
+            // library does not force on users). It polls its first future first: the ping
+            // goes first so that a steady flood of messages cannot starve it.
+            let ping_due = std::pin::pin!(ping_due);
+            match futures::future::select(ping_due, stream.next()).await {
+                Either::Right((msg, _)) => match msg {
                     Some(msg) => self.deliver(msg.get_payload_bytes()),
                     None => return,
                 },
-                () = ping_due => {
-                    let pong = tokio::time::timeout(self.timeout, sink.ping::<redis::Value>()).await;
+                Either::Left(((), _)) => {
+                    let pong =
+                        tokio::time::timeout(self.timeout, sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         tracing::warn!(channel = %self.channel, "stackquery bus: ping failed");
                         return;

@@ -31,10 +31,11 @@ pub(crate) async fn drive(shared: Weak<Shared>, wake: Arc<Notify>, _running: Run
         };
         match next {
             Some((at, runtime)) => {
-                tokio::select! {
-                    () = runtime.sleep_until(at) => {}
-                    () = wake.notified() => {}
-                }
+                // Whichever comes first (`futures`' select: tokio's `select!` would need
+                // its `macros` feature, which the library does not force on users).
+                let sleep = std::pin::pin!(runtime.sleep_until(at));
+                let woken = std::pin::pin!(wake.notified());
+                futures::future::select(sleep, woken).await;
             }
             None => wake.notified().await,
         }

@@ -8,7 +8,8 @@
 //! | backend | for | feature |
 //! |---|---|---|
 //! | [`MemoryStorage`] | tests, docs, examples | always |
-//! | `SqliteStorage` | one machine: an embedded file, survives restarts | `sqlite` (default) |
+//! | `RedisStorage` | many instances: one shared tier (with `RedisBus` and `RedisLeases` from `stackquery::bus` under the same namespace) | `redis` |
+//! | `SqliteStorage` | one machine: an embedded file, survives restarts | `sqlite` (default; SQLite compiled in) or `sqlite-system` (the system's libsqlite3) |
 //!
 //! # The stored format (public, stable)
 //!
@@ -22,8 +23,9 @@
 //! format takes a new [`ENVELOPE_VERSION`] (entries of another version are misses, never
 //! misread) and a CHANGELOG entry.
 //!
-//! Any other store (Redis, a KV service, a file per key…) plugs in by implementing
-//! [`Storage`]; wrap it in a [`TimeoutStorage`] so a store that hangs turns into an error
+//! Redis is built in (`RedisStorage`, feature `redis`: `RedisStorage::connect(url)` or
+//! `RedisStorage::builder(url).namespace(ns).connect()`). Any other store (a KV service, a
+//! file per key…) plugs in by implementing [`Storage`]; wrap it in a [`TimeoutStorage`] so a store that hangs turns into an error
 //! value after a bounded wait. The conformance suite the built-in backends pass is public
 //! as `storage::testing` (feature `test-util`): run it from the new backend's tests.
 //!
@@ -54,7 +56,7 @@ mod memory;
 mod redis;
 #[cfg(feature = "redis")]
 pub(crate) mod redis_conn;
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "sqlite-system"))]
 mod sqlite;
 #[cfg(any(test, feature = "test-util"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
@@ -77,8 +79,8 @@ pub use codec::Codec;
 pub use envelope::{decode, encode, Envelope, ENVELOPE_VERSION};
 pub use error::StorageError;
 pub use memory::{MemoryStorage, MemoryStorageStats};
-#[cfg(feature = "sqlite")]
-#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+#[cfg(any(feature = "sqlite", feature = "sqlite-system"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "sqlite-system"))))]
 pub use sqlite::{SqliteStorage, SqliteStorageBuilder};
 pub use timeout::{TimeoutStorage, DEFAULT_DELETE_PREFIX_TIMEOUT};
 pub use typed::JsonConverter;

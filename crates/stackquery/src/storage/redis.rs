@@ -171,6 +171,31 @@ impl RedisStorage {
         Self::builder(url).connect().await
     }
 
+    /// Connects to the server at `url` under `namespace`, with the default settings
+    /// otherwise: the same arguments as [`RedisBus::connect_namespaced`](crate::RedisBus::connect_namespaced),
+    /// so a store and a bus that work together are made alike.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stackquery::StorageError> {
+    /// let url = "redis://127.0.0.1:6379";
+    /// let store = stackquery::RedisStorage::connect_namespaced(url, "myapp").await?;
+    /// let bus = stackquery::RedisBus::connect_namespaced(url, "myapp").await?;
+    /// assert_eq!(store.namespace(), "myapp");
+    /// assert_eq!(bus.channel(), "myapp:bus");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStorageBuilder::connect`].
+    pub async fn connect_namespaced(
+        url: impl Into<String>,
+        namespace: impl Into<String>,
+    ) -> Result<Self, StorageError> {
+        Self::builder(url).namespace(namespace).connect().await
+    }
+
     /// The namespace the keys live under.
     pub fn namespace(&self) -> &str {
         &self.namespace

@@ -5,5 +5,5 @@
 
 mod backends;
 mod envelope;
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "sqlite-system"))]
 mod sqlite;
