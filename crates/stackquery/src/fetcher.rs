@@ -45,7 +45,7 @@ pub(crate) trait FetchFn<T>: Send + Sync {
 
     /// A streamed query's function (`stream.rs`): the engine runs it with a sink that
     /// shows each item on the entry. `None` for every other function.
-    fn as_stream(&self) -> Option<&dyn crate::stream::StreamFetch<T>> {
+    fn as_stream(&self) -> Option<&dyn StreamFetch<T>> {
         None
     }
 }
@@ -122,4 +122,27 @@ where
         }
         .boxed()
     }
+}
+
+/// Where a streamed fetch puts its items: the entry, through the engine (`engine/stream.rs`).
+pub(crate) trait StreamSink<T>: Send + Sync {
+    /// The data the entry holds now.
+    fn current(&self) -> Option<Arc<T>>;
+    /// Shows `data` (`None`: nothing, the stream restarted) while the fetch goes on.
+    /// `false`: the entry no longer takes this fetch's items (the stream stops).
+    fn publish(&self, data: Option<Arc<T>>) -> bool;
+    /// An item arrived: from now on a failure is not retried.
+    fn arrived(&self);
+}
+
+/// One attempt of a streamed fetch: opens the stream and runs it to its end.
+pub(crate) trait StreamFetch<T>: Send + Sync {
+    /// `cancel`: the flight's token (the stream stops when it fires); `idle`: the bound
+    /// on the wait for each item, timed on the host's clock.
+    fn start(
+        &self,
+        sink: Arc<dyn StreamSink<T>>,
+        cancel: Option<CancellationToken>,
+        idle: Option<(std::time::Duration, crate::host::Runtime)>,
+    ) -> BoxFuture<'static, Result<Arc<T>, BoxError>>;
 }

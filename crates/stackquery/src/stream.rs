@@ -261,28 +261,9 @@ struct Fold<T, I> {
     empty: Box<dyn Fn() -> Option<T> + Send + Sync>,
 }
 
-/// Where a streamed fetch puts its items: the entry, through the engine (`engine/stream.rs`).
-pub(crate) trait StreamSink<T>: Send + Sync {
-    /// The data the entry holds now.
-    fn current(&self) -> Option<Arc<T>>;
-    /// Shows `data` (`None`: nothing, the stream restarted) while the fetch goes on.
-    /// `false`: the entry no longer takes this fetch's items (the stream stops).
-    fn publish(&self, data: Option<Arc<T>>) -> bool;
-    /// An item arrived: from now on a failure is not retried.
-    fn arrived(&self);
-}
-
-/// One attempt of a streamed fetch: opens the stream and runs it to its end.
-pub(crate) trait StreamFetch<T>: Send + Sync {
-    /// `cancel`: the flight's token (the stream stops when it fires); `idle`: the bound
-    /// on the wait for each item, timed on the host's clock.
-    fn start(
-        &self,
-        sink: Arc<dyn StreamSink<T>>,
-        cancel: Option<CancellationToken>,
-        idle: Option<(Duration, Runtime)>,
-    ) -> BoxFuture<'static, Result<Arc<T>, BoxError>>;
-}
+// The engine-facing traits live in `fetcher.rs`, under the options (which name them), so
+// the layers import one way.
+pub(crate) use crate::fetcher::{StreamFetch, StreamSink};
 
 type MakeStream<I> = Box<dyn Fn() -> BoxStream<'static, Result<I, BoxError>> + Send + Sync>;
 
