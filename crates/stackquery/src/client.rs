@@ -263,7 +263,8 @@ impl QueryClient {
     ) -> Result<Arc<T>, QueryError> {
         // The hit path of `fetch_query`, whose fresh data is this one's (within the stale
         // time, not invalidated): repeated here rather than shared, so that `fetch_query`'s
-        // own hit path stays exactly as it is.
+        // own hit path stays exactly as it is. (Measured: both through one shared
+        // `async fn` taking the mode cost the fresh hit 344 -> 361 instructions, callgrind.)
         self.shared.cluster.ensure_listening(&self.shared);
         let stale_time = self.shared.defaults.stale_time(opts);
         let now = || self.shared.runtime.now();
